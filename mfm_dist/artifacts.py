@@ -1,0 +1,111 @@
+"""Content-addressed artifacts (CONTRACT §2, §10): kinds, the store interface, verified IO."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import Enum
+from typing import Annotated, Union
+
+from pydantic import Tag
+
+from mfm_dist.canonical import JsonValue, artifact_id_of_bytes, canonical_bytes, parse_canonical
+from mfm_dist.errors import Corruption
+from mfm_dist.ids import ArtifactId
+from mfm_dist.tagged import NewtypeVariant, tag_discriminator
+
+
+class ArtifactKind(str, Enum):
+    MANIFEST = "Manifest"
+    CONTEXT_SNAPSHOT = "ContextSnapshot"
+    FACT_PAYLOAD = "FactPayload"
+    SECRET_PAYLOAD = "SecretPayload"
+    OUTPUT = "Output"
+
+
+class OtherArtifactKind(NewtypeVariant):
+    TAG_PATH = ("Other",)
+
+
+AnyArtifactKind = Annotated[
+    Union[
+        Annotated[ArtifactKind, Tag("unit")],
+        Annotated[OtherArtifactKind, Tag("Other")],
+    ],
+    tag_discriminator({"Manifest", "ContextSnapshot", "FactPayload", "SecretPayload", "Output", "Other"}),
+]
+KindLike = ArtifactKind | OtherArtifactKind
+
+
+def kind_label(kind: KindLike) -> str:
+    """A flat string for metadata columns: `Manifest`, …, `Other:name`."""
+    if isinstance(kind, OtherArtifactKind):
+        return f"Other:{kind.value}"
+    return kind.value
+
+
+def kind_from_label(label: str) -> KindLike:
+    if label.startswith("Other:"):
+        return OtherArtifactKind(value=label[len("Other:") :])
+    return ArtifactKind(label)
+
+
+def verify_content(artifact_id: str, data: bytes) -> None:
+    """Raise `artifact_content_address_mismatch` unless sha256(data) == artifact_id."""
+    if artifact_id_of_bytes(data) != artifact_id:
+        raise Corruption(
+            "artifact_content_address_mismatch",
+            f"artifact {artifact_id} does not hash to its id",
+            details={"artifact_id": artifact_id},
+        )
+
+
+class ArtifactStore(ABC):
+    """Create-only, content-addressed blob storage. Backends implement the `_raw` methods.
+
+    `put` and `get` are concrete so every backend computes and verifies content
+    addresses the same way.
+    """
+
+    url: str = ""
+
+    def put(self, kind: KindLike, data: bytes) -> ArtifactId:
+        """Store `data` (idempotent) and return its id; the kind never changes the id."""
+        artifact_id = artifact_id_of_bytes(data)
+        stored = self._put_raw(artifact_id, kind, data)
+        if stored != artifact_id:
+            raise Corruption(
+                "artifact_put_id_mismatch",
+                f"store returned id {stored} for bytes hashing to {artifact_id}",
+            )
+        return artifact_id
+
+    def get(self, artifact_id: str) -> bytes:
+        """The verified bytes of `artifact_id`; `NotFound` when absent."""
+        aid = ArtifactId(artifact_id)
+        data = self._get_raw(aid)
+        verify_content(aid, data)
+        return data
+
+    @abstractmethod
+    def exists(self, artifact_id: str) -> bool: ...
+
+    @abstractmethod
+    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+        """Create the object unless it exists; return the id the backend holds it under."""
+
+    @abstractmethod
+    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+        """Raw bytes, or raise `NotFound`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def put_json(store: ArtifactStore, kind: KindLike, value: JsonValue, where: str) -> ArtifactId:
+    """Canonicalize (secrets and floats checked first) and store a JSON artifact."""
+    return store.put(kind, canonical_bytes(value, where))
+
+
+def get_json(store: ArtifactStore, artifact_id: str, where: str = "artifact") -> JsonValue:
+    """Read a JSON artifact: hash-verified, canonical, float-free and secret-free."""
+    return parse_canonical(store.get(artifact_id), where)

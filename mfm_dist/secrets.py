@@ -1,0 +1,90 @@
+"""The secrets policy (CONTRACT §9): recognise secret-shaped strings and JSON.
+
+Nothing secret-shaped may be persisted or echoed. The scan is deliberately
+conservative: a false positive costs a rejected input, a false negative leaks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+SECRET_MARKERS: tuple[str, ...] = (
+    "password",
+    "passphrase",
+    "mnemonic",
+    "private_key",
+    "privatekey",
+    "seed phrase",
+    "seed_phrase",
+    "seedphrase",
+    "api_key",
+    "apikey",
+    "x-api-key",
+    "x_api_key",
+    "access_key",
+    "accesskey",
+    "secret_key",
+    "secretkey",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "authorization",
+    "bearer ",
+)
+
+_MNEMONIC_WORD = re.compile(r"^[a-z]+$")
+
+
+def _looks_like_mnemonic(text: str) -> bool:
+    words = text.split()
+    if not 12 <= len(words) <= 24:
+        return False
+    return all(_MNEMONIC_WORD.match(w) for w in words)
+
+
+def is_secret_string(text: str) -> bool:
+    """True if `text` contains a secret marker or looks like a 12–24 word mnemonic."""
+    lowered = text.lower()
+    if any(marker in lowered for marker in SECRET_MARKERS):
+        return True
+    return _looks_like_mnemonic(text)
+
+
+def iter_strings(value: Any) -> Iterator[str]:
+    """Every key and string value of a JSON-like structure, depth first."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, str):
+                    yield k
+                stack.append(v)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def contains_secret(value: Any) -> bool:
+    """True if any key or string value of the JSON-like `value` is secret-shaped."""
+    return any(is_secret_string(s) for s in iter_strings(value))
+
+
+def redact_url(url: str) -> str:
+    """Drop user info (and any password) from a URL before it is printed or logged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))

@@ -1,0 +1,83 @@
+"""The event store interface (CONTRACT §6, §10).
+
+Every backend stores 1-indexed, contiguous, immutable envelopes per run and
+enforces the envelope guards atomically with the append. Two ways to write:
+
+* `append(run_id, expected_seq, envelopes)`: positional, all-or-nothing, fails
+  with `ConcurrencyError` unless the head equals `expected_seq`;
+* `append_next(run_id, drafts)`: the store assigns the next sequence numbers to a
+  batch that passes the guards and returns the envelopes — the path for parallel
+  writers, which must never depend on winning a positional race.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from mfm_dist.errors import ConcurrencyError
+from mfm_dist.events import EventDraft, EventEnvelope, RunCompleted, RunStarted
+from mfm_dist.ids import RunId
+from mfm_dist.run import RunPhase, RunSummary
+
+
+def stale_head(run_id: str, expected: int, head: int) -> ConcurrencyError:
+    return ConcurrencyError(
+        f"run {run_id}: expected head {expected}, found {head}",
+        code="expected_seq_mismatch",
+        details={"expected_seq": expected, "head_seq": head},
+    )
+
+
+def check_positions(run_id: str, expected_seq: int, envelopes: Sequence[EventEnvelope]) -> None:
+    """Envelopes of one batch must belong to `run_id` and continue from `expected_seq`."""
+    for offset, env in enumerate(envelopes, start=1):
+        if str(env.run_id) != str(run_id) or env.seq != expected_seq + offset:
+            raise ConcurrencyError(
+                f"envelope {env.seq} does not continue run {run_id} at {expected_seq + offset}",
+                code="envelope_position_invalid",
+            )
+
+
+def summary_updates(envelopes: Sequence[EventEnvelope]) -> tuple[str | None, int | None, RunPhase | None]:
+    """(op_id, started_ms, phase) changes implied by a batch, for run listings."""
+    op_id: str | None = None
+    started: int | None = None
+    phase: RunPhase | None = None
+    for env in envelopes:
+        if isinstance(env.event, RunStarted):
+            op_id, started, phase = str(env.event.op_id), env.ts_millis, RunPhase.RUNNING
+        elif isinstance(env.event, RunCompleted):
+            phase = RunPhase(env.event.status.value)
+    return op_id, started, phase
+
+
+class EventStore(ABC):
+    """Append-only, per-run event streams with sequence and envelope guards."""
+
+    url: str = ""
+
+    @abstractmethod
+    def head_seq(self, run_id: RunId) -> int:
+        """The last sequence number of the run (0 for an empty run)."""
+
+    @abstractmethod
+    def append(self, run_id: RunId, expected_seq: int, envelopes: Sequence[EventEnvelope]) -> None:
+        """Append all of `envelopes` iff the head equals `expected_seq` and the guards pass."""
+
+    @abstractmethod
+    def append_next(self, run_id: RunId, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
+        """Append at the current head, atomically; the store assigns and returns the seqs."""
+
+    @abstractmethod
+    def read_range(
+        self, run_id: RunId, from_seq: int = 1, to_seq: int | None = None
+    ) -> list[EventEnvelope]:
+        """Envelopes with `from_seq <= seq <= to_seq` (to the head when `to_seq` is None)."""
+
+    @abstractmethod
+    def list_runs(self, limit: int | None = None) -> list[RunSummary]:
+        """Runs, newest first."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,122 @@
+"""In-memory stores: the reference behaviour of the store contract, for tests and embedding."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mfm_dist.artifacts import ArtifactStore, KindLike
+from mfm_dist.errors import NotFound
+from mfm_dist.events import EventDraft, EventEnvelope
+from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.run import RunPhase, RunSummary
+from mfm_dist.stores.base import EventStore, check_positions, stale_head, summary_updates
+from mfm_dist.stores.guards import DictGuardView, check_batch
+
+
+@dataclass
+class _Run:
+    events: list[EventEnvelope] = field(default_factory=list)
+    guard: DictGuardView = field(default_factory=DictGuardView)
+    op_id: str = ""
+    started_ms: int = 0
+    phase: RunPhase = RunPhase.RUNNING
+
+
+class InMemoryEventStore(EventStore):
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+
+    def head_seq(self, run_id: RunId) -> int:
+        with self._lock:
+            run = self._runs.get(str(run_id))
+            return len(run.events) if run else 0
+
+    def append(self, run_id: RunId, expected_seq: int, envelopes: Sequence[EventEnvelope]) -> None:
+        with self._lock:
+            run = self._runs.get(str(run_id)) or _Run()
+            head = len(run.events)
+            if head != expected_seq:
+                raise stale_head(run_id, expected_seq, head)
+            self._commit(run_id, run, list(envelopes))
+
+    def append_next(self, run_id: RunId, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
+        with self._lock:
+            run = self._runs.get(str(run_id)) or _Run()
+            head = len(run.events)
+            envelopes = [d.at(run_id, head + i) for i, d in enumerate(drafts, start=1)]
+            self._commit(run_id, run, envelopes)
+            return envelopes
+
+    def _commit(self, run_id: RunId, run: _Run, envelopes: list[EventEnvelope]) -> None:
+        if not envelopes:
+            return
+        check_positions(run_id, len(run.events), envelopes)
+        changes = check_batch(run.guard, envelopes)
+        run.guard.apply(changes)
+        run.events.extend(envelopes)
+        op_id, started, phase = summary_updates(envelopes)
+        if op_id is not None and started is not None:
+            run.op_id, run.started_ms = op_id, started
+        if phase is not None:
+            run.phase = phase
+        self._runs[str(run_id)] = run
+
+    def read_range(
+        self, run_id: RunId, from_seq: int = 1, to_seq: int | None = None
+    ) -> list[EventEnvelope]:
+        with self._lock:
+            run = self._runs.get(str(run_id))
+            if run is None:
+                return []
+            end = len(run.events) if to_seq is None else min(to_seq, len(run.events))
+            return run.events[max(from_seq, 1) - 1 : end]
+
+    def list_runs(self, limit: int | None = None) -> list[RunSummary]:
+        with self._lock:
+            rows = [
+                RunSummary(
+                    run_id=RunId(rid),
+                    op_id=run.op_id,
+                    started_ms=run.started_ms,
+                    phase=run.phase,
+                    head_seq=len(run.events),
+                )
+                for rid, run in self._runs.items()
+            ]
+        rows.sort(key=lambda r: (r.started_ms, r.run_id), reverse=True)
+        return rows[:limit] if limit is not None else rows
+
+
+class InMemoryArtifactStore(ArtifactStore):
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, tuple[str, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def exists(self, artifact_id: str) -> bool:
+        with self._lock:
+            return artifact_id in self._blobs
+
+    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+        with self._lock:
+            self._blobs.setdefault(str(artifact_id), (str(kind), bytes(data)))
+        return artifact_id
+
+    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+        with self._lock:
+            entry = self._blobs.get(str(artifact_id))
+        if entry is None:
+            raise NotFound(f"artifact {artifact_id} not found", code="artifact_not_found")
+        return entry[1]
+
+    def tamper(self, artifact_id: str, data: bytes) -> None:
+        """Overwrite stored bytes (tests of corruption detection only)."""
+        with self._lock:
+            kind = self._blobs[artifact_id][0]
+            self._blobs[artifact_id] = (kind, data)
