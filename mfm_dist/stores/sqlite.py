@@ -1,0 +1,381 @@
+"""The embedded event store: one SQLite file, safe for threads and processes (CONTRACT §6, §10).
+
+Durability: the database runs in WAL mode with `synchronous=FULL` by default, so
+an `append` that returned survives a power loss — the run history is the audit
+record and the resume point, and losing an acknowledged checkpoint would make a
+resume redo side effects. `synchronous="NORMAL"` is offered for throughput: it
+stays consistent (never corrupt, never half a batch) but the last few commits
+may roll back on power loss (not on a process crash).
+
+Concurrency: one connection per store object, guarded by a lock (threads), and
+`BEGIN IMMEDIATE` per write with a busy timeout (processes), so the head read,
+the envelope guards and the insert happen in one serialized transaction. The
+guard state (started/completed per run, open and next attempt per state) lives
+in tables next to the events, so checking a batch costs O(batch), not O(history).
+A store object used after `fork()` reopens its connection in the child.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import ValidationError
+
+from mfm_dist.errors import Corruption, InvalidInput, StorageError, StorageUnavailable
+from mfm_dist.events import EventDraft, EventEnvelope
+from mfm_dist.ids import RunId
+from mfm_dist.run import RunPhase, RunSummary
+from mfm_dist.stores.base import EventStore, check_positions, stale_head, summary_updates
+from mfm_dist.stores.guards import GuardChanges, check_batch
+
+Synchronous = Literal["FULL", "NORMAL"]
+DEFAULT_BUSY_TIMEOUT_S = 30.0
+T = TypeVar("T")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        op_id TEXT NOT NULL DEFAULT '',
+        started_ms INTEGER NOT NULL DEFAULT 0,
+        phase TEXT NOT NULL DEFAULT 'Running',
+        head_seq INTEGER NOT NULL DEFAULT 0,
+        started INTEGER NOT NULL DEFAULT 0,
+        completed INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_ms DESC, run_id DESC)",
+    """CREATE TABLE IF NOT EXISTS attempts (
+        run_id TEXT NOT NULL,
+        state_id TEXT NOT NULL,
+        open_attempt INTEGER,
+        next_attempt INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, state_id)
+    ) WITHOUT ROWID""",
+)
+
+
+def _storage_error(exc: sqlite3.Error, action: str) -> StorageError:
+    """Map a sqlite fault to a stable code; messages never carry event payloads."""
+    name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+    details = {"action": action, "sqlite_error": name}
+    if name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc):
+        return StorageUnavailable(f"sqlite database busy during {action}", code="sqlite_busy")
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "not a database" in str(exc):
+        return Corruption(
+            "sqlite_corrupt", f"sqlite database is corrupt ({action})", details=details
+        )
+    if name in ("SQLITE_CANTOPEN",) or "unable to open" in str(exc):
+        return StorageError(
+            "sqlite_open_failed", f"cannot open sqlite database ({action})", details=details
+        )
+    if name.startswith("SQLITE_FULL"):
+        return StorageError("sqlite_disk_full", f"disk full during {action}", details=details)
+    if isinstance(exc, sqlite3.IntegrityError):
+        return StorageError(
+            "sqlite_integrity_error", f"constraint failed during {action}", details=details
+        )
+    return StorageError("sqlite_error", f"sqlite error during {action}: {name}", details=details)
+
+
+class _SqlGuardView:
+    """`GuardView` answered by indexed queries inside the append transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, run_id: str) -> None:
+        self._conn = conn
+        self._run_id = run_id
+        row = conn.execute(
+            "SELECT started, completed FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        self._started = bool(row and row[0])
+        self._completed = bool(row and row[1])
+
+    def started(self) -> bool:
+        return self._started
+
+    def completed(self) -> bool:
+        return self._completed
+
+    def _attempt_row(self, state_id: str) -> tuple[int | None, int] | None:
+        row = self._conn.execute(
+            "SELECT open_attempt, next_attempt FROM attempts WHERE run_id = ? AND state_id = ?",
+            (self._run_id, state_id),
+        ).fetchone()
+        return None if row is None else (row[0], int(row[1]))
+
+    def open_attempt(self, state_id: str) -> int | None:
+        row = self._attempt_row(state_id)
+        return None if row is None or row[0] is None else int(row[0])
+
+    def next_attempt(self, state_id: str) -> int:
+        row = self._attempt_row(state_id)
+        return 0 if row is None else row[1]
+
+    def open_count(self) -> int:
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM attempts WHERE run_id = ? AND open_attempt IS NOT NULL",
+            (self._run_id,),
+        ).fetchone()
+        return int(row[0])
+
+
+class SqliteEventStore(EventStore):
+    """Per-run event streams in one SQLite file (`sqlite:///path`)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise InvalidInput(
+                "sqlite_synchronous_invalid", "synchronous must be FULL or NORMAL"
+            )
+        self.path = Path(path).absolute()
+        self.url = f"sqlite://{self.path.as_posix()}"
+        self._synchronous: Synchronous = synchronous
+        self._busy_timeout_s = busy_timeout_s
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            raise StorageError(
+                "sqlite_open_failed", "cannot create the event store directory"
+            ) from None
+        with self._lock:
+            self._connection()
+
+    # --- connection management -------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection (caller holds the lock); reopened after close or fork."""
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        # A connection inherited across fork must not be used (or closed) by the child.
+        self._conn = None
+        self._pid = os.getpid()
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, "open") from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StorageError("sqlite_wal_unavailable", "sqlite refused WAL journal mode")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _storage_error(exc, "open") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _read(self, action: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            conn = self._connection()
+            try:
+                return fn(conn)
+            except sqlite3.Error as exc:
+                raise _storage_error(exc, action) from None
+
+    @contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One serialized write transaction: committed on success, rolled back on any error."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _storage_error(exc, action) from None
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                # A failed COMMIT may already have rolled back.
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _storage_error(exc, action) from None
+                raise
+
+    @property
+    def synchronous(self) -> str:
+        """The `PRAGMA synchronous` level in force (`FULL` or `NORMAL`)."""
+        level = self._read("pragma", lambda c: int(c.execute("PRAGMA synchronous").fetchone()[0]))
+        return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, str(level))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    # --- EventStore ------------------------------------------------------------------------
+
+    @staticmethod
+    def _head(conn: sqlite3.Connection, run_id: str) -> int:
+        row = conn.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def head_seq(self, run_id: RunId) -> int:
+        return self._read("head_seq", lambda c: self._head(c, str(run_id)))
+
+    def append(self, run_id: RunId, expected_seq: int, envelopes: Sequence[EventEnvelope]) -> None:
+        batch = list(envelopes)
+        with self._write("append") as conn:
+            head = self._head(conn, str(run_id))
+            if head != expected_seq:
+                raise stale_head(run_id, expected_seq, head)
+            self._commit(conn, run_id, head, batch)
+
+    def append_next(self, run_id: RunId, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
+        items = list(drafts)
+        with self._write("append_next") as conn:
+            head = self._head(conn, str(run_id))
+            envelopes = [d.at(run_id, head + i) for i, d in enumerate(items, start=1)]
+            self._commit(conn, run_id, head, envelopes)
+            return envelopes
+
+    def _commit(
+        self, conn: sqlite3.Connection, run_id: RunId, head: int, envelopes: list[EventEnvelope]
+    ) -> None:
+        """Check and write one batch inside the caller's transaction."""
+        if not envelopes:
+            return
+        rid = str(run_id)
+        check_positions(run_id, head, envelopes)
+        changes = check_batch(_SqlGuardView(conn, rid), envelopes)
+        conn.executemany(
+            "INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)",
+            [(rid, env.seq, env.to_bytes()) for env in envelopes],
+        )
+        conn.execute("INSERT OR IGNORE INTO runs (run_id) VALUES (?)", (rid,))
+        self._apply_changes(conn, rid, changes)
+        self._update_summary(conn, rid, envelopes)
+
+    @staticmethod
+    def _apply_changes(conn: sqlite3.Connection, rid: str, changes: GuardChanges) -> None:
+        if changes.started:
+            conn.execute("UPDATE runs SET started = 1 WHERE run_id = ?", (rid,))
+        if changes.completed:
+            conn.execute("UPDATE runs SET completed = 1 WHERE run_id = ?", (rid,))
+        states = set(changes.open_after) | set(changes.next_after)
+        for state in sorted(states):
+            conn.execute(
+                "INSERT OR IGNORE INTO attempts (run_id, state_id) VALUES (?, ?)", (rid, state)
+            )
+            if state in changes.open_after:
+                conn.execute(
+                    "UPDATE attempts SET open_attempt = ? WHERE run_id = ? AND state_id = ?",
+                    (changes.open_after[state], rid, state),
+                )
+            if state in changes.next_after:
+                conn.execute(
+                    "UPDATE attempts SET next_attempt = ? WHERE run_id = ? AND state_id = ?",
+                    (changes.next_after[state], rid, state),
+                )
+
+    @staticmethod
+    def _update_summary(
+        conn: sqlite3.Connection, rid: str, envelopes: list[EventEnvelope]
+    ) -> None:
+        op_id, started_ms, phase = summary_updates(envelopes)
+        if op_id is not None and started_ms is not None:
+            conn.execute(
+                "UPDATE runs SET op_id = ?, started_ms = ? WHERE run_id = ?",
+                (op_id, started_ms, rid),
+            )
+        if phase is not None:
+            conn.execute("UPDATE runs SET phase = ? WHERE run_id = ?", (phase.value, rid))
+        conn.execute(
+            "UPDATE runs SET head_seq = ? WHERE run_id = ?", (envelopes[-1].seq, rid)
+        )
+
+    def read_range(
+        self, run_id: RunId, from_seq: int = 1, to_seq: int | None = None
+    ) -> list[EventEnvelope]:
+        lo = max(from_seq, 1)
+        hi = to_seq if to_seq is not None else -1
+
+        def query(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
+            return conn.execute(
+                "SELECT seq, body FROM events WHERE run_id = ? AND seq >= ? AND (? < 0 OR seq <= ?)"
+                " ORDER BY seq",
+                (str(run_id), lo, hi, hi),
+            ).fetchall()
+
+        if to_seq is not None and to_seq < lo:
+            return []
+        rows = self._read("read_range", query)
+        return [_decode(str(run_id), seq, body) for seq, body in rows]
+
+    def list_runs(self, limit: int | None = None) -> list[RunSummary]:
+        def query(conn: sqlite3.Connection) -> list[tuple[str, str, int, str, int]]:
+            return conn.execute(
+                "SELECT run_id, op_id, started_ms, phase, head_seq FROM runs"
+                " ORDER BY started_ms DESC, run_id DESC LIMIT ?",
+                (-1 if limit is None else max(limit, 0),),
+            ).fetchall()
+
+        rows = self._read("list_runs", query)
+        try:
+            return [
+                RunSummary(
+                    run_id=RunId(rid),
+                    op_id=op_id,
+                    started_ms=started,
+                    phase=RunPhase(phase),
+                    head_seq=head,
+                )
+                for rid, op_id, started, phase, head in rows
+            ]
+        except (ValueError, ValidationError):
+            raise Corruption("sqlite_run_row_invalid", "a stored run summary is invalid") from None
+
+
+def _decode(run_id: str, seq: int, body: bytes) -> EventEnvelope:
+    try:
+        env = EventEnvelope.from_bytes(body)
+    except (ValueError, ValidationError):
+        raise Corruption(
+            "event_decode_failed",
+            f"stored event {seq} of run {run_id} cannot be decoded",
+            details={"run_id": run_id, "seq": seq},
+        ) from None
+    if str(env.run_id) != run_id or env.seq != seq:
+        raise Corruption(
+            "event_position_mismatch",
+            f"stored event {seq} of run {run_id} names another position",
+            details={"run_id": run_id, "seq": seq},
+        )
+    return env
