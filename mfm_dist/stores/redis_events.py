@@ -1,0 +1,389 @@
+"""Redis Streams event store (CONTRACT §10).
+
+Layout (all keys of a run share the hash tag `{<run_id>}`):
+
+* `mfm:{rid}:events` — the run's stream; entry id `<seq>-1`, fields `seq` and
+  `body` (the canonical envelope without `run_id`/`seq`). Never trimmed or expired.
+* `mfm:{rid}:guard` — guard state: `head`, `started`, `completed`, `open_count`,
+  `open:<state>` (the open attempt), `next:<state>` (the next attempt number).
+* `mfm:{rid}:facts` — fact bindings `key -> payload_id` (single assignment).
+* `mfm:{rid}:batches` — `batch_id -> "<first_seq>:<count>"` of every committed call.
+* `mfm:{rid}:meta` and the global sorted set `mfm:runs` (by `started_ms`) — the
+  run listing (`op_id`, `started_ms`, `phase`, `head`).
+
+`append` and `append_next` are each ONE call of `append.lua`, which checks the
+head (positional appends), enforces the envelope guards of `stores/guards.py`
+plus fact single-assignment (`fact_conflict`), and XADDs the whole batch — all or
+nothing. `append_next` lets the script assign the next seqs, so parallel writers
+never race on positions.
+
+Retries: connection errors and timeouts are retried with bounded backoff, then
+`StorageUnavailable` (retryable). A retried append is safe because every call
+carries a client-generated batch id that the script records with the batch: a
+retry after an ambiguous failure (timeout after the server committed) finds its
+own batch and returns the same seqs instead of appending twice.
+
+Durability: with Redis AOF `appendfsync everysec`, about one second of
+acknowledged appends can be lost if the server host crashes. `appendfsync always`
+closes that gap server-wide. Alternatively `?durable=1` (or `durable=True`)
+calls `WAITAOF 1 0 <timeout>` after each append, so an append returns only once it
+is fsynced locally; this needs Redis >= 7.2 with `appendonly yes`, and the store
+refuses to construct (`redis_durable_unsupported`) otherwise.
+
+The script touches the run's keys and the global run index, so the store needs
+a single Redis primary (Redis Cluster is not supported). Credentials: put them
+in the URL or in `MFM_REDIS_USERNAME` / `MFM_REDIS_PASSWORD`; printed URLs are
+always redacted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from mfm_dist.canonical import canonical_bytes_unchecked
+from mfm_dist.errors import ConcurrencyError, InvalidInput, StorageError, StorageUnavailable
+from mfm_dist.events import (
+    FACT_RECORDED,
+    DomainEvent,
+    EventDraft,
+    EventEnvelope,
+    RunCompleted,
+    RunStarted,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
+from mfm_dist.ids import RunId
+from mfm_dist.run import RunPhase, RunSummary
+from mfm_dist.secrets import redact_url
+from mfm_dist.stores.base import EventStore, stale_head
+from mfm_dist.stores.guards import GuardViolation
+
+T = TypeVar("T")
+
+RUN_INDEX_KEY = b"mfm:runs"
+WAITAOF_MIN_VERSION = (7, 2)
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
+_OWN_QUERY_KEYS = ("durable", "durable_timeout_ms")
+
+
+def _load_script() -> str:
+    return resources.files("mfm_dist.stores").joinpath("append.lua").read_text(encoding="utf-8")
+
+
+def _run_keys(run_id: str) -> list[bytes]:
+    tag = f"mfm:{{{run_id}}}:"
+    return [(tag + part).encode() for part in ("events", "guard", "facts", "batches", "meta")]
+
+
+def _truthy(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+def _parse_version(text: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for piece in text.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def _body(event: Any, ts_millis: int, state_id: str | None, attempt: int | None) -> bytes:
+    """The stored form: an envelope without `run_id` and `seq` (those are the stream's)."""
+    return canonical_bytes_unchecked(
+        {
+            "event": event.model_dump(mode="json"),
+            "ts_millis": ts_millis,
+            "state_id": state_id,
+            "attempt": attempt,
+        }
+    )
+
+
+def _guard_fields(event: Any, state_id: str | None, attempt: int | None) -> list[str]:
+    """kind, ev_state, ev_attempt, env_state, env_attempt, a1, a2 for the script."""
+    env_state = "" if state_id is None else str(state_id)
+    env_attempt = "" if attempt is None else str(attempt)
+    if isinstance(event, RunStarted):
+        return ["RS", "", "", env_state, env_attempt, str(event.op_id), ""]
+    if isinstance(event, StateEntered):
+        return ["SE", str(event.state_id), str(event.attempt), env_state, env_attempt, "", ""]
+    if isinstance(event, (StateCompleted, StateFailed)):
+        return ["ST", str(event.state_id), "", env_state, env_attempt, "", ""]
+    if isinstance(event, RunCompleted):
+        return ["RC", "", "", env_state, env_attempt, event.status.value, ""]
+    if isinstance(event, DomainEvent) and event.name == FACT_RECORDED:
+        payload = event.payload
+        if (
+            isinstance(payload, dict)
+            and isinstance(payload.get("key"), str)
+            and isinstance(payload.get("payload_id"), str)
+        ):
+            return ["F", "", "", env_state, env_attempt, payload["key"], payload["payload_id"]]
+    return ["D", "", "", env_state, env_attempt, "", ""]
+
+
+def _event_args(event: Any, ts_millis: int, state_id: str | None, attempt: int | None) -> list[Any]:
+    fields: list[Any] = _guard_fields(event, state_id, attempt)
+    fields.append(str(ts_millis))
+    fields.append(_body(event, ts_millis, state_id, attempt))
+    return fields
+
+
+class RedisEventStore(EventStore):
+    """Append-only per-run Redis Streams with the envelope guards enforced in Lua."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        url: str = "redis://",
+        durable: bool = False,
+        durable_timeout_ms: int = 1000,
+        retries: int = 5,
+        backoff_s: float = 0.05,
+    ) -> None:
+        # redis-py annotates replies as sync/async unions; we only use the sync client.
+        self._client: Any = client
+        self.url = redact_url(url)
+        self._durable = durable
+        self._durable_timeout_ms = durable_timeout_ms
+        self._retries = max(retries, 0)
+        self._backoff_s = backoff_s
+        self._script = client.register_script(_load_script())
+        if durable:
+            self._check_durable_support()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        durable: bool | None = None,
+        socket_timeout_s: float = 5.0,
+        connect_timeout_s: float = 2.0,
+        retries: int = 5,
+    ) -> RedisEventStore:
+        """`redis://[user:pass@]host:port/db[?durable=1&durable_timeout_ms=N]`, rediss://, unix://."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        own = {k: v for k, v in query if k in _OWN_QUERY_KEYS}
+        rest = [(k, v) for k, v in query if k not in _OWN_QUERY_KEYS]
+        client_url = urlunsplit(
+            (parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment)
+        )
+        kwargs: dict[str, Any] = {}
+        if parts.password is None and os.environ.get("MFM_REDIS_PASSWORD"):
+            kwargs["password"] = os.environ["MFM_REDIS_PASSWORD"]
+            if os.environ.get("MFM_REDIS_USERNAME"):
+                kwargs["username"] = os.environ["MFM_REDIS_USERNAME"]
+        try:
+            client = redis.Redis.from_url(
+                client_url,
+                decode_responses=False,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=connect_timeout_s,
+                # Retries are ours (bounded, and safe thanks to batch ids).
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+                **kwargs,
+            )
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(
+                "store_url_invalid", f"invalid redis URL {redact_url(url)}: {type(exc).__name__}"
+            ) from None
+        is_durable = _truthy(own.get("durable", "0")) if durable is None else durable
+        try:
+            timeout_ms = int(own.get("durable_timeout_ms", "1000"))
+        except ValueError:
+            raise InvalidInput(
+                "store_url_invalid", f"durable_timeout_ms must be an integer in {redact_url(url)}"
+            ) from None
+        return cls(
+            client, url=url, durable=is_durable, durable_timeout_ms=timeout_ms, retries=retries
+        )
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run `fn` with bounded retries on connection faults; `fn` must be idempotent."""
+        delay = self._backoff_s
+        for attempt in range(self._retries + 1):
+            try:
+                return fn()
+            except _TRANSIENT as exc:
+                if attempt == self._retries:
+                    raise StorageUnavailable(
+                        f"redis at {self.url} unavailable during {what} after "
+                        f"{attempt + 1} attempts ({type(exc).__name__})"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except redis.RedisError as exc:
+                raise StorageError(
+                    "redis_command_failed",
+                    f"redis at {self.url} rejected {what} ({type(exc).__name__})",
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_durable_support(self) -> None:
+        info = self._call("INFO", lambda: self._client.info("server"))
+        version_text = str(info.get("redis_version", "0"))
+        if _parse_version(version_text) < WAITAOF_MIN_VERSION:
+            raise InvalidInput(
+                "redis_durable_unsupported",
+                f"durable mode needs WAITAOF (Redis >= 7.2); the server at {self.url} "
+                f"runs {version_text}",
+            )
+        config = self._call("CONFIG GET", lambda: self._client.config_get("appendonly"))
+        if config.get(b"appendonly", config.get("appendonly")) not in (b"yes", "yes"):
+            raise InvalidInput(
+                "redis_durable_unsupported",
+                f"durable mode needs appendonly yes on the server at {self.url}",
+            )
+
+    def _wait_aof(self) -> None:
+        reply = self._call(
+            "WAITAOF",
+            lambda: self._client.execute_command("WAITAOF", 1, 0, self._durable_timeout_ms),
+        )
+        if not reply or int(reply[0]) < 1:
+            # The batch is committed in memory; a retry of the same call waits again.
+            raise StorageUnavailable(
+                f"redis at {self.url} did not fsync the append within "
+                f"{self._durable_timeout_ms} ms",
+                code="redis_aof_not_synced",
+            )
+
+    def _run_script(
+        self,
+        run_id: str,
+        mode: str,
+        expected_seq: int | None,
+        positions_ok: bool,
+        event_args: list[Any],
+        count: int,
+    ) -> tuple[int, int]:
+        """One guarded append; returns (first_seq, count) or raises the script's verdict."""
+        keys = [*_run_keys(run_id), RUN_INDEX_KEY]
+        batch_id = uuid.uuid4().hex
+        args: list[Any] = [
+            mode,
+            "" if expected_seq is None else str(expected_seq),
+            "1" if positions_ok else "0",
+            batch_id,
+            run_id,
+            str(count),
+            *event_args,
+        ]
+        reply = self._call("append", lambda: self._script(keys=keys, args=args))
+        verdict = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+        status = verdict[0]
+        if status in ("ok", "dup"):
+            if self._durable:
+                self._wait_aof()
+            return int(verdict[1]), int(verdict[2])
+        if status == "stale":
+            raise stale_head(run_id, expected_seq or 0, int(verdict[1]))
+        if status == "position":
+            raise ConcurrencyError(
+                f"envelopes do not continue run {run_id} at {(expected_seq or 0) + 1}",
+                code="envelope_position_invalid",
+            )
+        if status == "guard":
+            raise GuardViolation(verdict[1], verdict[3], seq=int(verdict[2]))
+        raise StorageError("redis_script_reply_invalid", f"unexpected append reply {status!r}")
+
+    # --- EventStore ----------------------------------------------------------------------------
+
+    def head_seq(self, run_id: RunId) -> int:
+        guard = _run_keys(str(run_id))[1]
+        value = self._call("HGET", lambda: self._client.hget(guard, "head"))
+        return int(value) if value is not None else 0
+
+    def append(self, run_id: RunId, expected_seq: int, envelopes: Sequence[EventEnvelope]) -> None:
+        rid = str(run_id)
+        positions_ok = all(
+            str(env.run_id) == rid and env.seq == expected_seq + offset
+            for offset, env in enumerate(envelopes, start=1)
+        )
+        args: list[Any] = []
+        if positions_ok:
+            for env in envelopes:
+                args += _event_args(env.event, env.ts_millis, env.state_id, env.attempt)
+        count = len(envelopes) if positions_ok else 0
+        self._run_script(rid, "append", expected_seq, positions_ok, args, count)
+
+    def append_next(self, run_id: RunId, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
+        if not drafts:
+            return []
+        args: list[Any] = []
+        for draft in drafts:
+            args += _event_args(draft.event, draft.ts_millis, draft.state_id, draft.attempt)
+        first, count = self._run_script(str(run_id), "next", None, True, args, len(drafts))
+        if count != len(drafts):
+            raise StorageError(
+                "redis_script_reply_invalid", f"append reply covers {count} of {len(drafts)} events"
+            )
+        return [draft.at(run_id, first + i) for i, draft in enumerate(drafts)]
+
+    def read_range(
+        self, run_id: RunId, from_seq: int = 1, to_seq: int | None = None
+    ) -> list[EventEnvelope]:
+        rid = str(run_id)
+        start = max(from_seq, 1)
+        if to_seq is not None and to_seq < start:
+            return []
+        stream = _run_keys(rid)[0]
+        end = "+" if to_seq is None else f"{to_seq}-1"
+        entries = self._call("XRANGE", lambda: self._client.xrange(stream, f"{start}-1", end))
+        out: list[EventEnvelope] = []
+        for _entry_id, fields in entries:
+            data = orjson.loads(fields[b"body"])
+            data["run_id"] = rid
+            data["seq"] = int(fields[b"seq"])
+            out.append(EventEnvelope.model_validate(data))
+        return out
+
+    def list_runs(self, limit: int | None = None) -> list[RunSummary]:
+        stop = -1 if limit is None else limit - 1
+        if limit is not None and limit <= 0:
+            return []
+        members = self._call("ZREVRANGE", lambda: self._client.zrevrange(RUN_INDEX_KEY, 0, stop))
+        run_ids = [m.decode() for m in members]
+
+        def fetch() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for rid in run_ids:
+                pipe.hgetall(_run_keys(rid)[4])
+            return list(pipe.execute())
+
+        metas = self._call("HGETALL", fetch) if run_ids else []
+        rows = []
+        for rid, meta in zip(run_ids, metas, strict=True):
+            if not meta:
+                continue
+            rows.append(
+                RunSummary(
+                    run_id=RunId(rid),
+                    op_id=meta[b"op_id"].decode(),
+                    started_ms=int(meta[b"started_ms"]),
+                    phase=RunPhase(meta[b"phase"].decode()),
+                    head_seq=int(meta[b"head"]),
+                )
+            )
+        return rows
+
+    def close(self) -> None:
+        self._client.close()
