@@ -1,0 +1,581 @@
+"""The store contract (CONTRACT §2, §6, §10): one suite, run against every backend.
+
+To add a backend, add one entry to `EVENT_BACKENDS` or `ARTIFACT_BACKENDS`. A
+factory gets the pytest `request` (to pull in server fixtures, e.g.
+`request.getfixturevalue("redis_url")`) and a fresh `tmp_path`, and returns an
+empty store; an artifact backend also says how to overwrite an object's stored
+bytes behind the store's back, so corruption detection is tested through the
+backend's own storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mfm_dist.artifacts import ArtifactKind, ArtifactStore, OtherArtifactKind, get_json, put_json
+from mfm_dist.errors import (
+    ConcurrencyError,
+    Corruption,
+    ErrorCategory,
+    ErrorInfo,
+    InvalidId,
+    NotFound,
+    StorageError,
+)
+from mfm_dist.events import (
+    DomainEvent,
+    EventDraft,
+    EventEnvelope,
+    RunCompleted,
+    RunStarted,
+    RunStatus,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
+from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
+from mfm_dist.run import RunPhase
+from mfm_dist.stores.base import EventStore
+from mfm_dist.stores.files import FileArtifactStore
+from mfm_dist.stores.guards import GuardViolation
+from mfm_dist.stores.memory import InMemoryArtifactStore, InMemoryEventStore
+from mfm_dist.stores.sqlite import SqliteEventStore
+
+# --- backends ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventBackend:
+    open: Callable[[pytest.FixtureRequest, Path], EventStore]
+
+
+@dataclass(frozen=True)
+class ArtifactBackend:
+    open: Callable[[pytest.FixtureRequest, Path], ArtifactStore]
+    tamper: Callable[[ArtifactStore, str, bytes], None]
+
+
+def _tamper_memory(store: ArtifactStore, artifact_id: str, data: bytes) -> None:
+    assert isinstance(store, InMemoryArtifactStore)
+    store.tamper(artifact_id, data)
+
+
+def _tamper_file(store: ArtifactStore, artifact_id: str, data: bytes) -> None:
+    assert isinstance(store, FileArtifactStore)
+    path = store.object_path(artifact_id)
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+
+
+EVENT_BACKENDS: dict[str, EventBackend] = {
+    "memory": EventBackend(open=lambda request, tmp: InMemoryEventStore()),
+    "sqlite": EventBackend(open=lambda request, tmp: SqliteEventStore(tmp / "ev" / "e.sqlite3")),
+}
+
+ARTIFACT_BACKENDS: dict[str, ArtifactBackend] = {
+    "memory": ArtifactBackend(open=lambda request, tmp: InMemoryArtifactStore(),
+                              tamper=_tamper_memory),
+    "file": ArtifactBackend(open=lambda request, tmp: FileArtifactStore(tmp / "artifacts"),
+                            tamper=_tamper_file),
+}
+
+
+@pytest.fixture(params=list(EVENT_BACKENDS))
+def event_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
+    store = EVENT_BACKENDS[request.param].open(request, tmp_path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@dataclass
+class Artifacts:
+    store: ArtifactStore
+    backend: ArtifactBackend
+
+    def tamper(self, artifact_id: str, data: bytes) -> None:
+        self.backend.tamper(self.store, artifact_id, data)
+
+
+@pytest.fixture(params=list(ARTIFACT_BACKENDS))
+def artifact_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Artifacts]:
+    backend = ARTIFACT_BACKENDS[request.param]
+    store = backend.open(request, tmp_path)
+    try:
+        yield Artifacts(store, backend)
+    finally:
+        store.close()
+
+
+# --- event builders ---------------------------------------------------------------------------
+
+SNAP = ArtifactId("a" * 64)
+MANIFEST = ArtifactId("b" * 64)
+A = StateId("m.main.a")
+B = StateId("m.main.b")
+
+
+def d_started(ts: int = 1_000, op: str = "demo") -> EventDraft:
+    event = RunStarted(op_id=OpId(op), manifest_id=MANIFEST, initial_snapshot_id=SNAP)
+    return EventDraft(event=event, ts_millis=ts)
+
+
+def d_entered(state: StateId, attempt: int, *, as_state: StateId | None = None) -> EventDraft:
+    event = StateEntered(state_id=state, attempt=attempt, base_snapshot_id=SNAP)
+    return EventDraft(event=event, ts_millis=2_000, state_id=as_state or state, attempt=attempt)
+
+
+def d_completed(state: StateId, attempt: int) -> EventDraft:
+    event = StateCompleted(state_id=state, context_snapshot_id=SNAP)
+    return EventDraft(event=event, ts_millis=3_000, state_id=state, attempt=attempt)
+
+
+def d_failed(state: StateId, attempt: int) -> EventDraft:
+    error = ErrorInfo(code="boom", category=ErrorCategory.UNKNOWN, message="boom")
+    event = StateFailed(state_id=state, error=error, failure_snapshot_id=None)
+    return EventDraft(event=event, ts_millis=3_000, state_id=state, attempt=attempt)
+
+
+def d_domain(state: StateId | None = None, attempt: int | None = None, n: int = 1) -> EventDraft:
+    event = DomainEvent(name="note", payload={"n": n})
+    return EventDraft(event=event, ts_millis=2_500, state_id=state, attempt=attempt)
+
+
+def d_run_completed(status: RunStatus = RunStatus.COMPLETED) -> EventDraft:
+    return EventDraft(event=RunCompleted(status=status, final_snapshot_id=SNAP), ts_millis=9_000)
+
+
+def at(run_id: RunId, head: int, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
+    return [d.at(run_id, head + i) for i, d in enumerate(drafts, start=1)]
+
+
+def write(store: EventStore, run_id: RunId, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
+    """Append positionally at the current head."""
+    envelopes = at(run_id, store.head_seq(run_id), drafts)
+    store.append(run_id, store.head_seq(run_id), envelopes)
+    return envelopes
+
+
+# --- event store: sequences -------------------------------------------------------------------
+
+
+def test_empty_run_has_head_zero(event_store: EventStore) -> None:
+    run = RunId.mint()
+    assert event_store.head_seq(run) == 0
+    assert event_store.read_range(run) == []
+    assert event_store.list_runs() == []
+
+
+def test_seqs_are_one_indexed_and_contiguous(event_store: EventStore) -> None:
+    run = RunId.mint()
+    first = at(run, 0, [d_started()])
+    event_store.append(run, 0, first)
+    assert event_store.head_seq(run) == 1
+    rest = at(run, 1, [d_entered(A, 0), d_domain(A, 0), d_completed(A, 0)])
+    event_store.append(run, 1, rest)
+    assert event_store.head_seq(run) == 4
+    stored = event_store.read_range(run)
+    assert [e.seq for e in stored] == [1, 2, 3, 4]
+    assert stored == first + rest
+    assert stored[2].event == DomainEvent(name="note", payload={"n": 1})
+    assert stored[2].state_id == A and stored[2].attempt == 0
+
+
+def test_runs_are_independent(event_store: EventStore) -> None:
+    one, two = RunId.mint(), RunId.mint()
+    write(event_store, one, [d_started(), d_entered(A, 0)])
+    write(event_store, two, [d_started()])
+    assert event_store.head_seq(one) == 2
+    assert event_store.head_seq(two) == 1
+    assert all(e.run_id == two for e in event_store.read_range(two))
+    # Guard state is per run: A is open in `one`, not in `two`.
+    write(event_store, two, [d_entered(A, 0)])
+
+
+@pytest.mark.parametrize("expected", [0, 2, 5])
+def test_expected_seq_mismatch_writes_nothing(event_store: EventStore, expected: int) -> None:
+    run = RunId.mint()
+    write(event_store, run, [d_started()])
+    before = event_store.read_range(run)
+    with pytest.raises(ConcurrencyError) as caught:
+        event_store.append(run, expected, at(run, expected, [d_entered(A, 0)]))
+    assert caught.value.code == "expected_seq_mismatch"
+    assert caught.value.info.details == {"expected_seq": expected, "head_seq": 1}
+    assert event_store.head_seq(run) == 1
+    assert event_store.read_range(run) == before
+
+
+def test_expected_seq_mismatch_on_empty_batch(event_store: EventStore) -> None:
+    run = RunId.mint()
+    event_store.append(run, 0, [])
+    assert event_store.head_seq(run) == 0
+    with pytest.raises(ConcurrencyError):
+        event_store.append(run, 3, [])
+
+
+def test_envelopes_must_continue_the_head(event_store: EventStore) -> None:
+    run = RunId.mint()
+    write(event_store, run, [d_started()])
+    wrong_seq = at(run, 2, [d_entered(A, 0)])  # seq 3 at head 1
+    with pytest.raises(ConcurrencyError) as caught:
+        event_store.append(run, 1, wrong_seq)
+    assert caught.value.code == "envelope_position_invalid"
+    other_run = at(RunId.mint(), 1, [d_entered(A, 0)])
+    with pytest.raises(ConcurrencyError) as caught:
+        event_store.append(run, 1, other_run)
+    assert caught.value.code == "envelope_position_invalid"
+    assert event_store.head_seq(run) == 1
+
+
+def test_batch_is_all_or_nothing(event_store: EventStore) -> None:
+    run = RunId.mint()
+    write(event_store, run, [d_started()])
+    before = event_store.read_range(run)
+    summary_before = event_store.list_runs()
+    batch = at(run, 1, [d_entered(A, 0), d_domain(A, 0), d_entered(A, 0)])
+    with pytest.raises(GuardViolation) as caught:
+        event_store.append(run, 1, batch)
+    assert caught.value.rule == "attempt_already_open"
+    assert caught.value.info.details["seq"] == 4
+    assert event_store.head_seq(run) == 1
+    assert event_store.read_range(run) == before
+    assert event_store.list_runs() == summary_before
+    # The rejected batch left no guard state behind: attempt 0 of A is still the next one.
+    write(event_store, run, [d_entered(A, 0)])
+    assert event_store.head_seq(run) == 2
+
+
+def test_rejected_batch_does_not_complete_the_run(event_store: EventStore) -> None:
+    run = RunId.mint()
+    write(event_store, run, [d_started()])
+    batch = at(run, 1, [d_entered(A, 0), d_completed(A, 0), d_run_completed(), d_domain()])
+    with pytest.raises(GuardViolation) as caught:
+        event_store.append(run, 1, batch)
+    assert caught.value.rule == "after_run_completed"
+    assert event_store.head_seq(run) == 1
+    [summary] = event_store.list_runs()
+    assert summary.phase is RunPhase.RUNNING and summary.head_seq == 1
+    write(event_store, run, [d_entered(A, 0), d_completed(A, 0)])
+    write(event_store, run, [d_run_completed()])
+    assert event_store.list_runs()[0].phase is RunPhase.COMPLETED
+
+
+# --- event store: envelope guards -------------------------------------------------------------
+
+GUARD_CASES: list[tuple[str, list[EventDraft], list[EventDraft], str]] = [
+    ("second_run_started", [d_started()], [d_started()], "run_started_not_first"),
+    ("entered_before_started", [], [d_entered(A, 0)], "run_not_started"),
+    ("domain_before_started", [], [d_domain()], "run_not_started"),
+    ("entered_while_open", [d_started(), d_entered(A, 0)], [d_entered(A, 1)],
+     "attempt_already_open"),
+    ("reentered_same_attempt", [d_started(), d_entered(A, 0)], [d_entered(A, 0)],
+     "attempt_already_open"),
+    ("first_attempt_not_zero", [d_started()], [d_entered(A, 1)], "attempt_out_of_order"),
+    ("attempt_reused", [d_started(), d_entered(A, 0), d_failed(A, 0)], [d_entered(A, 0)],
+     "attempt_out_of_order"),
+    ("attempt_skipped", [d_started(), d_entered(A, 0), d_failed(A, 0)], [d_entered(A, 2)],
+     "attempt_out_of_order"),
+    ("terminal_never_entered", [d_started()], [d_completed(A, 0)],
+     "terminal_without_open_attempt"),
+    ("second_terminal", [d_started(), d_entered(A, 0), d_failed(A, 0)], [d_completed(A, 0)],
+     "terminal_without_open_attempt"),
+    ("failed_of_other_state", [d_started(), d_entered(A, 0)], [d_failed(B, 0)],
+     "terminal_without_open_attempt"),
+    ("domain_without_attempt", [d_started()], [d_domain(A, 0)], "domain_event_outside_attempt"),
+    ("domain_wrong_attempt", [d_started(), d_entered(A, 0)], [d_domain(A, 1)],
+     "domain_event_outside_attempt"),
+    ("domain_after_terminal", [d_started(), d_entered(A, 0), d_completed(A, 0)],
+     [d_domain(A, 0)], "domain_event_outside_attempt"),
+    ("entered_misattributed", [d_started()], [d_entered(A, 0, as_state=B)],
+     "envelope_attribution_mismatch"),
+    ("terminal_misattributed", [d_started(), d_entered(A, 0)], [d_completed(A, 1)],
+     "envelope_attribution_mismatch"),
+    ("completed_with_open_attempt", [d_started(), d_entered(A, 0)], [d_run_completed()],
+     "run_completed_with_open_attempt"),
+    ("completed_twice", [d_started(), d_run_completed()], [d_run_completed()],
+     "after_run_completed"),
+    ("entered_after_completed", [d_started(), d_run_completed()], [d_entered(A, 0)],
+     "after_run_completed"),
+    ("domain_after_completed", [d_started(), d_run_completed(RunStatus.FAILED)], [d_domain()],
+     "after_run_completed"),
+    ("started_after_completed", [d_started(), d_run_completed()], [d_started()],
+     "after_run_completed"),
+]
+
+
+@pytest.mark.parametrize("mode", ["append", "append_next"])
+@pytest.mark.parametrize(
+    ("setup", "bad", "rule"),
+    [pytest.param(s, b, r, id=name) for name, s, b, r in GUARD_CASES],
+)
+def test_guard_rejects(
+    event_store: EventStore,
+    mode: str,
+    setup: list[EventDraft],
+    bad: list[EventDraft],
+    rule: str,
+) -> None:
+    run = RunId.mint()
+    if setup:
+        event_store.append_next(run, setup)
+    before = event_store.read_range(run)
+    head = len(before)
+    with pytest.raises(GuardViolation) as caught:
+        if mode == "append":
+            event_store.append(run, head, at(run, head, bad))
+        else:
+            event_store.append_next(run, bad)
+    err = caught.value
+    assert isinstance(err, StorageError)
+    assert err.rule == rule
+    assert err.code == "envelope_guard_violation"
+    assert err.info.details == {"rule": rule, "seq": head + 1}
+    assert event_store.head_seq(run) == head
+    assert event_store.read_range(run) == before
+
+
+def test_guard_accepts_a_valid_parallel_history(event_store: EventStore) -> None:
+    run = RunId.mint()
+    history = [
+        d_started(),
+        d_domain(),  # run-level domain events are allowed while the run is open
+        d_entered(A, 0),
+        d_entered(B, 0),  # fan-out: attempts of different states interleave
+        d_domain(B, 0),
+        d_domain(A, 0),
+        d_failed(A, 0),
+        d_completed(B, 0),
+        d_entered(A, 1),  # retry: the next attempt number
+        d_domain(A, 1),
+        d_completed(A, 1),
+        d_run_completed(),
+    ]
+    for i, draft in enumerate(history):
+        if i % 2:
+            event_store.append_next(run, [draft])
+        else:
+            write(event_store, run, [draft])
+    assert [e.seq for e in event_store.read_range(run)] == list(range(1, len(history) + 1))
+
+
+def test_guard_tracks_state_within_one_batch(event_store: EventStore) -> None:
+    run = RunId.mint()
+    drafts = [d_started(), d_entered(A, 0), d_failed(A, 0), d_entered(A, 1), d_completed(A, 1),
+              d_run_completed()]
+    event_store.append(run, 0, at(run, 0, drafts))
+    assert event_store.head_seq(run) == len(drafts)
+
+
+# --- event store: append_next -----------------------------------------------------------------
+
+
+def test_append_next_assigns_seqs_and_returns_envelopes(event_store: EventStore) -> None:
+    run = RunId.mint()
+    first = event_store.append_next(run, [d_started()])
+    assert [e.seq for e in first] == [1]
+    drafts = [d_entered(A, 0), d_domain(A, 0, n=7)]
+    envelopes = event_store.append_next(run, drafts)
+    assert [e.seq for e in envelopes] == [2, 3]
+    assert all(e.run_id == run for e in envelopes)
+    assert [e.event for e in envelopes] == [d.event for d in drafts]
+    assert envelopes[1].state_id == A and envelopes[1].attempt == 0
+    assert envelopes[1].ts_millis == drafts[1].ts_millis
+    assert event_store.read_range(run) == first + envelopes
+    assert event_store.append_next(run, []) == []
+    assert event_store.head_seq(run) == 3
+
+
+def test_concurrent_append_next_is_contiguous(event_store: EventStore) -> None:
+    run = RunId.mint()
+    event_store.append_next(run, [d_started()])
+    states = [StateId(f"m.main.s{i}") for i in range(8)]
+    barrier = threading.Barrier(len(states))
+
+    def attempt(state: StateId) -> list[int]:
+        barrier.wait()
+        seqs: list[int] = []
+        for draft in (d_entered(state, 0), d_domain(state, 0), d_completed(state, 0)):
+            seqs += [e.seq for e in event_store.append_next(run, [draft])]
+        return seqs
+
+    with ThreadPoolExecutor(len(states)) as pool:
+        returned = list(pool.map(attempt, states))
+    stored = event_store.read_range(run)
+    assert [e.seq for e in stored] == list(range(1, 2 + 3 * len(states)))
+    assert sorted(s for seqs in returned for s in seqs) == list(range(2, 2 + 3 * len(states)))
+    for state, seqs in zip(states, returned, strict=True):
+        assert seqs == sorted(seqs)
+        kinds = [type(stored[s - 1].event) for s in seqs]
+        assert kinds == [StateEntered, DomainEvent, StateCompleted]
+        assert all(stored[s - 1].state_id == state for s in seqs)
+    event_store.append_next(run, [d_run_completed()])
+
+
+def test_concurrent_positional_appends_have_one_winner(event_store: EventStore) -> None:
+    run = RunId.mint()
+    event_store.append_next(run, [d_started()])
+    states = [StateId(f"m.main.s{i}") for i in range(8)]
+    barrier = threading.Barrier(len(states))
+
+    def attempt(state: StateId) -> bool:
+        barrier.wait()
+        try:
+            event_store.append(run, 1, at(run, 1, [d_entered(state, 0)]))
+        except ConcurrencyError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(len(states)) as pool:
+        won = list(pool.map(attempt, states))
+    assert won.count(True) == 1
+    assert event_store.head_seq(run) == 2
+
+
+# --- event store: reads and listings ----------------------------------------------------------
+
+
+def test_read_range_bounds(event_store: EventStore) -> None:
+    run = RunId.mint()
+    write(event_store, run, [d_started(), d_domain(n=2), d_domain(n=3), d_domain(n=4)])
+
+    def seqs(lo: int, hi: int | None = None) -> list[int]:
+        return [e.seq for e in event_store.read_range(run, lo, hi)]
+
+    assert seqs(1) == [1, 2, 3, 4]
+    assert seqs(2, 3) == [2, 3]
+    assert seqs(3, 3) == [3]
+    assert seqs(0, 2) == [1, 2]
+    assert seqs(3, 99) == [3, 4]
+    assert seqs(5) == []
+    assert seqs(3, 2) == []
+    assert event_store.read_range(RunId.mint(), 1, 10) == []
+
+
+def test_list_runs_newest_first_with_phase_and_head(event_store: EventStore) -> None:
+    old, mid, new = RunId.mint(), RunId.mint(), RunId.mint()
+    write(event_store, mid, [d_started(ts=2_000, op="beta")])
+    write(event_store, old, [d_started(ts=1_000, op="alpha"), d_entered(A, 0)])
+    write(event_store, new, [d_started(ts=3_000, op="gamma")])
+    runs = event_store.list_runs()
+    assert [r.run_id for r in runs] == [new, mid, old]
+    assert [r.op_id for r in runs] == ["gamma", "beta", "alpha"]
+    assert [r.started_ms for r in runs] == [3_000, 2_000, 1_000]
+    assert [r.head_seq for r in runs] == [1, 1, 2]
+    assert all(r.phase is RunPhase.RUNNING for r in runs)
+
+    write(event_store, old, [d_completed(A, 0), d_run_completed(RunStatus.COMPLETED)])
+    event_store.append_next(mid, [d_run_completed(RunStatus.FAILED)])
+    by_id = {r.run_id: r for r in event_store.list_runs()}
+    assert by_id[old].phase is RunPhase.COMPLETED and by_id[old].head_seq == 4
+    assert by_id[mid].phase is RunPhase.FAILED and by_id[mid].head_seq == 2
+    assert by_id[new].phase is RunPhase.RUNNING
+    assert [r.run_id for r in event_store.list_runs(limit=2)] == [new, mid]
+
+
+# --- artifact store ---------------------------------------------------------------------------
+
+
+def test_put_get_exists(artifact_store: Artifacts) -> None:
+    store = artifact_store.store
+    data = b"hello artifact"
+    expected = hashlib.sha256(data).hexdigest()
+    assert not store.exists(expected)
+    artifact_id = store.put(ArtifactKind.OUTPUT, data)
+    assert artifact_id == expected
+    assert isinstance(artifact_id, ArtifactId)
+    assert store.exists(artifact_id)
+    assert store.get(artifact_id) == data
+
+
+def test_empty_artifact(artifact_store: Artifacts) -> None:
+    store = artifact_store.store
+    artifact_id = store.put(ArtifactKind.OUTPUT, b"")
+    assert artifact_id == hashlib.sha256(b"").hexdigest()
+    assert store.get(artifact_id) == b""
+
+
+def test_put_is_idempotent_and_kind_never_changes_the_id(artifact_store: Artifacts) -> None:
+    store = artifact_store.store
+    data = b'{"k":1}'
+    first = store.put(ArtifactKind.FACT_PAYLOAD, data)
+    assert store.put(ArtifactKind.FACT_PAYLOAD, data) == first
+    assert store.put(ArtifactKind.MANIFEST, data) == first
+    assert store.put(OtherArtifactKind(value="custom"), data) == first
+    assert store.get(first) == data
+
+
+def test_get_missing_is_not_found(artifact_store: Artifacts) -> None:
+    missing = hashlib.sha256(b"never stored").hexdigest()
+    with pytest.raises(NotFound) as caught:
+        artifact_store.store.get(missing)
+    assert caught.value.code == "artifact_not_found"
+    assert not artifact_store.store.exists(missing)
+
+
+def test_get_with_invalid_id_is_rejected(artifact_store: Artifacts) -> None:
+    with pytest.raises(InvalidId):
+        artifact_store.store.get("../../etc/passwd")
+    assert not artifact_store.store.exists("../not-an-id")
+
+
+def test_tampered_bytes_are_corruption(artifact_store: Artifacts) -> None:
+    store = artifact_store.store
+    artifact_id = store.put(ArtifactKind.CONTEXT_SNAPSHOT, b'{"a":1}')
+    artifact_store.tamper(artifact_id, b'{"a":2}')
+    with pytest.raises(Corruption) as caught:
+        store.get(artifact_id)
+    assert caught.value.code == "artifact_content_address_mismatch"
+
+
+def test_json_roundtrip(artifact_store: Artifacts) -> None:
+    store = artifact_store.store
+    value: Any = {"b": [1, 2, {"c": None}], "a": "x", "t": True}
+    artifact_id = put_json(store, ArtifactKind.CONTEXT_SNAPSHOT, value, "snapshot")
+    assert store.get(artifact_id) == b'{"a":"x","b":[1,2,{"c":null}],"t":true}'
+    assert get_json(store, artifact_id) == value
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b'{"b":1,"a":2}', "artifact_not_canonical"),
+        (b'{"a": 2}', "artifact_not_canonical"),
+        (b'{"a":1.5}', "artifact_float_not_allowed"),
+        (b'{"a":1.0}', "artifact_float_not_allowed"),
+        (b'{"password":"x"}', "secrets_detected"),
+        (b'{"note":"my api_key is here"}', "secrets_detected"),
+        (b"not json", "artifact_json_decode_failed"),
+        (b'{"a":', "artifact_json_decode_failed"),
+    ],
+)
+def test_get_json_rejects_bad_bytes(artifact_store: Artifacts, raw: bytes, code: str) -> None:
+    artifact_id = artifact_store.store.put(ArtifactKind.FACT_PAYLOAD, raw)
+    with pytest.raises(Corruption) as caught:
+        get_json(artifact_store.store, artifact_id, "fact")
+    assert caught.value.code == code
+
+
+def test_concurrent_puts_of_the_same_bytes_all_succeed(artifact_store: Artifacts) -> None:
+    store = artifact_store.store
+    data = os.urandom(64 * 1024)
+    expected = hashlib.sha256(data).hexdigest()
+    barrier = threading.Barrier(32)
+
+    def put(_: int) -> str:
+        barrier.wait()
+        return store.put(ArtifactKind.OUTPUT, data)
+
+    with ThreadPoolExecutor(32) as pool:
+        ids = list(pool.map(put, range(32)))
+    assert ids == [expected] * 32
+    assert store.get(expected) == data
