@@ -37,6 +37,7 @@ from mfm_dist.stores.guards import GuardChanges, check_batch
 Synchronous = Literal["FULL", "NORMAL"]
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 T = TypeVar("T")
+_FORK_ORPHANS: list[sqlite3.Connection] = []
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -165,7 +166,10 @@ class SqliteEventStore(EventStore):
         """The open connection (caller holds the lock); reopened after close or fork."""
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
-        # A connection inherited across fork must not be used (or closed) by the child.
+        if self._conn is not None:
+            # Inherited across fork: never use or close it here (closing could disturb the
+            # parent's locks and WAL); keep it referenced so it is never finalized either.
+            _FORK_ORPHANS.append(self._conn)
         self._conn = None
         self._pid = os.getpid()
         try:
@@ -236,8 +240,11 @@ class SqliteEventStore(EventStore):
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
+            if self._conn is not None:
+                if self._pid == os.getpid():
+                    self._conn.close()
+                else:
+                    _FORK_ORPHANS.append(self._conn)
             self._conn = None
 
     # --- EventStore ------------------------------------------------------------------------

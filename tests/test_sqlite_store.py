@@ -1,0 +1,256 @@
+"""SQLite event store specifics: processes, persistence, durability settings, fault mapping."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import pytest
+
+from mfm_dist.errors import Corruption, InvalidInput, StorageError, StorageUnavailable
+from mfm_dist.events import (
+    DomainEvent,
+    EventDraft,
+    RunCompleted,
+    RunStarted,
+    RunStatus,
+    StateEntered,
+)
+from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
+from mfm_dist.run import RunPhase
+from mfm_dist.stores.guards import GuardViolation
+from mfm_dist.stores.sqlite import SqliteEventStore
+from mfm_dist.stores.urls import open_event_store
+
+SNAP = ArtifactId("c" * 64)
+A = StateId("m.main.a")
+PROCESSES = 4
+PER_PROCESS = 12
+BARRIER_WAIT_S = 120.0  # a safety net against a crashed sibling, not a timing assertion
+
+
+def started(ts: int = 1_000) -> EventDraft:
+    event = RunStarted(op_id=OpId("demo"), manifest_id=SNAP, initial_snapshot_id=SNAP)
+    return EventDraft(event=event, ts_millis=ts)
+
+
+def note(n: int, state: StateId | None = None, attempt: int | None = None) -> EventDraft:
+    return EventDraft(
+        event=DomainEvent(name="note", payload={"n": n}),
+        ts_millis=2_000,
+        state_id=state,
+        attempt=attempt,
+    )
+
+
+def entered(state: StateId, attempt: int) -> EventDraft:
+    event = StateEntered(state_id=state, attempt=attempt, base_snapshot_id=SNAP)
+    return EventDraft(event=event, ts_millis=2_000, state_id=state, attempt=attempt)
+
+
+def done() -> EventDraft:
+    return EventDraft(event=RunCompleted(status=RunStatus.COMPLETED), ts_millis=3_000)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "dir" / "events.sqlite3"
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def _append_from_process(path: str, run: str, worker: int, barrier: Barrier) -> None:
+    store = SqliteEventStore(Path(path))
+    barrier.wait(BARRIER_WAIT_S)
+    for k in range(PER_PROCESS):
+        [env] = store.append_next(RunId(run), [note(worker * 1000 + k)])
+        assert env.seq >= 2
+    store.close()
+
+
+def test_append_next_from_several_processes_is_contiguous(db: Path) -> None:
+    store = SqliteEventStore(db)
+    run = RunId.mint()
+    store.append_next(run, [started()])
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(PROCESSES)
+    procs = [
+        ctx.Process(target=_append_from_process, args=(str(db), str(run), w, barrier))
+        for w in range(PROCESSES)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    assert [p.exitcode for p in procs] == [0] * PROCESSES
+
+    events = store.read_range(run)
+    total = 1 + PROCESSES * PER_PROCESS
+    assert [e.seq for e in events] == list(range(1, total + 1))
+    payloads = [e.event.payload["n"] for e in events[1:] if isinstance(e.event, DomainEvent)]
+    assert sorted(payloads) == sorted(w * 1000 + k for w in range(PROCESSES)
+                                      for k in range(PER_PROCESS))
+    for w in range(PROCESSES):  # each writer's events keep their order
+        mine = [n for n in payloads if n // 1000 == w]
+        assert mine == sorted(mine)
+    assert store.list_runs()[0].head_seq == total
+    store.close()
+
+
+def test_store_object_survives_fork(db: Path) -> None:
+    store = SqliteEventStore(db)
+    run = RunId.mint()
+    store.append_next(run, [started()])
+
+    ctx = mp.get_context("fork")
+    child = ctx.Process(target=store.append_next, args=(run, [note(1)]))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    store.append_next(run, [note(2)])  # the parent's connection is untouched
+    assert [e.seq for e in store.read_range(run)] == [1, 2, 3]
+    store.close()
+
+
+def test_two_handles_share_guard_state(db: Path) -> None:
+    one, two = SqliteEventStore(db), SqliteEventStore(db)
+    run = RunId.mint()
+    one.append_next(run, [started(), entered(A, 0)])
+    with pytest.raises(GuardViolation) as caught:
+        two.append_next(run, [entered(A, 0)])
+    assert caught.value.rule == "attempt_already_open"
+    assert two.head_seq(run) == 2
+    one.close()
+    two.close()
+
+
+# --- persistence and settings -----------------------------------------------------------------
+
+
+def test_reopen_persists_events_runs_and_guards(db: Path) -> None:
+    store = SqliteEventStore(db)
+    run = RunId.mint()
+    written = store.append_next(run, [started(ts=4_242), entered(A, 0), note(1, A, 0)])
+    store.close()
+
+    reopened = SqliteEventStore(db)
+    assert reopened.head_seq(run) == 3
+    assert reopened.read_range(run) == written
+    [summary] = reopened.list_runs()
+    assert (summary.run_id, summary.started_ms, summary.phase) == (run, 4_242, RunPhase.RUNNING)
+    with pytest.raises(GuardViolation) as caught:  # attempt 0 of A is still open
+        reopened.append_next(run, [done()])
+    assert caught.value.rule == "run_completed_with_open_attempt"
+    reopened.close()
+
+
+def test_schema_stores_canonical_envelope_bytes(db: Path) -> None:
+    store = SqliteEventStore(db)
+    run = RunId.mint()
+    [env] = store.append_next(run, [started()])
+    store.close()
+    with sqlite3.connect(db) as raw:
+        rows = raw.execute("SELECT run_id, seq, body FROM events").fetchall()
+        mode = raw.execute("PRAGMA journal_mode").fetchone()[0]
+    raw.close()
+    assert rows == [(str(run), 1, env.to_bytes())]
+    assert mode == "wal"
+
+
+def test_url_round_trips_through_open_event_store(db: Path) -> None:
+    store = SqliteEventStore(db)
+    assert db.parent.is_dir()
+    assert store.url == f"sqlite://{db.absolute()}"
+    assert store.url.startswith("sqlite:///")
+    run = RunId.mint()
+    store.append_next(run, [started()])
+    again = open_event_store(store.url)
+    assert isinstance(again, SqliteEventStore)
+    assert again.head_seq(run) == 1
+    again.close()
+    store.close()
+
+
+def test_synchronous_is_full_by_default_and_normal_on_request(tmp_path: Path) -> None:
+    full = SqliteEventStore(tmp_path / "full.sqlite3")
+    normal = SqliteEventStore(tmp_path / "normal.sqlite3", synchronous="NORMAL")
+    assert full.synchronous == "FULL"
+    assert normal.synchronous == "NORMAL"
+    full.close()
+    normal.close()
+    with pytest.raises(InvalidInput) as caught:
+        SqliteEventStore(tmp_path / "x.sqlite3", synchronous="OFF")  # type: ignore[arg-type]
+    assert caught.value.code == "sqlite_synchronous_invalid"
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+def test_not_a_database_is_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.sqlite3"
+    path.write_bytes(b"this is not a sqlite database file at all" * 100)
+    with pytest.raises(Corruption) as caught:
+        SqliteEventStore(path)
+    assert caught.value.code == "sqlite_corrupt"
+
+
+def test_unopenable_path_is_a_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError) as caught:
+        SqliteEventStore(tmp_path)  # a directory
+    assert caught.value.code == "sqlite_open_failed"
+
+
+def test_busy_database_is_retryable_unavailable(db: Path) -> None:
+    store = SqliteEventStore(db, busy_timeout_s=0.05)
+    run = RunId.mint()
+    store.append_next(run, [started()])
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StorageUnavailable) as caught:
+            store.append_next(run, [note(1)])
+        assert caught.value.code == "sqlite_busy"
+        assert caught.value.retryable
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    store.append_next(run, [note(2)])
+    assert store.head_seq(run) == 2
+    store.close()
+
+
+def test_fault_mid_batch_writes_nothing(db: Path) -> None:
+    store = SqliteEventStore(db)
+    run = RunId.mint()
+    store.append_next(run, [started()])
+    with sqlite3.connect(db) as raw:
+        raw.execute(
+            "CREATE TRIGGER fail_third BEFORE INSERT ON events WHEN NEW.seq = 4"
+            " BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+        )
+    raw.close()
+    with pytest.raises(StorageError) as caught:
+        store.append_next(run, [entered(A, 0), note(1, A, 0), note(2, A, 0)])
+    assert caught.value.code == "sqlite_integrity_error"
+    assert store.head_seq(run) == 1
+    assert store.list_runs()[0].head_seq == 1
+    # Guard state rolled back with the events: attempt 0 of A can still be entered.
+    assert [e.seq for e in store.append_next(run, [entered(A, 0)])] == [2]
+    store.close()
+
+
+def test_undecodable_row_is_corruption(db: Path) -> None:
+    store = SqliteEventStore(db)
+    run = RunId.mint()
+    store.append_next(run, [started(), note(1)])
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE events SET body = ? WHERE seq = 2", (b"{not json",))
+    raw.close()
+    with pytest.raises(Corruption) as caught:
+        store.read_range(run)
+    assert caught.value.code == "event_decode_failed"
+    assert caught.value.info.details == {"run_id": str(run), "seq": 2}
+    store.close()
