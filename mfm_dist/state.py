@@ -68,7 +68,15 @@ class StateOutcome(BaseModel):
 
 
 class EventRecorder(ABC):
-    """Lets a handler record domain events, attributed to its attempt."""
+    """Lets a handler record domain events, attributed to its attempt.
+
+    It also tells the handler which attempt it is (`run_id`, `state_id`,
+    `attempt`), e.g. to label outputs; results must not depend on it.
+    """
+
+    run_id: str
+    state_id: str
+    attempt: int
 
     @abstractmethod
     async def emit(self, name: str, payload: JsonValue = None) -> None:

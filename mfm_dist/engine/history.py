@@ -1,0 +1,165 @@
+"""Decode and check a run's event stream (CONTRACT §6, §7.3).
+
+`RunHistory.load` reads the whole stream and verifies it before an engine acts
+on it: contiguous 1-indexed seqs, the attempt-envelope rules, at most one
+completion per state, and single-assignment fact bindings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from mfm_dist.errors import Corruption, ErrorInfo, NotFound
+from mfm_dist.events import (
+    FACT_RECORDED,
+    DomainEvent,
+    EventEnvelope,
+    RunCompleted,
+    RunStarted,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
+from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.io.base import FactRecordedPayload
+from mfm_dist.stores.base import EventStore
+from mfm_dist.stores.guards import DictGuardView, GuardViolation, check_batch
+
+
+@dataclass
+class AttemptRecord:
+    attempt: int
+    base_snapshot_id: str
+    entered_seq: int
+    outcome: str | None = None  # "completed" | "failed" | None while open
+    snapshot_id: str | None = None
+    error: ErrorInfo | None = None
+    ts_entered: int = 0
+    ts_closed: int | None = None
+
+
+@dataclass
+class StateRecord:
+    state_id: str
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+    @property
+    def last(self) -> AttemptRecord | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def completed(self) -> bool:
+        last = self.last
+        return last is not None and last.outcome == "completed"
+
+    @property
+    def open_attempt(self) -> AttemptRecord | None:
+        last = self.last
+        return last if last is not None and last.outcome is None else None
+
+    @property
+    def snapshot_id(self) -> str | None:
+        last = self.last
+        return last.snapshot_id if last is not None and last.outcome == "completed" else None
+
+
+def invalid_envelopes(message: str, seq: int | None, rule: str) -> Corruption:
+    return Corruption(
+        "invalid_attempt_envelopes", message, details={"seq": seq, "rule": rule}
+    )
+
+
+@dataclass
+class RunHistory:
+    run_id: RunId
+    envelopes: list[EventEnvelope]
+    started: RunStarted
+    completed: RunCompleted | None
+    states: dict[str, StateRecord]
+    facts: dict[str, ArtifactId]
+    domain_events: int = 0
+
+    @property
+    def head(self) -> int:
+        return len(self.envelopes)
+
+    @property
+    def started_ms(self) -> int:
+        return self.envelopes[0].ts_millis
+
+    def open_attempts(self) -> list[tuple[str, AttemptRecord]]:
+        return [(s, r.open_attempt) for s, r in self.states.items() if r.open_attempt is not None]
+
+    @classmethod
+    def load(cls, events: EventStore, run_id: RunId) -> RunHistory:
+        envelopes = events.read_range(run_id, 1, None)
+        if not envelopes:
+            raise NotFound(f"run {run_id} not found", code="run_not_found")
+        return cls.from_envelopes(run_id, envelopes)
+
+    @classmethod
+    def from_envelopes(cls, run_id: RunId, envelopes: list[EventEnvelope]) -> RunHistory:
+        for expected, env in enumerate(envelopes, start=1):
+            if env.seq != expected:
+                raise invalid_envelopes(
+                    f"sequence gap: expected seq {expected}, found {env.seq}", env.seq, "seq_gap"
+                )
+            if str(env.run_id) != str(run_id):
+                raise invalid_envelopes("envelope of another run", env.seq, "foreign_run")
+        try:
+            check_batch(DictGuardView(), envelopes)
+        except GuardViolation as exc:
+            raise invalid_envelopes(exc.info.message, exc.info.details.get("seq"), exc.rule) from None
+        first = envelopes[0].event
+        assert isinstance(first, RunStarted)  # guaranteed by check_batch
+        states: dict[str, StateRecord] = {}
+        facts: dict[str, ArtifactId] = {}
+        completed: RunCompleted | None = None
+        domain = 0
+        for env in envelopes:
+            ev = env.event
+            if isinstance(ev, StateEntered):
+                record = states.setdefault(str(ev.state_id), StateRecord(str(ev.state_id)))
+                if record.completed:
+                    raise invalid_envelopes(
+                        f"{ev.state_id} entered again after it completed", env.seq, "reentered"
+                    )
+                record.attempts.append(
+                    AttemptRecord(
+                        ev.attempt, str(ev.base_snapshot_id), env.seq, ts_entered=env.ts_millis
+                    )
+                )
+            elif isinstance(ev, StateCompleted):
+                att = states[str(ev.state_id)].attempts[-1]
+                att.outcome, att.snapshot_id = "completed", str(ev.context_snapshot_id)
+                att.ts_closed = env.ts_millis
+            elif isinstance(ev, StateFailed):
+                att = states[str(ev.state_id)].attempts[-1]
+                att.outcome, att.error = "failed", ev.error
+                att.ts_closed = env.ts_millis
+            elif isinstance(ev, RunCompleted):
+                completed = ev
+            elif isinstance(ev, DomainEvent):
+                domain += 1
+                if ev.name == FACT_RECORDED:
+                    _index_fact(facts, ev, env.seq)
+        return cls(run_id, envelopes, first, completed, states, facts, domain)
+
+
+def _index_fact(facts: dict[str, ArtifactId], event: DomainEvent, seq: int) -> None:
+    try:
+        payload = FactRecordedPayload.model_validate(event.payload)
+    except ValidationError:
+        raise Corruption(
+            "fact_recorded_malformed", "a fact_recorded event is malformed", details={"seq": seq}
+        ) from None
+    existing = facts.get(payload.key)
+    if existing is not None and existing != payload.payload_id:
+        raise Corruption(
+            "fact_recorded_conflict",
+            "a fact key is bound to two payloads",
+            details={"seq": seq},
+        )
+    facts[payload.key] = payload.payload_id

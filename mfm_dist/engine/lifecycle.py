@@ -1,0 +1,202 @@
+"""Run lifecycle steps every engine shares: preparing, validating and recording a start,
+and loading a run for resume with every check of CONTRACT §7.3 done before any append.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mfm_dist.artifacts import ArtifactKind, ArtifactStore, get_json
+from mfm_dist.canonical import JsonValue, artifact_id_of_bytes, canonical_bytes
+from mfm_dist.config import RunConfig
+from mfm_dist.engine.attempt import now_millis
+from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.snapshots import SnapshotStore
+from mfm_dist.errors import (
+    Corruption,
+    ErrorCategory,
+    ErrorInfo,
+    InvalidInput,
+    MfmError,
+    NotFound,
+    RunError,
+)
+from mfm_dist.events import DomainEvent, EventDraft, RunStarted, RunStatus
+from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.manifest import BuildInfo, RunManifest, current_build_info
+from mfm_dist.operations import OperationRegistry, Pipeline, input_params_for
+from mfm_dist.plan import ExecutionPlan
+from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.stores.base import EventStore
+
+CONFLICT_EVENT = "context_merge_conflict"
+
+
+@dataclass
+class PreparedRun:
+    """Everything `ExecutionEngine.start` needs, derived from a target and an input."""
+
+    plan: ExecutionPlan
+    run_config: RunConfig
+    manifest: RunManifest
+    manifest_id: ArtifactId
+    initial_context: dict[str, JsonValue]
+
+
+def prepare_run(
+    registry: OperationRegistry,
+    target: str,
+    run_input: JsonValue,
+    run_config: RunConfig,
+    *,
+    version: str | None = None,
+    build: BuildInfo | None = None,
+) -> PreparedRun:
+    """Resolve an op (or a registered pipeline) and build its manifest, plan and context.
+
+    A single op runs as a one-step pipeline whose `op_config` is the input; the
+    initial context is `{"input": <input>}` either way.
+    """
+    pipeline = registry.pipeline(target) if version is None else None
+    if pipeline is None:
+        pipeline = Pipeline.single(registry.get(target, version), run_input)
+    manifest = RunManifest(
+        op_id=pipeline.machine_id,
+        op_version=pipeline.pipeline_version,
+        input_params=input_params_for(pipeline, run_input),
+        run_config=run_config,
+        build=build if build is not None else current_build_info(),
+    )
+    manifest_id = manifest.manifest_id()
+    plan = registry.plan_for(pipeline, run_config)
+    return PreparedRun(plan, run_config, manifest, manifest_id, {"input": run_input})
+
+
+def store_manifest(artifacts: ArtifactStore, manifest: RunManifest) -> ArtifactId:
+    return artifacts.put(ArtifactKind.MANIFEST, manifest.canonical())
+
+
+def validate_start(
+    artifacts: ArtifactStore,
+    *,
+    plan: ExecutionPlan,
+    run_config: RunConfig,
+    manifest: RunManifest,
+    manifest_id: str,
+    initial_context: Mapping[str, JsonValue],
+) -> bytes:
+    """Every check of CONTRACT §7.1 that precedes a write; returns the initial snapshot bytes."""
+    RunConfig.model_validate(run_config.model_dump(mode="json"))
+    data = manifest.canonical()
+    if artifact_id_of_bytes(data) != manifest_id:
+        raise RunError("manifest_id_mismatch", "manifest does not hash to manifest_id")
+    if str(manifest.op_id) != str(plan.op_id):
+        raise RunError("manifest_op_id_mismatch", f"manifest op {manifest.op_id} != plan op {plan.op_id}")
+    if manifest.run_config != run_config:
+        raise RunError("run_config_mismatch", "manifest run_config differs from the run config")
+    plan.validate()
+    if not artifacts.exists(manifest_id):
+        raise NotFound(f"manifest {manifest_id} is not stored", code="manifest_not_found")
+    if artifacts.get(manifest_id) != data:
+        raise RunError("manifest_artifact_mismatch", "stored manifest differs from the request")
+    if not isinstance(initial_context, Mapping):
+        raise InvalidInput("initial_context_invalid", "the initial context must be a JSON object")
+    return canonical_bytes(dict(initial_context), "initial context")
+
+
+def record_run_start(
+    events: EventStore,
+    artifacts: ArtifactStore,
+    *,
+    plan: ExecutionPlan,
+    manifest_id: str,
+    initial_snapshot: bytes,
+    run_id: RunId | None = None,
+) -> tuple[RunId, ArtifactId]:
+    """Mint the run id, store the initial snapshot and append `RunStarted` (seq 1)."""
+    rid = run_id or RunId.mint()
+    initial_id = artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, initial_snapshot)
+    started = RunStarted(
+        op_id=plan.op_id, manifest_id=ArtifactId(manifest_id), initial_snapshot_id=initial_id
+    )
+    events.append(rid, 0, [EventDraft(event=started, ts_millis=now_millis()).at(rid, 1)])
+    return rid, initial_id
+
+
+@dataclass
+class LoadedRun:
+    history: RunHistory
+    manifest: RunManifest
+    plan: ExecutionPlan
+
+
+def load_run(
+    events: EventStore, artifacts: ArtifactStore, registry: OperationRegistry, run_id: RunId
+) -> LoadedRun:
+    """Read, decode and check a whole run (CONTRACT §7.3) without appending anything."""
+    history = RunHistory.load(events, run_id)
+    manifest_id = str(history.started.manifest_id)
+    try:
+        manifest = RunManifest.model_validate(get_json(artifacts, manifest_id, "manifest"))
+    except MfmError:
+        raise
+    except ValueError as exc:
+        raise Corruption("manifest_invalid", f"stored manifest does not decode: {exc}") from None
+    if manifest.manifest_id() != manifest_id:
+        raise Corruption("manifest_id_mismatch", "stored manifest does not hash to its id")
+    plan = registry.plan_from_input_params(manifest.input_params, manifest.run_config)
+    if str(plan.op_id) != str(history.started.op_id) or str(manifest.op_id) != str(plan.op_id):
+        raise RunError("plan_op_id_mismatch", "the re-derived plan is for another op")
+    for state_id in history.states:
+        if state_id not in plan.compiled.position:
+            raise RunError(
+                "recovery_state_not_in_plan",
+                f"history names state {state_id}, which the plan does not have",
+                details={"state_id": state_id},
+            )
+    SnapshotStore(artifacts).load(str(history.started.initial_snapshot_id))
+    return LoadedRun(history, manifest, plan)
+
+
+def result_from_history(history: RunHistory) -> RunResult:
+    """The result of a finished run, read back from its events."""
+    completed = history.completed
+    if completed is None:
+        return RunResult(run_id=history.run_id, phase=RunPhase.RUNNING)
+    if completed.status == RunStatus.COMPLETED:
+        return RunResult(
+            run_id=history.run_id,
+            phase=RunPhase.COMPLETED,
+            final_snapshot_id=completed.final_snapshot_id,
+        )
+    for env in reversed(history.envelopes):
+        ev = env.event
+        if isinstance(ev, DomainEvent) and ev.name == CONFLICT_EVENT and isinstance(ev.payload, dict):
+            info = ErrorInfo(
+                code=CONFLICT_EVENT,
+                category=ErrorCategory.CONTEXT,
+                retryable=False,
+                message="fan-out states changed the same context keys",
+                details=ev.payload,
+            )
+            return RunResult(
+                run_id=history.run_id,
+                phase=RunPhase.FAILED,
+                final_snapshot_id=completed.final_snapshot_id,
+                error=info,
+            )
+    failed = [
+        (rec.last.entered_seq, sid, rec.last.error)
+        for sid, rec in history.states.items()
+        if rec.last is not None and rec.last.outcome == "failed"
+    ]
+    failed.sort()
+    state, error = (failed[-1][1], failed[-1][2]) if failed else (None, None)
+    return RunResult(
+        run_id=history.run_id,
+        phase=RunPhase.FAILED,
+        final_snapshot_id=completed.final_snapshot_id,
+        failed_state=state,
+        error=error,
+    )

@@ -1,0 +1,326 @@
+"""The embedded engine: sequential and fan-out/join execution in one process (CONTRACT §7).
+
+Attempts run on worker threads, each with its own event loop, so a handler that
+blocks (CPU work, a synchronous library) never holds up other branches. At most
+`max_concurrency` attempts are in flight. All appends go through one `RunWriter`
+per run, which assigns sequence numbers and guards them with the store's
+expected-seq check — a second process writing the same run is detected, not
+interleaved.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from mfm_dist.artifacts import ArtifactStore
+from mfm_dist.canonical import JsonValue
+from mfm_dist.config import RunConfig, backoff_delay
+from mfm_dist.engine.attempt import AttemptEnv, AttemptOutcome, now_millis, run_attempt
+from mfm_dist.engine.base import ExecutionEngine
+from mfm_dist.engine.lifecycle import (
+    CONFLICT_EVENT,
+    load_run,
+    record_run_start,
+    result_from_history,
+    validate_start,
+)
+from mfm_dist.engine.progress import ORPHAN_CODE, RunProgress
+from mfm_dist.engine.snapshots import SnapshotStore
+from mfm_dist.errors import ErrorCategory, ErrorInfo
+from mfm_dist.events import DomainEvent, EventDraft, EventEnvelope, RunCompleted, RunStatus, StateFailed
+from mfm_dist.ids import ArtifactId, RunId, StateId
+from mfm_dist.io.base import FactIndex, IoFactory
+from mfm_dist.manifest import RunManifest
+from mfm_dist.operations import OperationRegistry
+from mfm_dist.plan import ExecutionPlan
+from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.stores.base import EventStore
+
+EventListener = Callable[[EventEnvelope], None]
+
+
+class RunWriter:
+    """Serializes one run's appends in this process and keeps its head."""
+
+    def __init__(
+        self, events: EventStore, run_id: RunId, head: int, listener: EventListener | None = None
+    ) -> None:
+        self._events = events
+        self._run_id = run_id
+        self._head = head
+        self._lock = threading.Lock()
+        self._listener = listener
+
+    def append(self, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
+        with self._lock:
+            envelopes = [d.at(self._run_id, self._head + i) for i, d in enumerate(drafts, start=1)]
+            self._events.append(self._run_id, self._head, envelopes)
+            self._head += len(envelopes)
+        if self._listener is not None:
+            for env in envelopes:
+                self._listener(env)
+        return envelopes
+
+
+def orphan_error() -> ErrorInfo:
+    return ErrorInfo(
+        code=ORPHAN_CODE,
+        category=ErrorCategory.UNKNOWN,
+        retryable=True,
+        message="attempt was open when the run was resumed; closed and retried",
+    )
+
+
+@dataclass(order=True)
+class _Delayed:
+    ready_at: float
+    index: int = field(compare=True)
+
+
+class LocalEngine(ExecutionEngine):
+    """Runs plans in this process against any event and artifact store."""
+
+    def __init__(
+        self,
+        events: EventStore,
+        artifacts: ArtifactStore,
+        registry: OperationRegistry | None = None,
+        io_factory: IoFactory | None = None,
+        *,
+        listener: EventListener | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.events = events
+        self.artifacts = artifacts
+        self.registry = registry
+        self._io_factory = io_factory
+        self.listener = listener
+        self._sleep = sleep
+        self.snapshots = SnapshotStore(artifacts)
+
+    @property
+    def io_factory(self) -> IoFactory:
+        if self._io_factory is None:
+            from mfm_dist.io.factory import default_io_factory
+
+            self._io_factory = default_io_factory()
+        return self._io_factory
+
+    # -- public API ---------------------------------------------------------------------------
+    def start(
+        self,
+        *,
+        plan: ExecutionPlan,
+        run_config: RunConfig,
+        manifest: RunManifest,
+        manifest_id: str,
+        initial_context: Mapping[str, JsonValue],
+        run_id: RunId | None = None,
+    ) -> RunResult:
+        initial = validate_start(
+            self.artifacts,
+            plan=plan,
+            run_config=run_config,
+            manifest=manifest,
+            manifest_id=manifest_id,
+            initial_context=initial_context,
+        )
+        io_factory = self.io_factory
+        rid, initial_id = record_run_start(
+            self.events,
+            self.artifacts,
+            plan=plan,
+            manifest_id=manifest_id,
+            initial_snapshot=initial,
+            run_id=run_id,
+        )
+        if self.listener is not None:
+            for env in self.events.read_range(rid, 1, 1):
+                self.listener(env)
+        progress = RunProgress(plan.compiled, run_config, self.snapshots, str(initial_id))
+        writer = RunWriter(self.events, rid, 1, self.listener)
+        return self._drive(rid, progress, writer, FactIndex(), io_factory)
+
+    def resume(self, run_id: RunId) -> RunResult:
+        if self.registry is None:
+            raise ValueError("resume needs an OperationRegistry to re-derive the plan")
+        loaded = load_run(self.events, self.artifacts, self.registry, RunId(run_id))
+        history = loaded.history
+        run_config = loaded.manifest.run_config
+        progress = RunProgress.from_history(
+            history, loaded.plan.compiled, run_config, self.snapshots
+        )
+        if history.completed is not None:
+            result = result_from_history(history)
+            if result.phase == RunPhase.FAILED and result.error is None and progress.conflict:
+                result = result.model_copy(update={"error": progress.conflict.error()})
+            return result
+        facts = FactIndex(history.facts)
+        io_factory = self.io_factory
+        writer = RunWriter(self.events, history.run_id, history.head, self.listener)
+        orphans = history.open_attempts()
+        if orphans:
+            writer.append(
+                [
+                    EventDraft(
+                        event=StateFailed(
+                            state_id=StateId(sid), error=orphan_error(), failure_snapshot_id=None
+                        ),
+                        ts_millis=now_millis(),
+                        state_id=StateId(sid),
+                        attempt=att.attempt,
+                    )
+                    for sid, att in orphans
+                ]
+            )
+            for sid, _ in orphans:
+                progress.record_failed(progress.index(sid), orphan_error())
+        return self._drive(history.run_id, progress, writer, facts, io_factory)
+
+    # -- execution ----------------------------------------------------------------------------
+    def _drive(
+        self,
+        run_id: RunId,
+        progress: RunProgress,
+        writer: RunWriter,
+        facts: FactIndex,
+        io_factory: IoFactory,
+    ) -> RunResult:
+        env = AttemptEnv(
+            run_id=run_id,
+            run_config=progress.run_config,
+            artifacts=self.artifacts,
+            snapshots=self.snapshots,
+            facts=facts,
+            io_factory=io_factory,
+            append=writer.append,
+        )
+        failure = self._blocked_state(progress)
+        if failure is None and progress.conflict is None:
+            failure = self._execute(env, progress)
+        return self._finish(run_id, progress, writer, failure)
+
+    def _blocked_state(self, progress: RunProgress) -> int | None:
+        """A state whose last attempt failed and may not be retried (found on resume)."""
+        for i in sorted(progress.last_error):
+            if i not in progress.completed and not progress.retry_allowed(i):
+                return i
+        return None
+
+    def _execute(self, env: AttemptEnv, progress: RunProgress) -> int | None:
+        """Run attempts until every state completed or the run must fail; return the failed
+        state, if any. Infrastructure errors propagate after in-flight attempts settle."""
+        plan = progress.plan
+        max_conc = progress.run_config.max_concurrency
+        ready: list[int] = [
+            i for i in range(len(plan)) if i not in progress.completed and progress.preds_done(i)
+        ]
+        heapq.heapify(ready)
+        if not progress.fan_out:
+            ready = ready[:1] if ready else []
+        delayed: list[_Delayed] = []
+        running: dict[Future[AttemptOutcome], int] = {}
+        failed: int | None = None
+        infra: BaseException | None = None
+        stop = False
+        pool = ThreadPoolExecutor(max_workers=max_conc, thread_name_prefix="mfm-attempt")
+        try:
+            while True:
+                now = time.monotonic()
+                while delayed and delayed[0].ready_at <= now:
+                    heapq.heappush(ready, heapq.heappop(delayed).index)
+                while not stop and ready and len(running) < max_conc:
+                    i = heapq.heappop(ready)
+                    attempt = progress.next_attempt[i]
+                    base_id, base = progress.base_for(i)
+                    progress.record_attempt(i, attempt, base_id)
+                    fut = pool.submit(
+                        run_attempt, env, plan.order[i], plan.states[i], attempt, base_id, base
+                    )
+                    running[fut] = i
+                if not running and (stop or (not ready and not delayed)):
+                    break
+                timeout = None
+                if delayed and not stop:
+                    timeout = max(0.0, delayed[0].ready_at - time.monotonic())
+                if not running:
+                    self._sleep(timeout or 0.0)
+                    continue
+                done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = running.pop(fut)
+                    try:
+                        outcome = fut.result()
+                    except BaseException as exc:  # noqa: BLE001 - re-raised after draining
+                        infra = infra or exc
+                        stop = True
+                        continue
+                    if outcome.completed:
+                        assert outcome.snapshot_id is not None and outcome.delta is not None
+                        if progress.record_completed(i, outcome.snapshot_id, outcome.delta):
+                            stop = True
+                        for j in plan.succs[i] if progress.fan_out else ():
+                            if progress.preds_done(j):
+                                heapq.heappush(ready, j)
+                        if not progress.fan_out:
+                            nxt = i + 1
+                            if nxt < len(plan) and nxt not in progress.completed:
+                                heapq.heappush(ready, nxt)
+                        continue
+                    assert outcome.error is not None
+                    progress.record_failed(i, outcome.error)
+                    if progress.retry_allowed(i):
+                        delay = backoff_delay(progress.run_config.retry_policy.backoff, outcome.attempt)
+                        heapq.heappush(
+                            delayed, _Delayed(time.monotonic() + delay.total_seconds, i)
+                        )
+                    else:
+                        failed = i if failed is None else min(failed, i)
+                        stop = True
+        finally:
+            pool.shutdown(wait=True)
+        if infra is not None:
+            raise infra
+        return failed
+
+    def _finish(
+        self, run_id: RunId, progress: RunProgress, writer: RunWriter, failed: int | None
+    ) -> RunResult:
+        conflict = progress.tracker.first_conflict() if progress.fan_out else None
+        ok = failed is None and conflict is None and progress.is_done()
+        final_id = progress.final_snapshot()
+        drafts: list[EventDraft] = []
+        error: ErrorInfo | None = None
+        failed_state: StateId | None = None
+        if conflict is not None:
+            error = conflict.error()
+            if progress.run_config.keeps_domain_event(CONFLICT_EVENT):
+                drafts.append(
+                    EventDraft(
+                        event=DomainEvent(name=CONFLICT_EVENT, payload=error.details),
+                        ts_millis=now_millis(),
+                    )
+                )
+        elif failed is not None:
+            failed_state = progress.state_id(failed)
+            error = progress.last_error.get(failed)
+        status = RunStatus.COMPLETED if ok else RunStatus.FAILED
+        drafts.append(
+            EventDraft(
+                event=RunCompleted(status=status, final_snapshot_id=ArtifactId(final_id)),
+                ts_millis=now_millis(),
+            )
+        )
+        writer.append(drafts)
+        return RunResult(
+            run_id=run_id,
+            phase=RunPhase.COMPLETED if ok else RunPhase.FAILED,
+            final_snapshot_id=ArtifactId(final_id),
+            failed_state=failed_state,
+            error=error,
+        )

@@ -1,0 +1,162 @@
+"""Delta-based context flow for fan-out/join (CONTRACT §7.4).
+
+The delta of a completed state is the set of keys whose value it changed or
+removed relative to its base. The base of a state is the initial snapshot with
+the deltas of all its ancestors applied in canonical order; two states the DAG
+does not order must not touch the same key. Everything here is a pure function
+of the plan and the completed set, so every backend and every schedule agrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from mfm_dist.canonical import JsonValue
+from mfm_dist.errors import ContextError, ErrorInfo
+from mfm_dist.ids import StateId
+from mfm_dist.plan import CompiledPlan
+
+
+def json_equal(a: JsonValue, b: JsonValue) -> bool:
+    """Structural equality that, unlike `==`, tells `true` from `1`."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@dataclass(frozen=True)
+class Delta:
+    writes: dict[str, JsonValue] = field(default_factory=dict)
+    deletes: frozenset[str] = frozenset()
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.writes) | self.deletes
+
+    def apply_to(self, content: dict[str, JsonValue]) -> None:
+        for key in self.deletes:
+            content.pop(key, None)
+        content.update(self.writes)
+
+
+def compute_delta(base: Mapping[str, JsonValue], new: Mapping[str, JsonValue]) -> Delta:
+    writes = {k: v for k, v in new.items() if k not in base or not json_equal(base[k], v)}
+    deletes = frozenset(k for k in base if k not in new)
+    return Delta(writes=writes, deletes=deletes)
+
+
+@dataclass(frozen=True)
+class MergeConflict:
+    keys: tuple[str, ...]
+    first: StateId
+    second: StateId
+
+    def error(self) -> ErrorInfo:
+        return ContextError(
+            "context_merge_conflict",
+            f"states {self.first} and {self.second} both changed "
+            f"{', '.join(self.keys)} without an ordering edge",
+            details={"keys": list(self.keys), "states": [str(self.first), str(self.second)]},
+        ).info
+
+
+class MergeTracker:
+    """Completed deltas of a fan-out run and the key-writer index used to find conflicts."""
+
+    def __init__(self, plan: CompiledPlan) -> None:
+        self.plan = plan
+        self.deltas: dict[int, Delta] = {}
+        self.snapshot_ids: dict[int, str] = {}
+        self._writers: dict[str, list[int]] = {}
+
+    def record(self, index: int, snapshot_id: str, delta: Delta) -> MergeConflict | None:
+        """Add a completed state; return the first conflict it creates, if any."""
+        conflict: MergeConflict | None = None
+        clashing: dict[int, list[str]] = {}
+        for key in sorted(delta.keys):
+            for other in self._writers.get(key, ()):
+                if not self.plan.ordered(index, other):
+                    clashing.setdefault(other, []).append(key)
+            self._writers.setdefault(key, []).append(index)
+        if clashing:
+            other = min(clashing)
+            a, b = sorted((index, other))
+            conflict = MergeConflict(
+                keys=tuple(clashing[other]), first=self.plan.order[a], second=self.plan.order[b]
+            )
+        self.deltas[index] = delta
+        self.snapshot_ids[index] = snapshot_id
+        return conflict
+
+    def first_conflict(self) -> MergeConflict | None:
+        """The conflict between the earliest pair in canonical order (deterministic)."""
+        found: list[MergeConflict] = []
+        for key, writers in self._writers.items():
+            for i, a in enumerate(writers):
+                for b in writers[i + 1 :]:
+                    if not self.plan.ordered(a, b):
+                        lo, hi = sorted((a, b))
+                        found.append(
+                            MergeConflict((key,), self.plan.order[lo], self.plan.order[hi])
+                        )
+        if not found:
+            return None
+        first = min(found, key=lambda c: (self.plan.position[c.first], self.plan.position[c.second]))
+        keys = sorted(
+            k
+            for c in found
+            if (c.first, c.second) == (first.first, first.second)
+            for k in c.keys
+        )
+        return MergeConflict(tuple(keys), first.first, first.second)
+
+    def base_plan(self, index: int) -> tuple[int | None, list[int]]:
+        """How to build the base of `index`: (start from this completed state's snapshot
+        — None for the initial snapshot — , then apply these deltas in canonical order)."""
+        needed = self.plan.ancestors[index]
+        if needed == 0:
+            return None, []
+        best: int | None = None
+        best_cover = 0
+        for p in self.plan.preds[index]:
+            cover = self.plan.ancestors[p] | (1 << p)
+            if cover.bit_count() > best_cover.bit_count():
+                best, best_cover = p, cover
+        rest = needed & ~best_cover
+        return best, _bits(rest)
+
+    def final_plan(self) -> tuple[int | None, list[int]]:
+        """How to build the merge of every completed state (same shape as `base_plan`)."""
+        done = 0
+        for i in self.deltas:
+            done |= 1 << i
+        best: int | None = None
+        best_cover = 0
+        for i in self.deltas:
+            cover = self.plan.ancestors[i] | (1 << i)
+            if cover & ~done == 0 and cover.bit_count() > best_cover.bit_count():
+                best, best_cover = i, cover
+        return best, _bits(done & ~best_cover)
+
+
+def _bits(mask: int) -> list[int]:
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
+def apply_deltas(
+    start: Mapping[str, JsonValue], deltas: Iterable[Delta]
+) -> dict[str, JsonValue]:
+    content = dict(start)
+    for delta in deltas:
+        delta.apply_to(content)
+    return content

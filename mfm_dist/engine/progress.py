@@ -1,0 +1,143 @@
+"""A run's progress: what is done, what each next attempt starts from, and the final merge.
+
+Both engines keep one `RunProgress` per run: the embedded engine updates it as
+attempts finish, the distributed coordinator rebuilds it from the event log.
+Sequential runs thread the context through states in canonical order; fan-out
+runs give each state the merge of its ancestors' deltas (CONTRACT §7.4).
+"""
+
+from __future__ import annotations
+
+from mfm_dist.canonical import JsonValue
+from mfm_dist.config import RunConfig
+from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.merge import Delta, MergeConflict, MergeTracker, apply_deltas, compute_delta
+from mfm_dist.engine.snapshots import SnapshotStore
+from mfm_dist.errors import ErrorInfo
+from mfm_dist.ids import StateId
+from mfm_dist.plan import CompiledPlan
+
+ORPHAN_CODE = "orphan_attempt_recovered"
+
+
+class RunProgress:
+    def __init__(
+        self,
+        plan: CompiledPlan,
+        run_config: RunConfig,
+        snapshots: SnapshotStore,
+        initial_snapshot_id: str,
+    ) -> None:
+        self.plan = plan
+        self.run_config = run_config
+        self.snapshots = snapshots
+        self.initial_snapshot_id = initial_snapshot_id
+        self.fan_out = run_config.is_fan_out
+        self.tracker = MergeTracker(plan)
+        self.next_attempt = [0] * len(plan)
+        self.last_base: dict[int, str] = {}
+        self.last_error: dict[int, ErrorInfo] = {}
+        self.conflict: MergeConflict | None = None
+
+    # -- facts about the run ------------------------------------------------------------------
+    @property
+    def completed(self) -> dict[int, str]:
+        return self.tracker.snapshot_ids
+
+    def is_done(self) -> bool:
+        return len(self.completed) == len(self.plan)
+
+    def index(self, state_id: str) -> int:
+        return self.plan.position[state_id]
+
+    def preds_done(self, i: int) -> bool:
+        return all(p in self.completed for p in self.plan.preds[i])
+
+    # -- recording ----------------------------------------------------------------------------
+    def record_completed(self, i: int, snapshot_id: str, delta: Delta) -> MergeConflict | None:
+        self.next_attempt[i] = max(self.next_attempt[i], 0)
+        conflict = self.tracker.record(i, snapshot_id, delta)
+        if self.fan_out and conflict is not None and self.conflict is None:
+            self.conflict = conflict
+        return conflict if self.fan_out else None
+
+    def record_attempt(self, i: int, attempt: int, base_snapshot_id: str) -> None:
+        self.next_attempt[i] = attempt + 1
+        self.last_base[i] = base_snapshot_id
+
+    def record_failed(self, i: int, error: ErrorInfo) -> None:
+        self.last_error[i] = error
+
+    def retry_allowed(self, i: int) -> bool:
+        """A failed state runs again iff its error is retryable and the policy has attempts
+        left — or the failure was an orphan recovery, which is not the handler's fault."""
+        error = self.last_error.get(i)
+        if error is None:
+            return True
+        if error.code == ORPHAN_CODE:
+            return True
+        return error.retryable and self.run_config.retry_policy.allows_retry(self.next_attempt[i] - 1)
+
+    # -- bases and the final snapshot ---------------------------------------------------------
+    def base_for(self, i: int) -> tuple[str, dict[str, JsonValue]]:
+        """The base snapshot (id, content) for the next attempt of state `i`."""
+        if i in self.last_base:  # a retry starts from the same base snapshot
+            sid = self.last_base[i]
+            return sid, self.snapshots.load(sid)
+        if not self.fan_out:
+            prev = max((p for p in self.completed if p < i), default=None)
+            sid = self.initial_snapshot_id if prev is None else self.completed[prev]
+            return sid, self.snapshots.load(sid)
+        start, rest = self.tracker.base_plan(i)
+        return self._materialize(start, rest)
+
+    def final_snapshot(self) -> str:
+        """The last successful checkpoint: the merge of every completed state."""
+        if not self.completed:
+            return self.initial_snapshot_id
+        if not self.fan_out:
+            return self.completed[max(self.completed)]
+        if self.conflict is not None:  # keep strict canonical order when deltas clash
+            return self._materialize(None, sorted(self.completed))[0]
+        start, rest = self.tracker.final_plan()
+        return self._materialize(start, rest)[0]
+
+    def _materialize(self, start: int | None, rest: list[int]) -> tuple[str, dict[str, JsonValue]]:
+        start_id = self.initial_snapshot_id if start is None else self.completed[start]
+        if not rest:
+            return start_id, self.snapshots.load(start_id)
+        content = apply_deltas(
+            self.snapshots.load(start_id), (self.tracker.deltas[j] for j in sorted(rest))
+        )
+        return self.snapshots.save(content), content
+
+    # -- rebuilding from history --------------------------------------------------------------
+    @classmethod
+    def from_history(
+        cls,
+        history: RunHistory,
+        plan: CompiledPlan,
+        run_config: RunConfig,
+        snapshots: SnapshotStore,
+    ) -> RunProgress:
+        progress = cls(plan, run_config, snapshots, str(history.started.initial_snapshot_id))
+        for state_id, record in history.states.items():
+            i = plan.position[state_id]
+            last = record.last
+            if last is None:
+                continue
+            progress.next_attempt[i] = last.attempt + 1
+            if last.outcome == "completed" and last.snapshot_id is not None:
+                base = snapshots.load(last.base_snapshot_id)
+                new = snapshots.load(last.snapshot_id)
+                progress.record_completed(i, last.snapshot_id, compute_delta(base, new))
+            else:
+                progress.last_base[i] = last.base_snapshot_id
+                if last.error is not None:
+                    progress.last_error[i] = last.error
+        if progress.fan_out:
+            progress.conflict = progress.tracker.first_conflict()
+        return progress
+
+    def state_id(self, i: int) -> StateId:
+        return self.plan.order[i]

@@ -1,0 +1,63 @@
+"""Context snapshots: canonical JSON objects stored as `ContextSnapshot` artifacts.
+
+Snapshots are immutable, so caching them by id is always safe; the cache is
+bounded so a long run does not grow without limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from mfm_dist.artifacts import ArtifactKind, ArtifactStore, get_json
+from mfm_dist.canonical import JsonValue, artifact_id_of_bytes, canonical_bytes
+from mfm_dist.errors import Corruption
+from mfm_dist.ids import ArtifactId
+
+Snapshot = Mapping[str, JsonValue]
+
+
+class SnapshotStore:
+    """Reads and writes context snapshots through an artifact store, with a bounded cache."""
+
+    def __init__(self, artifacts: ArtifactStore, cache_size: int = 4096) -> None:
+        self.artifacts = artifacts
+        self._cache: OrderedDict[str, dict[str, JsonValue]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def load(self, snapshot_id: str) -> dict[str, JsonValue]:
+        """The snapshot content (canonical reader; must be a JSON object). Do not mutate it."""
+        with self._lock:
+            hit = self._cache.get(snapshot_id)
+            if hit is not None:
+                self._cache.move_to_end(snapshot_id)
+                return hit
+        value = get_json(self.artifacts, snapshot_id, "context snapshot")
+        if not isinstance(value, dict):
+            raise Corruption(
+                "snapshot_not_object",
+                f"context snapshot {snapshot_id} is not a JSON object",
+                details={"snapshot_id": snapshot_id},
+            )
+        self._remember(snapshot_id, value)
+        return value
+
+    def save(self, content: Mapping[str, JsonValue], where: str = "context snapshot") -> ArtifactId:
+        """Store a full snapshot; identical content gives the identical id."""
+        data = canonical_bytes(dict(content), where)
+        snapshot_id = artifact_id_of_bytes(data)
+        with self._lock:
+            cached = snapshot_id in self._cache
+        if not cached:
+            self.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, data)
+            self._remember(snapshot_id, dict(content))
+        return snapshot_id
+
+    def _remember(self, snapshot_id: str, content: dict[str, JsonValue]) -> None:
+        with self._lock:
+            self._cache[snapshot_id] = content
+            self._cache.move_to_end(snapshot_id)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
