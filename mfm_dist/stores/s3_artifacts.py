@@ -1,0 +1,285 @@
+"""S3 / MinIO artifact store (CONTRACT §10) on the `minio` client.
+
+URL: `s3://bucket/prefix?endpoint=http://host:9000&region=us-east-1&create_bucket=1`
+(`endpoint` defaults to AWS, `https://s3.amazonaws.com`). Objects live at
+`<prefix>/<id[:2]>/<id>` with the kind in the `x-amz-meta-mfm-kind` metadata.
+
+Credentials come only from the environment — `MFM_S3_ACCESS_KEY`,
+`MFM_S3_SECRET_KEY` (optional `MFM_S3_SESSION_TOKEN`), else the standard
+`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; with none set
+the client is anonymous. A URL carrying user info is refused, and URLs are
+redacted in every error.
+
+Puts are create-only: a `HEAD` first (an existing object is not re-uploaded; its
+size and single-part ETag must match our bytes), then a conditional
+`PUT If-None-Match: *`. If a concurrent writer won (412), its bytes are read back
+and must equal ours, else `Corruption`. Gets are hash-verified by the base class.
+Transient faults (connection refused/reset, timeouts, 5xx, throttling) are
+retried with bounded backoff, then `StorageUnavailable` (retryable); the HTTP
+timeouts are short so a dead endpoint is detected in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote, urlsplit
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error, ServerError
+
+from mfm_dist.artifacts import ArtifactStore, KindLike, kind_label
+from mfm_dist.errors import Corruption, InvalidInput, NotFound, StorageError, StorageUnavailable
+from mfm_dist.ids import ArtifactId
+from mfm_dist.secrets import redact_url
+
+T = TypeVar("T")
+
+KIND_METADATA = "x-amz-meta-mfm-kind"
+DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
+_TRANSIENT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+}
+_EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
+_MISSING_CODES = {"NoSuchKey", "NoSuchObject", "NotFound"}
+
+
+def _env_credentials() -> tuple[str | None, str | None, str | None]:
+    env = os.environ
+    if env.get("MFM_S3_ACCESS_KEY"):
+        return (
+            env["MFM_S3_ACCESS_KEY"],
+            env.get("MFM_S3_SECRET_KEY"),
+            env.get("MFM_S3_SESSION_TOKEN"),
+        )
+    return (
+        env.get("AWS_ACCESS_KEY_ID"),
+        env.get("AWS_SECRET_ACCESS_KEY"),
+        env.get("AWS_SESSION_TOKEN"),
+    )
+
+
+def _truthy(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, S3Error):
+        status = getattr(exc.response, "status", 0) or 0
+        return exc.code in _TRANSIENT_CODES or int(status) >= 500
+    return isinstance(exc, (ServerError, urllib3.exceptions.HTTPError, OSError))
+
+
+def _simple_etag(etag: str | None) -> str | None:
+    """The MD5 hex of a single-part upload's ETag; None for multipart or odd ETags."""
+    if not etag:
+        return None
+    value = etag.strip('"').lower()
+    if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
+        return value
+    return None
+
+
+class S3ArtifactStore(ArtifactStore):
+    """Create-only, content-addressed objects in one bucket under one prefix."""
+
+    def __init__(
+        self,
+        client: Minio,
+        bucket: str,
+        prefix: str = "",
+        *,
+        url: str = "",
+        create_bucket: bool = False,
+        retries: int = 4,
+        backoff_s: float = 0.1,
+    ) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._prefix = prefix.strip("/")
+        self.url = redact_url(url) if url else f"s3://{bucket}/{self._prefix}"
+        self._retries = max(retries, 0)
+        self._backoff_s = backoff_s
+        if create_bucket:
+            self._ensure_bucket()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        connect_timeout_s: float = 2.0,
+        read_timeout_s: float = 20.0,
+        retries: int = 4,
+    ) -> S3ArtifactStore:
+        """Build from `s3://bucket/prefix?endpoint=…&region=…&create_bucket=1`."""
+        shown = redact_url(url)
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.hostname:
+            raise InvalidInput("store_url_invalid", f"not an s3://bucket URL: {shown}")
+        if parts.username is not None or parts.password is not None:
+            raise InvalidInput(
+                "store_url_invalid",
+                f"S3 credentials must come from the environment, not the URL: {shown}",
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        endpoint = urlsplit(query.get("endpoint") or DEFAULT_ENDPOINT)
+        if endpoint.scheme not in ("http", "https") or not endpoint.netloc:
+            raise InvalidInput(
+                "store_url_invalid", f"endpoint must be http(s)://host[:port]: {shown}"
+            )
+        access, secret, token = _env_credentials()
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
+            retries=urllib3.Retry(total=0, redirect=0),  # retries are ours, bounded
+            maxsize=32,
+        )
+        try:
+            client = Minio(
+                endpoint.netloc,
+                access_key=access,
+                secret_key=secret,
+                session_token=token,
+                secure=endpoint.scheme == "https",
+                region=query.get("region") or None,
+                http_client=http,
+            )
+        except ValueError:
+            raise InvalidInput("store_url_invalid", f"invalid S3 endpoint in {shown}") from None
+        return cls(
+            client,
+            parts.hostname,
+            parts.path,
+            url=url,
+            create_bucket=_truthy(query.get("create_bucket", "0")),
+            retries=retries,
+        )
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _key(self, artifact_id: str) -> str:
+        tail = f"{artifact_id[:2]}/{artifact_id}"
+        return f"{self._prefix}/{tail}" if self._prefix else tail
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run an idempotent S3 request with bounded retries on transient faults."""
+        delay = self._backoff_s
+        for attempt in range(self._retries + 1):
+            try:
+                return fn()
+            except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if not _is_transient(exc):
+                    raise
+                if attempt == self._retries:
+                    raise StorageUnavailable(
+                        f"S3 endpoint of {self.url} unavailable during {what} after "
+                        f"{attempt + 1} attempts ({type(exc).__name__})",
+                        code="s3_unavailable",
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failed(self, what: str, exc: S3Error) -> StorageError:
+        if exc.code == "NoSuchBucket":
+            return NotFound(f"bucket of {self.url} does not exist", code="s3_bucket_not_found")
+        return StorageError("s3_request_failed", f"S3 {what} on {self.url} failed ({exc.code})")
+
+    def _ensure_bucket(self) -> None:
+        if self._call("bucket_exists", lambda: self._client.bucket_exists(self._bucket)):
+            return
+        try:
+            self._call("make_bucket", lambda: self._client.make_bucket(self._bucket))
+        except S3Error as exc:
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._failed("make_bucket", exc) from None
+
+    def _stat(self, artifact_id: str) -> Any | None:
+        """Object info, or None when absent."""
+        try:
+            return self._call(
+                "stat", lambda: self._client.stat_object(self._bucket, self._key(artifact_id))
+            )
+        except S3Error as exc:
+            if exc.code in _MISSING_CODES:
+                return None
+            raise self._failed("stat", exc) from None
+
+    def _read(self, artifact_id: str) -> bytes:
+        def fetch() -> bytes:
+            resp = self._client.get_object(self._bucket, self._key(artifact_id))
+            try:
+                return bytes(resp.read())
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        try:
+            return self._call("get", fetch)
+        except S3Error as exc:
+            if exc.code in _MISSING_CODES:
+                raise NotFound(
+                    f"artifact {artifact_id} not found", code="artifact_not_found"
+                ) from None
+            raise self._failed("get", exc) from None
+
+    def _mismatch(self, artifact_id: str) -> Corruption:
+        return Corruption(
+            "artifact_content_address_mismatch",
+            f"stored object for artifact {artifact_id} differs from its content",
+            details={"artifact_id": artifact_id},
+        )
+
+    def _check_existing(self, artifact_id: str, info: Any, data: bytes) -> None:
+        """An existing object must hold our bytes: size and single-part MD5 ETag (cheap)."""
+        size = getattr(info, "size", None)
+        if size is not None and int(size) != len(data):
+            raise self._mismatch(artifact_id)
+        md5 = _simple_etag(getattr(info, "etag", None))
+        if md5 is not None and md5 != hashlib.md5(data, usedforsecurity=False).hexdigest():
+            raise self._mismatch(artifact_id)
+
+    # --- ArtifactStore -------------------------------------------------------------------------
+
+    def exists(self, artifact_id: str) -> bool:
+        return self._stat(str(ArtifactId(artifact_id))) is not None
+
+    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+        aid = str(artifact_id)
+        info = self._stat(aid)
+        if info is not None:
+            self._check_existing(aid, info, data)
+            return aid
+        headers: dict[str, str | list[str] | tuple[str]] = {
+            "Content-Type": "application/octet-stream",
+            KIND_METADATA: quote(kind_label(kind), safe=":"),
+            # Create-only: a concurrent writer that got there first makes this a 412.
+            "If-None-Match": "*",
+        }
+        key = self._key(aid)
+        try:
+            # `_put_object` is minio's single-request PUT: it sends our headers unchanged
+            # (the public `put_object` would turn If-None-Match into user metadata).
+            self._call("put", lambda: self._client._put_object(self._bucket, key, data, headers))
+        except S3Error as exc:
+            if exc.code not in _EXISTS_CODES:
+                raise self._failed("put", exc) from None
+            if self._read(aid) != data:
+                raise self._mismatch(aid) from None
+        return aid
+
+    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+        return self._read(str(artifact_id))
+
+    def close(self) -> None:
+        pool = getattr(self._client, "_http", None)
+        if isinstance(pool, urllib3.PoolManager):
+            pool.clear()

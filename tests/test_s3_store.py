@@ -1,0 +1,144 @@
+"""S3ArtifactStore against a real moto S3 server process."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import pytest
+from servers import (  # noqa: F401 - fixtures
+    S3Server,
+    new_bucket_name,
+    s3_artifacts_url,
+    s3_credentials,
+    s3_factory,
+    s3_server,
+)
+
+from mfm_dist.artifacts import ArtifactKind, OtherArtifactKind, get_json, put_json
+from mfm_dist.canonical import artifact_id_of_bytes
+from mfm_dist.errors import Corruption, InvalidInput, NotFound, StorageUnavailable
+from mfm_dist.stores.s3_artifacts import KIND_METADATA, S3ArtifactStore
+from mfm_dist.stores.urls import open_artifact_store
+
+
+def _bucket_and_key(store_url: str, artifact_id: str) -> tuple[str, str]:
+    parts = urlsplit(store_url)
+    prefix = parts.path.strip("/")
+    return str(parts.hostname), f"{prefix}/{artifact_id[:2]}/{artifact_id}"
+
+
+def test_put_get_exists_roundtrip(s3_artifacts_url: str, s3_server: S3Server) -> None:
+    store = open_artifact_store(s3_artifacts_url)
+    assert isinstance(store, S3ArtifactStore)
+    data = b"hello artifacts"
+    aid = store.put(ArtifactKind.OUTPUT, data)
+    assert aid == artifact_id_of_bytes(data)
+    assert store.exists(aid)
+    assert store.get(aid) == data
+    # Same bytes, other kind: same id, the object is not rewritten.
+    assert store.put(OtherArtifactKind(value="notes"), data) == aid
+
+    bucket, key = _bucket_and_key(s3_artifacts_url, aid)
+    stat = s3_server.client().stat_object(bucket, key)
+    assert stat.metadata[KIND_METADATA] == "Output"
+
+    jid = put_json(store, ArtifactKind.CONTEXT_SNAPSHOT, {"b": [1, 2], "a": "x"}, "test")
+    assert get_json(store, jid) == {"a": "x", "b": [1, 2]}
+    store.close()
+
+
+def test_missing_artifact_is_not_found(s3_artifacts_url: str) -> None:
+    store = S3ArtifactStore.from_url(s3_artifacts_url)
+    missing = "0" * 64
+    assert not store.exists(missing)
+    with pytest.raises(NotFound) as err:
+        store.get(missing)
+    assert err.value.code == "artifact_not_found"
+
+
+def test_concurrent_puts_of_same_bytes(s3_artifacts_url: str, s3_server: S3Server) -> None:
+    store = S3ArtifactStore.from_url(s3_artifacts_url)
+    data = bytes(range(256)) * 64
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        ids = list(pool.map(lambda _: store.put(ArtifactKind.OUTPUT, data), range(32)))
+    assert set(ids) == {artifact_id_of_bytes(data)}
+    assert store.get(ids[0]) == data
+    bucket, _ = _bucket_and_key(s3_artifacts_url, ids[0])
+    objects = list(s3_server.client().list_objects(bucket, recursive=True))
+    assert [o.object_name for o in objects] == [_bucket_and_key(s3_artifacts_url, ids[0])[1]]
+
+
+def test_tampered_object_detected(s3_artifacts_url: str, s3_server: S3Server) -> None:
+    store = S3ArtifactStore.from_url(s3_artifacts_url)
+    data = b"original bytes"
+    aid = store.put(ArtifactKind.OUTPUT, data)
+    bucket, key = _bucket_and_key(s3_artifacts_url, aid)
+    evil = b"tampered bytes"
+    s3_server.client().put_object(bucket, key, io.BytesIO(evil), len(evil))
+    with pytest.raises(Corruption) as err:
+        store.get(aid)
+    assert err.value.code == "artifact_content_address_mismatch"
+    # A put of the genuine bytes notices the bad object instead of claiming success.
+    with pytest.raises(Corruption):
+        store.put(ArtifactKind.OUTPUT, data)
+
+
+def test_lost_race_with_different_bytes_is_corruption(
+    s3_artifacts_url: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The create-only PUT loses to a writer whose bytes differ: never silently accepted."""
+    store = S3ArtifactStore.from_url(s3_artifacts_url)
+    data = b"ours"
+    aid = artifact_id_of_bytes(data)
+    bucket, key = _bucket_and_key(s3_artifacts_url, aid)
+    real_stat = store._stat
+
+    def stat_then_race(artifact_id: str) -> object | None:
+        info = real_stat(artifact_id)
+        other = b"theirs!"
+        s3_server.client().put_object(bucket, key, io.BytesIO(other), len(other))
+        return info
+
+    monkeypatch.setattr(store, "_stat", stat_then_race)
+    with pytest.raises(Corruption):
+        store.put(ArtifactKind.OUTPUT, data)
+
+
+def test_create_bucket_option(s3_server: S3Server, s3_credentials: None) -> None:
+    bucket = new_bucket_name()
+    store = S3ArtifactStore.from_url(s3_server.url_for(bucket, "p") + "&create_bucket=1")
+    aid = store.put(ArtifactKind.OUTPUT, b"x")
+    assert store.get(aid) == b"x"
+    assert s3_server.client().bucket_exists(bucket)
+
+
+def test_credentials_in_url_refused_and_redacted(s3_server: S3Server) -> None:
+    url = f"s3://user:hunter2@bucket/p?endpoint={s3_server.endpoint}"
+    with pytest.raises(InvalidInput) as err:
+        S3ArtifactStore.from_url(url)
+    assert "hunter2" not in str(err.value)
+
+
+def test_server_down_then_back(s3_factory: Callable[[], S3Server]) -> None:
+    server = s3_factory()
+    bucket = new_bucket_name()
+    server.create_bucket(bucket)
+    store = S3ArtifactStore.from_url(server.url_for(bucket, "a"))
+    aid = store.put(ArtifactKind.OUTPUT, b"before")
+
+    server.stop()
+    with pytest.raises(StorageUnavailable) as err:
+        store.put(ArtifactKind.OUTPUT, b"while down")
+    assert err.value.retryable
+    with pytest.raises(StorageUnavailable):
+        store.get(aid)
+
+    server.start()  # moto keeps state in memory: the restarted server is empty
+    server.create_bucket(bucket)
+    aid2 = store.put(ArtifactKind.OUTPUT, b"after")
+    assert store.get(aid2) == b"after"
+    with pytest.raises(NotFound):
+        store.get(aid)
