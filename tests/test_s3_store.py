@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-from servers import (  # noqa: F401 - fixtures
-    S3Server,
-    new_bucket_name,
-    s3_artifacts_url,
-    s3_credentials,
-    s3_factory,
-    s3_server,
-)
 
 from mfm_dist.artifacts import ArtifactKind, OtherArtifactKind, get_json, put_json
 from mfm_dist.canonical import artifact_id_of_bytes
 from mfm_dist.errors import Corruption, InvalidInput, NotFound, StorageUnavailable
 from mfm_dist.stores.s3_artifacts import KIND_METADATA, S3ArtifactStore
 from mfm_dist.stores.urls import open_artifact_store
+
+if TYPE_CHECKING:
+    from servers import S3Server
+
+# Fixtures s3_server, s3_artifacts_url, s3_factory, s3_credentials (imported lazily by
+# pytest, so the helper module is not imported twice).
+pytest_plugins = ["servers"]
+
+
+def new_bucket_name() -> str:
+    return f"mfm-s3-{uuid.uuid4().hex[:16]}"
 
 
 def _bucket_and_key(store_url: str, artifact_id: str) -> tuple[str, str]:
