@@ -91,25 +91,36 @@ class RunProgress:
         start, rest = self.tracker.base_plan(i)
         return self._materialize(start, rest)
 
-    def final_snapshot(self) -> str:
+    def expected_base_id(self, i: int) -> str:
+        """The base a first attempt of `i` must have had, computed without writing anything."""
+        if not self.fan_out:
+            prev = max((p for p in self.completed if p < i), default=None)
+            return self.initial_snapshot_id if prev is None else self.completed[prev]
+        start, rest = self.tracker.base_plan(i)
+        return self._materialize(start, rest, store=False)[0]
+
+    def final_snapshot(self, *, store: bool = True) -> str:
         """The last successful checkpoint: the merge of every completed state."""
         if not self.completed:
             return self.initial_snapshot_id
         if not self.fan_out:
             return self.completed[max(self.completed)]
         if self.conflict is not None:  # keep strict canonical order when deltas clash
-            return self._materialize(None, sorted(self.completed))[0]
+            return self._materialize(None, sorted(self.completed), store=store)[0]
         start, rest = self.tracker.final_plan()
-        return self._materialize(start, rest)[0]
+        return self._materialize(start, rest, store=store)[0]
 
-    def _materialize(self, start: int | None, rest: list[int]) -> tuple[str, dict[str, JsonValue]]:
+    def _materialize(
+        self, start: int | None, rest: list[int], *, store: bool = True
+    ) -> tuple[str, dict[str, JsonValue]]:
         start_id = self.initial_snapshot_id if start is None else self.completed[start]
         if not rest:
             return start_id, self.snapshots.load(start_id)
         content = apply_deltas(
             self.snapshots.load(start_id), (self.tracker.deltas[j] for j in sorted(rest))
         )
-        return self.snapshots.save(content), content
+        sid = self.snapshots.save(content) if store else self.snapshots.id_of(content)
+        return sid, content
 
     # -- rebuilding from history --------------------------------------------------------------
     @classmethod

@@ -55,6 +55,10 @@ class SnapshotStore:
             self._remember(snapshot_id, dict(content))
         return snapshot_id
 
+    def id_of(self, content: Mapping[str, JsonValue]) -> ArtifactId:
+        """The id `save` would return, without storing anything."""
+        return artifact_id_of_bytes(canonical_bytes(dict(content), "context snapshot"))
+
     def _remember(self, snapshot_id: str, content: dict[str, JsonValue]) -> None:
         with self._lock:
             self._cache[snapshot_id] = content

@@ -1,0 +1,200 @@
+"""`verify_run`: re-check a whole recorded run, read-only (`mfm verify`).
+
+It re-derives everything an auditor needs from the stores alone: envelope rules
+and contiguous seqs, every referenced artifact present and hash-valid, every
+snapshot canonical and secret-free, each attempt's base equal to the base the
+plan implies, and the final snapshot equal to the recomputed merge.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mfm_dist.artifacts import ArtifactStore, get_json
+from mfm_dist.config import RunConfig
+from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.lifecycle import load_run
+from mfm_dist.engine.merge import compute_delta
+from mfm_dist.engine.progress import RunProgress
+from mfm_dist.engine.snapshots import SnapshotStore
+from mfm_dist.errors import MfmError
+from mfm_dist.events import DomainEvent, RunStatus, StateFailed
+from mfm_dist.ids import RunId
+from mfm_dist.operations import OperationRegistry
+from mfm_dist.plan import CompiledPlan
+from mfm_dist.stores.base import EventStore
+
+
+class Violation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    message: str
+    seq: int | None = None
+    state_id: str | None = None
+
+
+class VerifyReport(BaseModel):
+    run_id: str
+    ok: bool
+    violations: list[Violation] = Field(default_factory=list)
+    checked: dict[str, int] = Field(default_factory=dict)
+
+
+def _violation(exc: MfmError, *, state_id: str | None = None) -> Violation:
+    details = exc.info.details if isinstance(exc.info.details, dict) else {}
+    seq = details.get("seq") if isinstance(details.get("seq"), int) else None
+    return Violation(code=exc.info.code, message=exc.info.message, seq=seq, state_id=state_id)
+
+
+def verify_run(
+    events: EventStore,
+    artifacts: ArtifactStore,
+    registry: OperationRegistry | None,
+    run_id: str,
+) -> VerifyReport:
+    rid = RunId(run_id)
+    report = VerifyReport(run_id=str(rid), ok=False)
+    found = report.violations
+    try:
+        history = RunHistory.load(events, rid)
+    except MfmError as exc:
+        found.append(_violation(exc))
+        return report
+    report.checked["events"] = history.head
+    snapshots = SnapshotStore(artifacts, cache_size=1 << 16)
+    checked_artifacts: set[str] = set()
+
+    def check_snapshot(snapshot_id: str, seq: int | None, state_id: str | None = None) -> bool:
+        if snapshot_id in checked_artifacts:
+            return True
+        try:
+            snapshots.load(snapshot_id)
+        except MfmError as exc:
+            found.append(
+                Violation(
+                    code=exc.info.code,
+                    message=f"snapshot {snapshot_id}: {exc.info.message}",
+                    seq=seq,
+                    state_id=state_id,
+                )
+            )
+            return False
+        checked_artifacts.add(snapshot_id)
+        return True
+
+    def check_blob(artifact_id: str, seq: int, json: bool) -> None:
+        if artifact_id in checked_artifacts:
+            return
+        try:
+            if json:
+                get_json(artifacts, artifact_id, "fact payload")
+            else:
+                artifacts.get(artifact_id)
+        except MfmError as exc:
+            found.append(
+                Violation(code=exc.info.code, message=f"artifact {artifact_id}: {exc.info.message}", seq=seq)
+            )
+            return
+        checked_artifacts.add(artifact_id)
+
+    # 1. every referenced artifact.
+    check_snapshot(str(history.started.initial_snapshot_id), 1)
+    for env in history.envelopes:
+        ev = env.event
+        sid = str(env.state_id) if env.state_id is not None else None
+        if hasattr(ev, "base_snapshot_id"):
+            check_snapshot(str(ev.base_snapshot_id), env.seq, sid)
+        if hasattr(ev, "context_snapshot_id"):
+            check_snapshot(str(ev.context_snapshot_id), env.seq, sid)
+        if isinstance(ev, StateFailed) and ev.failure_snapshot_id is not None:
+            check_snapshot(str(ev.failure_snapshot_id), env.seq, sid)
+        if isinstance(ev, DomainEvent):
+            if ev.payload_ref is not None:
+                check_blob(str(ev.payload_ref), env.seq, json=True)
+            if ev.name == "fact_recorded" and isinstance(ev.payload, dict):
+                payload_id = str(ev.payload.get("payload_id", ""))
+                key = str(ev.payload.get("key", ""))
+                check_blob(payload_id, env.seq, json=not key.startswith("mfm:random_bytes|"))
+    if history.completed is not None and history.completed.final_snapshot_id is not None:
+        check_snapshot(str(history.completed.final_snapshot_id), history.head)
+
+    # 2. manifest and plan, then bases and the final merge.
+    if registry is None:
+        found.append(Violation(code="verify_plan_unavailable", message="no operation registry"))
+    elif not found:
+        try:
+            loaded = load_run(events, artifacts, registry, rid)
+            checked_artifacts.add(str(history.started.manifest_id))
+        except MfmError as exc:
+            found.append(_violation(exc))
+        else:
+            _check_bases_and_final(loaded.plan.compiled, loaded.manifest.run_config, history, snapshots, found)
+    report.checked["artifacts"] = len(checked_artifacts)
+    report.checked["states"] = sum(1 for r in history.states.values() if r.completed)
+    report.ok = not found
+    return report
+
+
+def _check_bases_and_final(
+    plan: CompiledPlan,
+    run_config: RunConfig,
+    history: RunHistory,
+    snapshots: SnapshotStore,
+    found: list[Violation],
+) -> None:
+    progress = RunProgress(plan, run_config, snapshots, str(history.started.initial_snapshot_id))
+
+    # Replay completions in canonical order so each expected base sees exactly its inputs.
+    order = sorted(history.states, key=lambda s: plan.position[s])
+    for state_id in order:
+        record = history.states[state_id]
+        i = plan.position[state_id]
+        missing = [p for p in plan.preds[i] if p not in progress.completed]
+        if missing:
+            found.append(
+                Violation(
+                    code="verify_dependency_not_completed",
+                    message=f"{state_id} ran before {plan.order[missing[0]]} completed",
+                    state_id=state_id,
+                )
+            )
+            return
+        expected = progress.expected_base_id(i)
+        for att in record.attempts:
+            if att.base_snapshot_id != expected:
+                found.append(
+                    Violation(
+                        code="verify_base_mismatch",
+                        message=f"{state_id} attempt {att.attempt} started from "
+                        f"{att.base_snapshot_id}, expected {expected}",
+                        seq=att.entered_seq,
+                        state_id=state_id,
+                    )
+                )
+        last = record.last
+        if last is not None and last.outcome == "completed" and last.snapshot_id is not None:
+            delta = compute_delta(snapshots.load(last.base_snapshot_id), snapshots.load(last.snapshot_id))
+            progress.record_completed(i, last.snapshot_id, delta)
+    if history.completed is None:
+        return
+    progress.conflict = progress.tracker.first_conflict() if progress.fan_out else None
+    if history.completed.status == RunStatus.COMPLETED:
+        if not progress.is_done():
+            found.append(
+                Violation(code="verify_incomplete_run", message="run completed with states not completed")
+            )
+            return
+        if progress.conflict is not None:
+            found.append(
+                Violation(code="context_merge_conflict", message="completed run has conflicting deltas")
+            )
+    expected_final = progress.final_snapshot(store=False)
+    if str(history.completed.final_snapshot_id) != expected_final:
+        found.append(
+            Violation(
+                code="verify_final_snapshot_mismatch",
+                message=f"final snapshot {history.completed.final_snapshot_id} != recomputed merge {expected_final}",
+                seq=history.head,
+            )
+        )
