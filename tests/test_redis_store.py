@@ -1,0 +1,427 @@
+"""RedisEventStore against real redis-server processes (see tests/servers.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+
+from mfm_dist.errors import (
+    ConcurrencyError,
+    ErrorCategory,
+    ErrorInfo,
+    InvalidInput,
+    StorageUnavailable,
+)
+from mfm_dist.events import (
+    DomainEvent,
+    EventDraft,
+    EventEnvelope,
+    RunCompleted,
+    RunStarted,
+    RunStatus,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
+from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
+from mfm_dist.io.base import fact_recorded_event
+from mfm_dist.run import RunPhase
+from mfm_dist.stores.guards import DictGuardView, GuardViolation, check_batch
+from mfm_dist.stores.memory import InMemoryEventStore
+from mfm_dist.stores.redis_events import RedisEventStore
+from mfm_dist.stores.urls import open_event_store
+
+if TYPE_CHECKING:
+    from servers import RedisServer
+
+# Fixtures redis_server, redis_url, redis_factory.
+pytest_plugins = ["servers"]
+
+SNAP = ArtifactId("a" * 64)
+OTHER = ArtifactId("c" * 64)
+STATES = [StateId(f"m.main.s{i}") for i in range(4)]
+ATTEMPTS = 3
+ERR = ErrorInfo(code="boom", category=ErrorCategory.UNKNOWN, message="failed")
+
+
+def new_run() -> RunId:
+    return RunId(str(uuid.uuid4()))
+
+
+def started(ts: int = 1_000, op: str = "demo") -> EventDraft:
+    event = RunStarted(op_id=OpId(op), manifest_id=SNAP, initial_snapshot_id=SNAP)
+    return EventDraft(event=event, ts_millis=ts)
+
+
+def entered(state: StateId, attempt: int) -> EventDraft:
+    event = StateEntered(state_id=state, attempt=attempt, base_snapshot_id=SNAP)
+    return EventDraft(event=event, ts_millis=2_000, state_id=state, attempt=attempt)
+
+
+def terminal(state: StateId, attempt: int, ok: bool) -> EventDraft:
+    event: StateCompleted | StateFailed
+    if ok:
+        event = StateCompleted(state_id=state, context_snapshot_id=SNAP)
+    else:
+        event = StateFailed(state_id=state, error=ERR)
+    return EventDraft(event=event, ts_millis=3_000, state_id=state, attempt=attempt)
+
+
+def domain(state: StateId | None, attempt: int | None, n: int = 0) -> EventDraft:
+    event = DomainEvent(name="progress", payload={"n": n})
+    return EventDraft(event=event, ts_millis=2_500, state_id=state, attempt=attempt)
+
+
+def fact(key: str, payload: ArtifactId, state: StateId, attempt: int) -> EventDraft:
+    return EventDraft(
+        event=fact_recorded_event(key, payload), ts_millis=2_600, state_id=state, attempt=attempt
+    )
+
+
+def completed(status: RunStatus = RunStatus.COMPLETED) -> EventDraft:
+    return EventDraft(event=RunCompleted(status=status, final_snapshot_id=SNAP), ts_millis=9_000)
+
+
+def assert_valid_history(envelopes: list[EventEnvelope]) -> None:
+    """Contiguous seqs, and the whole history passes the reference Python guard."""
+    assert [e.seq for e in envelopes] == list(range(1, len(envelopes) + 1))
+    check_batch(DictGuardView(), envelopes)
+
+
+# --- concurrency: 8 processes, one run -------------------------------------------------------
+
+
+def _worker(url: str, run_id: str, index: int) -> dict[str, int]:
+    """Drive two states' attempts (twins do the same), re-sending every accepted kernel event."""
+    store = RedisEventStore.from_url(url)
+    rid = RunId(run_id)
+    outcome: Counter[str] = Counter()
+
+    def send(draft: EventDraft) -> bool:
+        try:
+            store.append_next(rid, [draft])
+        except GuardViolation as exc:
+            outcome[f"rejected:{exc.rule}"] += 1
+            return False
+        outcome["accepted"] += 1
+        return True
+
+    for state in (STATES[index % 4], STATES[(index + 1) % 4]):
+        for attempt in range(ATTEMPTS):
+            if send(entered(state, attempt)):
+                # A duplicated delivery of the same StateEntered must be refused.
+                assert not send(entered(state, attempt))
+            send(domain(state, attempt, index))
+            final = terminal(state, attempt, ok=attempt == ATTEMPTS - 1)
+            if send(final):
+                # ... and so must a duplicated terminal of the same attempt.
+                assert not send(final)
+    store.close()
+    return dict(outcome)
+
+
+def test_eight_processes_append_next_one_valid_history(redis_url: str) -> None:
+    store = RedisEventStore.from_url(redis_url)
+    rid = new_run()
+    store.append_next(rid, [started()])
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ctx.Pool(8) as pool:
+        results = pool.starmap(_worker, [(redis_url, str(rid), i) for i in range(8)])
+
+    totals: Counter[str] = Counter()
+    for result in results:
+        totals.update(result)
+    rejected = {k: v for k, v in totals.items() if k.startswith("rejected:")}
+    assert rejected  # every duplicate delivery was refused with a GuardViolation
+    assert set(rejected) <= {
+        "rejected:attempt_already_open",
+        "rejected:attempt_out_of_order",
+        "rejected:terminal_without_open_attempt",
+        "rejected:envelope_attribution_mismatch",
+        "rejected:domain_event_outside_attempt",
+    }
+
+    history = store.read_range(rid)
+    assert len(history) == 1 + totals["accepted"] == store.head_seq(rid)
+    assert_valid_history(history)
+    entries = Counter(
+        (str(e.event.state_id), e.event.attempt)
+        for e in history
+        if isinstance(e.event, StateEntered)
+    )
+    assert entries and max(entries.values()) == 1
+    terminals = Counter(
+        (str(e.state_id), e.attempt)
+        for e in history
+        if isinstance(e.event, (StateCompleted, StateFailed))
+    )
+    assert terminals.keys() == entries.keys() and max(terminals.values()) == 1
+    # No attempt is left open: the run can be completed, exactly once.
+    store.append_next(rid, [completed()])
+    with pytest.raises(GuardViolation) as err:
+        store.append_next(rid, [completed()])
+    assert err.value.rule == "after_run_completed"
+    assert_valid_history(store.read_range(rid))
+
+
+# --- guards ----------------------------------------------------------------------------------
+
+
+def _raw_state(url: str, run_id: RunId) -> tuple[Any, ...]:
+    client = redis.Redis.from_url(url)
+    try:
+        tag = f"mfm:{{{run_id}}}:"
+        return (
+            client.xrange(tag + "events"),
+            client.hgetall(tag + "guard"),
+            client.hgetall(tag + "facts"),
+            client.hgetall(tag + "meta"),
+            client.hlen(tag + "batches"),
+        )
+    finally:
+        client.close()
+
+
+def test_violating_batch_leaves_everything_unchanged(redis_url: str) -> None:
+    store = RedisEventStore.from_url(redis_url)
+    rid = new_run()
+    a = STATES[0]
+    store.append_next(rid, [started(), entered(a, 0), fact("k", SNAP, a, 0)])
+    before = _raw_state(redis_url, rid)
+
+    bad_batches = [
+        [domain(a, 0), entered(a, 0)],  # duplicate StateEntered at the end
+        [terminal(a, 0, ok=True), terminal(a, 0, ok=True)],  # duplicate terminal
+        [terminal(a, 0, ok=True), entered(a, 2)],  # attempt gap
+        [domain(a, 0), fact("k", OTHER, a, 0)],  # fact conflict
+        [domain(STATES[1], 0)],  # domain event outside an attempt
+        [completed()],  # attempt still open
+        [started()],  # RunStarted twice
+    ]
+    for batch in bad_batches:
+        with pytest.raises(GuardViolation):
+            store.append_next(rid, batch)
+        assert _raw_state(redis_url, rid) == before
+
+    with pytest.raises(ConcurrencyError) as err:
+        store.append(rid, 1, [domain(a, 0).at(rid, 2)])
+    assert err.value.code == "expected_seq_mismatch"
+    with pytest.raises(ConcurrencyError) as err:
+        store.append(rid, 3, [domain(a, 0).at(rid, 5)])
+    assert err.value.code == "envelope_position_invalid"
+    assert _raw_state(redis_url, rid) == before
+
+
+def test_first_event_must_be_run_started(redis_url: str) -> None:
+    store = RedisEventStore.from_url(redis_url)
+    rid = new_run()
+    with pytest.raises(GuardViolation) as err:
+        store.append_next(rid, [entered(STATES[0], 0)])
+    assert err.value.rule == "run_not_started"
+    assert store.head_seq(rid) == 0
+    assert store.list_runs() == []
+
+
+def test_fact_single_assignment(redis_url: str) -> None:
+    store = RedisEventStore.from_url(redis_url)
+    rid = new_run()
+    a = STATES[0]
+    store.append_next(rid, [started(), entered(a, 0), fact("price", SNAP, a, 0)])
+    # Same key, same payload id: accepted (e.g. a retried attempt re-recording the fact).
+    store.append_next(rid, [fact("price", SNAP, a, 0)])
+    with pytest.raises(GuardViolation) as err:
+        store.append_next(rid, [fact("price", OTHER, a, 0)])
+    assert err.value.rule == "fact_conflict"
+    assert "price" not in str(err.value)
+    # Within one batch too.
+    with pytest.raises(GuardViolation) as err:
+        store.append_next(rid, [fact("fresh", SNAP, a, 0), fact("fresh", OTHER, a, 0)])
+    assert err.value.rule == "fact_conflict"
+    store.append_next(rid, [fact("fresh", OTHER, a, 0)])
+    assert store.head_seq(rid) == 5
+
+
+def _random_draft(rng: random.Random) -> EventDraft:
+    state = rng.choice(STATES[:2])
+    attempt = rng.randrange(3)
+    roll = rng.randrange(10)
+    if roll == 0:
+        return started()
+    if roll <= 3:
+        return entered(state, attempt)
+    if roll <= 6:
+        return terminal(state, attempt, ok=rng.random() < 0.5)
+    if roll == 7:
+        return completed()
+    if roll == 8:
+        key = rng.choice(["k1", "k2"])
+        return fact(key, SNAP if key == "k1" else OTHER, state, attempt)
+    return domain(rng.choice([state, None]), rng.choice([attempt, None]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lua_guard_matches_python_guard(redis_url: str, seed: int) -> None:
+    """Random batches give the same verdicts on Redis (Lua) and the reference memory store."""
+    rng = random.Random(seed)
+    redis_store = RedisEventStore.from_url(redis_url)
+    memory = InMemoryEventStore()
+    rid = new_run()
+    redis_store.append_next(rid, [started()])
+    memory.append_next(rid, [started()])
+    for _ in range(60):
+        batch = [_random_draft(rng) for _ in range(rng.randint(1, 3))]
+        outcomes: list[Any] = []
+        for store in (memory, redis_store):
+            try:
+                outcomes.append(store.append_next(rid, batch))
+            except GuardViolation as exc:
+                outcomes.append((exc.rule, exc.info.details["seq"], exc.info.message))
+        assert outcomes[0] == outcomes[1]
+    assert redis_store.read_range(rid) == memory.read_range(rid)
+    assert redis_store.list_runs() == memory.list_runs()
+
+
+# --- reads and listings ----------------------------------------------------------------------
+
+
+def test_read_range_and_list_runs(redis_url: str) -> None:
+    store = open_event_store(redis_url)
+    assert isinstance(store, RedisEventStore)
+    first, second = new_run(), new_run()
+    a = STATES[0]
+    store.append_next(first, [started(ts=5_000, op="alpha"), entered(a, 0)])
+    store.append(first, 2, [terminal(a, 0, ok=True).at(first, 3), completed().at(first, 4)])
+    store.append_next(second, [started(ts=7_000, op="beta")])
+
+    history = store.read_range(first)
+    assert [e.seq for e in history] == [1, 2, 3, 4]
+    assert all(e.run_id == first for e in history)
+    assert store.read_range(first, 2, 3) == history[1:3]
+    assert store.read_range(first, 3) == history[2:]
+    assert store.read_range(first, 4, 2) == []
+    assert store.read_range(new_run()) == []
+    assert store.head_seq(new_run()) == 0
+
+    runs = store.list_runs()
+    assert [(r.run_id, r.op_id, r.phase, r.head_seq) for r in runs] == [
+        (second, "beta", RunPhase.RUNNING, 1),
+        (first, "alpha", RunPhase.COMPLETED, 4),
+    ]
+    assert runs[1].started_ms == 5_000
+    assert [r.run_id for r in store.list_runs(limit=1)] == [second]
+
+
+def test_url_credentials_redacted(redis_server: RedisServer) -> None:
+    store = RedisEventStore.from_url(f"redis://user:s3cr3t@127.0.0.1:{redis_server.port}/0")
+    assert "s3cr3t" not in store.url
+    assert str(redis_server.port) in store.url
+
+
+# --- faults, retries, durability -------------------------------------------------------------
+
+
+def test_ambiguous_failure_retry_does_not_duplicate(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server commits, the reply is lost: the retry finds its batch and returns its seqs."""
+    store = RedisEventStore.from_url(redis_url)
+    rid = new_run()
+    store.append_next(rid, [started()])
+    script = store._script
+    calls = {"n": 0}
+
+    def lossy(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        result = script(*args, **kwargs)
+        if calls["n"] == 1:
+            raise redis.ConnectionError("reply lost")
+        return result
+
+    monkeypatch.setattr(store, "_script", lossy)
+    envelopes = store.append_next(rid, [entered(STATES[0], 0), domain(STATES[0], 0)])
+    assert calls["n"] == 2
+    assert [e.seq for e in envelopes] == [2, 3]
+    assert store.read_range(rid) == [store.read_range(rid)[0], *envelopes]
+    assert store.head_seq(rid) == 3
+
+
+def test_aof_always_keeps_acknowledged_appends_across_crash(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_factory(appendonly=True, appendfsync="always")
+    store = RedisEventStore.from_url(server.url)
+    rid = new_run()
+    store.append_next(rid, [started()])
+    acknowledged = 1
+    for attempt in range(20):
+        state = STATES[attempt % 4]
+        envelopes = store.append_next(
+            rid, [entered(state, attempt // 4), domain(state, attempt // 4)]
+        )
+        acknowledged += len(envelopes)
+        store.append_next(rid, [terminal(state, attempt // 4, ok=True)])
+        acknowledged += 1
+    before = store.read_range(rid)
+    assert len(before) == acknowledged
+
+    server.restart(kill=True)  # SIGKILL: a crash, no clean shutdown
+    after = store.read_range(rid)  # the same client reconnects
+    assert after == before
+    # The guard state survived too, and the script is reloaded transparently.
+    with pytest.raises(GuardViolation):
+        store.append_next(rid, [entered(STATES[0], 0)])
+    store.append_next(rid, [completed()])
+    assert store.list_runs()[0].phase == RunPhase.COMPLETED
+
+
+def test_server_down_is_storage_unavailable_then_recovers(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_factory(appendonly=True, appendfsync="always")
+    store = RedisEventStore(
+        redis.Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=1),
+        url=server.url,
+        retries=2,
+        backoff_s=0.01,
+    )
+    rid = new_run()
+    store.append_next(rid, [started()])
+    server.stop()
+    with pytest.raises(StorageUnavailable) as err:
+        store.append_next(rid, [entered(STATES[0], 0)])
+    assert err.value.retryable
+    with pytest.raises(StorageUnavailable):
+        store.read_range(rid)
+    server.start()
+    assert store.append_next(rid, [entered(STATES[0], 0)])[0].seq == 2
+
+
+def _server_version(server: RedisServer) -> tuple[int, ...]:
+    client = redis.Redis(port=server.port)
+    try:
+        text = str(client.info("server")["redis_version"])
+    finally:
+        client.close()
+    return tuple(int(p) for p in text.split(".")[:2])
+
+
+def test_durable_mode_needs_waitaof(redis_factory: Callable[..., RedisServer]) -> None:
+    server = redis_factory(appendonly=True, appendfsync="everysec")
+    url = server.url + "?durable=1"
+    if _server_version(server) < (7, 2):
+        with pytest.raises(InvalidInput) as err:
+            RedisEventStore.from_url(url)
+        assert err.value.code == "redis_durable_unsupported"
+        assert "7.2" in str(err.value)
+    else:
+        store = RedisEventStore.from_url(url)
+        rid = new_run()
+        assert store.append_next(rid, [started()])[0].seq == 1
