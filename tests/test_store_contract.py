@@ -11,6 +11,7 @@ backend's own storage.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -48,7 +49,12 @@ from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.stores.memory import InMemoryArtifactStore, InMemoryEventStore
+from mfm_dist.stores.redis_events import RedisEventStore
+from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 from mfm_dist.stores.sqlite import SqliteEventStore
+
+# Real redis-server / moto S3 server fixtures (redis_url, s3_artifacts_url) from tests/servers.py.
+pytest_plugins = ["servers"]
 
 # --- backends ---------------------------------------------------------------------------------
 
@@ -69,6 +75,12 @@ def _tamper_memory(store: ArtifactStore, artifact_id: str, data: bytes) -> None:
     store.tamper(artifact_id, data)
 
 
+def _tamper_s3(store: ArtifactStore, artifact_id: str, data: bytes) -> None:
+    assert isinstance(store, S3ArtifactStore)
+    key = store.object_key(artifact_id)
+    store.raw_client().put_object(store.bucket, key, io.BytesIO(data), len(data))
+
+
 def _tamper_file(store: ArtifactStore, artifact_id: str, data: bytes) -> None:
     assert isinstance(store, FileArtifactStore)
     path = store.object_path(artifact_id)
@@ -79,6 +91,9 @@ def _tamper_file(store: ArtifactStore, artifact_id: str, data: bytes) -> None:
 EVENT_BACKENDS: dict[str, EventBackend] = {
     "memory": EventBackend(open=lambda request, tmp: InMemoryEventStore()),
     "sqlite": EventBackend(open=lambda request, tmp: SqliteEventStore(tmp / "ev" / "e.sqlite3")),
+    "redis": EventBackend(
+        open=lambda request, tmp: RedisEventStore.from_url(request.getfixturevalue("redis_url"))
+    ),
 }
 
 ARTIFACT_BACKENDS: dict[str, ArtifactBackend] = {
@@ -86,6 +101,12 @@ ARTIFACT_BACKENDS: dict[str, ArtifactBackend] = {
                               tamper=_tamper_memory),
     "file": ArtifactBackend(open=lambda request, tmp: FileArtifactStore(tmp / "artifacts"),
                             tamper=_tamper_file),
+    "s3": ArtifactBackend(
+        open=lambda request, tmp: S3ArtifactStore.from_url(
+            request.getfixturevalue("s3_artifacts_url")
+        ),
+        tamper=_tamper_s3,
+    ),
 }
 
 

@@ -33,7 +33,14 @@ from minio import Minio
 from minio.error import MinioException, S3Error, ServerError
 
 from mfm_dist.artifacts import ArtifactStore, KindLike, kind_label
-from mfm_dist.errors import Corruption, InvalidInput, NotFound, StorageError, StorageUnavailable
+from mfm_dist.errors import (
+    Corruption,
+    InvalidId,
+    InvalidInput,
+    NotFound,
+    StorageError,
+    StorageUnavailable,
+)
 from mfm_dist.ids import ArtifactId
 from mfm_dist.secrets import redact_url
 
@@ -163,11 +170,23 @@ class S3ArtifactStore(ArtifactStore):
             retries=retries,
         )
 
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    def object_key(self, artifact_id: str) -> str:
+        """`<prefix>/<id[:2]>/<id>`: where an artifact lives in the bucket."""
+        tail = f"{artifact_id[:2]}/{artifact_id}"
+        return f"{self._prefix}/{tail}" if self._prefix else tail
+
+    def raw_client(self) -> Minio:
+        """The underlying client (operations and tests; bypasses every check)."""
+        return self._client
+
     # --- plumbing ------------------------------------------------------------------------------
 
     def _key(self, artifact_id: str) -> str:
-        tail = f"{artifact_id[:2]}/{artifact_id}"
-        return f"{self._prefix}/{tail}" if self._prefix else tail
+        return self.object_key(artifact_id)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run an idempotent S3 request with bounded retries on transient faults."""
@@ -250,7 +269,11 @@ class S3ArtifactStore(ArtifactStore):
     # --- ArtifactStore -------------------------------------------------------------------------
 
     def exists(self, artifact_id: str) -> bool:
-        return self._stat(str(ArtifactId(artifact_id))) is not None
+        try:
+            aid = ArtifactId(artifact_id)
+        except InvalidId:
+            return False  # not an artifact id: nothing can be stored under it
+        return self._stat(str(aid)) is not None
 
     def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         aid = str(artifact_id)
