@@ -43,7 +43,7 @@ class FactHarness:
     artifacts: InMemoryArtifactStore = field(default_factory=InMemoryArtifactStore)
     facts: FactIndex = field(default_factory=FactIndex)
     run_id: RunId = field(default_factory=RunId.mint)
-    state_id: StateId = StateId("m.main.a")
+    state_id: StateId = field(default_factory=lambda: StateId("m.main.a"))
     attempt: int = -1
 
     def __post_init__(self) -> None:
@@ -225,7 +225,7 @@ class LoopbackServer(ThreadingHTTPServer):
 def loopback_server() -> Iterator[LoopbackServer]:
     """A threaded JSON server on a free loopback port; `release` unblocks stalled handlers."""
     server = LoopbackServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server

@@ -406,13 +406,16 @@ def test_default_registry_and_factory(monkeypatch: pytest.MonkeyPatch) -> None:
     h.begin_attempt()
     io = factory(h.scope())
     assert isinstance(io, LiveIo)
-    assert factory(h.scope()).transports is io.transports  # built once, then shared
+    again = factory(h.scope())
+    assert isinstance(again, LiveIo)
+    assert again.transports is io.transports  # built once, then shared
     with pytest.raises(IoError) as info:  # exec is disabled by an empty allow-list
         run(io.call(IoCall(namespace="exec", request={
             "kind": "run_program_v1", "program_path": "/bin/true"})))
     assert info.value.code == "exec_program_not_allowed"
     given = registry(svc=CountingTransport({"ok": True}))
-    assert default_io_factory(given)(h.scope()).transports is given  # type: ignore[attr-defined]
+    provided = default_io_factory(given)(h.scope())
+    assert isinstance(provided, LiveIo) and provided.transports is given
 
 
 def test_secret_error_types_are_the_core_ones() -> None:
