@@ -12,11 +12,10 @@ from mfm_dist.canonical import JsonValue, artifact_id_of_bytes, canonical_bytes
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.merge import MergeConflict
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import (
     Corruption,
-    ErrorCategory,
-    ErrorInfo,
     InvalidInput,
     MfmError,
     NotFound,
@@ -172,20 +171,15 @@ def result_from_history(history: RunHistory) -> RunResult:
         )
     for env in reversed(history.envelopes):
         ev = env.event
-        if isinstance(ev, DomainEvent) and ev.name == CONFLICT_EVENT and isinstance(ev.payload, dict):
-            info = ErrorInfo(
-                code=CONFLICT_EVENT,
-                category=ErrorCategory.CONTEXT,
-                retryable=False,
-                message="fan-out states changed the same context keys",
-                details=ev.payload,
-            )
-            return RunResult(
-                run_id=history.run_id,
-                phase=RunPhase.FAILED,
-                final_snapshot_id=completed.final_snapshot_id,
-                error=info,
-            )
+        if isinstance(ev, DomainEvent) and ev.name == CONFLICT_EVENT:
+            conflict = MergeConflict.from_payload(ev.payload)
+            if conflict is not None:
+                return RunResult(
+                    run_id=history.run_id,
+                    phase=RunPhase.FAILED,
+                    final_snapshot_id=completed.final_snapshot_id,
+                    error=conflict.error(),
+                )
     failed = [
         (rec.last.entered_seq, sid, rec.last.error)
         for sid, rec in history.states.items()

@@ -56,12 +56,28 @@ class MergeConflict:
     first: StateId
     second: StateId
 
+    def payload(self) -> dict[str, JsonValue]:
+        return {"keys": list(self.keys), "states": [str(self.first), str(self.second)]}
+
+    @classmethod
+    def from_payload(cls, payload: JsonValue) -> MergeConflict | None:
+        """Read back the `context_merge_conflict` event payload (None if malformed)."""
+        if not isinstance(payload, dict):
+            return None
+        keys, states = payload.get("keys"), payload.get("states")
+        if not isinstance(keys, list) or not isinstance(states, list) or len(states) != 2:
+            return None
+        try:
+            return cls(tuple(str(k) for k in keys), StateId(states[0]), StateId(states[1]))
+        except ValueError:
+            return None
+
     def error(self) -> ErrorInfo:
         return ContextError(
             "context_merge_conflict",
             f"states {self.first} and {self.second} both changed "
             f"{', '.join(self.keys)} without an ordering edge",
-            details={"keys": list(self.keys), "states": [str(self.first), str(self.second)]},
+            details=self.payload(),
         ).info
 
 
