@@ -1,0 +1,201 @@
+"""Human-readable rendering for the CLI (tables and summaries); JSON output is
+written by the commands directly from the library's models."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mfm_dist.canonical import JsonValue
+from mfm_dist.events import (
+    DomainEvent,
+    EventEnvelope,
+    RunCompleted,
+    RunStarted,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+    event_name,
+)
+from mfm_dist.inspect import RunReport, StateStatus
+from mfm_dist.operations import Operation, Pipeline
+from mfm_dist.run import RunPhase, RunResult, RunSummary
+from mfm_dist.secrets import contains_secret
+
+PLAIN_WIDTH = 200
+SHORT_ID = 12
+
+STATUS_STYLE = {
+    StateStatus.COMPLETED: "green",
+    StateStatus.SKIPPED: "blue",
+    StateStatus.RUNNING: "cyan",
+    StateStatus.RETRYING: "yellow",
+    StateStatus.FAILED: "red",
+    StateStatus.PENDING: "dim",
+}
+PHASE_STYLE = {
+    RunPhase.COMPLETED: "green",
+    RunPhase.FAILED: "red",
+    RunPhase.RUNNING: "cyan",
+    RunPhase.CANCELLED: "yellow",
+}
+
+
+def stdout_console() -> Console:
+    """A console on the current stdout; wide when piped so tables do not fold ids."""
+    console = Console(file=sys.stdout, highlight=False)
+    if not console.is_terminal:
+        console.width = PLAIN_WIDTH
+    return console
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, highlight=False)
+
+
+def short(artifact_id: str | None) -> str:
+    return artifact_id[:SHORT_ID] if artifact_id else "-"
+
+
+def format_ms(ts_millis: int) -> str:
+    return datetime.fromtimestamp(ts_millis / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def compact_json(value: JsonValue, limit: int = 80) -> str:
+    """A one-line preview of a (secret-free) JSON payload."""
+    if contains_secret(value):
+        return "<redacted>"
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pretty_json(value: JsonValue) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
+def result_lines(result: RunResult, skipped: Iterable[str] | None = None) -> list[str]:
+    """The closing summary of `mfm run` / `mfm resume`."""
+    lines = [f"run {result.run_id}: {result.phase.value}"]
+    if result.failed_state is not None:
+        lines.append(f"failed state: {result.failed_state}")
+    if result.error is not None:
+        lines.append(f"error code: {result.error.code} ({result.error.message})")
+    lines.append(f"final snapshot: {result.final_snapshot_id or '-'}")
+    if skipped is not None:
+        names = list(skipped)
+        lines.append(f"skipped states: {len(names)}")
+        lines.extend(f"  skipped {name}" for name in names)
+    return lines
+
+
+def render_report(console: Console, report: RunReport) -> None:
+    """`mfm status`: the run header, then one row per state."""
+    style = PHASE_STYLE.get(report.phase, "")
+    console.print(f"run {report.run_id} ({escape(report.op_id)}): [{style}]{report.phase.value}[/]")
+    console.print(
+        f"started {format_ms(report.started_ms)}, {report.head_seq} events, "
+        f"final snapshot {report.final_snapshot_id or '-'}"
+    )
+    if report.failed_state is not None:
+        console.print(f"failed state: {escape(report.failed_state)}")
+    if report.error is not None:
+        console.print(f"error code: {escape(report.error.code)} ({escape(report.error.message)})")
+    counts = ", ".join(f"{n} {k}" for k, n in report.counts.items() if n)
+    console.print(f"states: {counts}")
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("state", "status", "attempts", "snapshot", "last error"):
+        table.add_column(column, no_wrap=column in ("state", "snapshot"))
+    for state in report.states:
+        table.add_row(
+            escape(state.state_id),
+            f"[{STATUS_STYLE[state.status]}]{state.status.value}[/]",
+            str(state.attempts),
+            short(state.snapshot_id),
+            escape(state.last_error_code or ""),
+        )
+    console.print(table)
+
+
+def render_runs(console: Console, runs: list[RunSummary], where: str) -> None:
+    if not runs:
+        console.print(f"no runs in {escape(where)}")
+        return
+    table = Table(title=f"runs in {escape(where)} (newest first)", show_edge=False, pad_edge=False)
+    for column in ("run", "op", "started (UTC)", "phase", "events"):
+        table.add_column(column, no_wrap=True)
+    for summary in runs:
+        style = PHASE_STYLE.get(summary.phase, "")
+        table.add_row(
+            str(summary.run_id),
+            escape(summary.op_id),
+            format_ms(summary.started_ms),
+            f"[{style}]{summary.phase.value}[/]",
+            str(summary.head_seq),
+        )
+    console.print(table)
+
+
+def event_detail(env: EventEnvelope) -> str:
+    ev = env.event
+    if isinstance(ev, RunStarted):
+        return (
+            f"op {ev.op_id}, manifest {short(ev.manifest_id)}, "
+            f"initial {short(ev.initial_snapshot_id)}"
+        )
+    if isinstance(ev, StateEntered):
+        return f"base {short(ev.base_snapshot_id)}"
+    if isinstance(ev, StateCompleted):
+        return f"snapshot {short(ev.context_snapshot_id)}"
+    if isinstance(ev, StateFailed):
+        retry = "retryable" if ev.error.retryable else "not retryable"
+        return f"{ev.error.code} ({retry}): {ev.error.message}"
+    if isinstance(ev, RunCompleted):
+        return f"{ev.status.value}, final {short(ev.final_snapshot_id)}"
+    if isinstance(ev, DomainEvent):
+        if ev.payload_ref is not None:
+            return f"payload {short(ev.payload_ref)}"
+        return compact_json(ev.payload)
+    return ""
+
+
+def render_events(console: Console, envelopes: list[EventEnvelope]) -> None:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("seq", "time (UTC)", "state", "attempt", "event", "detail"):
+        table.add_column(column, no_wrap=column != "detail")
+    for env in envelopes:
+        table.add_row(
+            str(env.seq),
+            format_ms(env.ts_millis),
+            escape(str(env.state_id)) if env.state_id is not None else "",
+            str(env.attempt) if env.attempt is not None else "",
+            escape(event_name(env.event)),
+            escape(event_detail(env)),
+            style="red" if isinstance(env.event, StateFailed) else None,
+        )
+    console.print(table)
+
+
+def render_ops(console: Console, ops: list[Operation], pipelines: list[Pipeline]) -> None:
+    table = Table(title="operations", show_edge=False, pad_edge=False)
+    for column in ("op", "version", "description"):
+        table.add_column(column, no_wrap=column != "description")
+    for op in ops:
+        table.add_row(escape(op.op_id), escape(op.op_version), escape(op.description))
+    console.print(table)
+    if not pipelines:
+        return
+    ptable = Table(title="pipelines", show_edge=False, pad_edge=False)
+    for column in ("pipeline", "version", "steps"):
+        ptable.add_column(column)
+    for pipeline in pipelines:
+        steps = " → ".join(f"{s.step_id}={s.op_id}@{s.op_version}" for s in pipeline.steps)
+        ptable.add_row(
+            escape(str(pipeline.machine_id)), escape(pipeline.pipeline_version), escape(steps)
+        )
+    console.print(ptable)
