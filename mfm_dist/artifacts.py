@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import Enum
-from typing import Annotated, Union
+from typing import Annotated
 
 from pydantic import Tag
 
@@ -27,11 +27,10 @@ class OtherArtifactKind(NewtypeVariant):
 
 
 AnyArtifactKind = Annotated[
-    Union[
-        Annotated[ArtifactKind, Tag("unit")],
-        Annotated[OtherArtifactKind, Tag("Other")],
-    ],
-    tag_discriminator({"Manifest", "ContextSnapshot", "FactPayload", "SecretPayload", "Output", "Other"}),
+    Annotated[ArtifactKind, Tag("unit")] | Annotated[OtherArtifactKind, Tag("Other")],
+    tag_discriminator(
+        {"Manifest", "ContextSnapshot", "FactPayload", "SecretPayload", "Output", "Other"}
+    ),
 ]
 KindLike = ArtifactKind | OtherArtifactKind
 

@@ -26,7 +26,9 @@ MAX_SAFE_INTEGER = 2**53 - 1
 
 class FloatNotAllowed(CanonicalJsonError):
     def __init__(self, where: str) -> None:
-        super().__init__("float_not_allowed", f"non-integer number in {where}; floats are forbidden")
+        super().__init__(
+            "float_not_allowed", f"non-integer number in {where}; floats are forbidden"
+        )
 
 
 class IntegerOutOfRange(CanonicalJsonError):
@@ -150,4 +152,3 @@ def parse_canonical(data: bytes, where: str = "artifact") -> JsonValue:
 def json_dumps_pretty(value: JsonValue) -> str:
     """Human-friendly JSON for CLI output (not for hashing)."""
     return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
-

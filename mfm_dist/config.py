@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Tag
 
@@ -48,7 +48,7 @@ class ExponentialBackoff(TaggedModel):
 
 
 Backoff = Annotated[
-    Union[Annotated[FixedBackoff, Tag("Fixed")], Annotated[ExponentialBackoff, Tag("Exponential")]],
+    Annotated[FixedBackoff, Tag("Fixed")] | Annotated[ExponentialBackoff, Tag("Exponential")],
     tag_discriminator({"Fixed", "Exponential"}),
 ]
 
@@ -85,12 +85,10 @@ class CustomEventProfile(NewtypeVariant):
 
 
 EventProfile = Annotated[
-    Union[
-        Annotated[EventProfileLevel, Tag("Minimal")],
-        Annotated[EventProfileLevel, Tag("Normal")],
-        Annotated[EventProfileLevel, Tag("Verbose")],
-        Annotated[CustomEventProfile, Tag("Custom")],
-    ],
+    Annotated[EventProfileLevel, Tag("Minimal")]
+    | Annotated[EventProfileLevel, Tag("Normal")]
+    | Annotated[EventProfileLevel, Tag("Verbose")]
+    | Annotated[CustomEventProfile, Tag("Custom")],
     tag_discriminator({"Minimal", "Normal", "Verbose", "Custom"}),
 ]
 
@@ -101,7 +99,7 @@ class FanOutJoin(TaggedModel):
 
 
 ExecutionMode = Annotated[
-    Union[Annotated[Literal["Sequential"], Tag("Sequential")], Annotated[FanOutJoin, Tag("FanOutJoin")]],
+    Annotated[Literal["Sequential"], Tag("Sequential")] | Annotated[FanOutJoin, Tag("FanOutJoin")],
     tag_discriminator({"Sequential", "FanOutJoin"}),
 ]
 
@@ -111,10 +109,8 @@ class CustomCheckpointing(NewtypeVariant):
 
 
 ContextCheckpointing = Annotated[
-    Union[
-        Annotated[Literal["AfterEveryState"], Tag("AfterEveryState")],
-        Annotated[CustomCheckpointing, Tag("Custom")],
-    ],
+    Annotated[Literal["AfterEveryState"], Tag("AfterEveryState")]
+    | Annotated[CustomCheckpointing, Tag("Custom")],
     tag_discriminator({"AfterEveryState", "Custom"}),
 ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, Tag
@@ -74,14 +74,12 @@ _EVENT_TAGS = {
 }
 
 Event = Annotated[
-    Union[
-        Annotated[RunStarted, Tag("Kernel/RunStarted")],
-        Annotated[StateEntered, Tag("Kernel/StateEntered")],
-        Annotated[StateCompleted, Tag("Kernel/StateCompleted")],
-        Annotated[StateFailed, Tag("Kernel/StateFailed")],
-        Annotated[RunCompleted, Tag("Kernel/RunCompleted")],
-        Annotated[DomainEvent, Tag("Domain")],
-    ],
+    Annotated[RunStarted, Tag("Kernel/RunStarted")]
+    | Annotated[StateEntered, Tag("Kernel/StateEntered")]
+    | Annotated[StateCompleted, Tag("Kernel/StateCompleted")]
+    | Annotated[StateFailed, Tag("Kernel/StateFailed")]
+    | Annotated[RunCompleted, Tag("Kernel/RunCompleted")]
+    | Annotated[DomainEvent, Tag("Domain")],
     tag_discriminator(_EVENT_TAGS),
 ]
 

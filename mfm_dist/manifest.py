@@ -88,9 +88,7 @@ def _git_commit(cwd: Path) -> str | None:
 def current_build_info(cwd: Path | None = None) -> BuildInfo:
     """Provenance of the current process, recorded in every manifest."""
     root = cwd or Path.cwd()
-    lock_hash = next(
-        (h for name in LOCK_FILES if (h := _file_hash(root / name)) is not None), None
-    )
+    lock_hash = next((h for name in LOCK_FILES if (h := _file_hash(root / name)) is not None), None)
     allow = [n for n in os.environ.get("MFM_ENV_ALLOWLIST", "").split(",") if n.strip()]
     return BuildInfo(
         git_commit=_git_commit(root),

@@ -111,7 +111,8 @@ class OperationRegistry:
             module = importlib.import_module(module_path)
         except ImportError as exc:
             raise InvalidInput(
-                "operations_module_not_found", f"cannot import operations module {module_path}: {exc}"
+                "operations_module_not_found",
+                f"cannot import operations module {module_path}: {exc}",
             ) from None
         hook = getattr(module, "register_operations", None)
         if not callable(hook):
@@ -192,7 +193,9 @@ class OperationRegistry:
         plan.validate()
         return plan
 
-    def plan_from_input_params(self, input_params: JsonValue, run_config: RunConfig) -> ExecutionPlan:
+    def plan_from_input_params(
+        self, input_params: JsonValue, run_config: RunConfig
+    ) -> ExecutionPlan:
         """Re-derive a run's plan from its manifest's `{"pipeline": …, "input": …}`."""
         if not isinstance(input_params, dict) or "pipeline" not in input_params:
             raise RunError(

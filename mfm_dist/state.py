@@ -6,7 +6,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Tag
 
@@ -31,7 +31,7 @@ class IdempotencyKey(NewtypeVariant):
 
 
 Idempotency = Annotated[
-    Union[Annotated[Literal["None"], Tag("None")], Annotated[IdempotencyKey, Tag("Key")]],
+    Annotated[Literal["None"], Tag("None")] | Annotated[IdempotencyKey, Tag("Key")],
     tag_discriminator({"None", "Key"}),
 ]
 

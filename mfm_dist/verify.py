@@ -93,7 +93,11 @@ def verify_run(
                 artifacts.get(artifact_id)
         except MfmError as exc:
             found.append(
-                Violation(code=exc.info.code, message=f"artifact {artifact_id}: {exc.info.message}", seq=seq)
+                Violation(
+                    code=exc.info.code,
+                    message=f"artifact {artifact_id}: {exc.info.message}",
+                    seq=seq,
+                )
             )
             return
         checked_artifacts.add(artifact_id)
@@ -129,7 +133,9 @@ def verify_run(
         except MfmError as exc:
             found.append(_violation(exc))
         else:
-            _check_bases_and_final(loaded.plan.compiled, loaded.manifest.run_config, history, snapshots, found)
+            _check_bases_and_final(
+                loaded.plan.compiled, loaded.manifest.run_config, history, snapshots, found
+            )
     report.checked["artifacts"] = len(checked_artifacts)
     report.checked["states"] = sum(1 for r in history.states.values() if r.completed)
     report.ok = not found
@@ -174,7 +180,9 @@ def _check_bases_and_final(
                 )
         last = record.last
         if last is not None and last.outcome == "completed" and last.snapshot_id is not None:
-            delta = compute_delta(snapshots.load(last.base_snapshot_id), snapshots.load(last.snapshot_id))
+            delta = compute_delta(
+                snapshots.load(last.base_snapshot_id), snapshots.load(last.snapshot_id)
+            )
             progress.record_completed(i, last.snapshot_id, delta)
     if history.completed is None:
         return
@@ -182,19 +190,24 @@ def _check_bases_and_final(
     if history.completed.status == RunStatus.COMPLETED:
         if not progress.is_done():
             found.append(
-                Violation(code="verify_incomplete_run", message="run completed with states not completed")
+                Violation(
+                    code="verify_incomplete_run", message="run completed with states not completed"
+                )
             )
             return
         if progress.conflict is not None:
             found.append(
-                Violation(code="context_merge_conflict", message="completed run has conflicting deltas")
+                Violation(
+                    code="context_merge_conflict", message="completed run has conflicting deltas"
+                )
             )
     expected_final = progress.final_snapshot(store=False)
     if str(history.completed.final_snapshot_id) != expected_final:
         found.append(
             Violation(
                 code="verify_final_snapshot_mismatch",
-                message=f"final snapshot {history.completed.final_snapshot_id} != recomputed merge {expected_final}",
+                message=f"final snapshot {history.completed.final_snapshot_id} "
+                f"!= recomputed merge {expected_final}",
                 seq=history.head,
             )
         )

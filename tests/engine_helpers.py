@@ -72,7 +72,9 @@ class Harness:
         self, target: str, run_input: Any = None, config: RunConfig | None = None, **kwargs: Any
     ) -> RunResult:
         cfg = config or RunConfig()
-        prepared = prepare_run(self.registry, target, run_input if run_input is not None else {}, cfg)
+        prepared = prepare_run(
+            self.registry, target, run_input if run_input is not None else {}, cfg
+        )
         store_manifest(self.artifacts, prepared.manifest)
         return self.engine(**kwargs).start(
             plan=prepared.plan,

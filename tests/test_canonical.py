@@ -23,8 +23,11 @@ from mfm_dist.secrets import contains_secret, is_secret_string, redact_url
     ("value", "expected"),
     [
         ({"b": 1, "a": 2}, b'{"a":2,"b":1}'),
-        ({"z": [3, {"y": None, "x": True}], "a": "\u00e9"}, '{"a":"é","z":[3,{"x":true,"y":null}]}'.encode()),
-        ("tab\tquote\"nl\n\u001f", b'"tab\\tquote\\"nl\\n\\u001f"'),
+        (
+            {"z": [3, {"y": None, "x": True}], "a": "\u00e9"},
+            '{"a":"é","z":[3,{"x":true,"y":null}]}'.encode(),
+        ),
+        ('tab\tquote"nl\n\u001f', b'"tab\\tquote\\"nl\\n\\u001f"'),
         ([], b"[]"),
         (2**53 - 1, b"9007199254740991"),
         (-(2**53 - 1), b"-9007199254740991"),
@@ -113,7 +116,9 @@ def test_secret_in_keys_and_nested_values() -> None:
 
 def test_redact_url() -> None:
     assert redact_url("redis://user:hunter2@host:6379/0") == "redis://***@host:6379/0"
-    assert redact_url("s3://bucket/p?endpoint=http://h:9000") == "s3://bucket/p?endpoint=http://h:9000"
+    assert (
+        redact_url("s3://bucket/p?endpoint=http://h:9000") == "s3://bucket/p?endpoint=http://h:9000"
+    )
 
 
 def test_parse_canonical_codes() -> None:
@@ -164,7 +169,11 @@ def test_put_id_mismatch_is_corruption() -> None:
         (StateId, ["m.main.a", "m1.s_2.x_y"], ["m.main", "m.main.a.b", "m.Main.a", "m..a"]),
         (OpPath, ["m.main", "m.main.sub.x"], ["m", "m.", ".m.main"]),
         (ArtifactId, ["a" * 64, "0123456789abcdef" * 4], ["A" * 64, "a" * 63, "g" * 64]),
-        (RunId, ["1b4e28ba-2fa1-41d2-883f-0e3b2f1b5b2a"], ["1B4E28BA-2FA1-41D2-883F-0E3B2F1B5B2A", "x"]),
+        (
+            RunId,
+            ["1b4e28ba-2fa1-41d2-883f-0e3b2f1b5b2a"],
+            ["1B4E28BA-2FA1-41D2-883F-0E3B2F1B5B2A", "x"],
+        ),
     ],
 )
 def test_identifier_grammar(cls: type, good: list[str], bad: list[str]) -> None:

@@ -6,8 +6,8 @@ import threading
 from typing import Any
 
 import pytest
-
 from engine_helpers import GraphOp, Harness, registry_with
+
 from mfm_dist import (
     Duration,
     EventEnvelope,
@@ -140,8 +140,13 @@ def test_start_validates_before_writing(mutate: Any, code: str) -> None:
 def test_start_requires_the_stored_manifest() -> None:
     h = Harness(registry_with(chain_op()))
     cfg, p = _prepare(h, "chain")
-    args = dict(plan=p.plan, run_config=cfg, manifest=p.manifest, manifest_id=p.manifest_id,
-                initial_context=p.initial_context)
+    args = dict(
+        plan=p.plan,
+        run_config=cfg,
+        manifest=p.manifest,
+        manifest_id=p.manifest_id,
+        initial_context=p.initial_context,
+    )
     with pytest.raises(NotFound) as info:
         h.engine().start(**args)
     assert info.value.code == "manifest_not_found"
@@ -177,7 +182,11 @@ def test_retryable_error_is_retried_from_the_same_base() -> None:
 
     op = GraphOp("retry", {"a": setter("a", 1), "b": FnState(flaky)}, [("a", "b")])
     h = Harness(registry_with(op))
-    cfg = RunConfig(retry_policy=RetryPolicy(max_attempts=3, backoff=FixedBackoff(delay=Duration.from_millis(5))))
+    cfg = RunConfig(
+        retry_policy=RetryPolicy(
+            max_attempts=3, backoff=FixedBackoff(delay=Duration.from_millis(5))
+        )
+    )
     result = h.run("retry", {}, cfg)
     assert result.phase == RunPhase.COMPLETED
     assert calls == [0, 1, 2]
@@ -195,8 +204,11 @@ def test_non_retryable_error_fails_the_run_with_last_checkpoint() -> None:
     def boom(ctx, io, rec):  # type: ignore[no-untyped-def]
         raise StateError("bad_input", "cannot continue", retryable=False)
 
-    op = GraphOp("fails", {"a": setter("a", 1), "b": FnState(boom), "c": setter("c", 1)},
-                 [("a", "b"), ("b", "c")])
+    op = GraphOp(
+        "fails",
+        {"a": setter("a", 1), "b": FnState(boom), "c": setter("c", 1)},
+        [("a", "b"), ("b", "c")],
+    )
     h = Harness(registry_with(op))
     result = h.run("fails", {}, RunConfig(retry_policy=RetryPolicy(max_attempts=5)))
     assert result.phase == RunPhase.FAILED
@@ -217,7 +229,9 @@ def test_retries_exhausted() -> None:
     h = Harness(registry_with(GraphOp("ex", {"a": FnState(always)})))
     result = h.run("ex", {}, RunConfig(retry_policy=RetryPolicy(max_attempts=2)))
     assert result.phase == RunPhase.FAILED
-    attempts = [e.event.attempt for e in events_of(h, result.run_id) if isinstance(e.event, StateEntered)]
+    attempts = [
+        e.event.attempt for e in events_of(h, result.run_id) if isinstance(e.event, StateEntered)
+    ]
     assert attempts == [0, 1]
 
 
@@ -225,7 +239,14 @@ def test_backoff_delays() -> None:
     fixed = FixedBackoff(delay=Duration.from_millis(70))
     assert backoff_delay(fixed, 5).total_millis == 70
     exp = ExponentialBackoff(base=Duration.from_millis(100), max=Duration(secs=1))
-    assert [backoff_delay(exp, a).total_millis for a in range(6)] == [100, 200, 400, 800, 1000, 1000]
+    assert [backoff_delay(exp, a).total_millis for a in range(6)] == [
+        100,
+        200,
+        400,
+        800,
+        1000,
+        1000,
+    ]
     assert RetryPolicy(max_attempts=0).allows_retry(0) is False
     assert RetryPolicy(max_attempts=1).allows_retry(0) is False
     assert RetryPolicy(max_attempts=2).allows_retry(0) is True
@@ -239,7 +260,11 @@ def test_handler_errors_are_redacted() -> None:
     def plain(ctx, io, rec):  # type: ignore[no-untyped-def]
         raise ValueError("plain failure")
 
-    h = Harness(registry_with(GraphOp("leak", {"a": FnState(leaky)}), GraphOp("plain", {"a": FnState(plain)})))
+    h = Harness(
+        registry_with(
+            GraphOp("leak", {"a": FnState(leaky)}), GraphOp("plain", {"a": FnState(plain)})
+        )
+    )
     result = h.run("leak", {})
     failed = next(e.event for e in events_of(h, result.run_id) if isinstance(e.event, StateFailed))
     assert failed.error.message == "error details redacted"
@@ -253,7 +278,11 @@ def test_handler_errors_are_redacted() -> None:
 
 
 def test_context_writes_are_validated_in_the_handler() -> None:
-    h = Harness(registry_with(GraphOp("f", {"a": setter("x", 0.5)}), GraphOp("s", {"a": setter("api_key", 1)})))
+    h = Harness(
+        registry_with(
+            GraphOp("f", {"a": setter("x", 0.5)}), GraphOp("s", {"a": setter("api_key", 1)})
+        )
+    )
     r1 = h.run("f", {})
     err = next(e.event.error for e in events_of(h, r1.run_id) if isinstance(e.event, StateFailed))
     assert r1.phase == RunPhase.FAILED and err.code == "float_not_allowed"
@@ -294,7 +323,6 @@ def test_skip_tags_never_call_the_handler() -> None:
 
 def test_event_profiles() -> None:
     def emits(ctx, io, rec):  # type: ignore[no-untyped-def]
-        import asyncio
 
         async def go() -> None:
             await rec.emit("progress", {"step": 1})
@@ -318,10 +346,16 @@ def test_domain_events_must_be_canonical_and_secret_free() -> None:
 
         return FnState(fn)
 
-    h = Harness(registry_with(GraphOp("f", {"a": bad({"v": 1.5})}), GraphOp("s", {"a": bad({"password": 1})})))
+    h = Harness(
+        registry_with(
+            GraphOp("f", {"a": bad({"v": 1.5})}), GraphOp("s", {"a": bad({"password": 1})})
+        )
+    )
     for op in ("f", "s"):
         result = h.run(op, {})
-        err = next(e.event.error for e in events_of(h, result.run_id) if isinstance(e.event, StateFailed))
+        err = next(
+            e.event.error for e in events_of(h, result.run_id) if isinstance(e.event, StateFailed)
+        )
         assert err.code == "domain_event_invalid"
         assert "x" not in h.kinds(result.run_id)
 
@@ -369,8 +403,11 @@ def test_orphan_recovery_and_idempotent_resume() -> None:
         calls.append(rec.attempt)
         ctx.set("b", "done")
 
-    op = GraphOp("orph", {"a": setter("a", 1), "b": FnState(counted), "c": setter("c", 1)},
-                 [("a", "b"), ("b", "c")])
+    op = GraphOp(
+        "orph",
+        {"a": setter("a", 1), "b": FnState(counted), "c": setter("c", 1)},
+        [("a", "b"), ("b", "c")],
+    )
     h = Harness(registry_with(op), events=CrashOnce("orph.main.b"))
     with pytest.raises(StorageError):
         h.run("orph", {})

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
-
 from engine_helpers import GraphOp, Harness, registry_with
+
 from mfm_dist import FanOutJoin, FnState, RunConfig, RunPhase, StateMeta
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import StorageError
@@ -46,7 +46,10 @@ def diamond_op() -> GraphOp:
 
     return GraphOp(
         "diamond",
-        {k: FnState(v) for k, v in dict(root=root, left=left, right=right, join=join, x=x, y=y).items()},
+        {
+            k: FnState(v)
+            for k, v in dict(root=root, left=left, right=right, join=join, x=x, y=y).items()
+        },
         [("root", "left"), ("root", "right"), ("left", "join"), ("right", "join"), ("x", "y")],
     )
 
@@ -169,14 +172,19 @@ def test_failure_in_one_branch_drains_the_others() -> None:
         time.sleep(0.05)
         ctx.set("slow", 1)
 
-    op = GraphOp("drain", {"bad": FnState(boom), "slow": FnState(slow), "later": FnState(slow)},
-                 [("slow", "later")])
+    op = GraphOp(
+        "drain",
+        {"bad": FnState(boom), "slow": FnState(slow), "later": FnState(slow)},
+        [("slow", "later")],
+    )
     h = Harness(registry_with(op))
     result = h.run("drain", {}, fan(2))
     assert result.phase == RunPhase.FAILED and result.failed_state == "drain.main.bad"
     envs = h.events.read_range(result.run_id)
     # The in-flight branch finished and was recorded; nothing new started after the failure.
-    assert any(isinstance(e.event, StateCompleted) and e.event.state_id == "drain.main.slow" for e in envs)
+    assert any(
+        isinstance(e.event, StateCompleted) and e.event.state_id == "drain.main.slow" for e in envs
+    )
     assert not any(e.state_id == "drain.main.later" for e in envs)
     assert verify_run(h.events, h.artifacts, h.registry, result.run_id).ok
 
@@ -233,7 +241,11 @@ def test_skip_tags_in_fan_out() -> None:
         [("a", "pay")],
     )
     h = Harness(registry_with(op))
-    result = h.run("fdry", {}, RunConfig(execution_mode=FanOutJoin(max_concurrency=2), skip_tags=["apply_side_effect"]))
+    result = h.run(
+        "fdry",
+        {},
+        RunConfig(execution_mode=FanOutJoin(max_concurrency=2), skip_tags=["apply_side_effect"]),
+    )
     assert result.phase == RunPhase.COMPLETED and calls == []
 
 

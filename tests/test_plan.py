@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
-
 from engine_helpers import GraphOp, registry_with
-from mfm_dist import ExecutionPlan, FnState, InvalidPlan, Pipeline, PipelineStep, RunConfig, StateGraph
+
+from mfm_dist import (
+    ExecutionPlan,
+    FnState,
+    InvalidPlan,
+    Pipeline,
+    PipelineStep,
+    RunConfig,
+    StateGraph,
+)
 from mfm_dist.operations import OperationNotFound
 
 NOOP = FnState(lambda ctx, io, rec: None)
@@ -44,7 +52,9 @@ def test_edge_to_missing_state() -> None:
 
 
 def test_cycle_is_named() -> None:
-    details = reason(plan_of(["x", "a", "b", "c"], [("x", "a"), ("a", "b"), ("b", "c"), ("c", "a")]))
+    details = reason(
+        plan_of(["x", "a", "b", "c"], [("x", "a"), ("a", "b"), ("b", "c"), ("c", "a")])
+    )
     assert details == {"reason": "cycle", "cycle": ["m.main.a", "m.main.b", "m.main.c"]}
 
 
@@ -94,7 +104,9 @@ def test_pipeline_flattens_into_one_plan() -> None:
 
 
 def test_registry_resolves_versions() -> None:
-    registry = registry_with(GraphOp("v", {"a": NOOP}, version="1"), GraphOp("v", {"b": NOOP}, version="10"))
+    registry = registry_with(
+        GraphOp("v", {"a": NOOP}, version="1"), GraphOp("v", {"b": NOOP}, version="10")
+    )
     assert registry.get("v").op_version == "10"
     assert registry.get("v", "1").op_version == "1"
     with pytest.raises(OperationNotFound):

@@ -43,7 +43,8 @@ EVENTS = [
     ),
     (
         StateEntered(state_id="m.main.a", attempt=0, base_snapshot_id=A),
-        '{"Kernel":{"StateEntered":{"state_id":"m.main.a","attempt":0,"base_snapshot_id":"%s"}}}' % A,
+        '{"Kernel":{"StateEntered":{"state_id":"m.main.a","attempt":0,"base_snapshot_id":"%s"}}}'
+        % A,
     ),
     (
         StateCompleted(state_id="m.main.a", context_snapshot_id=B),
@@ -78,9 +79,9 @@ EVENTS = [
 def test_event_shapes_round_trip(event: object, text: str) -> None:
     env = EventEnvelope(run_id=RUN, seq=1, ts_millis=7, event=event)
     dumped = env.model_dump_json()
-    expected = (
-        '{"run_id":"%s","seq":1,"ts_millis":7,"event":%s,"state_id":null,"attempt":null}'
-        % (RUN, text)
+    expected = '{"run_id":"%s","seq":1,"ts_millis":7,"event":%s,"state_id":null,"attempt":null}' % (
+        RUN,
+        text,
     )
     assert dumped == expected
     assert EventEnvelope.model_validate_json(expected) == env
@@ -95,11 +96,14 @@ def test_envelope_attribution_and_canonical_bytes() -> None:
         state_id="m.main.a",
         attempt=1,
     )
-    assert env.to_bytes() == (
-        '{"attempt":1,"event":{"Kernel":{"StateEntered":{"attempt":1,"base_snapshot_id":"%s",'
-        '"state_id":"m.main.a"}}},"run_id":"%s","seq":2,"state_id":"m.main.a","ts_millis":1}'
-        % (A, RUN)
-    ).encode()
+    assert (
+        env.to_bytes()
+        == (
+            '{"attempt":1,"event":{"Kernel":{"StateEntered":{"attempt":1,"base_snapshot_id":"%s",'
+            '"state_id":"m.main.a"}}},"run_id":"%s","seq":2,"state_id":"m.main.a","ts_millis":1}'
+            % (A, RUN)
+        ).encode()
+    )
     assert EventEnvelope.from_bytes(env.to_bytes()) == env
 
 
@@ -133,7 +137,9 @@ RUN_CONFIGS = [
     ),
     (
         RunConfig(
-            retry_policy=RetryPolicy(max_attempts=2, backoff=FixedBackoff(delay=Duration(secs=1, nanos=5))),
+            retry_policy=RetryPolicy(
+                max_attempts=2, backoff=FixedBackoff(delay=Duration(secs=1, nanos=5))
+            ),
             event_profile=EventProfileLevel.VERBOSE,
         ),
         '{"io_mode":"Live","retry_policy":{"max_attempts":2,"backoff":{"Fixed":{"delay":'

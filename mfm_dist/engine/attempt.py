@@ -124,7 +124,9 @@ def _draft(event: Any, state_id: StateId | None, attempt: int | None) -> EventDr
     return EventDraft(event=event, ts_millis=now_millis(), state_id=state_id, attempt=attempt)
 
 
-def _fact_binder(env: AttemptEnv, state_id: StateId, attempt: int) -> Callable[[str, ArtifactId], None]:
+def _fact_binder(
+    env: AttemptEnv, state_id: StateId, attempt: int
+) -> Callable[[str, ArtifactId], None]:
     def bind(key: str, payload_id: ArtifactId) -> None:
         with env.facts.lock:
             existing = env.facts.lookup(key)
@@ -149,7 +151,9 @@ def run_attempt(
     """Run and record one attempt. Raises only for infrastructure faults."""
     meta = state.meta()
     entered = _draft(
-        StateEntered(state_id=state_id, attempt=attempt, base_snapshot_id=ArtifactId(base_snapshot_id)),
+        StateEntered(
+            state_id=state_id, attempt=attempt, base_snapshot_id=ArtifactId(base_snapshot_id)
+        ),
         state_id,
         attempt,
     )
@@ -181,16 +185,28 @@ def run_attempt(
             raise TypeError("a state handler returns None or a StateOutcome")
     except StorageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every handler failure is recorded, not raised
+    except Exception as exc:
         info = error_info_from_exception(exc).redacted()
         env.append(
-            [_draft(StateFailed(state_id=state_id, error=info, failure_snapshot_id=None), state_id, attempt)]
+            [
+                _draft(
+                    StateFailed(state_id=state_id, error=info, failure_snapshot_id=None),
+                    state_id,
+                    attempt,
+                )
+            ]
         )
         return AttemptOutcome(state_id, attempt, base_snapshot_id, False, error=info)
     content = ctx.merged()
     snapshot_id = env.snapshots.save(content)
     env.append(
-        [_draft(StateCompleted(state_id=state_id, context_snapshot_id=snapshot_id), state_id, attempt)]
+        [
+            _draft(
+                StateCompleted(state_id=state_id, context_snapshot_id=snapshot_id),
+                state_id,
+                attempt,
+            )
+        ]
     )
     return AttemptOutcome(
         state_id, attempt, base_snapshot_id, True, snapshot_id, compute_delta(base, content)

@@ -66,9 +66,7 @@ class StateRecord:
 
 
 def invalid_envelopes(message: str, seq: int | None, rule: str) -> Corruption:
-    return Corruption(
-        "invalid_attempt_envelopes", message, details={"seq": seq, "rule": rule}
-    )
+    return Corruption("invalid_attempt_envelopes", message, details={"seq": seq, "rule": rule})
 
 
 @dataclass
@@ -111,7 +109,9 @@ class RunHistory:
         try:
             check_batch(DictGuardView(), envelopes)
         except GuardViolation as exc:
-            raise invalid_envelopes(exc.info.message, exc.info.details.get("seq"), exc.rule) from None
+            raise invalid_envelopes(
+                exc.info.message, exc.info.details.get("seq"), exc.rule
+            ) from None
         first = envelopes[0].event
         assert isinstance(first, RunStarted)  # guaranteed by check_batch
         states: dict[str, StateRecord] = {}

@@ -91,7 +91,9 @@ def validate_start(
     if artifact_id_of_bytes(data) != manifest_id:
         raise RunError("manifest_id_mismatch", "manifest does not hash to manifest_id")
     if str(manifest.op_id) != str(plan.op_id):
-        raise RunError("manifest_op_id_mismatch", f"manifest op {manifest.op_id} != plan op {plan.op_id}")
+        raise RunError(
+            "manifest_op_id_mismatch", f"manifest op {manifest.op_id} != plan op {plan.op_id}"
+        )
     if manifest.run_config != run_config:
         raise RunError("run_config_mismatch", "manifest run_config differs from the run config")
     plan.validate()

@@ -32,7 +32,14 @@ from mfm_dist.engine.lifecycle import (
 from mfm_dist.engine.progress import ORPHAN_CODE, RunProgress
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import ErrorCategory, ErrorInfo
-from mfm_dist.events import DomainEvent, EventDraft, EventEnvelope, RunCompleted, RunStatus, StateFailed
+from mfm_dist.events import (
+    DomainEvent,
+    EventDraft,
+    EventEnvelope,
+    RunCompleted,
+    RunStatus,
+    StateFailed,
+)
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.io.base import FactIndex, IoFactory
 from mfm_dist.manifest import RunManifest
@@ -256,7 +263,7 @@ class LocalEngine(ExecutionEngine):
                     i = running.pop(fut)
                     try:
                         outcome = fut.result()
-                    except BaseException as exc:  # noqa: BLE001 - re-raised after draining
+                    except BaseException as exc:
                         infra = infra or exc
                         stop = True
                         continue
@@ -275,10 +282,10 @@ class LocalEngine(ExecutionEngine):
                     assert outcome.error is not None
                     progress.record_failed(i, outcome.error)
                     if progress.retry_allowed(i):
-                        delay = backoff_delay(progress.run_config.retry_policy.backoff, outcome.attempt)
-                        heapq.heappush(
-                            delayed, _Delayed(time.monotonic() + delay.total_seconds, i)
+                        delay = backoff_delay(
+                            progress.run_config.retry_policy.backoff, outcome.attempt
                         )
+                        heapq.heappush(delayed, _Delayed(time.monotonic() + delay.total_seconds, i))
                     else:
                         failed = i if failed is None else min(failed, i)
                         stop = True

@@ -122,12 +122,11 @@ class MergeTracker:
                         )
         if not found:
             return None
-        first = min(found, key=lambda c: (self.plan.position[c.first], self.plan.position[c.second]))
+        first = min(
+            found, key=lambda c: (self.plan.position[c.first], self.plan.position[c.second])
+        )
         keys = sorted(
-            k
-            for c in found
-            if (c.first, c.second) == (first.first, first.second)
-            for k in c.keys
+            k for c in found if (c.first, c.second) == (first.first, first.second) for k in c.keys
         )
         return MergeConflict(tuple(keys), first.first, first.second)
 
@@ -169,9 +168,7 @@ def _bits(mask: int) -> list[int]:
     return out
 
 
-def apply_deltas(
-    start: Mapping[str, JsonValue], deltas: Iterable[Delta]
-) -> dict[str, JsonValue]:
+def apply_deltas(start: Mapping[str, JsonValue], deltas: Iterable[Delta]) -> dict[str, JsonValue]:
     content = dict(start)
     for delta in deltas:
         delta.apply_to(content)

@@ -76,7 +76,9 @@ class RunProgress:
             return True
         if error.code == ORPHAN_CODE:
             return True
-        return error.retryable and self.run_config.retry_policy.allows_retry(self.next_attempt[i] - 1)
+        return error.retryable and self.run_config.retry_policy.allows_retry(
+            self.next_attempt[i] - 1
+        )
 
     # -- bases and the final snapshot ---------------------------------------------------------
     def base_for(self, i: int) -> tuple[str, dict[str, JsonValue]]:

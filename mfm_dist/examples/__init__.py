@@ -64,7 +64,7 @@ def _item_state(item: int, key: str, payload_bytes: int) -> FnState:
     async def compute(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
         entry: dict[str, JsonValue] = {"item": item, "value": item_value(item)}
         if payload_bytes:
-            entry["payload"] = ("x" * payload_bytes)
+            entry["payload"] = "x" * payload_bytes
         ctx.set(key, entry)
 
     return FnState(compute, StateMeta(tags=["compute"]))
@@ -163,7 +163,9 @@ ETL_PIPELINE = Pipeline(
     machine_id="etl_demo",
     pipeline_version="1",
     steps=[
-        PipelineStep(step_id="extract", op_id="extract_numbers", op_version="1", op_config={"count": 10}),
+        PipelineStep(
+            step_id="extract", op_id="extract_numbers", op_version="1", op_config={"count": 10}
+        ),
         PipelineStep(step_id="transform", op_id="square_numbers", op_version="1"),
         PipelineStep(step_id="load", op_id="summarize_numbers", op_version="1"),
     ],

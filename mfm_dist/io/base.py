@@ -75,9 +75,7 @@ class FactIndex:
         with self.lock:
             existing = self._bindings.get(key)
             if existing is not None and existing != payload_id:
-                raise Corruption(
-                    "fact_recorded_conflict", "a fact key is bound to two payloads"
-                )
+                raise Corruption("fact_recorded_conflict", "a fact key is bound to two payloads")
             self._bindings[key] = payload_id
 
     def __len__(self) -> int:

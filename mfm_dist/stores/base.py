@@ -39,7 +39,9 @@ def check_positions(run_id: str, expected_seq: int, envelopes: Sequence[EventEnv
             )
 
 
-def summary_updates(envelopes: Sequence[EventEnvelope]) -> tuple[str | None, int | None, RunPhase | None]:
+def summary_updates(
+    envelopes: Sequence[EventEnvelope],
+) -> tuple[str | None, int | None, RunPhase | None]:
     """(op_id, started_ms, phase) changes implied by a batch, for run listings."""
     op_id: str | None = None
     started: int | None = None

@@ -83,7 +83,9 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
             raise GuardViolation("after_run_completed", "run already completed", seq=env.seq)
         if isinstance(ev, RunStarted):
             if started or env.seq != 1:
-                raise GuardViolation("run_started_not_first", "RunStarted only at head 0", seq=env.seq)
+                raise GuardViolation(
+                    "run_started_not_first", "RunStarted only at head 0", seq=env.seq
+                )
             started = True
             changes.started = True
             continue
@@ -126,13 +128,16 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
             completed = True
             changes.completed = True
             changes.completed_status = ev.status.value
-        elif isinstance(ev, DomainEvent) and env.state_id is not None:
-            if open_of(str(env.state_id)) != env.attempt:
-                raise GuardViolation(
-                    "domain_event_outside_attempt",
-                    f"no open attempt {env.attempt} of {env.state_id}",
-                    seq=env.seq,
-                )
+        elif (
+            isinstance(ev, DomainEvent)
+            and env.state_id is not None
+            and open_of(str(env.state_id)) != env.attempt
+        ):
+            raise GuardViolation(
+                "domain_event_outside_attempt",
+                f"no open attempt {env.attempt} of {env.state_id}",
+                seq=env.seq,
+            )
     return changes
 
 
