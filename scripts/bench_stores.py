@@ -19,13 +19,14 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import redis  # noqa: E402
-from servers import (  # noqa: E402
+from servers import (  # type: ignore[import-not-found]  # noqa: E402
     S3_ACCESS_ENV,
     S3_SECRET_ENV,
     TEST_S3_ACCESS,
@@ -179,11 +180,10 @@ def bench_s3(iterations: dict[int, int]) -> list[tuple[str, str, float, float]]:
         store.put(ArtifactKind.OUTPUT, b"warm-up")
         for size, n in iterations.items():
             blobs = [os.urandom(size) for _ in range(n)]
-            new = timed([lambda b=b: store.put(ArtifactKind.OUTPUT, b) for b in blobs])
-            first = blobs[0]
-            existing = timed([lambda b=first: store.put(ArtifactKind.OUTPUT, b)] * n)
-            aid = store.put(ArtifactKind.OUTPUT, first)
-            gets = timed([lambda a=aid: store.get(a)] * n)
+            new = timed([partial(store.put, ArtifactKind.OUTPUT, b) for b in blobs])
+            existing = timed([partial(store.put, ArtifactKind.OUTPUT, blobs[0])] * n)
+            aid = store.put(ArtifactKind.OUTPUT, blobs[0])
+            gets = timed([partial(store.get, aid)] * n)
             label = f"{size // 1024} KB" if size < 1024 * 1024 else f"{size // (1024 * 1024)} MB"
             for op, lat in (("put new", new), ("put existing", existing), ("get", gets)):
                 rows.append((label, op, pct(lat, 0.5), pct(lat, 0.99)))
