@@ -36,7 +36,7 @@ def render_text(plan: ExecutionPlan) -> str:
         preds = sorted(compiled.preds[i])
         if preds:
             after = ", ".join(str(compiled.order[p]) for p in preds)
-            lines.append(f"{'':>{width}}   after: {after}")
+            lines.append(" " * (width + 2) + f"after: {after}")
     return "\n".join(lines) + "\n"
 
 

@@ -82,19 +82,24 @@ class _View:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         c = self.tracker.counts()
-        grid = Table.grid(padding=(0, 1))
-        grid.add_row(
+        head = Table.grid(padding=(0, 1))
+        head.add_column(no_wrap=True, overflow="ellipsis")
+        head.add_column(no_wrap=True)
+        head.add_row(
             Text(self.label, style="bold"),
-            ProgressBar(total=max(c.total, 1), completed=c.done, width=30),
-            Text(f"{c.done}/{c.total} states"),
-            Text(f"running {c.running}", style="cyan"),
-            Text(
-                f"failed attempts {c.failed_attempts}",
-                style="red" if c.failed_attempts else "dim",
-            ),
-            Text(f"awaiting retry {c.retrying}", style="yellow" if c.retrying else "dim"),
+            ProgressBar(total=max(c.total, 1), completed=c.done, width=24),
         )
-        yield grid
+        yield head
+        line = Text()
+        line.append(f"{c.done}/{c.total} states")
+        line.append(" | ")
+        line.append(f"running {c.running}", style="cyan")
+        line.append(" | ")
+        failed_style = "red" if c.failed_attempts else ""
+        line.append(f"failed attempts {c.failed_attempts}", style=failed_style)
+        line.append(" | ")
+        line.append(f"awaiting retry {c.retrying}", style="yellow" if c.retrying else "")
+        yield line
 
 
 class LiveProgress:
