@@ -69,8 +69,17 @@ def invalid_envelopes(message: str, seq: int | None, rule: str) -> Corruption:
     return Corruption("invalid_attempt_envelopes", message, details={"seq": seq, "rule": rule})
 
 
+_GUARD_RULE_CODES = {
+    "fact_conflict": "fact_recorded_conflict",
+    "fact_malformed": "fact_recorded_malformed",
+}
+
+
 @dataclass
 class RunHistory:
+    """A checked, decoded event stream. `extend` applies newer events incrementally, so a
+    long-lived coordinator re-reads only what was appended since its last look."""
+
     run_id: RunId
     envelopes: list[EventEnvelope]
     started: RunStarted
@@ -78,6 +87,7 @@ class RunHistory:
     states: dict[str, StateRecord]
     facts: dict[str, ArtifactId]
     domain_events: int = 0
+    _guard: DictGuardView = field(default_factory=DictGuardView, repr=False)
 
     @property
     def head(self) -> int:
@@ -99,53 +109,77 @@ class RunHistory:
 
     @classmethod
     def from_envelopes(cls, run_id: RunId, envelopes: list[EventEnvelope]) -> RunHistory:
-        for expected, env in enumerate(envelopes, start=1):
+        if not envelopes:
+            raise NotFound(f"run {run_id} not found", code="run_not_found")
+        first = envelopes[0].event
+        if not isinstance(first, RunStarted) or envelopes[0].seq != 1:
+            raise invalid_envelopes(
+                "the first event is not RunStarted", envelopes[0].seq, "run_not_started"
+            )
+        history = cls(run_id, [], first, None, {}, {})
+        history.extend(envelopes)
+        return history
+
+    def refresh(self, events: EventStore) -> list[EventEnvelope]:
+        """Read and apply whatever was appended since `head`; returns the new envelopes."""
+        new = events.read_range(self.run_id, self.head + 1, None)
+        if new:
+            self.extend(new)
+        return new
+
+    def extend(self, envelopes: list[EventEnvelope]) -> None:
+        """Check and apply envelopes that continue this history (all-or-nothing)."""
+        for expected, env in enumerate(envelopes, start=self.head + 1):
             if env.seq != expected:
                 raise invalid_envelopes(
                     f"sequence gap: expected seq {expected}, found {env.seq}", env.seq, "seq_gap"
                 )
-            if str(env.run_id) != str(run_id):
+            if str(env.run_id) != str(self.run_id):
                 raise invalid_envelopes("envelope of another run", env.seq, "foreign_run")
         try:
-            check_batch(DictGuardView(), envelopes)
+            changes = check_batch(self._guard, envelopes)
         except GuardViolation as exc:
-            raise invalid_envelopes(
-                exc.info.message, exc.info.details.get("seq"), exc.rule
-            ) from None
-        first = envelopes[0].event
-        assert isinstance(first, RunStarted)  # guaranteed by check_batch
-        states: dict[str, StateRecord] = {}
-        facts: dict[str, ArtifactId] = {}
-        completed: RunCompleted | None = None
-        domain = 0
+            seq = exc.info.details.get("seq")
+            code = _GUARD_RULE_CODES.get(exc.rule)
+            if code is not None:
+                raise Corruption(code, exc.info.message, details={"seq": seq}) from None
+            raise invalid_envelopes(exc.info.message, seq, exc.rule) from None
+        facts = dict(self.facts)
         for env in envelopes:
             ev = env.event
             if isinstance(ev, StateEntered):
-                record = states.setdefault(str(ev.state_id), StateRecord(str(ev.state_id)))
-                if record.completed:
+                record = self.states.get(str(ev.state_id))
+                if record is not None and record.completed:
                     raise invalid_envelopes(
                         f"{ev.state_id} entered again after it completed", env.seq, "reentered"
                     )
+            elif isinstance(ev, DomainEvent) and ev.name == FACT_RECORDED:
+                _index_fact(facts, ev, env.seq)
+        # Everything checked: apply.
+        self._guard.apply(changes)
+        self.facts = facts
+        for env in envelopes:
+            ev = env.event
+            if isinstance(ev, StateEntered):
+                record = self.states.setdefault(str(ev.state_id), StateRecord(str(ev.state_id)))
                 record.attempts.append(
                     AttemptRecord(
                         ev.attempt, str(ev.base_snapshot_id), env.seq, ts_entered=env.ts_millis
                     )
                 )
             elif isinstance(ev, StateCompleted):
-                att = states[str(ev.state_id)].attempts[-1]
+                att = self.states[str(ev.state_id)].attempts[-1]
                 att.outcome, att.snapshot_id = "completed", str(ev.context_snapshot_id)
                 att.ts_closed = env.ts_millis
             elif isinstance(ev, StateFailed):
-                att = states[str(ev.state_id)].attempts[-1]
+                att = self.states[str(ev.state_id)].attempts[-1]
                 att.outcome, att.error = "failed", ev.error
                 att.ts_closed = env.ts_millis
             elif isinstance(ev, RunCompleted):
-                completed = ev
+                self.completed = ev
             elif isinstance(ev, DomainEvent):
-                domain += 1
-                if ev.name == FACT_RECORDED:
-                    _index_fact(facts, ev, env.seq)
-        return cls(run_id, envelopes, first, completed, states, facts, domain)
+                self.domain_events += 1
+        self.envelopes.extend(envelopes)
 
 
 def _index_fact(facts: dict[str, ArtifactId], event: DomainEvent, seq: int) -> None:
