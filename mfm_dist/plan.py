@@ -59,6 +59,23 @@ class ExecutionPlan:
     def canonical_order(self) -> list[StateId]:
         return list(self.compiled.order)
 
+    def fingerprint(self) -> str:
+        """SHA-256 over the plan's shape: op, states (canonical order, with meta) and edges.
+
+        Two processes expand the same plan iff their fingerprints match; distributed
+        workers refuse attempts of a plan their code would expand differently.
+        """
+        from mfm_dist.canonical import artifact_id_of_json
+
+        compiled = self.compiled
+        metas = {str(n.id): n.state.meta().model_dump(mode="json") for n in self.graph.states}
+        shape = {
+            "op_id": str(self.op_id),
+            "states": [[str(s), metas[str(s)]] for s in compiled.order],
+            "edges": sorted({(str(e.from_), str(e.to)) for e in self.graph.edges}),
+        }
+        return str(artifact_id_of_json(shape, "plan"))
+
 
 @dataclass
 class CompiledPlan:

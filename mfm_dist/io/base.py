@@ -60,15 +60,29 @@ def fact_recorded_event(key: str, payload_id: ArtifactId) -> DomainEvent:
 
 
 class FactIndex:
-    """Single-assignment fact bindings of one run: key → payload id. Thread-safe."""
+    """Single-assignment fact bindings of one run: key → payload id. Thread-safe.
 
-    def __init__(self, bindings: dict[str, ArtifactId] | None = None) -> None:
+    `fallback` looks a key up in the run's durable store when it is not known
+    locally — distributed workers see bindings other workers made.
+    """
+
+    def __init__(
+        self,
+        bindings: dict[str, ArtifactId] | None = None,
+        fallback: Callable[[str], ArtifactId | None] | None = None,
+    ) -> None:
         self._bindings: dict[str, ArtifactId] = dict(bindings or {})
+        self._fallback = fallback
         self.lock = threading.RLock()
 
     def lookup(self, key: str) -> ArtifactId | None:
         with self.lock:
-            return self._bindings.get(key)
+            found = self._bindings.get(key)
+            if found is None and self._fallback is not None:
+                found = self._fallback(key)
+                if found is not None:
+                    self._bindings[key] = found
+            return found
 
     def add(self, key: str, payload_id: ArtifactId) -> None:
         """Record a durable binding; a different payload under a bound key is corruption."""
