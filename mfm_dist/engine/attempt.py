@@ -42,6 +42,7 @@ from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.io.base import AttemptScope, FactIndex, IoFactory, fact_recorded_event
 from mfm_dist.secrets import is_secret_string
 from mfm_dist.state import EventRecorder, State, StateOutcome
+from mfm_dist.stores.guards import GuardViolation
 
 Append = Callable[[Sequence[EventDraft]], list[EventEnvelope]]
 INLINE_PAYLOAD_LIMIT = 64 * 1024
@@ -134,7 +135,17 @@ def _fact_binder(
                 return
             if existing is not None:
                 raise IoError("fact_payload_conflict", "a different payload is already bound")
-            env.append([_draft(fact_recorded_event(key, payload_id), state_id, attempt)])
+            try:
+                env.append([_draft(fact_recorded_event(key, payload_id), state_id, attempt)])
+            except GuardViolation as exc:
+                if exc.rule != "fact_conflict":
+                    raise
+                # Another worker bound the key first; a retry serves its recorded payload.
+                raise IoError(
+                    "fact_binding_raced",
+                    "another attempt bound this fact key first; retry to use its record",
+                    retryable=True,
+                ) from None
             env.facts.add(key, payload_id)
 
     return bind

@@ -8,12 +8,15 @@ runs give each state the merge of its ancestors' deltas (CONTRACT §7.4).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from mfm_dist.canonical import JsonValue
 from mfm_dist.config import RunConfig
-from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.history import RunHistory, StateRecord
 from mfm_dist.engine.merge import Delta, MergeConflict, MergeTracker, apply_deltas, compute_delta
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import ErrorInfo
+from mfm_dist.events import EventEnvelope
 from mfm_dist.ids import StateId
 from mfm_dist.plan import CompiledPlan
 
@@ -135,22 +138,39 @@ class RunProgress:
     ) -> RunProgress:
         progress = cls(plan, run_config, snapshots, str(history.started.initial_snapshot_id))
         for state_id, record in history.states.items():
-            i = plan.position[state_id]
-            last = record.last
-            if last is None:
-                continue
-            progress.next_attempt[i] = last.attempt + 1
-            if last.outcome == "completed" and last.snapshot_id is not None:
-                base = snapshots.load(last.base_snapshot_id)
-                new = snapshots.load(last.snapshot_id)
-                progress.record_completed(i, last.snapshot_id, compute_delta(base, new))
-            else:
-                progress.last_base[i] = last.base_snapshot_id
-                if last.error is not None:
-                    progress.last_error[i] = last.error
+            progress._sync(plan.position[state_id], record)
         if progress.fan_out:
             progress.conflict = progress.tracker.first_conflict()
         return progress
+
+    def observe(self, history: RunHistory, envelopes: Iterable[EventEnvelope]) -> None:
+        """Catch up with envelopes just applied to `history` (incremental `from_history`)."""
+        touched = {str(e.state_id) for e in envelopes if e.state_id is not None}
+        for state_id in touched:
+            record = history.states.get(state_id)
+            if record is not None:
+                self._sync(self.plan.position[state_id], record)
+        if self.fan_out and self.conflict is None:
+            self.conflict = self.tracker.first_conflict()
+
+    def _sync(self, i: int, record: StateRecord) -> None:
+        last = record.last
+        if last is None:
+            return
+        self.next_attempt[i] = last.attempt + 1
+        if last.outcome == "completed" and last.snapshot_id is not None:
+            if i not in self.tracker.deltas:
+                base = self.snapshots.load(last.base_snapshot_id)
+                new = self.snapshots.load(last.snapshot_id)
+                self.record_completed(i, last.snapshot_id, compute_delta(base, new))
+            self.last_base.pop(i, None)
+            self.last_error.pop(i, None)
+        else:
+            self.last_base[i] = last.base_snapshot_id
+            if last.error is not None:
+                self.last_error[i] = last.error
+            else:
+                self.last_error.pop(i, None)
 
     def state_id(self, i: int) -> StateId:
         return self.plan.order[i]
