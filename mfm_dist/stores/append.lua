@@ -9,11 +9,14 @@
 -- ARGV: 1 mode ('append' | 'next'), 2 expected_seq ('' for 'next'),
 --       3 positions_ok ('1' | '0'), 4 batch_id, 5 run_id, 6 n,
 --       then 9 fields per event:
---         kind ('RS' RunStarted, 'SE' StateEntered, 'ST' terminal, 'RC' RunCompleted,
---               'D' domain event, 'F' fact_recorded domain event),
+--         kind ('RS' RunStarted, 'SE' StateEntered, 'SC' StateCompleted, 'SF' StateFailed,
+--               'RC' RunCompleted, 'D' domain event, 'F' fact_recorded domain event,
+--               'FM' malformed fact_recorded — classified by guards.fact_binding_of),
 --         ev_state, ev_attempt, env_state, env_attempt ('' when absent),
 --         a1, a2 (RS: op_id, '' | RC: status, '' | F: fact key, payload id),
 --         ts_millis, body (canonical envelope without run_id and seq)
+-- Guard hash fields: head, started, completed, open_count, open:<state>,
+--   next:<state>, done:<state> ('1' once the state's last attempt completed).
 -- Reply: {'ok', first_seq, n} | {'dup', first_seq, n} (batch already appended) |
 --        {'stale', head} | {'position', head} | {'guard', rule, seq, message}
 
@@ -49,7 +52,8 @@ local completed = redis.call('HGET', guard, 'completed') == '1'
 local open_count = tonumber(redis.call('HGET', guard, 'open_count') or '0')
 
 local open_now, open_loaded, next_now, next_loaded = {}, {}, {}, {}
-local open_changed, next_changed = {}, {}
+local done_now, done_loaded = {}, {}
+local open_changed, next_changed, done_changed = {}, {}, {}
 local new_facts = {}
 local open_delta = 0
 
@@ -68,6 +72,14 @@ local function next_of(state)
     next_loaded[state] = true
   end
   return next_now[state]
+end
+
+local function done_of(state)
+  if not done_loaded[state] then
+    done_now[state] = redis.call('HGET', guard, 'done:' .. state) == '1'
+    done_loaded[state] = true
+  end
+  return done_now[state]
 end
 
 local function violation(rule, seq, message)
@@ -107,6 +119,9 @@ for i = 1, n do
     if open_of(ev_state) then
       return violation('attempt_already_open', seq, ev_state .. ' already has an open attempt')
     end
+    if done_of(ev_state) then
+      return violation('state_already_completed', seq, ev_state .. ' already completed')
+    end
     local expected_attempt = next_of(ev_state)
     if attempt ~= expected_attempt then
       return violation('attempt_out_of_order', seq,
@@ -119,7 +134,7 @@ for i = 1, n do
     open_now[ev_state] = attempt
     open_changed[ev_state] = true
     open_delta = open_delta + 1
-  elseif kind == 'ST' then
+  elseif kind == 'SC' or kind == 'SF' then
     local attempt = open_of(ev_state)
     if not attempt then
       return violation('terminal_without_open_attempt', seq, ev_state .. ' has no open attempt')
@@ -133,6 +148,11 @@ for i = 1, n do
     next_now[ev_state] = attempt + 1
     next_loaded[ev_state] = true
     next_changed[ev_state] = true
+    if kind == 'SC' then
+      done_now[ev_state] = true
+      done_loaded[ev_state] = true
+      done_changed[ev_state] = true
+    end
     open_delta = open_delta - 1
   elseif kind == 'RC' then
     if open_count + open_delta > 0 then
@@ -141,7 +161,7 @@ for i = 1, n do
     completed = true
     final_status = a1
   else
-    -- Domain event ('D' or 'F').
+    -- Domain event ('D', 'F' or 'FM').
     if env_state ~= '' then
       local open = open_of(env_state)
       local open_text = open and tostring(open) or ''
@@ -150,6 +170,9 @@ for i = 1, n do
         return violation('domain_event_outside_attempt', seq,
           'no open attempt ' .. shown .. ' of ' .. env_state)
       end
+    end
+    if kind == 'FM' then
+      return violation('fact_malformed', seq, 'fact_recorded payload must be {key, payload_id, meta}')
     end
     if kind == 'F' then
       local bound = new_facts[a1] or redis.call('HGET', facts, a1)
@@ -189,6 +212,10 @@ end
 for state, _ in pairs(next_changed) do
   table.insert(updates, 'next:' .. state)
   table.insert(updates, tostring(next_now[state]))
+end
+for state, _ in pairs(done_changed) do
+  table.insert(updates, 'done:' .. state)
+  table.insert(updates, '1')
 end
 redis.call('HSET', guard, unpack(updates))
 

@@ -16,9 +16,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from mfm_dist.errors import ConcurrencyError
-from mfm_dist.events import EventDraft, EventEnvelope, RunCompleted, RunStarted
-from mfm_dist.ids import RunId
+from mfm_dist.events import (
+    FACT_RECORDED,
+    DomainEvent,
+    EventDraft,
+    EventEnvelope,
+    RunCompleted,
+    RunStarted,
+)
+from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.run import RunPhase, RunSummary
+from mfm_dist.stores.guards import fact_binding_of
 
 
 def stale_head(run_id: str, expected: int, head: int) -> ConcurrencyError:
@@ -80,6 +88,22 @@ class EventStore(ABC):
     @abstractmethod
     def list_runs(self, limit: int | None = None) -> list[RunSummary]:
         """Runs, newest first."""
+
+    def fact_binding(self, run_id: RunId, key: str) -> ArtifactId | None:
+        """The payload id bound to fact `key` in the run, or None if the key is unbound.
+
+        Distributed workers use it to see bindings made by other workers. This
+        default scans the whole history (the first binding of a key is the one
+        that counts; the guards reject any later, different one); backends
+        override it with an indexed lookup.
+        """
+        for env in self.read_range(run_id):
+            ev = env.event
+            if isinstance(ev, DomainEvent) and ev.name == FACT_RECORDED:
+                binding = fact_binding_of(ev)
+                if binding is not None and binding[0] == key:
+                    return ArtifactId(binding[1])
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

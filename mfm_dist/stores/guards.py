@@ -4,15 +4,22 @@ A store checks each batch against its run's guard view before appending, inside
 the same transaction, so a duplicate or late delivery can never corrupt a
 history. The Redis backend enforces the same rules in its Lua script; the store
 contract suite holds them to one behaviour.
+
+Beyond the attempt envelope, two run-level invariants are guarded here because
+only the store can enforce them across distributed writers: a state completes at
+most once per run (`state_already_completed`), and fact keys are single
+assignment (`fact_conflict`; a binding that cannot be read is `fact_malformed`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from mfm_dist.errors import StorageError
 from mfm_dist.events import (
+    FACT_RECORDED,
     DomainEvent,
     EventEnvelope,
     RunCompleted,
@@ -45,6 +52,8 @@ class GuardView(Protocol):
     def open_attempt(self, state_id: str) -> int | None: ...
     def next_attempt(self, state_id: str) -> int: ...
     def open_count(self) -> int: ...
+    def state_completed(self, state_id: str) -> bool: ...
+    def fact_binding(self, key: str) -> str | None: ...
 
 
 @dataclass
@@ -56,6 +65,37 @@ class GuardChanges:
     completed_status: str | None = None
     open_after: dict[str, int | None] = field(default_factory=dict)  # state -> open attempt
     next_after: dict[str, int] = field(default_factory=dict)  # state -> next attempt number
+    completed_states: set[str] = field(default_factory=set)  # states completed by this batch
+    facts: dict[str, str] = field(default_factory=dict)  # new bindings: key -> payload id
+
+
+FACT_MALFORMED_MESSAGE = "fact_recorded payload must be {key, payload_id, meta}"
+FACT_CONFLICT_MESSAGE = "fact key is already bound to a different payload"
+_ARTIFACT_ID = re.compile(r"[0-9a-f]{64}")
+_FACT_FIELDS = frozenset({"key", "payload_id", "meta"})
+
+
+def fact_binding_of(event: DomainEvent) -> tuple[str, str] | None:
+    """(key, payload_id) of a well-formed `fact_recorded` payload, else None.
+
+    Well-formed means the shape of `io.base.FactRecordedPayload`: an inline object
+    with a string `key`, an artifact-id `payload_id`, an optional object `meta`
+    and nothing else. The Redis store classifies events with this same function,
+    so both guard implementations agree on what is malformed.
+    """
+    payload = event.payload
+    if event.payload_ref is not None or not isinstance(payload, dict):
+        return None
+    key, payload_id = payload.get("key"), payload.get("payload_id")
+    if (
+        not isinstance(key, str)
+        or not isinstance(payload_id, str)
+        or _ARTIFACT_ID.fullmatch(payload_id) is None
+        or not isinstance(payload.get("meta", {}), dict)
+        or not _FACT_FIELDS.issuperset(payload)
+    ):
+        return None
+    return key, payload_id
 
 
 def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges:
@@ -65,6 +105,8 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
     completed = view.completed()
     open_now: dict[str, int | None] = {}
     next_now: dict[str, int] = {}
+    done_now: dict[str, bool] = {}
+    facts_now: dict[str, str | None] = {}
     open_delta = 0
 
     def open_of(state: str) -> int | None:
@@ -76,6 +118,16 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
         if state not in next_now:
             next_now[state] = view.next_attempt(state)
         return next_now[state]
+
+    def done_of(state: str) -> bool:
+        if state not in done_now:
+            done_now[state] = view.state_completed(state)
+        return done_now[state]
+
+    def fact_of(key: str) -> str | None:
+        if key not in facts_now:
+            facts_now[key] = view.fact_binding(key)
+        return facts_now[key]
 
     for env in envelopes:
         ev = env.event
@@ -96,6 +148,10 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
             if open_of(state) is not None:
                 raise GuardViolation(
                     "attempt_already_open", f"{state} already has an open attempt", seq=env.seq
+                )
+            if done_of(state):
+                raise GuardViolation(
+                    "state_already_completed", f"{state} already completed", seq=env.seq
                 )
             if ev.attempt != next_of(state):
                 raise GuardViolation(
@@ -119,6 +175,9 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
             next_now[state] = attempt + 1
             changes.open_after[state] = None
             changes.next_after[state] = attempt + 1
+            if isinstance(ev, StateCompleted):
+                done_now[state] = True
+                changes.completed_states.add(state)
             open_delta -= 1
         elif isinstance(ev, RunCompleted):
             if view.open_count() + open_delta > 0:
@@ -128,16 +187,24 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
             completed = True
             changes.completed = True
             changes.completed_status = ev.status.value
-        elif (
-            isinstance(ev, DomainEvent)
-            and env.state_id is not None
-            and open_of(str(env.state_id)) != env.attempt
-        ):
-            raise GuardViolation(
-                "domain_event_outside_attempt",
-                f"no open attempt {env.attempt} of {env.state_id}",
-                seq=env.seq,
-            )
+        elif isinstance(ev, DomainEvent):
+            if env.state_id is not None and open_of(str(env.state_id)) != env.attempt:
+                raise GuardViolation(
+                    "domain_event_outside_attempt",
+                    f"no open attempt {env.attempt} of {env.state_id}",
+                    seq=env.seq,
+                )
+            if ev.name == FACT_RECORDED:
+                binding = fact_binding_of(ev)
+                if binding is None:
+                    raise GuardViolation("fact_malformed", FACT_MALFORMED_MESSAGE, seq=env.seq)
+                key, payload_id = binding
+                bound = fact_of(key)
+                if bound is None:
+                    facts_now[key] = payload_id
+                    changes.facts[key] = payload_id
+                elif bound != payload_id:
+                    raise GuardViolation("fact_conflict", FACT_CONFLICT_MESSAGE, seq=env.seq)
     return changes
 
 
@@ -158,6 +225,8 @@ class DictGuardView:
     is_completed: bool = False
     open: dict[str, int] = field(default_factory=dict)
     next: dict[str, int] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+    facts: dict[str, str] = field(default_factory=dict)
 
     def started(self) -> bool:
         return self.is_started
@@ -174,6 +243,12 @@ class DictGuardView:
     def open_count(self) -> int:
         return len(self.open)
 
+    def state_completed(self, state_id: str) -> bool:
+        return state_id in self.done
+
+    def fact_binding(self, key: str) -> str | None:
+        return self.facts.get(key)
+
     def apply(self, changes: GuardChanges) -> None:
         self.is_started = self.is_started or changes.started
         self.is_completed = self.is_completed or changes.completed
@@ -183,3 +258,6 @@ class DictGuardView:
             else:
                 self.open[state] = attempt
         self.next.update(changes.next_after)
+        self.done.update(changes.completed_states)
+        for key, payload_id in changes.facts.items():
+            self.facts.setdefault(key, payload_id)

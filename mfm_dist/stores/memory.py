@@ -76,6 +76,12 @@ class InMemoryEventStore(EventStore):
             end = len(run.events) if to_seq is None else min(to_seq, len(run.events))
             return run.events[max(from_seq, 1) - 1 : end]
 
+    def fact_binding(self, run_id: RunId, key: str) -> ArtifactId | None:
+        with self._lock:
+            run = self._runs.get(str(run_id))
+            bound = run.guard.fact_binding(key) if run is not None else None
+        return None if bound is None else ArtifactId(bound)
+
     def list_runs(self, limit: int | None = None) -> list[RunSummary]:
         with self._lock:
             rows = [

@@ -5,16 +5,18 @@ Layout (all keys of a run share the hash tag `{<run_id>}`):
 * `mfm:{rid}:events` — the run's stream; entry id `<seq>-1`, fields `seq` and
   `body` (the canonical envelope without `run_id`/`seq`). Never trimmed or expired.
 * `mfm:{rid}:guard` — guard state: `head`, `started`, `completed`, `open_count`,
-  `open:<state>` (the open attempt), `next:<state>` (the next attempt number).
-* `mfm:{rid}:facts` — fact bindings `key -> payload_id` (single assignment).
+  `open:<state>` (the open attempt), `next:<state>` (the next attempt number),
+  `done:<state>` (`1` once the state completed; it may not be entered again).
+* `mfm:{rid}:facts` — fact bindings `key -> payload_id` (single assignment);
+  `fact_binding` is one HGET on it.
 * `mfm:{rid}:batches` — `batch_id -> "<first_seq>:<count>"` of every committed call.
 * `mfm:{rid}:meta` and the global sorted set `mfm:runs` (by `started_ms`) — the
   run listing (`op_id`, `started_ms`, `phase`, `head`).
 
 `append` and `append_next` are each ONE call of `append.lua`, which checks the
-head (positional appends), enforces the envelope guards of `stores/guards.py`
-plus fact single-assignment (`fact_conflict`), and XADDs the whole batch — all or
-nothing. `append_next` lets the script assign the next seqs, so parallel writers
+head (positional appends), enforces the guards of `stores/guards.py` (envelope,
+`state_already_completed`, `fact_conflict`, `fact_malformed`), and XADDs the
+whole batch — all or nothing. `append_next` lets the script assign the next seqs, so parallel writers
 never race on positions.
 
 Retries: connection errors and timeouts are retried with bounded backoff, then
@@ -64,11 +66,11 @@ from mfm_dist.events import (
     StateEntered,
     StateFailed,
 )
-from mfm_dist.ids import RunId
+from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.run import RunPhase, RunSummary
 from mfm_dist.secrets import redact_url
 from mfm_dist.stores.base import EventStore, stale_head
-from mfm_dist.stores.guards import GuardViolation
+from mfm_dist.stores.guards import GuardViolation, fact_binding_of
 
 T = TypeVar("T")
 
@@ -119,18 +121,17 @@ def _guard_fields(event: Any, state_id: str | None, attempt: int | None) -> list
         return ["RS", "", "", env_state, env_attempt, str(event.op_id), ""]
     if isinstance(event, StateEntered):
         return ["SE", str(event.state_id), str(event.attempt), env_state, env_attempt, "", ""]
-    if isinstance(event, (StateCompleted, StateFailed)):
-        return ["ST", str(event.state_id), "", env_state, env_attempt, "", ""]
+    if isinstance(event, StateCompleted):
+        return ["SC", str(event.state_id), "", env_state, env_attempt, "", ""]
+    if isinstance(event, StateFailed):
+        return ["SF", str(event.state_id), "", env_state, env_attempt, "", ""]
     if isinstance(event, RunCompleted):
         return ["RC", "", "", env_state, env_attempt, event.status.value, ""]
     if isinstance(event, DomainEvent) and event.name == FACT_RECORDED:
-        payload = event.payload
-        if (
-            isinstance(payload, dict)
-            and isinstance(payload.get("key"), str)
-            and isinstance(payload.get("payload_id"), str)
-        ):
-            return ["F", "", "", env_state, env_attempt, payload["key"], payload["payload_id"]]
+        binding = fact_binding_of(event)
+        if binding is None:
+            return ["FM", "", "", env_state, env_attempt, "", ""]
+        return ["F", "", "", env_state, env_attempt, binding[0], binding[1]]
     return ["D", "", "", env_state, env_attempt, "", ""]
 
 
@@ -355,6 +356,11 @@ class RedisEventStore(EventStore):
             data["seq"] = int(fields[b"seq"])
             out.append(EventEnvelope.model_validate(data))
         return out
+
+    def fact_binding(self, run_id: RunId, key: str) -> ArtifactId | None:
+        facts = _run_keys(str(run_id))[2]
+        value = self._call("HGET", lambda: self._client.hget(facts, key))
+        return None if value is None else ArtifactId(value.decode())
 
     def list_runs(self, limit: int | None = None) -> list[RunSummary]:
         stop = -1 if limit is None else limit - 1

@@ -11,8 +11,14 @@ Concurrency: one connection per store object, guarded by a lock (threads), and
 `BEGIN IMMEDIATE` per write with a busy timeout (processes), so the head read,
 the envelope guards and the insert happen in one serialized transaction. The
 guard state (started/completed per run, open and next attempt per state) lives
-in tables next to the events, so checking a batch costs O(batch), not O(history).
+in tables next to the events, so checking a batch costs O(batch), not O(history):
+`runs` (started/completed), `attempts` (open and next attempt, and whether the
+state has completed) and `facts` (single-assignment fact bindings).
 A store object used after `fork()` reopens its connection in the child.
+
+Schema versions (`PRAGMA user_version`): 2 added `attempts.completed` and the
+`facts` table. Opening a version-1 file adds the column and rebuilds both from
+the stored events, once, inside the schema transaction.
 """
 
 from __future__ import annotations
@@ -28,15 +34,24 @@ from typing import Literal, TypeVar
 from pydantic import ValidationError
 
 from mfm_dist.errors import Corruption, InvalidInput, StorageError, StorageUnavailable
-from mfm_dist.events import EventDraft, EventEnvelope
-from mfm_dist.ids import RunId
+from mfm_dist.events import (
+    FACT_RECORDED,
+    DomainEvent,
+    EventDraft,
+    EventEnvelope,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
+from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.run import RunPhase, RunSummary
 from mfm_dist.stores.base import EventStore, check_positions, stale_head, summary_updates
-from mfm_dist.stores.guards import GuardChanges, check_batch
+from mfm_dist.stores.guards import GuardChanges, check_batch, fact_binding_of
 
 Synchronous = Literal["FULL", "NORMAL"]
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 T = TypeVar("T")
+SCHEMA_VERSION = 2
 _FORK_ORPHANS: list[sqlite3.Connection] = []
 
 _SCHEMA = (
@@ -61,9 +76,54 @@ _SCHEMA = (
         state_id TEXT NOT NULL,
         open_attempt INTEGER,
         next_attempt INTEGER NOT NULL DEFAULT 0,
+        completed INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (run_id, state_id)
     ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS facts (
+        run_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        payload_id TEXT NOT NULL,
+        PRIMARY KEY (run_id, key)
+    ) WITHOUT ROWID""",
 )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older file to `SCHEMA_VERSION` (caller holds the schema transaction)."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version >= SCHEMA_VERSION:
+        return
+    columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(attempts)")}
+    if "completed" not in columns:
+        conn.execute("ALTER TABLE attempts ADD COLUMN completed INTEGER NOT NULL DEFAULT 0")
+    _rebuild_completions_and_facts(conn)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _rebuild_completions_and_facts(conn: sqlite3.Connection) -> None:
+    """Derive the version-2 guard state from the stored events (one pass, at upgrade)."""
+    done: set[tuple[str, str]] = set()
+    facts: dict[tuple[str, str], str] = {}
+    for run_id, body in conn.execute("SELECT run_id, body FROM events ORDER BY run_id, seq"):
+        try:
+            ev = EventEnvelope.from_bytes(body).event
+        except (ValueError, ValidationError):
+            continue  # read_range reports undecodable rows; nothing to derive from them
+        if isinstance(ev, StateCompleted):
+            done.add((run_id, str(ev.state_id)))
+        elif isinstance(ev, (StateEntered, StateFailed)):
+            done.discard((run_id, str(ev.state_id)))
+        elif isinstance(ev, DomainEvent) and ev.name == FACT_RECORDED:
+            binding = fact_binding_of(ev)
+            if binding is not None:
+                facts.setdefault((run_id, binding[0]), binding[1])
+    conn.executemany(
+        "UPDATE attempts SET completed = 1 WHERE run_id = ? AND state_id = ?", sorted(done)
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO facts (run_id, key, payload_id) VALUES (?, ?, ?)",
+        [(rid, key, pid) for (rid, key), pid in sorted(facts.items())],
+    )
 
 
 def _storage_error(exc: sqlite3.Error, action: str) -> StorageError:
@@ -107,12 +167,13 @@ class _SqlGuardView:
     def completed(self) -> bool:
         return self._completed
 
-    def _attempt_row(self, state_id: str) -> tuple[int | None, int] | None:
+    def _attempt_row(self, state_id: str) -> tuple[int | None, int, bool] | None:
         row = self._conn.execute(
-            "SELECT open_attempt, next_attempt FROM attempts WHERE run_id = ? AND state_id = ?",
+            "SELECT open_attempt, next_attempt, completed FROM attempts"
+            " WHERE run_id = ? AND state_id = ?",
             (self._run_id, state_id),
         ).fetchone()
-        return None if row is None else (row[0], int(row[1]))
+        return None if row is None else (row[0], int(row[1]), bool(row[2]))
 
     def open_attempt(self, state_id: str) -> int | None:
         row = self._attempt_row(state_id)
@@ -128,6 +189,20 @@ class _SqlGuardView:
             (self._run_id,),
         ).fetchone()
         return int(row[0])
+
+    def state_completed(self, state_id: str) -> bool:
+        row = self._attempt_row(state_id)
+        return row is not None and row[2]
+
+    def fact_binding(self, key: str) -> str | None:
+        return _fact_binding(self._conn, self._run_id, key)
+
+
+def _fact_binding(conn: sqlite3.Connection, run_id: str, key: str) -> str | None:
+    row = conn.execute(
+        "SELECT payload_id FROM facts WHERE run_id = ? AND key = ?", (run_id, key)
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 class SqliteEventStore(EventStore):
@@ -191,6 +266,7 @@ class SqliteEventStore(EventStore):
             try:
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                _migrate(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -296,7 +372,7 @@ class SqliteEventStore(EventStore):
             conn.execute("UPDATE runs SET started = 1 WHERE run_id = ?", (rid,))
         if changes.completed:
             conn.execute("UPDATE runs SET completed = 1 WHERE run_id = ?", (rid,))
-        states = set(changes.open_after) | set(changes.next_after)
+        states = set(changes.open_after) | set(changes.next_after) | changes.completed_states
         for state in sorted(states):
             conn.execute(
                 "INSERT OR IGNORE INTO attempts (run_id, state_id) VALUES (?, ?)", (rid, state)
@@ -311,6 +387,15 @@ class SqliteEventStore(EventStore):
                     "UPDATE attempts SET next_attempt = ? WHERE run_id = ? AND state_id = ?",
                     (changes.next_after[state], rid, state),
                 )
+            if state in changes.completed_states:
+                conn.execute(
+                    "UPDATE attempts SET completed = 1 WHERE run_id = ? AND state_id = ?",
+                    (rid, state),
+                )
+        conn.executemany(
+            "INSERT INTO facts (run_id, key, payload_id) VALUES (?, ?, ?)",
+            [(rid, key, payload_id) for key, payload_id in sorted(changes.facts.items())],
+        )
 
     @staticmethod
     def _update_summary(
@@ -345,6 +430,10 @@ class SqliteEventStore(EventStore):
             return []
         rows = self._read("read_range", query)
         return [_decode(str(run_id), seq, body) for seq, body in rows]
+
+    def fact_binding(self, run_id: RunId, key: str) -> ArtifactId | None:
+        bound = self._read("fact_binding", lambda c: _fact_binding(c, str(run_id), key))
+        return None if bound is None else ArtifactId(bound)
 
     def list_runs(self, limit: int | None = None) -> list[RunSummary]:
         def query(conn: sqlite3.Connection) -> list[tuple[str, str, int, str, int]]:
