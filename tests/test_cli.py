@@ -222,6 +222,12 @@ def test_dry_run_skips_side_effect_states(home: Path, ops_dir: Path) -> None:
         "cli_side_effect_demo.main.compute": "completed",
         "cli_side_effect_demo.main.apply": "skipped",
     }
+    # Without the module the plan cannot be re-derived: status falls back to the history.
+    fallback = mfm(home, "status", run_id, "--json")
+    assert fallback.exit_code == 0
+    assert "plan unavailable (operation_not_found)" in fallback.stderr
+    history_only = RunReport.model_validate_json(fallback.stdout)
+    assert [s.status.value for s in history_only.states] == ["completed", "completed"]
     live = mfm(home, "--ops", OPS_MODULE, "run", "cli_side_effect_demo")
     assert live.exit_code == 0 and "skipped" not in live.stdout
     live_id = live.stdout.split()[1].rstrip(":")
