@@ -172,6 +172,26 @@ def d_domain(state: StateId | None = None, attempt: int | None = None, n: int = 
     return EventDraft(event=event, ts_millis=2_500, state_id=state, attempt=attempt)
 
 
+K1, K2 = "mfm:now_millis|run:r|state:a|attempt:0|ord:0", "price of coffee"
+OTHER = ArtifactId("c" * 64)
+
+
+def d_fact(
+    key: str, payload_id: str, state: StateId | None = None, attempt: int | None = None
+) -> EventDraft:
+    payload = {"key": key, "payload_id": payload_id, "meta": {}}
+    event = DomainEvent(name="fact_recorded", payload=payload)
+    return EventDraft(event=event, ts_millis=2_600, state_id=state, attempt=attempt)
+
+
+def d_raw_fact(
+    payload: Any, *, payload_ref: ArtifactId | None = None, state: StateId | None = None
+) -> EventDraft:
+    """A `fact_recorded` event with an arbitrary (usually malformed) payload."""
+    event = DomainEvent(name="fact_recorded", payload=payload, payload_ref=payload_ref)
+    return EventDraft(event=event, ts_millis=2_600, state_id=state, attempt=0 if state else None)
+
+
 def d_run_completed(status: RunStatus = RunStatus.COMPLETED) -> EventDraft:
     return EventDraft(event=RunCompleted(status=status, final_snapshot_id=SNAP), ts_millis=9_000)
 
@@ -293,6 +313,7 @@ def test_rejected_batch_does_not_complete_the_run(event_store: EventStore) -> No
 
 # --- event store: envelope guards -------------------------------------------------------------
 
+# (name, setup, bad batch, rule): the LAST event of the bad batch breaks the rule.
 GUARD_CASES: list[tuple[str, list[EventDraft], list[EventDraft], str]] = [
     ("second_run_started", [d_started()], [d_started()], "run_started_not_first"),
     ("entered_before_started", [], [d_entered(A, 0)], "run_not_started"),
@@ -331,6 +352,63 @@ GUARD_CASES: list[tuple[str, list[EventDraft], list[EventDraft], str]] = [
      "after_run_completed"),
     ("started_after_completed", [d_started(), d_run_completed()], [d_started()],
      "after_run_completed"),
+    # A state completes at most once per run.
+    ("reentered_after_completion", [d_started(), d_entered(A, 0), d_completed(A, 0)],
+     [d_entered(A, 1)], "state_already_completed"),
+    ("duplicate_entered_after_completion", [d_started(), d_entered(A, 0), d_completed(A, 0)],
+     [d_entered(A, 0)], "state_already_completed"),
+    ("reentered_after_retry_completed",
+     [d_started(), d_entered(A, 0), d_failed(A, 0), d_entered(A, 1), d_completed(A, 1)],
+     [d_entered(A, 2)], "state_already_completed"),
+    ("reentered_after_completion_in_batch", [d_started()],
+     [d_entered(A, 0), d_completed(A, 0), d_entered(A, 1)], "state_already_completed"),
+    ("completed_state_misattributed_reentry",
+     [d_started(), d_entered(A, 0), d_completed(A, 0)],
+     [d_entered(A, 1, as_state=B)], "state_already_completed"),
+    # Fact keys are single assignment per run.
+    ("fact_conflict_with_history", [d_started(), d_entered(A, 0), d_fact(K1, SNAP, A, 0)],
+     [d_fact(K1, OTHER, A, 0)], "fact_conflict"),
+    ("fact_conflict_across_attempts",
+     [d_started(), d_entered(A, 0), d_fact(K1, SNAP, A, 0), d_failed(A, 0), d_entered(A, 1)],
+     [d_fact(K1, OTHER, A, 1)], "fact_conflict"),
+    ("fact_conflict_across_states",
+     [d_started(), d_entered(A, 0), d_entered(B, 0), d_fact(K2, SNAP, A, 0)],
+     [d_fact(K2, OTHER, B, 0)], "fact_conflict"),
+    ("fact_conflict_in_batch", [d_started(), d_entered(A, 0)],
+     [d_fact(K1, SNAP, A, 0), d_domain(A, 0), d_fact(K1, OTHER, A, 0)], "fact_conflict"),
+    ("fact_conflict_run_level", [d_started(), d_fact(K1, SNAP)], [d_fact(K1, OTHER)],
+     "fact_conflict"),
+    ("fact_conflict_after_idempotent_rebind", [d_started(), d_fact(K1, SNAP)],
+     [d_fact(K1, SNAP), d_fact(K1, OTHER)], "fact_conflict"),
+    ("fact_outside_attempt_checked_first", [d_started(), d_fact(K1, SNAP)],
+     [d_fact(K1, OTHER, A, 0)], "domain_event_outside_attempt"),
+    ("malformed_fact_outside_attempt", [d_started()], [d_raw_fact(None, state=A)],
+     "domain_event_outside_attempt"),
+    ("fact_after_run_completed", [d_started(), d_run_completed()], [d_fact(K1, SNAP)],
+     "after_run_completed"),
+    ("fact_payload_null", [d_started()], [d_raw_fact(None)], "fact_malformed"),
+    ("fact_payload_list", [d_started()], [d_raw_fact([K1, str(SNAP)])], "fact_malformed"),
+    ("fact_payload_string", [d_started()], [d_raw_fact(K1)], "fact_malformed"),
+    ("fact_key_missing", [d_started()], [d_raw_fact({"payload_id": SNAP, "meta": {}})],
+     "fact_malformed"),
+    ("fact_key_not_string", [d_started()],
+     [d_raw_fact({"key": 7, "payload_id": SNAP, "meta": {}})], "fact_malformed"),
+    ("fact_payload_id_missing", [d_started()], [d_raw_fact({"key": K1, "meta": {}})],
+     "fact_malformed"),
+    ("fact_payload_id_not_string", [d_started()],
+     [d_raw_fact({"key": K1, "payload_id": 5, "meta": {}})], "fact_malformed"),
+    ("fact_payload_id_not_an_artifact_id", [d_started()],
+     [d_raw_fact({"key": K1, "payload_id": "A" * 64, "meta": {}})], "fact_malformed"),
+    ("fact_payload_id_with_newline", [d_started()],
+     [d_raw_fact({"key": K1, "payload_id": "a" * 64 + "\n", "meta": {}})], "fact_malformed"),
+    ("fact_meta_not_object", [d_started()],
+     [d_raw_fact({"key": K1, "payload_id": SNAP, "meta": []})], "fact_malformed"),
+    ("fact_extra_field", [d_started()],
+     [d_raw_fact({"key": K1, "payload_id": SNAP, "meta": {}, "x": 1})], "fact_malformed"),
+    ("fact_payload_by_reference", [d_started()], [d_raw_fact(None, payload_ref=SNAP)],
+     "fact_malformed"),
+    ("malformed_fact_after_valid_ones", [d_started()],
+     [d_fact(K1, SNAP), d_raw_fact({"key": K2})], "fact_malformed"),
 ]
 
 
@@ -360,9 +438,24 @@ def test_guard_rejects(
     assert isinstance(err, StorageError)
     assert err.rule == rule
     assert err.code == "envelope_guard_violation"
-    assert err.info.details == {"rule": rule, "seq": head + 1}
+    assert err.info.details == {"rule": rule, "seq": head + len(bad)}
     assert event_store.head_seq(run) == head
     assert event_store.read_range(run) == before
+    # Nothing of the rejected batch is bound: the stored bindings are exactly the history's.
+    for key in (K1, K2):
+        assert event_store.fact_binding(run, key) == EventStore.fact_binding(
+            event_store, run, key
+        )
+
+
+def test_guard_messages_never_echo_fact_keys_or_payloads(event_store: EventStore) -> None:
+    run = RunId.mint()
+    event_store.append_next(run, [d_started(), d_fact(K2, SNAP)])
+    for bad in ([d_fact(K2, OTHER)], [d_raw_fact({"key": K2, "payload_id": 3})]):
+        with pytest.raises(GuardViolation) as caught:
+            event_store.append_next(run, bad)
+        text = str(caught.value) + repr(caught.value.info)
+        assert "coffee" not in text and "c" * 64 not in text and "a" * 64 not in text
 
 
 def test_guard_accepts_a_valid_parallel_history(event_store: EventStore) -> None:
@@ -374,10 +467,13 @@ def test_guard_accepts_a_valid_parallel_history(event_store: EventStore) -> None
         d_entered(B, 0),  # fan-out: attempts of different states interleave
         d_domain(B, 0),
         d_domain(A, 0),
+        d_fact(K1, SNAP, B, 0),  # a fact binding inside an attempt
         d_failed(A, 0),
         d_completed(B, 0),
         d_entered(A, 1),  # retry: the next attempt number
         d_domain(A, 1),
+        d_fact(K1, SNAP, A, 1),  # re-recording the same binding is idempotent
+        d_fact(K2, OTHER),  # run-level binding
         d_completed(A, 1),
         d_run_completed(),
     ]
@@ -387,6 +483,84 @@ def test_guard_accepts_a_valid_parallel_history(event_store: EventStore) -> None
         else:
             write(event_store, run, [draft])
     assert [e.seq for e in event_store.read_range(run)] == list(range(1, len(history) + 1))
+
+
+def test_state_completes_once_and_other_states_are_unaffected(event_store: EventStore) -> None:
+    run = RunId.mint()
+    event_store.append_next(run, [d_started(), d_entered(A, 0), d_failed(A, 0)])
+    # Failed attempts never complete a state: retries go on until one completes.
+    event_store.append_next(run, [d_entered(A, 1), d_failed(A, 1), d_entered(A, 2)])
+    event_store.append_next(run, [d_completed(A, 2), d_entered(B, 0), d_completed(B, 0)])
+    for attempt in (0, 2, 3, 4):
+        with pytest.raises(GuardViolation) as caught:
+            event_store.append_next(run, [d_entered(A, attempt)])
+        assert caught.value.rule == "state_already_completed"
+    with pytest.raises(GuardViolation) as caught:
+        event_store.append_next(run, [d_entered(B, 1)])
+    assert caught.value.rule == "state_already_completed"
+    # A duplicate terminal for the completed attempt is still caught by the envelope rule.
+    with pytest.raises(GuardViolation) as caught:
+        event_store.append_next(run, [d_completed(A, 2)])
+    assert caught.value.rule == "terminal_without_open_attempt"
+    other = StateId("m.main.c")
+    event_store.append_next(run, [d_entered(other, 0), d_completed(other, 0)])
+    event_store.append_next(run, [d_run_completed()])
+    history = event_store.read_range(run)
+    completions = [e.event.state_id for e in history if isinstance(e.event, StateCompleted)]
+    assert sorted(completions) == sorted([A, B, other])
+
+
+def test_fact_bindings_are_single_assignment_and_readable(event_store: EventStore) -> None:
+    run, other_run = RunId.mint(), RunId.mint()
+    assert event_store.fact_binding(run, K1) is None  # unknown run
+    event_store.append_next(run, [d_started(), d_entered(A, 0)])
+    event_store.append_next(other_run, [d_started(), d_fact(K1, OTHER)])
+    assert event_store.fact_binding(run, K1) is None
+    # Bind, and re-record the same binding (idempotent) in the same batch and later.
+    event_store.append_next(run, [d_fact(K1, SNAP, A, 0), d_fact(K1, SNAP, A, 0)])
+    write(event_store, run, [d_fact(K1, SNAP, A, 0), d_failed(A, 0), d_entered(A, 1)])
+    event_store.append_next(run, [d_fact(K1, SNAP, A, 1), d_fact(K2, OTHER, A, 1)])
+    # A rejected batch binds nothing, even keys it bound before the violating event.
+    fresh = "fresh key"
+    with pytest.raises(GuardViolation) as caught:
+        event_store.append_next(run, [d_fact(fresh, SNAP, A, 1), d_fact(K1, OTHER, A, 1)])
+    assert caught.value.rule == "fact_conflict"
+    assert event_store.fact_binding(run, fresh) is None
+    event_store.append_next(run, [d_fact(fresh, OTHER)])  # run-level facts bind too
+
+    expected = {K1: SNAP, K2: OTHER, fresh: OTHER, "never bound": None}
+    for key, payload_id in expected.items():
+        found = event_store.fact_binding(run, key)
+        assert found == payload_id
+        assert found is None or isinstance(found, ArtifactId)
+        # The ABC's default (a history scan) agrees with the backend's indexed lookup.
+        assert EventStore.fact_binding(event_store, run, key) == payload_id
+    assert event_store.fact_binding(other_run, K1) == OTHER  # bindings are per run
+    assert event_store.fact_binding(other_run, K2) is None
+    event_store.append_next(run, [d_completed(A, 1), d_run_completed()])
+    assert event_store.fact_binding(run, K2) == OTHER
+
+
+def test_concurrent_conflicting_bindings_have_one_winner(event_store: EventStore) -> None:
+    run = RunId.mint()
+    states = [StateId(f"m.main.s{i}") for i in range(8)]
+    event_store.append_next(run, [d_started(), *(d_entered(s, 0) for s in states)])
+    payloads = [ArtifactId(f"{i:x}" * 64) for i in range(len(states))]
+    barrier = threading.Barrier(len(states))
+
+    def bind(index: int) -> bool:
+        barrier.wait()
+        try:
+            event_store.append_next(run, [d_fact(K1, payloads[index], states[index], 0)])
+        except GuardViolation as exc:
+            assert exc.rule == "fact_conflict"
+            return False
+        return True
+
+    with ThreadPoolExecutor(len(states)) as pool:
+        won = list(pool.map(bind, range(len(states))))
+    assert won.count(True) == 1
+    assert event_store.fact_binding(run, K1) == payloads[won.index(True)]
 
 
 def test_guard_tracks_state_within_one_batch(event_store: EventStore) -> None:
