@@ -9,7 +9,6 @@ context, then exactly one terminal event. Handler failures become `StateFailed`
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,16 +51,21 @@ def now_millis() -> int:
     return time.time_ns() // 1_000_000
 
 
-_thread_state = threading.local()
-
-
 def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a handler coroutine on this thread's own event loop (reused across attempts)."""
-    loop: asyncio.AbstractEventLoop | None = getattr(_thread_state, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = asyncio.new_event_loop()
-        _thread_state.loop = loop
-    return loop.run_until_complete(coro)
+    """Run a handler coroutine on a fresh event loop owned by the calling thread.
+
+    A loop per attempt (closed when the attempt ends) keeps attempts isolated and
+    leaves nothing for the interpreter to clean up at exit.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
 
 
 @dataclass

@@ -41,6 +41,7 @@ class RunProgress:
         self.last_base: dict[int, str] = {}
         self.last_error: dict[int, ErrorInfo] = {}
         self.conflict: MergeConflict | None = None
+        self._waiting = [len(p) for p in plan.preds]  # predecessors not yet completed
 
     # -- facts about the run ------------------------------------------------------------------
     @property
@@ -54,11 +55,13 @@ class RunProgress:
         return self.plan.position[state_id]
 
     def preds_done(self, i: int) -> bool:
-        return all(p in self.completed for p in self.plan.preds[i])
+        return self._waiting[i] == 0
 
     # -- recording ----------------------------------------------------------------------------
     def record_completed(self, i: int, snapshot_id: str, delta: Delta) -> MergeConflict | None:
-        self.next_attempt[i] = max(self.next_attempt[i], 0)
+        if i not in self.tracker.deltas:
+            for j in self.plan.succs[i]:
+                self._waiting[j] -= 1
         conflict = self.tracker.record(i, snapshot_id, delta)
         if self.fan_out and conflict is not None and self.conflict is None:
             self.conflict = conflict

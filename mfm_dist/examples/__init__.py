@@ -4,6 +4,7 @@
   from their item and write their own key; a join state aggregates them.
 * `etl_demo` — a pipeline of three ops (`extract_numbers`, `square_numbers`,
   `summarize_numbers`) flattened into one run.
+* `chain_demo` — input `{"states": N}`: N states in a chain, each bumping a counter.
 * `flaky_demo` — a state that fails retryably on its first attempt; run it with
   `--max-attempts 2` (or more) to watch the retry succeed.
 """
@@ -80,6 +81,32 @@ def _join_state(keys: list[str]) -> FnState:
         await rec.emit("fanout_joined", {"items": len(keys)})
 
     return FnState(join, StateMeta(tags=["report"]))
+
+
+class ChainDemo(Operation):
+    op_id = "chain_demo"
+    op_version = "1"
+    description = "N states in a chain, each adding its position to a running total"
+
+    def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        states = _int_config(op_config, "states", 10, 1, MAX_DEMO_ITEMS)
+        width = max(4, len(str(states - 1)))
+        graph = StateGraph()
+        previous = None
+        for position in range(states):
+            sid = graph.add(f"{op_path}.step_{position:0{width}d}", _chain_state(position))
+            if previous is not None:
+                graph.edge(previous, sid)
+            previous = sid
+        return graph
+
+
+def _chain_state(position: int) -> FnState:
+    async def bump(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+        ctx.set("total", int(ctx.get("total", 0)) + position)
+        ctx.set("last_step", position)
+
+    return FnState(bump, StateMeta(tags=["compute"]))
 
 
 class ExtractNumbers(Operation):
@@ -173,6 +200,14 @@ ETL_PIPELINE = Pipeline(
 
 
 def register_operations(registry: OperationRegistry) -> None:
-    for op in (FanOutDemo(), ExtractNumbers(), SquareNumbers(), SummarizeNumbers(), FlakyDemo()):
+    ops: tuple[Operation, ...] = (
+        FanOutDemo(),
+        ChainDemo(),
+        ExtractNumbers(),
+        SquareNumbers(),
+        SummarizeNumbers(),
+        FlakyDemo(),
+    )
+    for op in ops:
         registry.register(op)
     registry.register_pipeline(ETL_PIPELINE)
