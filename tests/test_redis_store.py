@@ -79,10 +79,17 @@ def domain(state: StateId | None, attempt: int | None, n: int = 0) -> EventDraft
     return EventDraft(event=event, ts_millis=2_500, state_id=state, attempt=attempt)
 
 
-def fact(key: str, payload: ArtifactId, state: StateId, attempt: int) -> EventDraft:
+def fact(
+    key: str, payload: ArtifactId, state: StateId | None, attempt: int | None
+) -> EventDraft:
     return EventDraft(
         event=fact_recorded_event(key, payload), ts_millis=2_600, state_id=state, attempt=attempt
     )
+
+
+def malformed_fact(state: StateId | None, attempt: int | None) -> EventDraft:
+    event = DomainEvent(name="fact_recorded", payload={"key": "k1", "payload_id": "nope"})
+    return EventDraft(event=event, ts_millis=2_600, state_id=state, attempt=attempt)
 
 
 def completed(status: RunStatus = RunStatus.COMPLETED) -> EventDraft:
@@ -113,12 +120,16 @@ def _worker(url: str, run_id: str, index: int) -> dict[str, int]:
         outcome["accepted"] += 1
         return True
 
+    # Workers disagree on the payload of each state's shared fact: the first binding wins.
+    mine = SNAP if index % 2 else OTHER
+    send(fact("race", mine, None, None))  # a run-level binding every worker tries to make
     for state in (STATES[index % 4], STATES[(index + 1) % 4]):
         for attempt in range(ATTEMPTS):
             if send(entered(state, attempt)):
                 # A duplicated delivery of the same StateEntered must be refused.
                 assert not send(entered(state, attempt))
             send(domain(state, attempt, index))
+            send(fact(f"shared:{state}", mine, state, attempt))
             final = terminal(state, attempt, ok=attempt == ATTEMPTS - 1)
             if send(final):
                 # ... and so must a duplicated terminal of the same attempt.
@@ -147,6 +158,8 @@ def test_eight_processes_append_next_one_valid_history(redis_url: str) -> None:
         "rejected:terminal_without_open_attempt",
         "rejected:envelope_attribution_mismatch",
         "rejected:domain_event_outside_attempt",
+        "rejected:state_already_completed",
+        "rejected:fact_conflict",
     }
 
     history = store.read_range(rid)
@@ -164,6 +177,28 @@ def test_eight_processes_append_next_one_valid_history(redis_url: str) -> None:
         if isinstance(e.event, (StateCompleted, StateFailed))
     )
     assert terminals.keys() == entries.keys() and max(terminals.values()) == 1
+    # Every state completed exactly once, however many twins raced to re-enter it.
+    completions = Counter(
+        str(e.event.state_id) for e in history if isinstance(e.event, StateCompleted)
+    )
+    assert completions == dict.fromkeys(map(str, STATES), 1)
+    # Each contested fact key has one binding, and the store reports the first one recorded.
+    def recorded(key: str) -> list[str]:
+        return [
+            e.event.payload["payload_id"]
+            for e in history
+            if isinstance(e.event, DomainEvent) and e.event.payload.get("key") == key
+        ]
+
+    race = recorded("race")
+    # The first binder and the 3 other workers with the same payload; the other 4 conflict.
+    assert len(race) == 4 and set(race) == {race[0]}
+    assert totals["rejected:fact_conflict"] >= 4
+    assert store.fact_binding(rid, "race") == race[0]
+    for state in STATES:
+        bound = recorded(f"shared:{state}")
+        assert len(set(bound)) <= 1
+        assert store.fact_binding(rid, f"shared:{state}") == (bound[0] if bound else None)
     # No attempt is left open: the run can be completed, exactly once.
     store.append_next(rid, [completed()])
     with pytest.raises(GuardViolation) as err:
@@ -202,6 +237,10 @@ def test_violating_batch_leaves_everything_unchanged(redis_url: str) -> None:
         [terminal(a, 0, ok=True), terminal(a, 0, ok=True)],  # duplicate terminal
         [terminal(a, 0, ok=True), entered(a, 2)],  # attempt gap
         [domain(a, 0), fact("k", OTHER, a, 0)],  # fact conflict
+        [terminal(a, 0, ok=True), entered(a, 1)],  # re-entry after completion
+        [terminal(a, 0, ok=True), domain(a, 0), entered(a, 1)],
+        [malformed_fact(a, 0)],
+        [fact("new", SNAP, a, 0), malformed_fact(a, 0)],  # binds nothing
         [domain(STATES[1], 0)],  # domain event outside an attempt
         [completed()],  # attempt still open
         [started()],  # RunStarted twice
@@ -247,37 +286,75 @@ def test_fact_single_assignment(redis_url: str) -> None:
     assert err.value.rule == "fact_conflict"
     store.append_next(rid, [fact("fresh", OTHER, a, 0)])
     assert store.head_seq(rid) == 5
+    assert store.fact_binding(rid, "price") == SNAP
+    assert store.fact_binding(rid, "fresh") == OTHER
+    assert store.fact_binding(rid, "never") is None
+    assert store.fact_binding(new_run(), "price") is None
+    # The completion guard lives in the same hash as the rest of the guard state.
+    store.append_next(rid, [terminal(a, 0, ok=True)])
+    guard = _raw_state(redis_url, rid)[1]
+    assert guard[f"done:{a}".encode()] == b"1"
+    with pytest.raises(GuardViolation) as err:
+        store.append_next(rid, [entered(a, 1)])
+    assert err.value.rule == "state_already_completed"
 
 
-def _random_draft(rng: random.Random) -> EventDraft:
+FACT_KEYS = ["k1", "k2", "k3"]
+
+
+def _random_draft(rng: random.Random, history: list[EventEnvelope]) -> EventDraft:
+    """Mostly plausible events for the run so far, so that batches often pass the guards.
+
+    Attempt numbers lean on the state's latest attempt, so terminals, facts and
+    domain events often land in the open attempt, and re-entries after a
+    completion (including duplicate deliveries of the completed attempt) are common.
+    """
     state = rng.choice(STATES[:2])
-    attempt = rng.randrange(3)
-    roll = rng.randrange(10)
+    entered_so_far = sum(
+        1 for e in history if isinstance(e.event, StateEntered) and e.event.state_id == state
+    )
+    latest = max(entered_so_far - 1, 0)
+    attempt = rng.choice([latest, latest, entered_so_far, rng.randrange(4)])
+    roll = rng.randrange(40)
     if roll == 0:
         return started()
-    if roll <= 3:
-        return entered(state, attempt)
-    if roll <= 6:
-        return terminal(state, attempt, ok=rng.random() < 0.5)
-    if roll == 7:
+    if roll <= 9:
+        return entered(state, rng.choice([entered_so_far, entered_so_far, attempt]))
+    if roll <= 18:
+        return terminal(state, attempt, ok=rng.random() < 0.6)
+    if roll == 19:
         return completed()
-    if roll == 8:
-        key = rng.choice(["k1", "k2"])
-        return fact(key, SNAP if key == "k1" else OTHER, state, attempt)
+    if roll <= 29:
+        key, payload_id = rng.choice(FACT_KEYS), rng.choice([SNAP, OTHER])
+        if rng.random() < 0.25:
+            return EventDraft(  # run-level binding
+                event=fact_recorded_event(key, payload_id), ts_millis=2_600
+            )
+        return fact(key, payload_id, state, attempt)
+    if roll <= 31:
+        return malformed_fact(rng.choice([state, None]), rng.choice([attempt, None]))
     return domain(rng.choice([state, None]), rng.choice([attempt, None]))
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_lua_guard_matches_python_guard(redis_url: str, seed: int) -> None:
-    """Random batches give the same verdicts on Redis (Lua) and the reference memory store."""
+    """Random batches give the same verdicts on Redis (Lua) and the reference memory store.
+
+    When a run completes, the comparison continues on a fresh run.
+    """
     rng = random.Random(seed)
     redis_store = RedisEventStore.from_url(redis_url)
     memory = InMemoryEventStore()
-    rid = new_run()
-    redis_store.append_next(rid, [started()])
-    memory.append_next(rid, [started()])
-    for _ in range(60):
-        batch = [_random_draft(rng) for _ in range(rng.randint(1, 3))]
+    runs: list[RunId] = []
+    seen: Counter[str] = Counter()
+    for _ in range(150):
+        if not runs or any(isinstance(e.event, RunCompleted) for e in memory.read_range(runs[-1])):
+            runs.append(new_run())
+            for store in (memory, redis_store):
+                store.append_next(runs[-1], [started()])
+        rid = runs[-1]
+        history = memory.read_range(rid)
+        batch = [_random_draft(rng, history) for _ in range(rng.randint(1, 3))]
         outcomes: list[Any] = []
         for store in (memory, redis_store):
             try:
@@ -285,8 +362,14 @@ def test_lua_guard_matches_python_guard(redis_url: str, seed: int) -> None:
             except GuardViolation as exc:
                 outcomes.append((exc.rule, exc.info.details["seq"], exc.info.message))
         assert outcomes[0] == outcomes[1]
-    assert redis_store.read_range(rid) == memory.read_range(rid)
-    assert redis_store.list_runs() == memory.list_runs()
+        seen[outcomes[0][0] if isinstance(outcomes[0], tuple) else "accepted"] += 1
+    # The generator really exercised the rules this comparison is about.
+    assert {"accepted", "state_already_completed", "fact_conflict", "fact_malformed"} <= set(seen)
+    for rid in runs:
+        assert redis_store.read_range(rid) == memory.read_range(rid)
+        for key in FACT_KEYS:
+            assert redis_store.fact_binding(rid, key) == memory.fact_binding(rid, key)
+    assert sorted(redis_store.list_runs(), key=str) == sorted(memory.list_runs(), key=str)
 
 
 # --- reads and listings ----------------------------------------------------------------------
@@ -361,13 +444,11 @@ def test_aof_always_keeps_acknowledged_appends_across_crash(
     rid = new_run()
     store.append_next(rid, [started()])
     acknowledged = 1
-    for attempt in range(20):
-        state = STATES[attempt % 4]
-        envelopes = store.append_next(
-            rid, [entered(state, attempt // 4), domain(state, attempt // 4)]
-        )
+    for i in range(20):
+        state = StateId(f"m.main.t{i}")
+        envelopes = store.append_next(rid, [entered(state, 0), domain(state, 0)])
         acknowledged += len(envelopes)
-        store.append_next(rid, [terminal(state, attempt // 4, ok=True)])
+        store.append_next(rid, [terminal(state, 0, ok=True)])
         acknowledged += 1
     before = store.read_range(rid)
     assert len(before) == acknowledged
@@ -376,8 +457,9 @@ def test_aof_always_keeps_acknowledged_appends_across_crash(
     after = store.read_range(rid)  # the same client reconnects
     assert after == before
     # The guard state survived too, and the script is reloaded transparently.
-    with pytest.raises(GuardViolation):
-        store.append_next(rid, [entered(STATES[0], 0)])
+    with pytest.raises(GuardViolation) as err:
+        store.append_next(rid, [entered(StateId("m.main.t0"), 1)])
+    assert err.value.rule == "state_already_completed"
     store.append_next(rid, [completed()])
     assert store.list_runs()[0].phase == RunPhase.COMPLETED
 
