@@ -10,15 +10,19 @@ from pathlib import Path
 import pytest
 
 from mfm_dist.errors import Corruption, InvalidInput, StorageError, StorageUnavailable
+from mfm_dist.errors import ErrorCategory, ErrorInfo
 from mfm_dist.events import (
     DomainEvent,
     EventDraft,
     RunCompleted,
     RunStarted,
     RunStatus,
+    StateCompleted,
     StateEntered,
+    StateFailed,
 )
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
+from mfm_dist.io.base import fact_recorded_event
 from mfm_dist.run import RunPhase
 from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.stores.sqlite import SqliteEventStore
@@ -48,6 +52,21 @@ def note(n: int, state: StateId | None = None, attempt: int | None = None) -> Ev
 def entered(state: StateId, attempt: int) -> EventDraft:
     event = StateEntered(state_id=state, attempt=attempt, base_snapshot_id=SNAP)
     return EventDraft(event=event, ts_millis=2_000, state_id=state, attempt=attempt)
+
+
+def closed(state: StateId, attempt: int, *, ok: bool) -> EventDraft:
+    event: StateCompleted | StateFailed
+    if ok:
+        event = StateCompleted(state_id=state, context_snapshot_id=SNAP)
+    else:
+        error = ErrorInfo(code="boom", category=ErrorCategory.UNKNOWN, message="boom")
+        event = StateFailed(state_id=state, error=error)
+    return EventDraft(event=event, ts_millis=2_500, state_id=state, attempt=attempt)
+
+
+def fact(key: str, payload_id: ArtifactId, state: StateId, attempt: int) -> EventDraft:
+    event = fact_recorded_event(key, payload_id)
+    return EventDraft(event=event, ts_millis=2_600, state_id=state, attempt=attempt)
 
 
 def done() -> EventDraft:
@@ -145,6 +164,65 @@ def test_reopen_persists_events_runs_and_guards(db: Path) -> None:
         reopened.append_next(run, [done()])
     assert caught.value.rule == "run_completed_with_open_attempt"
     reopened.close()
+
+
+def _downgrade_to_v1(path: Path) -> None:
+    """Reshape a file into the version-1 schema: no completion flags, no facts table."""
+    with sqlite3.connect(path) as raw:
+        raw.execute("ALTER TABLE attempts DROP COLUMN completed")
+        raw.execute("DROP TABLE facts")
+        raw.execute("PRAGMA user_version = 0")
+    raw.close()
+
+
+def test_version_1_file_is_migrated_from_its_events(db: Path) -> None:
+    B = StateId("m.main.b")
+    C = StateId("m.main.c")
+    other = ArtifactId("d" * 64)
+    store = SqliteEventStore(db)
+    run, second = RunId.mint(), RunId.mint()
+    store.append_next(run, [started(), entered(A, 0), fact("k", SNAP, A, 0)])
+    store.append_next(run, [closed(A, 0, ok=False), entered(A, 1), closed(A, 1, ok=True)])
+    store.append_next(run, [entered(B, 0), closed(B, 0, ok=False), entered(C, 0)])
+    store.append_next(second, [started(), entered(A, 0), fact("k", other, A, 0)])
+    store.append_next(second, [closed(A, 0, ok=True)])
+    store.close()
+    _downgrade_to_v1(db)
+
+    migrated = SqliteEventStore(db)
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        columns = {row[1] for row in raw.execute("PRAGMA table_info(attempts)")}
+        completed = raw.execute(
+            "SELECT run_id, state_id FROM attempts WHERE completed = 1 ORDER BY run_id, state_id"
+        ).fetchall()
+    raw.close()
+    assert "completed" in columns
+    assert sorted(completed) == sorted([(str(run), str(A)), (str(second), str(A))])
+    # Bindings and completions recorded before the upgrade are guarded after it.
+    assert migrated.fact_binding(run, "k") == SNAP
+    assert migrated.fact_binding(second, "k") == other
+    with pytest.raises(GuardViolation) as caught:
+        migrated.append_next(run, [entered(A, 2)])
+    assert caught.value.rule == "state_already_completed"
+    with pytest.raises(GuardViolation) as caught:
+        migrated.append_next(run, [entered(C, 1), fact("k", other, C, 1)])
+    assert caught.value.rule == "attempt_already_open"
+    with pytest.raises(GuardViolation) as caught:
+        migrated.append_next(run, [fact("k", other, C, 0)])
+    assert caught.value.rule == "fact_conflict"
+    # A failed state may still retry, and new completions are recorded as before.
+    migrated.append_next(run, [closed(C, 0, ok=True), entered(B, 1), closed(B, 1, ok=True)])
+    with pytest.raises(GuardViolation) as caught:
+        migrated.append_next(run, [entered(B, 2)])
+    assert caught.value.rule == "state_already_completed"
+    migrated.close()
+
+    # The upgraded file opens as an ordinary version-2 file.
+    again = SqliteEventStore(db)
+    assert again.fact_binding(run, "k") == SNAP
+    assert again.head_seq(run) == 12
+    again.close()
 
 
 def test_schema_stores_canonical_envelope_bytes(db: Path) -> None:
