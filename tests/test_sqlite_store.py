@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from mfm_dist.errors import Corruption, InvalidInput, StorageError, StorageUnavailable
-from mfm_dist.errors import ErrorCategory, ErrorInfo
+from mfm_dist.errors import (
+    Corruption,
+    ErrorCategory,
+    ErrorInfo,
+    InvalidInput,
+    StorageError,
+    StorageUnavailable,
+)
 from mfm_dist.events import (
     DomainEvent,
     EventDraft,

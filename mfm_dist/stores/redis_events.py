@@ -16,8 +16,8 @@ Layout (all keys of a run share the hash tag `{<run_id>}`):
 `append` and `append_next` are each ONE call of `append.lua`, which checks the
 head (positional appends), enforces the guards of `stores/guards.py` (envelope,
 `state_already_completed`, `fact_conflict`, `fact_malformed`), and XADDs the
-whole batch — all or nothing. `append_next` lets the script assign the next seqs, so parallel writers
-never race on positions.
+whole batch — all or nothing. `append_next` lets the script assign the next
+seqs, so parallel writers never race on positions.
 
 Retries: connection errors and timeouts are retried with bounded backoff, then
 `StorageUnavailable` (retryable). A retried append is safe because every call
