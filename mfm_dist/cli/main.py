@@ -485,6 +485,43 @@ def verify(app: App, run_id: str, as_json: bool) -> None:
         raise click.exceptions.Exit(ExitCode.FAILED)
 
 
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@json_flag
+@pass_app
+def replay(app: App, run_id: str, as_json: bool) -> None:
+    """Re-execute RUN against its recorded facts (no network, nothing written) and compare
+    every state's snapshot; exit 1 on the first divergence."""
+    from mfm_dist.replay import replay_run
+
+    result = replay_run(app.events, app.artifacts, app.registry(), RunId(run_id))
+    if as_json:
+        click.echo(result.model_dump_json())
+    else:
+        for state in result.states:
+            mark = "match" if state.match else "DIVERGED"
+            click.echo(f"  {mark:8} {state.state_id} (attempt {state.attempt})")
+        for state_id in result.not_replayed:
+            click.echo(f"  {'skipped':8} {state_id} (its last attempt did not complete)")
+        first = result.first_divergence
+        if first is None:
+            click.echo(f"replay matches: run {result.run_id} ({len(result.states)} states)")
+        else:
+            detail = []
+            if first.first_differing_key is not None:
+                detail.append(f"first differing key {first.first_differing_key!r}")
+            if first.missing_fact_key is not None:
+                detail.append(f"missing fact {first.missing_fact_key!r}")
+            if first.error_code is not None:
+                detail.append(f"error {first.error_code}")
+            click.echo(
+                f"REPLAY DIVERGED: run {result.run_id} at state {first.state_id}"
+                + (f": {', '.join(detail)}" if detail else "")
+            )
+    if not result.ok:
+        raise click.exceptions.Exit(ExitCode.FAILED)
+
+
 def main() -> None:
     """Console script entry point (`mfm`)."""
     cli.main(prog_name="mfm")

@@ -91,6 +91,8 @@ class AttemptOutcome:
     delta: Delta | None = None
     error: ErrorInfo | None = None
     skipped: bool = False
+    cause: ErrorInfo | None = None
+    """The unredacted error, for in-process diagnostics only (replay); never persisted."""
 
 
 class DomainEventInvalid(InvalidInput):
@@ -201,7 +203,8 @@ def run_attempt(
     except StorageError:
         raise
     except Exception as exc:
-        info = error_info_from_exception(exc).redacted()
+        cause = error_info_from_exception(exc)
+        info = cause.redacted()
         env.append(
             [
                 _draft(
@@ -211,7 +214,7 @@ def run_attempt(
                 )
             ]
         )
-        return AttemptOutcome(state_id, attempt, base_snapshot_id, False, error=info)
+        return AttemptOutcome(state_id, attempt, base_snapshot_id, False, error=info, cause=cause)
     content = ctx.merged()
     snapshot_id = env.snapshots.save(content)
     env.append(

@@ -147,13 +147,7 @@ class RunHistory:
         facts = dict(self.facts)
         for env in envelopes:
             ev = env.event
-            if isinstance(ev, StateEntered):
-                record = self.states.get(str(ev.state_id))
-                if record is not None and record.completed:
-                    raise invalid_envelopes(
-                        f"{ev.state_id} entered again after it completed", env.seq, "reentered"
-                    )
-            elif isinstance(ev, DomainEvent) and ev.name == FACT_RECORDED:
+            if isinstance(ev, DomainEvent) and ev.name == FACT_RECORDED:
                 _index_fact(facts, ev, env.seq)
         # Everything checked: apply.
         self._guard.apply(changes)

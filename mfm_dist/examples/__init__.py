@@ -5,6 +5,8 @@
 * `etl_demo` — a pipeline of three ops (`extract_numbers`, `square_numbers`,
   `summarize_numbers`) flattened into one run.
 * `chain_demo` — input `{"states": N}`: N states in a chain, each bumping a counter.
+* `io_demo` — HTTP, exec, time and randomness recorded as facts, and a once-only
+  side effect (see `mfm_dist.examples.io_demo`).
 * `flaky_demo` — a state that fails retryably on its first attempt; run it with
   `--max-attempts 2` (or more) to watch the retry succeed.
 """
@@ -17,6 +19,7 @@ from mfm_dist.canonical import JsonValue
 from mfm_dist.config import RunConfig
 from mfm_dist.context import StagedContext
 from mfm_dist.errors import InvalidInput, StateError
+from mfm_dist.examples.io_demo import IoDemo
 from mfm_dist.ids import OpPath
 from mfm_dist.io.base import IoProvider
 from mfm_dist.operations import Operation, OperationRegistry, Pipeline, PipelineStep
@@ -207,6 +210,7 @@ def register_operations(registry: OperationRegistry) -> None:
         SquareNumbers(),
         SummarizeNumbers(),
         FlakyDemo(),
+        IoDemo(),
     )
     for op in ops:
         registry.register(op)
