@@ -127,7 +127,11 @@ class S3ArtifactStore(ArtifactStore):
         read_timeout_s: float = 20.0,
         retries: int = 4,
     ) -> S3ArtifactStore:
-        """Build from `s3://bucket/prefix?endpoint=…&region=…&create_bucket=1`."""
+        """Build from `s3://bucket/prefix?endpoint=…&region=…&create_bucket=1`.
+
+        `connect_timeout_s`, `read_timeout_s` and `retries` may also be given as query
+        parameters (URL values win), so deployments tune them by configuration.
+        """
         shown = redact_url(url)
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.hostname:
@@ -138,6 +142,14 @@ class S3ArtifactStore(ArtifactStore):
                 f"S3 credentials must come from the environment, not the URL: {shown}",
             )
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        try:
+            connect_timeout_s = float(query.get("connect_timeout_s", connect_timeout_s))
+            read_timeout_s = float(query.get("read_timeout_s", read_timeout_s))
+            retries = int(query.get("retries", retries))
+        except ValueError:
+            raise InvalidInput(
+                "store_url_invalid", f"timeouts and retries must be numbers: {shown}"
+            ) from None
         endpoint = urlsplit(query.get("endpoint") or DEFAULT_ENDPOINT)
         if endpoint.scheme not in ("http", "https") or not endpoint.netloc:
             raise InvalidInput(
