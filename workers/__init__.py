@@ -1,0 +1,6 @@
+"""Distributed execution of mfm-dist runs on Celery workers (CONTRACT §11).
+
+Everything Celery- and Redis-specific lives here; the engine core (`mfm_dist`)
+stays free of both. Entry points: `workers.app` (the Celery app, for
+`celery -A workers.app worker`), `workers.submit` (`submit_run`, `wait_for_run`).
+"""

@@ -1,0 +1,319 @@
+"""A real local cluster for tests and benchmarks: redis-server (AOF, `noeviction`), the
+moto S3 server behind a switchable TCP proxy, and real `celery -A workers.app worker`
+subprocesses (prefork pool).
+
+    with LocalCluster(root, attempt_workers=2) as cluster:
+        cluster.activate()          # point this process's env/app/runtime at it
+        run_id = submit_run(...)
+
+Workers are process-group leaders, so stopping one reliably stops its pool children;
+`kill_pid` SIGKILLs one pool child (a worker lost mid-attempt). `s3_proxy.disable()`
+makes S3 unreachable without losing moto's in-memory data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from servers import (
+    S3_ACCESS_ENV,
+    S3_SECRET_ENV,
+    TEST_S3_ACCESS,
+    TEST_S3_SECRET,
+    RedisServer,
+    S3Server,
+    free_port,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+class TcpProxy:
+    """Forwards a loopback port to another; `disable()` drops every connection and refuses
+    new ones until `enable()` (an S3 outage that keeps the server's data)."""
+
+    def __init__(self, target_port: int, port: int | None = None) -> None:
+        self.target_port = target_port
+        self.port = port or free_port()
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def enable(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(128)
+        self._listener = sock
+        self._thread = threading.Thread(target=self._accept, args=(sock,), daemon=True)
+        self._thread.start()
+
+    def disable(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+class Worker:
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.logfile = logfile
+
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            return [int(p) for p in path.read_text().split()]
+        except OSError:
+            return []
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+        # Pool children left behind by a killed parent.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        attempt_workers: int = 2,
+        attempt_concurrency: int = 1,
+        lease_ttl_s: float = 3.0,
+        visibility_timeout_s: float = 30.0,
+        appendfsync: str = "always",
+        operations: str = "dist_ops",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.attempt_workers = attempt_workers
+        self.attempt_concurrency = attempt_concurrency
+        self.redis = RedisServer(appendonly=True, appendfsync=appendfsync, data_dir=root / "redis")
+        (root / "redis").mkdir(exist_ok=True)
+        self.s3 = S3Server()
+        self.s3_proxy: TcpProxy | None = None
+        self.bucket = f"mfm-{uuid.uuid4().hex[:12]}"
+        self.workers: dict[str, Worker] = {}
+        self._seq = 0
+        self.settings_env: dict[str, str] = {
+            "MFM_LEASE_TTL_S": str(lease_ttl_s),
+            "MFM_VISIBILITY_TIMEOUT_S": str(visibility_timeout_s),
+            "MFM_OPERATIONS": operations,
+            S3_ACCESS_ENV: TEST_S3_ACCESS,
+            S3_SECRET_ENV: TEST_S3_SECRET,
+            **(extra_env or {}),
+        }
+        self._saved_env: dict[str, str | None] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> LocalCluster:
+        self.redis.start()
+        self._configure_redis()
+        self.s3.start()
+        self.s3.create_bucket(self.bucket)
+        self.s3_proxy = TcpProxy(self.s3.port)
+        self.s3_proxy.enable()
+        self.start_worker("control", "control")
+        for _ in range(self.attempt_workers):
+            self.start_worker("attempts")
+        return self
+
+    def _configure_redis(self) -> None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.redis.port)
+        try:
+            client.config_set("maxmemory-policy", "noeviction")
+        finally:
+            client.close()
+
+    def restart_redis(self, *, kill: bool = False) -> None:
+        self.redis.restart(kill=kill)
+        self._configure_redis()
+
+    def stop(self) -> None:
+        for worker in list(self.workers.values()):
+            worker.stop(kill=True)
+        self.workers.clear()
+        if self.s3_proxy is not None:
+            self.s3_proxy.disable()
+        self.s3.stop()
+        self.redis.cleanup()
+        self.restore_env()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- configuration --------------------------------------------------------------------------
+    @property
+    def env(self) -> dict[str, str]:
+        """The settings every process of this cluster uses."""
+        assert self.s3_proxy is not None
+        return {
+            "MFM_BROKER_URL": self.redis.url_for_db(1),
+            "MFM_RESULT_BACKEND": self.redis.url_for_db(2),
+            "MFM_EVENTS_URL": self.redis.url_for_db(0),
+            "MFM_ARTIFACTS_URL": (
+                f"s3://{self.bucket}/artifacts?endpoint=http://127.0.0.1:{self.s3_proxy.port}"
+            ),
+            **self.settings_env,
+        }
+
+    def activate(self) -> None:
+        """Point this process (environment, Celery app, runtime) at the cluster."""
+        for key, value in self.env.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+        from workers.app import configure_app
+        from workers.runtime import reset_runtime
+        from workers.settings import Settings
+
+        configure_app(Settings.from_env())
+        reset_runtime()
+
+    def restore_env(self) -> None:
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+        from workers.runtime import reset_runtime
+
+        reset_runtime()
+
+    # -- workers --------------------------------------------------------------------------------
+    def start_worker(
+        self,
+        kind: str,
+        name: str | None = None,
+        *,
+        concurrency: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> Worker:
+        """`kind` is `control` or `attempts`."""
+        self._seq += 1
+        name = name or f"{kind}{self._seq}"
+        queue = "mfm.control" if kind == "control" else "mfm.attempts"
+        conc = 1 if kind == "control" else (concurrency or self.attempt_concurrency)
+        logfile = self.root / f"worker-{name}.log"
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(extra_env or {})
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS)])
+        argv = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            "-Q", queue, "-c", str(conc), "-P", "prefork", "-n", f"{name}@%h",
+            "--loglevel", "INFO", "--logfile", str(logfile),
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / f"worker-{name}.stderr", "ab"),  # noqa: SIM115
+            start_new_session=True,
+        )
+        worker = Worker(name, proc, logfile)
+        self.workers[name] = worker
+        if wait:
+            self._wait_ready(worker)
+        return worker
+
+    def _wait_ready(self, worker: Worker) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not worker.alive():
+                raise RuntimeError(f"worker {worker.name} exited ({worker.proc.returncode})")
+            with contextlib.suppress(OSError):
+                if " ready." in worker.logfile.read_text(errors="replace"):
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {worker.name} not ready within {READY_TIMEOUT_S}s")
+
+    def stop_worker(self, name: str, *, kill: bool = False) -> None:
+        self.workers.pop(name).stop(kill=kill)
+
+    def attempt_worker_names(self) -> list[str]:
+        return [n for n in self.workers if n.startswith("attempts")]
+
+    def logs(self) -> str:
+        """Every worker log (for failure messages)."""
+        out = []
+        for path in sorted(self.root.glob("worker-*")):
+            out.append(f"== {path.name}\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(out)

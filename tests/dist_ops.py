@@ -1,0 +1,100 @@
+"""Test operations for the distributed tests, loaded by workers via `MFM_OPERATIONS=dist_ops`.
+
+* `gated_demo` — input `{"items": N, "gate_dir": path}`: N item states and one `slow`
+  state that records its process id in `gate_dir` (`started-<attempt>-<pid>`) and blocks
+  until the file `gate_dir/open` exists; then a join. Lets a test kill the worker running
+  an attempt, or restart infrastructure, while an attempt is in flight.
+* `shape_demo` — two states; a worker started with `MFM_TEST_PLAN_VARIANT=1` expands a
+  third one, so its plan fingerprint differs (`plan_mismatch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from mfm_dist.canonical import JsonValue
+from mfm_dist.config import RunConfig
+from mfm_dist.context import StagedContext
+from mfm_dist.ids import OpPath
+from mfm_dist.io.base import IoProvider
+from mfm_dist.operations import Operation, OperationRegistry
+from mfm_dist.plan import StateGraph
+from mfm_dist.state import EventRecorder, FnState, StateMeta
+
+GATE_TIMEOUT_S = 120.0
+
+
+class GatedDemo(Operation):
+    op_id = "gated_demo"
+    op_version = "1"
+
+    def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        assert isinstance(op_config, dict)
+        items = int(op_config.get("items", 4))  # type: ignore[arg-type]
+        gate_dir = str(op_config["gate_dir"])
+        graph = StateGraph()
+        join = op_path.state_id("join")
+        keys = []
+        for i in range(items):
+            key = f"item_{i:04d}"
+            keys.append(key)
+            sid = graph.add(f"{op_path}.{key}", _item(key, i))
+            graph.edge(sid, join)
+        slow = graph.add(f"{op_path}.slow", _slow(gate_dir))
+        graph.edge(slow, join)
+        graph.add(join, _join([*keys, "slow"]))
+        return graph
+
+
+def _item(key: str, i: int) -> FnState:
+    async def run(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+        ctx.set(key, {"item": i, "square": i * i})
+
+    return FnState(run, StateMeta(tags=["compute"]))
+
+
+def _slow(gate_dir: str) -> FnState:
+    async def run(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+        gate = Path(gate_dir)
+        (gate / f"started-{rec.attempt}-{os.getpid()}").write_text("")
+        waited = 0.0
+        while not (gate / "open").exists():
+            if waited > GATE_TIMEOUT_S:
+                raise TimeoutError("gate never opened")
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        ctx.set("slow", {"done": True})
+
+    return FnState(run, StateMeta(tags=["compute"]))
+
+
+def _join(keys: list[str]) -> FnState:
+    async def run(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+        ctx.set("joined", sorted(k for k in keys if ctx.get(k) is not None))
+
+    return FnState(run, StateMeta(tags=["report"]))
+
+
+class ShapeDemo(Operation):
+    op_id = "shape_demo"
+    op_version = "1"
+
+    def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        graph = StateGraph()
+        names = ["first", "second"]
+        if os.environ.get("MFM_TEST_PLAN_VARIANT") == "1":
+            names.append("third")
+        previous = None
+        for name in names:
+            sid = graph.add(f"{op_path}.{name}", _item(name, len(name)))
+            if previous is not None:
+                graph.edge(previous, sid)
+            previous = sid
+        return graph
+
+
+def register_operations(registry: OperationRegistry) -> None:
+    registry.register(GatedDemo())
+    registry.register(ShapeDemo())

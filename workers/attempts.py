@@ -1,0 +1,166 @@
+"""`execute_attempt`: run exactly one state attempt on a worker (CONTRACT §7.2, §11).
+
+Order matters for at-least-once delivery: the lease is taken *before* `StateEntered`
+is appended, so a second delivery of the same task finds the lease held and returns
+without touching the log; the envelope guards reject any late `StateEntered` (the
+attempt is no longer the next one), which we report as a duplicate — never a second
+attempt. Results are short status strings; snapshots stay in the artifact store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+import redis
+
+from mfm_dist.engine.attempt import AttemptEnv, now_millis, run_attempt
+from mfm_dist.errors import ErrorCategory, ErrorInfo, MfmError
+from mfm_dist.events import EventDraft, EventEnvelope, StateEntered, StateFailed
+from mfm_dist.ids import ArtifactId, RunId, StateId
+from mfm_dist.stores.guards import GuardViolation
+from workers.runtime import Runtime
+
+log = logging.getLogger("mfm.worker")
+
+PLAN_MISMATCH = "plan_mismatch"
+
+
+def plan_mismatch_error() -> ErrorInfo:
+    return ErrorInfo(
+        code=PLAN_MISMATCH,
+        category=ErrorCategory.UNKNOWN,
+        retryable=False,
+        message="this worker's code expands a different plan than the run recorded",
+    )
+
+
+class _TrackedAppend:
+    """`append_next` for one attempt that remembers whether `StateEntered` landed."""
+
+    def __init__(self, rt: Runtime, run_id: RunId) -> None:
+        self._rt = rt
+        self._run_id = run_id
+        self.entered = False
+
+    def __call__(self, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
+        with self._rt.timings.phase("append"):
+            out = self._rt.events.append_next(self._run_id, drafts)
+        self.entered = True
+        return out
+
+
+def execute_attempt(
+    rt: Runtime,
+    *,
+    run_id: str,
+    manifest_id: str,
+    state_id: str,
+    attempt: int,
+    base_snapshot_id: str,
+    plan_fingerprint: str,
+    sent_ms: int = 0,
+) -> str:
+    """Run one attempt; returns completed | failed:<code> | skipped | duplicate |
+    superseded | plan_mismatch | error:<code>. Never raises for expected races."""
+    if sent_ms:
+        rt.timings.add("broker", max(0, now_millis() - sent_ms) / 1000.0)
+    rid, sid = RunId(run_id), StateId(state_id)
+    try:
+        ctx = rt.run_context(manifest_id)
+    except MfmError as exc:
+        log.error("run %s: cannot load the run context (%s)", run_id, exc.info.code)
+        return f"error:{exc.info.code}"
+    if ctx.fingerprint != plan_fingerprint:
+        return _refuse_plan_mismatch(rt, rid, sid, attempt, base_snapshot_id)
+    ttl_ms = rt.settings.lease_ttl_ms
+    with rt.timings.phase("lease"):
+        lease = rt.coord.acquire_lease(run_id, state_id, attempt, ttl_ms)
+    if lease is None:
+        return "duplicate"
+    rt.keeper.hold(run_id, state_id, lease)
+    append = _TrackedAppend(rt, rid)
+    release = True
+    try:
+        snapshots = rt.snapshots
+        base = snapshots.load(base_snapshot_id)
+        env = AttemptEnv(
+            run_id=rid,
+            run_config=ctx.manifest.run_config,
+            artifacts=rt.artifacts,
+            snapshots=snapshots,
+            facts=rt.facts(run_id),
+            io_factory=rt.io_factory,
+            append=append,
+        )
+        state = ctx.plan.compiled.states[ctx.plan.compiled.position[state_id]]
+        with rt.timings.phase("attempt_total"):
+            outcome = run_attempt(env, sid, state, attempt, base_snapshot_id, base)
+    except GuardViolation as exc:
+        if not append.entered:
+            return "duplicate"
+        log.warning(
+            "run %s: %s attempt %d closed by someone else (%s)", run_id, sid, attempt, exc.rule
+        )
+        return "superseded"
+    except Exception as exc:
+        # Infrastructure fault. Keep the lease until it expires: the coordinator then
+        # closes the attempt as an orphan (or re-dispatches it) after one lease TTL —
+        # a natural back-off while a store is down.
+        release = False
+        if not append.entered:
+            _push_back_reservation(rt, run_id, state_id, attempt)
+        code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
+        log.warning("run %s: %s attempt %d hit %s", run_id, sid, attempt, code)
+        return f"error:{code}"
+    finally:
+        intact = rt.keeper.drop(run_id, state_id)
+        if release and intact:
+            with rt.timings.phase("lease"):
+                _quietly(lambda: rt.coord.release_lease(run_id, state_id, lease))
+        rt.flush_timings()
+    if outcome.skipped:
+        return "skipped"
+    if outcome.completed:
+        return "completed"
+    return f"failed:{outcome.error.code if outcome.error else 'unknown'}"
+
+
+def _refuse_plan_mismatch(
+    rt: Runtime, rid: RunId, sid: StateId, attempt: int, base_snapshot_id: str
+) -> str:
+    ts = now_millis()
+    drafts = [
+        EventDraft(
+            event=StateEntered(
+                state_id=sid, attempt=attempt, base_snapshot_id=ArtifactId(base_snapshot_id)
+            ),
+            ts_millis=ts,
+            state_id=sid,
+            attempt=attempt,
+        ),
+        EventDraft(
+            event=StateFailed(state_id=sid, error=plan_mismatch_error(), failure_snapshot_id=None),
+            ts_millis=ts,
+            state_id=sid,
+            attempt=attempt,
+        ),
+    ]
+    try:
+        rt.events.append_next(rid, drafts)
+    except GuardViolation:
+        return "duplicate"
+    log.error("run %s: refused %s attempt %d: plan_mismatch", rid, sid, attempt)
+    return PLAN_MISMATCH
+
+
+def _push_back_reservation(rt: Runtime, run_id: str, state_id: str, attempt: int) -> None:
+    """The attempt never started: let the coordinator re-dispatch it after one lease TTL."""
+    deadline = now_millis() + rt.settings.lease_ttl_ms
+    _quietly(lambda: rt.coord.reserve(run_id, {state_id: (attempt, deadline)}))
+
+
+def _quietly(fn: Callable[[], object]) -> None:
+    with contextlib.suppress(redis.RedisError, MfmError):
+        fn()

@@ -1,0 +1,196 @@
+"""Per-process runtime of a worker: stores, registry, Redis coordination and caches.
+
+Built lazily on first use *in the process that uses it* (Celery's prefork pool forks
+children; connections must not cross a fork). Caches are safe by construction:
+manifests and snapshots are content-addressed and immutable, a plan is a pure
+function of (manifest, code), and fact bindings are single-assignment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from mfm_dist.artifacts import ArtifactStore, KindLike, get_json
+from mfm_dist.canonical import JsonValue
+from mfm_dist.engine.snapshots import SnapshotStore
+from mfm_dist.errors import Corruption, InvalidInput
+from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.io.base import FactIndex, IoFactory
+from mfm_dist.io.factory import default_io_factory
+from mfm_dist.manifest import RunManifest
+from mfm_dist.operations import OperationRegistry
+from mfm_dist.plan import ExecutionPlan
+from mfm_dist.stores.base import EventStore
+from mfm_dist.stores.urls import open_artifact_store, open_event_store
+from workers.leases import Coordination, LeaseKeeper
+from workers.settings import Settings
+from workers.timing import Timings
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client for the Redis behind an events URL (its own query options stripped)."""
+    parts = urlsplit(url)
+    plain = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    kwargs: dict[str, Any] = {}
+    if parts.password is None and os.environ.get("MFM_REDIS_PASSWORD"):
+        kwargs["password"] = os.environ["MFM_REDIS_PASSWORD"]
+        if os.environ.get("MFM_REDIS_USERNAME"):
+            kwargs["username"] = os.environ["MFM_REDIS_USERNAME"]
+    return redis.Redis.from_url(
+        plain,
+        socket_timeout=5.0,
+        socket_connect_timeout=2.0,
+        retry_on_timeout=True,
+        health_check_interval=30,
+        **kwargs,
+    )
+
+
+class TimedArtifacts(ArtifactStore):
+    """Delegates to a backend, timing raw reads and writes (`snapshot_get`/`artifact_put`)."""
+
+    def __init__(self, inner: ArtifactStore, timings: Timings) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self._timings = timings
+
+    def exists(self, artifact_id: str) -> bool:
+        return self.inner.exists(artifact_id)
+
+    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+        with self._timings.phase("artifact_put"):
+            return self.inner._put_raw(artifact_id, kind, data)
+
+    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+        with self._timings.phase("artifact_get"):
+            return self.inner._get_raw(artifact_id)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class TimedSnapshots(SnapshotStore):
+    """A snapshot store that reports `snapshot_load` / `snapshot_save` timings."""
+
+    def __init__(self, artifacts: ArtifactStore, timings: Timings) -> None:
+        super().__init__(artifacts)
+        self._timings = timings
+
+    def load(self, snapshot_id: str) -> dict[str, JsonValue]:
+        with self._timings.phase("snapshot_load"):
+            return super().load(snapshot_id)
+
+    def save(self, content: Mapping[str, JsonValue], where: str = "context snapshot") -> ArtifactId:
+        with self._timings.phase("snapshot_save"):
+            return super().save(content, where)
+
+
+@dataclass
+class RunContext:
+    """What a worker derives from a run's manifest (cached by manifest id)."""
+
+    manifest: RunManifest
+    plan: ExecutionPlan
+    fingerprint: str
+
+
+class Runtime:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        if not self.settings.artifacts_url:
+            raise InvalidInput("artifacts_url_missing", "set MFM_ARTIFACTS_URL for the workers")
+        self.timings = Timings(self.settings.timing)
+        self.events: EventStore = open_event_store(self.settings.events_url)
+        base = open_artifact_store(self.settings.artifacts_url)
+        self.artifacts: ArtifactStore = (
+            TimedArtifacts(base, self.timings) if self.timings.enabled else base
+        )
+        self.redis = redis_client(self.settings.events_url)
+        self.coord = Coordination(self.redis)
+        self.keeper = LeaseKeeper(self.coord, self.settings.lease_ttl_ms)
+        self.snapshots: SnapshotStore = (
+            TimedSnapshots(self.artifacts, self.timings)
+            if self.timings.enabled
+            else SnapshotStore(self.artifacts)
+        )
+        self._registry: OperationRegistry | None = None
+        self._io_factory: IoFactory | None = None
+        self._contexts: dict[str, RunContext] = {}
+        self._facts: dict[str, FactIndex] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> OperationRegistry:
+        if self._registry is None:
+            self._registry = OperationRegistry.default()
+        return self._registry
+
+    @property
+    def io_factory(self) -> IoFactory:
+        if self._io_factory is None:
+            self._io_factory = default_io_factory()
+        return self._io_factory
+
+    def run_context(self, manifest_id: str) -> RunContext:
+        with self._lock:
+            hit = self._contexts.get(manifest_id)
+        if hit is not None:
+            return hit
+        manifest = RunManifest.model_validate(get_json(self.artifacts, manifest_id, "manifest"))
+        if manifest.manifest_id() != manifest_id:
+            raise Corruption("manifest_id_mismatch", "stored manifest does not hash to its id")
+        plan = self.registry.plan_from_input_params(manifest.input_params, manifest.run_config)
+        ctx = RunContext(manifest, plan, plan.fingerprint())
+        with self._lock:
+            self._contexts[manifest_id] = ctx
+        return ctx
+
+    def facts(self, run_id: str) -> FactIndex:
+        """The run's fact index; unknown keys are looked up in the event store."""
+        with self._lock:
+            index = self._facts.get(run_id)
+            if index is None:
+                rid = RunId(run_id)
+                index = FactIndex(fallback=lambda key: self.events.fact_binding(rid, key))
+                self._facts[run_id] = index
+            return index
+
+    def flush_timings(self) -> None:
+        if self.timings.enabled:
+            with contextlib.suppress(redis.RedisError):
+                self.timings.flush(self.redis)
+
+    def close(self) -> None:
+        self.events.close()
+        self.artifacts.close()
+        self.redis.close()
+
+
+_runtime: Runtime | None = None
+_runtime_pid: int | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime (rebuilt after a fork)."""
+    global _runtime, _runtime_pid
+    with _runtime_lock:
+        if _runtime is None or _runtime_pid != os.getpid():
+            _runtime = Runtime()
+            _runtime_pid = os.getpid()
+        return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget the runtime (a forked child must not reuse its parent's connections)."""
+    global _runtime, _runtime_pid
+    with _runtime_lock:
+        _runtime, _runtime_pid = None, None

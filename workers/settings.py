@@ -1,0 +1,78 @@
+"""Typed settings of the distributed backend, read once from the environment.
+
+* `MFM_BROKER_URL` (default `redis://127.0.0.1:6379/0`): the Celery broker.
+* `MFM_RESULT_BACKEND` (default: the broker URL): Celery result backend (chords need one).
+* `MFM_EVENTS_URL` (default `redis://127.0.0.1:6379/0`): the event store; leases, locks
+  and reservations live in the same Redis.
+* `MFM_ARTIFACTS_URL` (required by workers): `s3://bucket/prefix?endpoint=…`.
+* `MFM_CONTROL_QUEUE` / `MFM_ATTEMPT_QUEUE` (`mfm.control` / `mfm.attempts`).
+* `MFM_VISIBILITY_TIMEOUT_S` (3600): broker redelivery of unacked messages; must exceed
+  the longest attempt plus any countdown.
+* `MFM_LEASE_TTL_S` (10): attempt lease TTL, renewed every TTL/3 while the attempt runs;
+  an open attempt without a lease is an orphan.
+* `MFM_DISPATCH_TIMEOUT_S` (60): a dispatched attempt not seen in the log by then may be
+  dispatched again (the guards make that harmless).
+* `MFM_LOCK_TTL_S` (30): the per-run coordinator lock TTL.
+* `MFM_WATCHDOG_S` (lease TTL + 1): period of the liveness `advance` of an unfinished run.
+* `MFM_TIMING` (off): `1` makes processes accumulate per-phase timings in `mfm:timing`.
+
+Credentials belong in the URLs' environment (`MFM_REDIS_PASSWORD`, `MFM_S3_ACCESS_KEY`, …);
+every URL that is printed is redacted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str
+    result_backend: str
+    events_url: str
+    artifacts_url: str | None
+    control_queue: str
+    attempt_queue: str
+    visibility_timeout_s: float
+    lease_ttl_s: float
+    dispatch_timeout_s: float
+    lock_ttl_s: float
+    watchdog_s: float
+    timing: bool
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        broker = env.get("MFM_BROKER_URL") or DEFAULT_REDIS
+        lease = _float("MFM_LEASE_TTL_S", 10.0)
+        return cls(
+            broker_url=broker,
+            result_backend=env.get("MFM_RESULT_BACKEND") or broker,
+            events_url=env.get("MFM_EVENTS_URL") or DEFAULT_REDIS,
+            artifacts_url=env.get("MFM_ARTIFACTS_URL") or None,
+            control_queue=env.get("MFM_CONTROL_QUEUE") or "mfm.control",
+            attempt_queue=env.get("MFM_ATTEMPT_QUEUE") or "mfm.attempts",
+            visibility_timeout_s=_float("MFM_VISIBILITY_TIMEOUT_S", 3600.0),
+            lease_ttl_s=lease,
+            dispatch_timeout_s=_float("MFM_DISPATCH_TIMEOUT_S", 60.0),
+            lock_ttl_s=_float("MFM_LOCK_TTL_S", 30.0),
+            watchdog_s=_float("MFM_WATCHDOG_S", lease + 1.0),
+            timing=env.get("MFM_TIMING", "").lower() in ("1", "true", "yes", "on"),
+        )
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        return int(self.lease_ttl_s * 1000)
