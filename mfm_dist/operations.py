@@ -12,9 +12,9 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +23,10 @@ from mfm_dist.config import RunConfig
 from mfm_dist.errors import InvalidInput, InvalidPlan, RunError
 from mfm_dist.ids import MachineId, OpId, OpPath, StepId
 from mfm_dist.plan import DependencyEdge, ExecutionPlan, StateGraph
+
+if TYPE_CHECKING:
+    from mfm_dist.io.base import IoFactory
+    from mfm_dist.io.router import TransportRegistry
 
 ENTRY_POINT_GROUP = "mfm_dist.operations"
 
@@ -85,6 +89,7 @@ class OperationRegistry:
         self._ops: dict[str, dict[str, Operation]] = {}
         self._pipelines: dict[str, Pipeline] = {}
         self._loaded: set[str] = set()
+        self._transport_hooks: list[Callable[[TransportRegistry], None]] = []
 
     # -- registration -------------------------------------------------------------------------
     def register(self, op: Operation) -> Operation:
@@ -121,6 +126,9 @@ class OperationRegistry:
                 f"{module_path} has no register_operations(registry) function",
             )
         hook(self)
+        transports_hook = getattr(module, "register_transports", None)
+        if callable(transports_hook):
+            self._transport_hooks.append(transports_hook)
         self._loaded.add(module_path)
 
     def load_modules(self, module_paths: Iterable[str]) -> None:
@@ -141,6 +149,22 @@ class OperationRegistry:
         registry.load_modules(os.environ.get("MFM_OPERATIONS", "").split(","))
         registry.load_modules(extra_modules)
         return registry
+
+    def build_transports(self) -> TransportRegistry:
+        """`TransportRegistry.default()` plus every loaded module's
+        `register_transports(transports)` hook: how users add their own transports."""
+        from mfm_dist.io.router import TransportRegistry
+
+        transports: TransportRegistry = TransportRegistry.default()
+        for hook in self._transport_hooks:
+            hook(transports)
+        return transports
+
+    def io_factory(self) -> IoFactory:
+        """The default IO factory with this registry's transports (built on first Live use)."""
+        from mfm_dist.io.factory import default_io_factory
+
+        return default_io_factory(build=self.build_transports)
 
     # -- lookup -------------------------------------------------------------------------------
     def get(self, op_id: str, op_version: str | None = None) -> Operation:

@@ -281,3 +281,30 @@ def test_dry_run_skips_the_side_effect(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _unused(path: Path) -> None:
     return None
+
+
+def test_user_transports_from_an_operations_module() -> None:
+    import custom_transport_ops
+    from mfm_dist.operations import OperationRegistry
+
+    custom_transport_ops.CALLS.clear()
+    registry = OperationRegistry.default(["custom_transport_ops"])
+    h = Harness(registry)
+    prepared_engine = h.engine(io_factory=registry.io_factory())
+    from mfm_dist import prepare_run, store_manifest
+
+    prepared = prepare_run(registry, "price_lookup", {}, RunConfig())
+    store_manifest(h.artifacts, prepared.manifest)
+    result = prepared_engine.start(
+        plan=prepared.plan,
+        run_config=prepared.run_config,
+        manifest=prepared.manifest,
+        manifest_id=prepared.manifest_id,
+        initial_context=prepared.initial_context,
+    )
+    assert result.phase == RunPhase.COMPLETED, result.error
+    assert custom_transport_ops.CALLS == [{"sku": "A-1"}]
+    final = SnapshotStore(h.artifacts).load(str(result.final_snapshot_id))
+    assert final["price"] == {"sku": "A-1", "price_cents": 1999}
+    # The engine's default IO factory picks the hook up too (no explicit factory).
+    assert h.engine(io_factory=None).resume(result.run_id).phase == RunPhase.COMPLETED

@@ -113,9 +113,12 @@ class LocalEngine(ExecutionEngine):
     @property
     def io_factory(self) -> IoFactory:
         if self._io_factory is None:
-            from mfm_dist.io.factory import default_io_factory
+            if self.registry is not None:
+                self._io_factory = self.registry.io_factory()
+            else:
+                from mfm_dist.io.factory import default_io_factory
 
-            self._io_factory = default_io_factory()
+                self._io_factory = default_io_factory()
         return self._io_factory
 
     # -- public API ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ replay never constructs (or reads the configuration of) any transport.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from mfm_dist.config import IoMode
 from mfm_dist.io.base import AttemptScope, IoFactory, IoProvider
@@ -18,14 +19,19 @@ from mfm_dist.io.router import TransportRegistry
 class DefaultIoFactory:
     """Callable `AttemptScope -> IoProvider`; one instance per engine/worker process."""
 
-    def __init__(self, transports: TransportRegistry | None = None) -> None:
+    def __init__(
+        self,
+        transports: TransportRegistry | None = None,
+        build: Callable[[], TransportRegistry] | None = None,
+    ) -> None:
         self._transports = transports
+        self._build = build or TransportRegistry.default
         self._lock = threading.Lock()
 
     def transports(self) -> TransportRegistry:
         with self._lock:
             if self._transports is None:
-                self._transports = TransportRegistry.default()
+                self._transports = self._build()
             return self._transports
 
     def __call__(self, scope: AttemptScope) -> IoProvider:
@@ -34,6 +40,10 @@ class DefaultIoFactory:
         return LiveIo(scope, self.transports())
 
 
-def default_io_factory(transports: TransportRegistry | None = None) -> IoFactory:
-    """The factory the engine uses; `transports=None` → `TransportRegistry.default()` on demand."""
-    return DefaultIoFactory(transports)
+def default_io_factory(
+    transports: TransportRegistry | None = None,
+    build: Callable[[], TransportRegistry] | None = None,
+) -> IoFactory:
+    """The factory the engine uses. Without `transports`, `build` (default:
+    `TransportRegistry.default`) makes the registry on the first Live attempt."""
+    return DefaultIoFactory(transports, build)
