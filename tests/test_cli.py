@@ -441,9 +441,10 @@ def test_input_from_file_and_unreadable_file(home: Path, tmp_path: Path) -> None
 def test_unknown_run_and_state(home: Path) -> None:
     unknown = "00000000-0000-4000-8000-000000000000"
     status = mfm(home, "status", unknown)
-    assert status.exit_code == 3
+    assert status.exit_code == 2  # a run id nobody knows is bad input
     assert error_line(status).startswith("error[run_not_found]: ")
-    assert mfm(home, "events", unknown).exit_code == 3
+    assert mfm(home, "events", unknown).exit_code == 2
+    assert mfm(home, "resume", unknown).exit_code == 2
     done = run_json(home, "etl_demo")
     no_state = mfm(home, "context", done.run_id, "--state", "etl_demo.load.nothing")
     assert no_state.exit_code == 2

@@ -19,6 +19,9 @@ from mfm_dist.secrets import is_secret_string
 
 REDACTED = "details redacted"
 
+# A run id the user typed that no store knows is bad input, not an infrastructure fault.
+USER_NAMED_NOT_FOUND = frozenset({"run_not_found"})
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -55,7 +58,7 @@ def classify(exc: BaseException) -> tuple[str, str, ExitCode]:
         info = exc.info
         code = info.code if not is_secret_string(info.code) else "redacted_error"
         message = safe_text(info.message)
-        if isinstance(exc, InvalidInput | RunError):
+        if isinstance(exc, InvalidInput | RunError) or info.code in USER_NAMED_NOT_FOUND:
             return code, message, ExitCode.INVALID_INPUT
         return code, message, ExitCode.INFRASTRUCTURE
     if isinstance(exc, KeyboardInterrupt | click.Abort):
