@@ -39,46 +39,81 @@ class IntegerOutOfRange(CanonicalJsonError):
         )
 
 
+MAX_JSON_DEPTH = 512
+
+
+def _bad_string(text: str) -> bool:
+    """Strings RFC 8785 cannot encode: lone surrogates (not valid UTF-8)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def check_json(value: JsonValue, where: str = "value", *, secrets: bool = True) -> None:
-    """Validate a JSON-like structure: types, floats, integer range and (first) secrets."""
-    stack: list[Any] = [value]
+    """Validate a JSON-like structure: types, floats, integer range, strings, nesting depth
+    (which also stops self-referencing containers) and — first — secrets."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
     found_secret = False
     problem: CanonicalJsonError | None = None
+
+    def note(err: CanonicalJsonError) -> None:
+        nonlocal problem
+        if problem is None:
+            problem = err
+
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if item is None or isinstance(item, bool):
             continue
         if isinstance(item, str):
             if secrets and not found_secret and is_secret_string(item):
                 found_secret = True
+            if _bad_string(item):
+                note(
+                    CanonicalJsonError("json_string_invalid", f"invalid unicode string in {where}")
+                )
             continue
         if isinstance(item, int):
-            if abs(item) > MAX_SAFE_INTEGER and problem is None:
-                problem = IntegerOutOfRange(where)
+            if abs(item) > MAX_SAFE_INTEGER:
+                note(IntegerOutOfRange(where))
             continue
         if isinstance(item, float):
-            if problem is None:
-                problem = FloatNotAllowed(where)
+            note(FloatNotAllowed(where))
+            continue
+        if isinstance(item, (dict, list, tuple)) and depth >= MAX_JSON_DEPTH:
+            note(CanonicalJsonError("json_too_deep", f"{where} nests deeper than {MAX_JSON_DEPTH}"))
+            if found_secret or not secrets:
+                break
             continue
         if isinstance(item, dict):
             for k, v in item.items():
                 if not isinstance(k, str):
-                    if problem is None:
-                        problem = CanonicalJsonError(
+                    note(
+                        CanonicalJsonError(
                             "json_key_not_string", f"non-string object key in {where}"
                         )
+                    )
                     continue
                 if secrets and not found_secret and is_secret_string(k):
                     found_secret = True
-                stack.append(v)
+                if _bad_string(k):
+                    note(
+                        CanonicalJsonError("json_string_invalid", f"invalid unicode key in {where}")
+                    )
+                stack.append((v, depth + 1))
             continue
         if isinstance(item, (list, tuple)):
-            stack.extend(item)
+            stack.extend((v, depth + 1) for v in item)
             continue
-        if problem is None:
-            problem = CanonicalJsonError(
+        note(
+            CanonicalJsonError(
                 "json_type_not_supported", f"{type(item).__name__} is not JSON in {where}"
             )
+        )
     # The secrets scan runs first: it is the more important verdict.
     if found_secret:
         raise SecretsDetected(where)

@@ -7,14 +7,16 @@ failed *run* is a `RunResult`, never an exception.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from mfm_dist.secrets import contains_secret, is_secret_string
+from mfm_dist.secrets import contains_secret, is_secret_string, must_redact
 
 REDACTED_MESSAGE = "error details redacted"
+_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
 class ErrorCategory(str, Enum):
@@ -39,11 +41,14 @@ class ErrorInfo(BaseModel):
     details: Any = None
 
     def redacted(self) -> ErrorInfo:
-        """The form that may be persisted: no details, no secret-looking message."""
-        message = self.message
-        if is_secret_string(message):
-            message = REDACTED_MESSAGE
-        code = self.code if not is_secret_string(self.code) else "redacted_error"
+        """The form that may be persisted: no details, no secret-looking message, and a
+        code that is a valid error-code segment (else `handler_error_code_invalid`)."""
+        message = REDACTED_MESSAGE if must_redact(self.message) else self.message
+        code = self.code
+        if is_secret_string(code):
+            code = "redacted_error"
+        elif not _CODE_RE.match(code):
+            code = "handler_error_code_invalid"
         return ErrorInfo(
             code=code, category=self.category, retryable=self.retryable, message=message
         )
@@ -257,9 +262,11 @@ def error_info_from_exception(exc: BaseException) -> ErrorInfo:
     """The `ErrorInfo` of any exception; foreign exceptions become `handler_exception`."""
     if isinstance(exc, MfmError):
         return exc.info
+    text = str(exc)
+    message = REDACTED_MESSAGE if must_redact(text) else f"{type(exc).__name__}: {text}"
     return ErrorInfo(
         code="handler_exception",
         category=ErrorCategory.UNKNOWN,
         retryable=False,
-        message=f"{type(exc).__name__}: {exc}",
+        message=message,
     )

@@ -55,6 +55,25 @@ def is_secret_string(text: str) -> bool:
     return _looks_like_mnemonic(text)
 
 
+def contains_mnemonic_run(text: str) -> bool:
+    """True if `text` holds 12 or more consecutive lowercase a–z words anywhere in it.
+
+    Stricter than `is_secret_string` on purpose: used before persisting free text such
+    as error messages, where a mnemonic may be embedded in other words.
+    """
+    run = 0
+    for word in text.split():
+        run = run + 1 if _MNEMONIC_WORD.match(word) else 0
+        if run >= 12:
+            return True
+    return False
+
+
+def must_redact(text: str) -> bool:
+    """Free text (e.g. an error message) that must not be persisted or shown as is."""
+    return is_secret_string(text) or contains_mnemonic_run(text)
+
+
 def iter_strings(value: Any) -> Iterator[str]:
     """Every key and string value of a JSON-like structure, depth first."""
     stack = [value]
@@ -77,14 +96,21 @@ def contains_secret(value: Any) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """Drop user info (and any password) from a URL before it is printed or logged."""
+    """Drop user info (and any password) and secret-shaped query parameters from a URL
+    before it is printed or logged."""
     try:
         parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = "***@" + netloc.rsplit("@", 1)[1]
+        pairs = []
+        for pair in parts.query.split("&"):
+            key, sep, value = pair.partition("=")
+            if pair and (is_secret_string(key) or is_secret_string(value)):
+                pairs.append(f"{key}=***")
+            elif pair:
+                pairs.append(f"{key}{sep}{value}")
+        query = "&".join(pairs)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return "<unparseable url>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))

@@ -14,6 +14,8 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from mfm_dist.artifacts import ArtifactStore, OtherArtifactKind
 from mfm_dist.canonical import JsonValue, canonical_bytes
 from mfm_dist.config import RunConfig
@@ -45,6 +47,12 @@ from mfm_dist.stores.guards import GuardViolation
 
 Append = Callable[[Sequence[EventDraft]], list[EventEnvelope]]
 INLINE_PAYLOAD_LIMIT = 64 * 1024
+RESERVED_EVENT_NAMES = frozenset({FACT_RECORDED, "context_merge_conflict"})
+RESERVED_ERROR_CODES = frozenset(
+    {"orphan_attempt_recovered", "plan_mismatch", "context_merge_conflict"}
+)
+"""Codes only the engine writes; a handler raising one is recorded as `handler_reserved_code`,
+so engine decisions keyed on them (e.g. orphan retries) cannot be triggered by a handler."""
 
 
 def now_millis() -> int:
@@ -54,14 +62,19 @@ def now_millis() -> int:
 def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a handler coroutine on a fresh event loop owned by the calling thread.
 
-    A loop per attempt (closed when the attempt ends) keeps attempts isolated and
-    leaves nothing for the interpreter to clean up at exit.
+    A loop per attempt keeps attempts isolated; like `asyncio.run`, tasks the handler
+    left behind are cancelled and drained before the loop closes, so nothing leaks.
     """
     loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(coro)
     finally:
         try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
@@ -112,15 +125,16 @@ class AttemptRecorder(EventRecorder):
     async def emit(self, name: str, payload: JsonValue = None) -> None:
         if not isinstance(name, str) or not name or is_secret_string(name):
             raise DomainEventInvalid("domain event name must be a non-empty, non-secret string")
-        if name == FACT_RECORDED:
-            raise DomainEventInvalid("fact_recorded is reserved for IO fact bindings")
+        if name in RESERVED_EVENT_NAMES:
+            raise DomainEventInvalid(f"{name} is reserved for the engine")
         try:
             data = canonical_bytes(payload, "domain event payload")
         except MfmError as exc:
             raise DomainEventInvalid(f"domain event payload rejected: {exc.info.code}") from None
         if not self._env.run_config.keeps_domain_event(name):
             return
-        event = DomainEvent(name=name, payload=payload)
+        # Record what was validated, not the caller's (mutable) object.
+        event = DomainEvent(name=name, payload=orjson.loads(data))
         if len(data) > INLINE_PAYLOAD_LIMIT:
             ref = self._env.artifacts.put(OtherArtifactKind(value="domain_event_payload"), data)
             event = DomainEvent(name=name, payload=None, payload_ref=ref)
@@ -200,10 +214,14 @@ def run_attempt(
         result = run_coroutine(state.handle(ctx, io, AttemptRecorder(env, state_id, attempt)))
         if result is not None and not isinstance(result, StateOutcome):
             raise TypeError("a state handler returns None or a StateOutcome")
+        content = ctx.merged()
+        snapshot_bytes = canonical_bytes(content, "context snapshot")
     except StorageError:
         raise
-    except Exception as exc:
+    except (Exception, asyncio.CancelledError) as exc:
         cause = error_info_from_exception(exc)
+        if cause.code in RESERVED_ERROR_CODES:
+            cause = cause.model_copy(update={"code": "handler_reserved_code"})
         info = cause.redacted()
         env.append(
             [
@@ -215,8 +233,7 @@ def run_attempt(
             ]
         )
         return AttemptOutcome(state_id, attempt, base_snapshot_id, False, error=info, cause=cause)
-    content = ctx.merged()
-    snapshot_id = env.snapshots.save(content)
+    snapshot_id = env.snapshots.save_bytes(snapshot_bytes, content)
     env.append(
         [
             _draft(

@@ -10,6 +10,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
+import orjson
+
 from mfm_dist.artifacts import ArtifactKind, ArtifactStore, get_json
 from mfm_dist.canonical import JsonValue, artifact_id_of_bytes, canonical_bytes
 from mfm_dist.errors import Corruption
@@ -46,13 +48,19 @@ class SnapshotStore:
 
     def save(self, content: Mapping[str, JsonValue], where: str = "context snapshot") -> ArtifactId:
         """Store a full snapshot; identical content gives the identical id."""
-        data = canonical_bytes(dict(content), where)
+        return self.save_bytes(canonical_bytes(dict(content), where))
+
+    def save_bytes(self, data: bytes, content: Mapping[str, JsonValue] | None = None) -> ArtifactId:
+        """Store canonical snapshot bytes. The cache keeps their decoded form (or `content`
+        when the caller already holds exactly that JSON), never other aliases."""
         snapshot_id = artifact_id_of_bytes(data)
         with self._lock:
             cached = snapshot_id in self._cache
         if not cached:
             self.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, data)
-            self._remember(snapshot_id, dict(content))
+            self._remember(
+                snapshot_id, dict(content) if content is not None else orjson.loads(data)
+            )
         return snapshot_id
 
     def id_of(self, content: Mapping[str, JsonValue]) -> ArtifactId:
