@@ -110,10 +110,14 @@ class TcpProxy:
 
 
 class Worker:
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:
+    def __init__(
+        self, name: str, proc: subprocess.Popen[bytes], logfile: Path, spec: dict[str, Any]
+    ) -> None:
         self.name = name
         self.proc = proc
         self.logfile = logfile
+        self.spec = spec
+        self.restarts = 0
 
     def children(self) -> list[int]:
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
@@ -173,6 +177,9 @@ class LocalCluster:
             **(extra_env or {}),
         }
         self._saved_env: dict[str, str | None] = {}
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._workers_lock = threading.RLock()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalCluster:
@@ -185,7 +192,21 @@ class LocalCluster:
         self.start_worker("control", "control")
         for _ in range(self.attempt_workers):
             self.start_worker("attempts")
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
         return self
+
+    def _supervise(self) -> None:
+        """Restart workers that exit on their own, like a process manager (compose's
+        `restart: unless-stopped`): Celery/kombu 5.7 workers can exit when the broker
+        connection drops while they hold unacked messages."""
+        while not self._stopping.wait(0.5):
+            with self._workers_lock:
+                for name, worker in list(self.workers.items()):
+                    if worker.proc.poll() is not None:
+                        fresh = self.start_worker(wait=False, **worker.spec)
+                        fresh.restarts = worker.restarts + 1
+                        self.workers[name] = fresh
 
     def _configure_redis(self) -> None:
         import redis
@@ -201,6 +222,9 @@ class LocalCluster:
         self._configure_redis()
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
         for worker in list(self.workers.values()):
             worker.stop(kill=True)
         self.workers.clear()
@@ -265,8 +289,13 @@ class LocalCluster:
         wait: bool = True,
     ) -> Worker:
         """`kind` is `control` or `attempts`."""
-        self._seq += 1
-        name = name or f"{kind}{self._seq}"
+        spec: dict[str, Any] = {
+            "kind": kind, "concurrency": concurrency, "extra_env": extra_env
+        }
+        if name is None:
+            self._seq += 1
+            name = f"{kind}{self._seq}"
+        spec["name"] = name
         queue = "mfm.control" if kind == "control" else "mfm.attempts"
         conc = 1 if kind == "control" else (concurrency or self.attempt_concurrency)
         logfile = self.root / f"worker-{name}.log"
@@ -288,8 +317,9 @@ class LocalCluster:
             stderr=open(self.root / f"worker-{name}.stderr", "ab"),  # noqa: SIM115
             start_new_session=True,
         )
-        worker = Worker(name, proc, logfile)
-        self.workers[name] = worker
+        worker = Worker(name, proc, logfile, spec)
+        with self._workers_lock:
+            self.workers[name] = worker
         if wait:
             self._wait_ready(worker)
         return worker
@@ -306,7 +336,9 @@ class LocalCluster:
         raise RuntimeError(f"worker {worker.name} not ready within {READY_TIMEOUT_S}s")
 
     def stop_worker(self, name: str, *, kill: bool = False) -> None:
-        self.workers.pop(name).stop(kill=kill)
+        with self._workers_lock:
+            worker = self.workers.pop(name)
+        worker.stop(kill=kill)
 
     def attempt_worker_names(self) -> list[str]:
         return [n for n in self.workers if n.startswith("attempts")]

@@ -1,0 +1,307 @@
+"""Distributed execution end to end: real redis-server (AOF), a real moto S3 server and
+real Celery worker processes (CONTRACT §7.4, §11)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cluster import LocalCluster
+
+from mfm_dist.config import FanOutJoin, RetryPolicy, RunConfig
+from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.lifecycle import prepare_run, store_manifest
+from mfm_dist.engine.local import LocalEngine
+from mfm_dist.events import EventEnvelope, RunCompleted, StateCompleted, StateEntered, StateFailed
+from mfm_dist.ids import RunId
+from mfm_dist.operations import OperationRegistry
+from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.stores.memory import InMemoryArtifactStore, InMemoryEventStore
+from mfm_dist.verify import verify_run
+from workers.runtime import Runtime, get_runtime
+from workers.submit import submit_run, wait_for_run
+from workers.tasks import advance, execute_attempt
+
+pytestmark = pytest.mark.slow
+
+WAIT_S = 120.0
+FAN16 = RunConfig(execution_mode=FanOutJoin(max_concurrency=16))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    root = tmp_path_factory.mktemp("cluster")
+    with LocalCluster(root, attempt_workers=2) as c:
+        c.activate()
+        yield c
+
+
+@pytest.fixture
+def rt(cluster: LocalCluster) -> Runtime:
+    return get_runtime()
+
+
+def registry() -> OperationRegistry:
+    import dist_ops
+
+    reg = OperationRegistry.default()
+    dist_ops.register_operations(reg)
+    return reg
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def finished(cluster: LocalCluster, run_id: RunId, rt: Runtime) -> RunResult:
+    try:
+        return wait_for_run(str(run_id), WAIT_S, runtime=rt)
+    except Exception:
+        print(cluster.logs())
+        raise
+
+
+def embedded_final(target: str, run_input: object, config: RunConfig) -> str:
+    events, artifacts = InMemoryEventStore(), InMemoryArtifactStore()
+    reg = registry()
+    prepared = prepare_run(reg, target, run_input, config)  # type: ignore[arg-type]
+    manifest_id = store_manifest(artifacts, prepared.manifest)
+    result = LocalEngine(events, artifacts, reg).start(
+        plan=prepared.plan,
+        run_config=config,
+        manifest=prepared.manifest,
+        manifest_id=manifest_id,
+        initial_context=prepared.initial_context,
+    )
+    assert result.phase == RunPhase.COMPLETED
+    assert result.final_snapshot_id is not None
+    return str(result.final_snapshot_id)
+
+
+def assert_clean_history(envelopes: list[EventEnvelope]) -> RunHistory:
+    """One completion per state, gap-free attempt numbers, exactly one RunCompleted."""
+    completions = Counter(
+        str(e.event.state_id) for e in envelopes if isinstance(e.event, StateCompleted)
+    )
+    assert completions and max(completions.values()) == 1
+    attempts: dict[str, list[int]] = {}
+    for e in envelopes:
+        if isinstance(e.event, StateEntered):
+            attempts.setdefault(str(e.event.state_id), []).append(e.event.attempt)
+    for numbers in attempts.values():
+        assert numbers == list(range(len(numbers)))
+    assert sum(isinstance(e.event, RunCompleted) for e in envelopes) == 1
+    assert isinstance(envelopes[-1].event, RunCompleted)
+    return RunHistory.from_envelopes(envelopes[0].run_id, envelopes)
+
+
+def gated_input(tmp_path: Path, items: int = 4) -> tuple[dict[str, object], Path]:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    return {"items": items, "gate_dir": str(gate)}, gate
+
+
+def slow_started(gate: Path, attempt: int = 0) -> int:
+    """Wait until the gated state's attempt runs; the pid of the process running it."""
+    found: list[Path] = []
+
+    def check() -> bool:
+        found[:] = list(gate.glob(f"started-{attempt}-*"))
+        return bool(found)
+
+    wait_until(check, f"the gated attempt {attempt} to start")
+    return int(found[0].name.rsplit("-", 1)[1])
+
+
+def events_of(rt: Runtime, run_id: RunId) -> list[EventEnvelope]:
+    return rt.events.read_range(run_id)
+
+
+def slow_id(run_id: RunId, rt: Runtime) -> str:
+    op = str(events_of(rt, run_id)[0].event.op_id)  # type: ignore[union-attr]
+    return f"{op}.main.slow"
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_fanout_200_states_matches_embedded_and_sequential(
+    cluster: LocalCluster, rt: Runtime
+) -> None:
+    run_input = {"items": 199}
+    run_id = submit_run("fanout_demo", run_input, FAN16, runtime=rt)
+    result = finished(cluster, run_id, rt)
+    assert result.phase == RunPhase.COMPLETED
+    envelopes = events_of(rt, run_id)
+    history = assert_clean_history(envelopes)
+    assert len(history.states) == 200
+    assert str(result.final_snapshot_id) == embedded_final("fanout_demo", run_input, FAN16)
+    assert str(result.final_snapshot_id) == embedded_final(
+        "fanout_demo", run_input, RunConfig()
+    )
+    report = verify_run(rt.events, rt.artifacts, registry(), str(run_id))
+    assert report.ok, report.violations
+
+
+def test_worker_killed_mid_attempt_recovers_without_user_action(
+    cluster: LocalCluster, rt: Runtime, tmp_path: Path
+) -> None:
+    run_input, gate = gated_input(tmp_path)
+    run_id = submit_run("gated_demo", run_input, FAN16, runtime=rt)
+    pid = slow_started(gate)
+    assert any(pid in w.children() for w in cluster.workers.values())
+    os.kill(pid, signal.SIGKILL)
+    (gate / "open").write_text("")
+    result = finished(cluster, run_id, rt)
+    assert result.phase == RunPhase.COMPLETED
+    envelopes = events_of(rt, run_id)
+    assert_clean_history(envelopes)
+    slow = slow_id(run_id, rt)
+    failures = [
+        e.event for e in envelopes if isinstance(e.event, StateFailed) and e.state_id == slow
+    ]
+    assert [f.error.code for f in failures] == ["orphan_attempt_recovered"]
+    assert failures[0].failure_snapshot_id is None
+    completed = [
+        e for e in envelopes if isinstance(e.event, StateCompleted) and e.state_id == slow
+    ]
+    assert [e.attempt for e in completed] == [1]
+    assert str(result.final_snapshot_id) == embedded_final("gated_demo", run_input, FAN16)
+
+
+def test_duplicate_attempt_deliveries_and_joins_leave_one_history(
+    cluster: LocalCluster, rt: Runtime, tmp_path: Path
+) -> None:
+    run_input, gate = gated_input(tmp_path)
+    run_id = submit_run("gated_demo", run_input, FAN16, runtime=rt)
+    slow_started(gate)
+    slow = slow_id(run_id, rt)
+    entered = next(
+        e.event
+        for e in events_of(rt, run_id)
+        if isinstance(e.event, StateEntered) and str(e.event.state_id) == slow
+    )
+    started = events_of(rt, run_id)[0].event
+    fingerprint = rt.coord.recorded_plan(str(run_id))
+    assert fingerprint is not None
+    kwargs = {
+        "run_id": str(run_id),
+        "manifest_id": str(started.manifest_id),  # type: ignore[union-attr]
+        "state_id": slow,
+        "attempt": 0,
+        "base_snapshot_id": str(entered.base_snapshot_id),
+        "plan_fingerprint": fingerprint,
+    }
+    copies = [execute_attempt.apply_async(kwargs=kwargs) for _ in range(2)]
+    joins = [advance.apply_async(args=(str(run_id),)) for _ in range(2)]
+    assert [c.get(timeout=WAIT_S) for c in copies] == ["duplicate", "duplicate"]
+    for j in joins:
+        j.get(timeout=WAIT_S)
+    (gate / "open").write_text("")
+    result = finished(cluster, run_id, rt)
+    assert result.phase == RunPhase.COMPLETED
+    head = rt.events.head_seq(run_id)
+    # Late deliveries after the run finished: the attempt again, a completed item, joins.
+    item = f"{slow.rsplit('.', 1)[0]}.item_0000"
+    item_entered = next(
+        e.event
+        for e in events_of(rt, run_id)
+        if isinstance(e.event, StateEntered) and str(e.event.state_id) == item
+    )
+    late = [
+        execute_attempt.apply_async(kwargs=kwargs),
+        execute_attempt.apply_async(
+            kwargs={
+                **kwargs,
+                "state_id": item,
+                "base_snapshot_id": str(item_entered.base_snapshot_id),
+            }
+        ),
+    ]
+    assert [c.get(timeout=WAIT_S) for c in late] == ["duplicate", "duplicate"]
+    assert [advance.apply_async(args=(str(run_id),)).get(timeout=WAIT_S) for _ in range(2)] == [
+        "finished",
+        "finished",
+    ]
+    envelopes = events_of(rt, run_id)
+    assert len(envelopes) == head
+    assert_clean_history(envelopes)
+
+
+def test_control_worker_killed_and_restarted(
+    cluster: LocalCluster, rt: Runtime, tmp_path: Path
+) -> None:
+    run_input, gate = gated_input(tmp_path)
+    run_id = submit_run("gated_demo", run_input, FAN16, runtime=rt)
+    slow_started(gate)
+    control = next(n for n in cluster.workers if n.startswith("control"))
+    cluster.stop_worker(control, kill=True)
+    (gate / "open").write_text("")
+    slow = slow_id(run_id, rt)
+    wait_until(
+        lambda: any(
+            isinstance(e.event, StateCompleted) and e.state_id == slow
+            for e in events_of(rt, run_id)
+        ),
+        "the gated state to complete",
+    )
+    assert rt.events.read_range(run_id)[-1].event.__class__ is not RunCompleted
+    cluster.start_worker("control")
+    result = finished(cluster, run_id, rt)
+    assert result.phase == RunPhase.COMPLETED
+    assert_clean_history(events_of(rt, run_id))
+
+
+def test_redis_restart_and_s3_outage_mid_run(
+    cluster: LocalCluster, rt: Runtime, tmp_path: Path
+) -> None:
+    run_input, gate = gated_input(tmp_path)
+    run_id = submit_run("gated_demo", run_input, FAN16, runtime=rt)
+    slow_started(gate)
+    before = events_of(rt, run_id)
+    cluster.restart_redis(kill=True)  # a crash: AOF with appendfsync always keeps everything
+    assert cluster.s3_proxy is not None
+    cluster.s3_proxy.disable()
+    try:
+        (gate / "open").write_text("")
+        time.sleep(4.0)  # the attempt finishes its handler while S3 is unreachable
+    finally:
+        cluster.s3_proxy.enable()
+    result = finished(cluster, run_id, rt)
+    assert result.phase == RunPhase.COMPLETED
+    after = events_of(rt, run_id)
+    assert [e.model_dump() for e in after[: len(before)]] == [e.model_dump() for e in before]
+    assert_clean_history(after)
+    assert str(result.final_snapshot_id) == embedded_final("gated_demo", run_input, FAN16)
+
+
+def test_plan_mismatch_on_a_worker_with_changed_code(cluster: LocalCluster, rt: Runtime) -> None:
+    normal = cluster.attempt_worker_names()
+    for name in normal:
+        cluster.stop_worker(name)
+    variant = cluster.start_worker("attempts", extra_env={"MFM_TEST_PLAN_VARIANT": "1"})
+    try:
+        config = RunConfig(retry_policy=RetryPolicy(max_attempts=3))
+        run_id = submit_run("shape_demo", {}, config, runtime=rt)
+        result = finished(cluster, run_id, rt)
+        assert result.phase == RunPhase.FAILED
+        assert result.error is not None and result.error.code == "plan_mismatch"
+        envelopes = events_of(rt, run_id)
+        failed = [e for e in envelopes if isinstance(e.event, StateFailed)]
+        assert len(failed) == 1  # not retryable, whatever the policy
+        assert_clean_history(envelopes) if any(
+            isinstance(e.event, StateCompleted) for e in envelopes
+        ) else None
+    finally:
+        cluster.stop_worker(variant.name)
+        for _ in normal:
+            cluster.start_worker("attempts")
