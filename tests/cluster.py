@@ -289,9 +289,7 @@ class LocalCluster:
         wait: bool = True,
     ) -> Worker:
         """`kind` is `control` or `attempts`."""
-        spec: dict[str, Any] = {
-            "kind": kind, "concurrency": concurrency, "extra_env": extra_env
-        }
+        spec: dict[str, Any] = {"kind": kind, "concurrency": concurrency, "extra_env": extra_env}
         if name is None:
             self._seq += 1
             name = f"{kind}{self._seq}"
