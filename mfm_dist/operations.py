@@ -212,7 +212,8 @@ class OperationRegistry:
             for sink in previous_sinks:
                 for source in sources:
                     graph.edges.append(DependencyEdge(from_=sink, to=source))
-            previous_sinks = [s for s in ids if str(s) not in has_out]
+            if ids:  # an empty step must not drop the order between its neighbours
+                previous_sinks = [s for s in ids if str(s) not in has_out]
         plan = ExecutionPlan(op_id=OpId(pipeline.machine_id), graph=graph)
         plan.validate()
         return plan
@@ -225,7 +226,12 @@ class OperationRegistry:
             raise RunError(
                 "manifest_input_params_invalid", "manifest input_params lacks a pipeline"
             )
-        pipeline = Pipeline.model_validate(input_params["pipeline"])
+        try:
+            pipeline = Pipeline.model_validate(input_params["pipeline"])
+        except ValueError:
+            raise RunError(
+                "manifest_input_params_invalid", "manifest pipeline does not decode"
+            ) from None
         return self.plan_for(pipeline, run_config)
 
 

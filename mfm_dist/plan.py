@@ -8,8 +8,9 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mfm_dist.errors import InvalidPlan
+from mfm_dist.errors import InvalidId, InvalidPlan
 from mfm_dist.ids import OpId, StateId
+from mfm_dist.secrets import is_secret_string
 from mfm_dist.state import State
 
 
@@ -101,6 +102,19 @@ class CompiledPlan:
         decl: dict[str, int] = {}
         for i, node in enumerate(nodes):
             sid = str(node.id)
+            if not isinstance(node.id, StateId):
+                try:
+                    StateId(sid)
+                except InvalidId:
+                    raise InvalidPlan(
+                        "a state id is not <machine>.<step>.<local>",
+                        {"reason": "invalid_state_id", "state_id": _shown(sid)},
+                    ) from None
+            if is_secret_string(sid):
+                raise InvalidPlan(
+                    "a state id is secret-shaped",
+                    {"reason": "secret_state_id", "position": i},
+                )
             if sid in decl:
                 raise InvalidPlan(
                     f"duplicate state id {sid}", {"reason": "duplicate_state", "state_id": sid}
@@ -177,6 +191,10 @@ class CompiledPlan:
 
     def ordered(self, a: int, b: int) -> bool:
         return self.is_ancestor(a, b) or self.is_ancestor(b, a)
+
+
+def _shown(text: str) -> str:
+    return "<redacted>" if is_secret_string(text) else text
 
 
 def _find_cycle(out_edges: list[list[int]], candidates: set[int]) -> list[int]:

@@ -163,8 +163,9 @@ def replay_run(
         cause = outcome.cause or outcome.error
         missing = None
         if cause is not None and cause.code == "missing_fact" and isinstance(cause.details, dict):
-            key = cause.details.get("key")
+            key = cause.details.get("key")  # already redacted by MissingFact when secret-shaped
             missing = key if isinstance(key, str) else None
+        cause = outcome.error  # report the persisted (redacted) form of the error
         report.states.append(
             StateReplay(
                 state_id=str(state_id),

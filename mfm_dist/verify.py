@@ -186,21 +186,25 @@ def _check_bases_and_final(
             progress.record_completed(i, last.snapshot_id, delta)
     if history.completed is None:
         return
-    progress.conflict = progress.tracker.first_conflict() if progress.fan_out else None
-    if history.completed.status == RunStatus.COMPLETED:
-        if not progress.is_done():
-            found.append(
-                Violation(
-                    code="verify_incomplete_run", message="run completed with states not completed"
-                )
+    # Judge the recorded outcome with the same rules the engines use.
+    progress = RunProgress.from_history(history, plan, run_config, snapshots)
+    if history.completed.status == RunStatus.COMPLETED and not progress.succeeded():
+        found.append(
+            Violation(
+                code="verify_completion_unjustified",
+                message="run recorded Completed, but states are missing, failed or conflict",
+                seq=history.head,
             )
-            return
-        if progress.conflict is not None:
-            found.append(
-                Violation(
-                    code="context_merge_conflict", message="completed run has conflicting deltas"
-                )
+        )
+        return
+    if history.completed.status == RunStatus.FAILED and progress.failure() == (None, None):
+        found.append(
+            Violation(
+                code="verify_failure_unexplained",
+                message="run recorded Failed without a failed state or a merge conflict",
+                seq=history.head,
             )
+        )
     expected_final = progress.final_snapshot(store=False)
     if str(history.completed.final_snapshot_id) != expected_final:
         found.append(

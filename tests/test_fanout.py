@@ -162,31 +162,61 @@ def test_blocking_handlers_do_not_block_other_branches() -> None:
     assert h.run("blocking", {}, fan(4)).phase == RunPhase.COMPLETED
 
 
-def test_failure_in_one_branch_drains_the_others() -> None:
+def test_failure_blocks_only_its_descendants() -> None:
+    """A failed state stops what depends on it; independent branches still complete, so the
+    completed set — and the final snapshot — never depend on timing or worker count."""
     from mfm_dist import StateError
 
     def boom(ctx, io, rec):  # type: ignore[no-untyped-def]
         raise StateError("boom", "fails", retryable=False)
 
-    def slow(ctx, io, rec):  # type: ignore[no-untyped-def]
-        time.sleep(0.05)
-        ctx.set("slow", 1)
+    def slow(name: str) -> FnState:
+        def fn(ctx, io, rec):  # type: ignore[no-untyped-def]
+            time.sleep(0.02)
+            ctx.set(name, 1)
+
+        return FnState(fn)
 
     op = GraphOp(
         "drain",
-        {"bad": FnState(boom), "slow": FnState(slow), "later": FnState(slow)},
-        [("slow", "later")],
+        {"bad": FnState(boom), "after_bad": slow("after_bad"), "slow": slow("slow"),
+         "later": slow("later")},
+        [("bad", "after_bad"), ("slow", "later")],
     )
-    h = Harness(registry_with(op))
-    result = h.run("drain", {}, fan(2))
-    assert result.phase == RunPhase.FAILED and result.failed_state == "drain.main.bad"
-    envs = h.events.read_range(result.run_id)
-    # The in-flight branch finished and was recorded; nothing new started after the failure.
-    assert any(
-        isinstance(e.event, StateCompleted) and e.event.state_id == "drain.main.slow" for e in envs
+    finals = set()
+    for width in (1, 2, 4):
+        h = Harness(registry_with(op))
+        result = h.run("drain", {}, fan(width))
+        assert result.phase == RunPhase.FAILED and result.failed_state == "drain.main.bad"
+        envs = h.events.read_range(result.run_id)
+        done = {str(e.event.state_id) for e in envs if isinstance(e.event, StateCompleted)}
+        assert done == {"drain.main.slow", "drain.main.later"}
+        assert not any(e.state_id == "drain.main.after_bad" for e in envs)
+        finals.add(result.final_snapshot_id)
+        assert verify_run(h.events, h.artifacts, h.registry, result.run_id).ok
+    assert len(finals) == 1
+
+
+def test_conflicts_are_reported_the_same_at_any_width() -> None:
+    def write(key: str, value: int) -> FnState:
+        return FnState(lambda c, i, r: c.set(key, value))
+
+    op = GraphOp(
+        "many",
+        {"a": write("k", 1), "b": write("j", 1), "c": write("j", 2), "d": write("k", 2),
+         "z": write("z", 9)},
     )
-    assert not any(e.state_id == "drain.main.later" for e in envs)
-    assert verify_run(h.events, h.artifacts, h.registry, result.run_id).ok
+    outcomes = set()
+    for width in (1, 2, 3, 5):
+        h = Harness(registry_with(op))
+        result = h.run("many", {}, fan(width))
+        assert result.phase == RunPhase.FAILED and result.error is not None
+        outcomes.add((result.final_snapshot_id, str(result.error.details)))
+        again = h.engine().resume(result.run_id)
+        assert again == result
+    assert len(outcomes) == 1
+    (_, details), = outcomes
+    assert "many.main.a" in details and "many.main.d" in details
 
 
 class CrashAfter(InMemoryEventStore):

@@ -121,7 +121,9 @@ class MfmGroup(click.Group):
     type=click.Path(file_okay=False),
     help="Embedded store root (default ./.mfm).",
 )
-@click.option("--events-url", envvar="MFM_EVENTS_URL", help="Event store URL (sqlite://, redis://…).")
+@click.option(
+    "--events-url", envvar="MFM_EVENTS_URL", help="Event store URL (sqlite://, redis://…)."
+)
 @click.option(
     "--artifacts-url", envvar="MFM_ARTIFACTS_URL", help="Artifact store URL (file://, s3://…)."
 )
@@ -250,9 +252,7 @@ def run(
     manifest_id = store_manifest(app.artifacts, prepared.manifest)
     show = _wants_progress(as_json)
     tracker = ProgressTracker(total=len(prepared.plan.compiled))
-    engine = LocalEngine(
-        app.events, app.artifacts, registry, listener=tracker if show else None
-    )
+    engine = LocalEngine(app.events, app.artifacts, registry, listener=tracker if show else None)
     with _progress(show, str(prepared.plan.op_id), tracker):
         result = engine.start(
             plan=prepared.plan,
@@ -320,8 +320,13 @@ def status(app: App, run_id: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--limit", type=click.IntRange(0, None), default=20, show_default=True,
-              help="At most this many runs (0: all).")
+@click.option(
+    "--limit",
+    type=click.IntRange(0, None),
+    default=20,
+    show_default=True,
+    help="At most this many runs (0: all).",
+)
 @json_flag
 @pass_app
 def runs(app: App, limit: int, as_json: bool) -> None:
@@ -385,7 +390,8 @@ def artifact(app: App, artifact_id: str, output: str | None) -> None:
         Path(output).write_bytes(data)
     except OSError as exc:
         raise CliError(
-            "output_write_failed", f"cannot write the output file ({type(exc).__name__})",
+            "output_write_failed",
+            f"cannot write the output file ({type(exc).__name__})",
             ExitCode.INFRASTRUCTURE,
         ) from None
 

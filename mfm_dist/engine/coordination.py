@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from mfm_dist.config import backoff_delay
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.progress import RunProgress
 from mfm_dist.errors import ErrorInfo
@@ -89,49 +88,35 @@ def decide(
     decision.in_flight = len(busy)
     decision.waiting_on_leases = bool(open_alive)
 
-    failing = progress.conflict is not None or any(
-        i not in progress.completed and not progress.retry_allowed(i) for i in progress.last_error
-    )
-    if failing or progress.is_done():
+    if progress.fan_out:
+        candidates = [i for i in range(len(plan)) if i not in busy and progress.runnable(i)]
+    else:  # sequential runs advance strictly in canonical order and stop at a failure
+        first = next((i for i in range(len(plan)) if i not in progress.completed), None)
+        blocked = progress.failure() != (None, None)
+        candidates = (
+            [first]
+            if first is not None and not blocked and first not in busy and progress.runnable(first)
+            else []
+        )
+    if not candidates:
         if not busy:
-            decision.finish = _finish(progress, failing)
+            decision.finish = _finish(progress)
         return decision
-
     slots = progress.run_config.max_concurrency - len(busy)
-    for i in range(len(plan)):
-        if slots <= 0:
-            break
-        if i in progress.completed:
-            continue
-        if i in busy or not progress.preds_done(i):
-            if not progress.fan_out:
-                break  # sequential runs advance strictly in canonical order
-            continue
-        attempt = progress.next_attempt[i]
-        countdown = 0.0
-        error = progress.last_error.get(i)
-        if error is not None:
-            last = history.states[str(plan.order[i])].last
-            delay = backoff_delay(progress.run_config.retry_policy.backoff, attempt - 1)
-            closed = last.ts_closed if last is not None and last.ts_closed is not None else now_ms
-            countdown = max(0.0, (closed + delay.total_millis - now_ms) / 1000.0)
+    for i in candidates[: max(slots, 0)]:
+        countdown = max(0.0, (progress.retry_at_ms.get(i, 0) - now_ms) / 1000.0)
         base_id, _ = progress.base_for(i)
-        decision.dispatch.append(Dispatch(str(plan.order[i]), attempt, base_id, countdown))
-        slots -= 1
+        decision.dispatch.append(
+            Dispatch(str(plan.order[i]), progress.next_attempt[i], base_id, countdown)
+        )
     return decision
 
 
-def _finish(progress: RunProgress, failing: bool) -> Finish:
+def _finish(progress: RunProgress) -> Finish:
     final_id = progress.final_snapshot()
-    if not failing:
+    failed, error = progress.failure()
+    if error is None and progress.is_done():
         return Finish(RunStatus.COMPLETED, final_id)
-    conflict = progress.tracker.first_conflict() if progress.fan_out else None
-    if conflict is not None:
-        return Finish(RunStatus.FAILED, final_id, conflict.error(), conflict.payload())
-    blocked = sorted(
-        i
-        for i in progress.last_error
-        if i not in progress.completed and not progress.retry_allowed(i)
-    )
-    error = progress.last_error.get(blocked[0]) if blocked else None
-    return Finish(RunStatus.FAILED, final_id, error)
+    conflict = progress.conflict if failed is None else None
+    payload = conflict.payload() if conflict is not None else None
+    return Finish(RunStatus.FAILED, final_id, error, payload)

@@ -79,6 +79,7 @@ def store_manifest(artifacts: ArtifactStore, manifest: RunManifest) -> ArtifactI
 def validate_start(
     artifacts: ArtifactStore,
     *,
+    registry: OperationRegistry | None = None,
     plan: ExecutionPlan,
     run_config: RunConfig,
     manifest: RunManifest,
@@ -97,6 +98,13 @@ def validate_start(
     if manifest.run_config != run_config:
         raise RunError("run_config_mismatch", "manifest run_config differs from the run config")
     plan.validate()
+    if registry is not None:
+        # The plan must be the one any process re-derives from the manifest (resume, workers).
+        derived = registry.plan_from_input_params(manifest.input_params, manifest.run_config)
+        if derived.fingerprint() != plan.fingerprint():
+            raise RunError(
+                "plan_mismatch", "the plan differs from the one the manifest's pipeline expands to"
+            )
     if not artifacts.exists(manifest_id):
         raise NotFound(f"manifest {manifest_id} is not stored", code="manifest_not_found")
     if artifacts.get(manifest_id) != data:

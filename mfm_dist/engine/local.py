@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from mfm_dist.artifacts import ArtifactStore
 from mfm_dist.canonical import JsonValue
-from mfm_dist.config import RunConfig, backoff_delay
+from mfm_dist.config import RunConfig
 from mfm_dist.engine.attempt import AttemptEnv, AttemptOutcome, now_millis, run_attempt
 from mfm_dist.engine.base import ExecutionEngine
 from mfm_dist.engine.lifecycle import (
@@ -68,9 +68,9 @@ class RunWriter:
             envelopes = [d.at(self._run_id, self._head + i) for i, d in enumerate(drafts, start=1)]
             self._events.append(self._run_id, self._head, envelopes)
             self._head += len(envelopes)
-        if self._listener is not None:
-            for env in envelopes:
-                self._listener(env)
+            if self._listener is not None:  # under the lock: listeners see seq order
+                for env in envelopes:
+                    self._listener(env)
         return envelopes
 
 
@@ -134,6 +134,7 @@ class LocalEngine(ExecutionEngine):
     ) -> RunResult:
         initial = validate_start(
             self.artifacts,
+            registry=self.registry,
             plan=plan,
             run_config=run_config,
             manifest=manifest,
@@ -167,8 +168,14 @@ class LocalEngine(ExecutionEngine):
         )
         if history.completed is not None:
             result = result_from_history(history)
-            if result.phase == RunPhase.FAILED and result.error is None and progress.conflict:
-                result = result.model_copy(update={"error": progress.conflict.error()})
+            if result.phase == RunPhase.FAILED:  # explain it exactly as `start` did
+                failed, error = progress.failure()
+                result = result.model_copy(
+                    update={
+                        "failed_state": progress.state_id(failed) if failed is not None else None,
+                        "error": error,
+                    }
+                )
             return result
         facts = FactIndex(history.facts)
         io_factory = self.io_factory
@@ -189,7 +196,7 @@ class LocalEngine(ExecutionEngine):
                 ]
             )
             for sid, _ in orphans:
-                progress.record_failed(progress.index(sid), orphan_error())
+                progress.record_failed(progress.index(sid), orphan_error(), now_millis())
         return self._drive(history.run_id, progress, writer, facts, io_factory)
 
     # -- execution ----------------------------------------------------------------------------
@@ -210,42 +217,45 @@ class LocalEngine(ExecutionEngine):
             io_factory=io_factory,
             append=writer.append,
         )
-        failure = self._blocked_state(progress)
-        if failure is None and progress.conflict is None:
-            failure = self._execute(env, progress)
-        return self._finish(run_id, progress, writer, failure)
+        self._execute(env, progress)
+        return self._finish(run_id, progress, writer)
 
-    def _blocked_state(self, progress: RunProgress) -> int | None:
-        """A state whose last attempt failed and may not be retried (found on resume)."""
-        for i in sorted(progress.last_error):
-            if i not in progress.completed and not progress.retry_allowed(i):
-                return i
-        return None
-
-    def _execute(self, env: AttemptEnv, progress: RunProgress) -> int | None:
-        """Run attempts until every state completed or the run must fail; return the failed
-        state, if any. Infrastructure errors propagate after in-flight attempts settle."""
+    def _execute(self, env: AttemptEnv, progress: RunProgress) -> None:
+        """Run attempts until no state can run. Sequential runs stop at the first failure;
+        fan-out runs keep running every state that does not depend on a failure or a merge
+        conflict, so what completes never depends on timing. Infrastructure errors
+        propagate once in-flight attempts have settled (their attempts stay open)."""
         plan = progress.plan
         max_conc = progress.run_config.max_concurrency
-        ready: list[int] = [
-            i for i in range(len(plan)) if i not in progress.completed and progress.preds_done(i)
-        ]
-        heapq.heapify(ready)
-        if not progress.fan_out:
-            ready = ready[:1] if ready else []
+        ready: list[int] = []
         delayed: list[_Delayed] = []
+        now_ms, now = now_millis(), time.monotonic()
+
+        def schedule(i: int) -> None:
+            not_before = progress.retry_at_ms.get(i, 0)
+            if not_before > now_millis():
+                heapq.heappush(delayed, _Delayed(now + (not_before - now_ms) / 1000, i))
+            else:
+                heapq.heappush(ready, i)
+
+        candidates = [i for i in range(len(plan)) if progress.runnable(i)]
+        if progress.fan_out:
+            for i in candidates:
+                schedule(i)
+        elif candidates and progress.failure() == (None, None):
+            schedule(candidates[0])
         running: dict[Future[AttemptOutcome], int] = {}
-        failed: int | None = None
         infra: BaseException | None = None
-        stop = False
         pool = ThreadPoolExecutor(max_workers=max_conc, thread_name_prefix="mfm-attempt")
         try:
             while True:
-                now = time.monotonic()
+                now_ms, now = now_millis(), time.monotonic()
                 while delayed and delayed[0].ready_at <= now:
                     heapq.heappush(ready, heapq.heappop(delayed).index)
-                while not stop and ready and len(running) < max_conc:
+                while infra is None and ready and len(running) < max_conc:
                     i = heapq.heappop(ready)
+                    if not progress.runnable(i):
+                        continue
                     attempt = progress.next_attempt[i]
                     base_id, base = progress.base_for(i)
                     progress.record_attempt(i, attempt, base_id)
@@ -253,10 +263,10 @@ class LocalEngine(ExecutionEngine):
                         run_attempt, env, plan.order[i], plan.states[i], attempt, base_id, base
                     )
                     running[fut] = i
-                if not running and (stop or (not ready and not delayed)):
+                if not running and (infra is not None or (not ready and not delayed)):
                     break
                 timeout = None
-                if delayed and not stop:
+                if delayed and infra is None:
                     timeout = max(0.0, delayed[0].ready_at - time.monotonic())
                 if not running:
                     self._sleep(timeout or 0.0)
@@ -268,57 +278,44 @@ class LocalEngine(ExecutionEngine):
                         outcome = fut.result()
                     except BaseException as exc:
                         infra = infra or exc
-                        stop = True
                         continue
                     if outcome.completed:
                         assert outcome.snapshot_id is not None and outcome.delta is not None
-                        if progress.record_completed(i, outcome.snapshot_id, outcome.delta):
-                            stop = True
-                        for j in plan.succs[i] if progress.fan_out else ():
-                            if progress.preds_done(j):
-                                heapq.heappush(ready, j)
-                        if not progress.fan_out:
-                            nxt = i + 1
-                            if nxt < len(plan) and nxt not in progress.completed:
-                                heapq.heappush(ready, nxt)
+                        progress.record_completed(i, outcome.snapshot_id, outcome.delta)
+                        if progress.fan_out:
+                            for j in plan.succs[i]:
+                                if progress.runnable(j):
+                                    schedule(j)
+                        elif i + 1 < len(plan) and progress.runnable(i + 1):
+                            schedule(i + 1)
                         continue
                     assert outcome.error is not None
-                    progress.record_failed(i, outcome.error)
+                    progress.record_failed(i, outcome.error, now_millis())
                     if progress.retry_allowed(i):
-                        delay = backoff_delay(
-                            progress.run_config.retry_policy.backoff, outcome.attempt
-                        )
-                        heapq.heappush(delayed, _Delayed(time.monotonic() + delay.total_seconds, i))
-                    else:
-                        failed = i if failed is None else min(failed, i)
-                        stop = True
+                        schedule(i)
         finally:
             pool.shutdown(wait=True)
         if infra is not None:
             raise infra
-        return failed
 
-    def _finish(
-        self, run_id: RunId, progress: RunProgress, writer: RunWriter, failed: int | None
-    ) -> RunResult:
-        conflict = progress.tracker.first_conflict() if progress.fan_out else None
-        ok = failed is None and conflict is None and progress.is_done()
+    def _finish(self, run_id: RunId, progress: RunProgress, writer: RunWriter) -> RunResult:
+        failed, error = progress.failure()
+        ok = error is None and progress.is_done()
         final_id = progress.final_snapshot()
         drafts: list[EventDraft] = []
-        error: ErrorInfo | None = None
-        failed_state: StateId | None = None
-        if conflict is not None:
-            error = conflict.error()
-            if progress.run_config.keeps_domain_event(CONFLICT_EVENT):
-                drafts.append(
-                    EventDraft(
-                        event=DomainEvent(name=CONFLICT_EVENT, payload=error.details),
-                        ts_millis=now_millis(),
-                    )
+        conflict = progress.conflict
+        if (
+            failed is None
+            and conflict is not None
+            and progress.run_config.keeps_domain_event(CONFLICT_EVENT)
+        ):
+            drafts.append(
+                EventDraft(
+                    event=DomainEvent(name=CONFLICT_EVENT, payload=conflict.payload()),
+                    ts_millis=now_millis(),
                 )
-        elif failed is not None:
-            failed_state = progress.state_id(failed)
-            error = progress.last_error.get(failed)
+            )
+        failed_state = progress.state_id(failed) if failed is not None else None
         status = RunStatus.COMPLETED if ok else RunStatus.FAILED
         drafts.append(
             EventDraft(

@@ -89,6 +89,8 @@ class MergeTracker:
         self.deltas: dict[int, Delta] = {}
         self.snapshot_ids: dict[int, str] = {}
         self._writers: dict[str, list[int]] = {}
+        self.pairs: set[tuple[int, int]] = set()
+        """Every pair of completed, unordered states whose deltas share a key (a < b)."""
 
     def record(self, index: int, snapshot_id: str, delta: Delta) -> MergeConflict | None:
         """Add a completed state; return the first conflict it creates, if any."""
@@ -99,6 +101,8 @@ class MergeTracker:
                 if not self.plan.ordered(index, other):
                     clashing.setdefault(other, []).append(key)
             self._writers.setdefault(key, []).append(index)
+        for other in clashing:
+            self.pairs.add((min(index, other), max(index, other)))
         if clashing:
             other = min(clashing)
             a, b = sorted((index, other))
@@ -108,6 +112,11 @@ class MergeTracker:
         self.deltas[index] = delta
         self.snapshot_ids[index] = snapshot_id
         return conflict
+
+    def blocks(self, index: int) -> bool:
+        """True when two of `index`'s ancestors conflict: its base is undefined."""
+        ancestors = self.plan.ancestors[index]
+        return any(ancestors >> a & 1 and ancestors >> b & 1 for a, b in self.pairs)
 
     def first_conflict(self) -> MergeConflict | None:
         """The conflict between the earliest pair in canonical order (deterministic)."""

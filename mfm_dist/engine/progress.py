@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mfm_dist.canonical import JsonValue
-from mfm_dist.config import RunConfig
+from mfm_dist.config import RunConfig, backoff_delay
 from mfm_dist.engine.history import RunHistory, StateRecord
 from mfm_dist.engine.merge import Delta, MergeConflict, MergeTracker, apply_deltas, compute_delta
 from mfm_dist.engine.snapshots import SnapshotStore
@@ -40,13 +40,21 @@ class RunProgress:
         self.next_attempt = [0] * len(plan)
         self.last_base: dict[int, str] = {}
         self.last_error: dict[int, ErrorInfo] = {}
-        self.conflict: MergeConflict | None = None
+        self.retry_at_ms: dict[int, int] = {}
+        """Wall-clock time before which a failed state's retry must not start (backoff)."""
         self._waiting = [len(p) for p in plan.preds]  # predecessors not yet completed
 
     # -- facts about the run ------------------------------------------------------------------
     @property
     def completed(self) -> dict[int, str]:
         return self.tracker.snapshot_ids
+
+    @property
+    def conflict(self) -> MergeConflict | None:
+        """The earliest merge conflict among completed states (fan-out only)."""
+        if not self.fan_out or not self.tracker.pairs:
+            return None
+        return self.tracker.first_conflict()
 
     def is_done(self) -> bool:
         return len(self.completed) == len(self.plan)
@@ -57,22 +65,51 @@ class RunProgress:
     def preds_done(self, i: int) -> bool:
         return self._waiting[i] == 0
 
+    def runnable(self, i: int) -> bool:
+        """May state `i` start (now or after its backoff)?
+
+        Fan-out runs are deterministic under failure: a state runs iff its predecessors
+        completed, it has not failed for good, and no two of its ancestors conflict —
+        so the completed set of a failing run does not depend on scheduling either.
+        """
+        if i in self.completed or not self.preds_done(i) or self.failed_for_good(i):
+            return False
+        return not (self.fan_out and self.tracker.blocks(i))
+
+    def failed_for_good(self, i: int) -> bool:
+        return i in self.last_error and i not in self.completed and not self.retry_allowed(i)
+
+    def failure(self) -> tuple[int | None, ErrorInfo | None]:
+        """Why the run fails, chosen deterministically: the failed state first in canonical
+        order, else the earliest merge conflict; (None, None) if nothing failed."""
+        failed = sorted(i for i in self.last_error if self.failed_for_good(i))
+        if failed:
+            return failed[0], self.last_error[failed[0]]
+        conflict = self.tracker.first_conflict() if self.fan_out else None
+        if conflict is not None:
+            return None, conflict.error()
+        return None, None
+
+    def succeeded(self) -> bool:
+        return self.is_done() and self.failure() == (None, None)
+
     # -- recording ----------------------------------------------------------------------------
     def record_completed(self, i: int, snapshot_id: str, delta: Delta) -> MergeConflict | None:
         if i not in self.tracker.deltas:
             for j in self.plan.succs[i]:
                 self._waiting[j] -= 1
         conflict = self.tracker.record(i, snapshot_id, delta)
-        if self.fan_out and conflict is not None and self.conflict is None:
-            self.conflict = conflict
         return conflict if self.fan_out else None
 
     def record_attempt(self, i: int, attempt: int, base_snapshot_id: str) -> None:
         self.next_attempt[i] = attempt + 1
         self.last_base[i] = base_snapshot_id
 
-    def record_failed(self, i: int, error: ErrorInfo) -> None:
+    def record_failed(self, i: int, error: ErrorInfo, closed_ms: int | None = None) -> None:
         self.last_error[i] = error
+        if closed_ms is not None and self.next_attempt[i] > 0:
+            delay = backoff_delay(self.run_config.retry_policy.backoff, self.next_attempt[i] - 1)
+            self.retry_at_ms[i] = closed_ms + delay.total_millis
 
     def retry_allowed(self, i: int) -> bool:
         """A failed state runs again iff its error is retryable and the policy has attempts
@@ -142,8 +179,6 @@ class RunProgress:
         progress = cls(plan, run_config, snapshots, str(history.started.initial_snapshot_id))
         for state_id, record in history.states.items():
             progress._sync(plan.position[state_id], record)
-        if progress.fan_out:
-            progress.conflict = progress.tracker.first_conflict()
         return progress
 
     def observe(self, history: RunHistory, envelopes: Iterable[EventEnvelope]) -> None:
@@ -153,8 +188,6 @@ class RunProgress:
             record = history.states.get(state_id)
             if record is not None:
                 self._sync(self.plan.position[state_id], record)
-        if self.fan_out and self.conflict is None:
-            self.conflict = self.tracker.first_conflict()
 
     def _sync(self, i: int, record: StateRecord) -> None:
         last = record.last
@@ -171,9 +204,10 @@ class RunProgress:
         else:
             self.last_base[i] = last.base_snapshot_id
             if last.error is not None:
-                self.last_error[i] = last.error
+                self.record_failed(i, last.error, last.ts_closed)
             else:
                 self.last_error.pop(i, None)
+                self.retry_at_ms.pop(i, None)
 
     def state_id(self, i: int) -> StateId:
         return self.plan.order[i]

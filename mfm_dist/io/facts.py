@@ -53,7 +53,8 @@ def check_user_key(key: str) -> None:
     """A handler-chosen fact key: non-empty, secret-free (it is persisted), not reserved."""
     if not isinstance(key, str) or not key:
         raise IoError(
-            "fact_key_invalid", "a fact key must be a non-empty string",
+            "fact_key_invalid",
+            "a fact key must be a non-empty string",
             category=ErrorCategory.PARSING_INPUT,
         )
     if is_secret_string(key):

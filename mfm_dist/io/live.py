@@ -111,4 +111,3 @@ async def _invoke(transport: Transport, request: JsonValue) -> JsonValue:
     if inspect.isawaitable(result):
         result = await result
     return result
-

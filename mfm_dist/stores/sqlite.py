@@ -216,9 +216,7 @@ class SqliteEventStore(EventStore):
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
-            raise InvalidInput(
-                "sqlite_synchronous_invalid", "synchronous must be FULL or NORMAL"
-            )
+            raise InvalidInput("sqlite_synchronous_invalid", "synchronous must be FULL or NORMAL")
         self.path = Path(path).absolute()
         self.url = f"sqlite://{self.path.as_posix()}"
         self._synchronous: Synchronous = synchronous
@@ -398,9 +396,7 @@ class SqliteEventStore(EventStore):
         )
 
     @staticmethod
-    def _update_summary(
-        conn: sqlite3.Connection, rid: str, envelopes: list[EventEnvelope]
-    ) -> None:
+    def _update_summary(conn: sqlite3.Connection, rid: str, envelopes: list[EventEnvelope]) -> None:
         op_id, started_ms, phase = summary_updates(envelopes)
         if op_id is not None and started_ms is not None:
             conn.execute(
@@ -409,9 +405,7 @@ class SqliteEventStore(EventStore):
             )
         if phase is not None:
             conn.execute("UPDATE runs SET phase = ? WHERE run_id = ?", (phase.value, rid))
-        conn.execute(
-            "UPDATE runs SET head_seq = ? WHERE run_id = ?", (envelopes[-1].seq, rid)
-        )
+        conn.execute("UPDATE runs SET head_seq = ? WHERE run_id = ?", (envelopes[-1].seq, rid))
 
     def read_range(
         self, run_id: RunId, from_seq: int = 1, to_seq: int | None = None

@@ -94,9 +94,7 @@ def parse_allow_hosts(spec: str) -> set[tuple[str, int | None]]:
 class HttpTransport:
     """JSON over HTTP with an allow-list, a per-call timeout and a response size cap."""
 
-    def __init__(
-        self, allow_hosts: str | Sequence[str], *, max_response_bytes: int = MIB
-    ) -> None:
+    def __init__(self, allow_hosts: str | Sequence[str], *, max_response_bytes: int = MIB) -> None:
         spec = allow_hosts if isinstance(allow_hosts, str) else ",".join(allow_hosts)
         self.allow = parse_allow_hosts(spec)
         self.max_response_bytes = max_response_bytes
@@ -148,14 +146,15 @@ class HttpTransport:
         timeout = httpx.Timeout(req.timeout_ms / 1000)
         body = bytearray()
         try:
-            with httpx.Client(
-                timeout=timeout, follow_redirects=False, trust_env=False
-            ) as client, client.stream(
-                req.method,
-                req.url,
-                json=req.json_body if req.method == "POST" else None,
-                headers=req.headers,
-            ) as resp:
+            with (
+                httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+                client.stream(
+                    req.method,
+                    req.url,
+                    json=req.json_body if req.method == "POST" else None,
+                    headers=req.headers,
+                ) as resp,
+            ):
                 status = resp.status_code
                 if not 200 <= status < 300:
                     raise _status_error(status, where)
