@@ -1,0 +1,252 @@
+"""Regression tests for defects found in review (each failed before its fix)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from engine_helpers import GraphOp, Harness, registry_with
+from mfm_dist import (
+    Duration,
+    FanOutJoin,
+    FixedBackoff,
+    FnState,
+    Pipeline,
+    PipelineStep,
+    RetryPolicy,
+    RunConfig,
+    RunPhase,
+    StateError,
+    prepare_run,
+    store_manifest,
+)
+from mfm_dist.errors import MfmError, StorageError
+from mfm_dist.events import DomainEvent, StateEntered, StateFailed
+from mfm_dist.plan import ExecutionPlan, StateGraph
+from mfm_dist.secrets import redact_url
+
+MNEMONIC = " ".join(["abandon"] * 11 + ["about"])
+
+
+def failed_errors(h: Harness, run_id: str) -> list[Any]:
+    return [e.event.error for e in h.events.read_range(run_id) if isinstance(e.event, StateFailed)]  # type: ignore[arg-type]
+
+
+def test_mnemonic_inside_a_foreign_exception_is_redacted() -> None:
+    def leak(ctx, io, rec):  # type: ignore[no-untyped-def]
+        raise ValueError(MNEMONIC)
+
+    h = Harness(registry_with(GraphOp("mn", {"a": FnState(leak)})))
+    result = h.run("mn", {})
+    assert "abandon" not in (result.error.message if result.error else "")
+    stored = b"".join(e.to_bytes() for e in h.events.read_range(result.run_id))
+    assert b"abandon" not in stored
+
+
+def test_lone_surrogates_fail_the_state_not_the_run() -> None:
+    h = Harness(registry_with(GraphOp("sur", {"a": FnState(lambda c, i, r: c.set("k", "x\ud800"))})))
+    result = h.run("sur", {})
+    assert result.phase == RunPhase.FAILED
+    assert failed_errors(h, result.run_id)[0].code == "json_string_invalid"
+
+
+def test_self_referencing_values_are_rejected() -> None:
+    def cyc(ctx, io, rec):  # type: ignore[no-untyped-def]
+        a: list[Any] = []
+        a.append(a)
+        ctx.set("k", a)
+
+    h = Harness(registry_with(GraphOp("cyc", {"a": FnState(cyc)})))
+    result = h.run("cyc", {})
+    assert failed_errors(h, result.run_id)[0].code == "json_too_deep"
+
+
+def test_cancelled_handler_is_a_state_failure() -> None:
+    async def cancel(ctx, io, rec):  # type: ignore[no-untyped-def]
+        raise asyncio.CancelledError()
+
+    h = Harness(registry_with(GraphOp("cx", {"a": FnState(cancel)})))
+    result = h.run("cx", {})
+    assert result.phase == RunPhase.FAILED
+    assert h.kinds(result.run_id)[-1] == "RunCompleted"
+
+
+def test_handlers_cannot_use_engine_reserved_codes() -> None:
+    calls = []
+
+    def fake(ctx, io, rec):  # type: ignore[no-untyped-def]
+        calls.append(rec.attempt)
+        raise StateError("orphan_attempt_recovered", "pretending", retryable=False)
+
+    h = Harness(registry_with(GraphOp("oc", {"a": FnState(fake)})))
+    result = h.run("oc", {})
+    assert result.phase == RunPhase.FAILED and calls == [0]
+    assert result.error is not None and result.error.code == "handler_reserved_code"
+
+
+def test_empty_step_keeps_step_order() -> None:
+    empty = GraphOp("empty", {})
+    writer = GraphOp("writer", {"w": FnState(lambda c, i, r: c.set("a", 1))})
+    reader = GraphOp("reader", {"r": FnState(lambda c, i, r: c.set("b", c.get("a") + 1))})
+    registry = registry_with(empty, writer, reader)
+    registry.register_pipeline(
+        Pipeline(
+            machine_id="pipe",
+            pipeline_version="1",
+            steps=[
+                PipelineStep(step_id="s1", op_id="writer", op_version="1"),
+                PipelineStep(step_id="s2", op_id="empty", op_version="1"),
+                PipelineStep(step_id="s3", op_id="reader", op_version="1"),
+            ],
+        )
+    )
+    h = Harness(registry)
+    result = h.run("pipe", {}, RunConfig(execution_mode=FanOutJoin(max_concurrency=4)))
+    assert result.phase == RunPhase.COMPLETED, result.error
+
+
+def test_start_rejects_a_plan_the_manifest_does_not_describe() -> None:
+    op = GraphOp("pm", {"a": FnState(lambda c, i, r: None)})
+    h = Harness(registry_with(op))
+    cfg = RunConfig()
+    prepared = prepare_run(h.registry, "pm", {}, cfg)
+    store_manifest(h.artifacts, prepared.manifest)
+    graph = StateGraph()
+    graph.add("pm.main.other", FnState(lambda c, i, r: None))
+    with pytest.raises(MfmError) as info:
+        h.engine().start(
+            plan=ExecutionPlan(op_id="pm", graph=graph),
+            run_config=cfg,
+            manifest=prepared.manifest,
+            manifest_id=prepared.manifest_id,
+            initial_context=prepared.initial_context,
+        )
+    assert info.value.code == "plan_mismatch"
+    assert h.events.list_runs() == []
+
+
+def test_invalid_and_secret_state_ids_are_invalid_plans() -> None:
+    from mfm_dist import InvalidPlan
+    from mfm_dist.plan import StateNode
+
+    bad = StateGraph(states=[StateNode("Not A State", FnState(lambda c, i, r: None))])  # type: ignore[arg-type]
+    with pytest.raises(InvalidPlan):
+        ExecutionPlan(op_id="x", graph=bad).validate()
+    secret = StateGraph()
+    secret.add("x.main.rotate_api_key", FnState(lambda c, i, r: None))
+    with pytest.raises(InvalidPlan) as info:
+        ExecutionPlan(op_id="x", graph=secret).validate()
+    assert "api_key" not in str(info.value)
+
+
+def test_tuples_and_lists_are_the_same_json() -> None:
+    op = GraphOp(
+        "tup",
+        {
+            "root": FnState(lambda c, i, r: c.set("x", (1, 2))),
+            "c": FnState(lambda c, i, r: c.set("x", [1, 2])),
+            "d": FnState(lambda c, i, r: c.set("x", [1, 2])),
+        },
+        [("root", "c"), ("root", "d")],
+    )
+    h = Harness(registry_with(op))
+    par = h.run("tup", {}, RunConfig(execution_mode=FanOutJoin(max_concurrency=2)))
+    seq = h.run("tup", {})
+    assert par.phase == seq.phase == RunPhase.COMPLETED
+    assert par.final_snapshot_id == seq.final_snapshot_id
+
+
+def test_resume_reports_the_same_failure_as_start() -> None:
+    def fail(code: str, delay: float) -> FnState:
+        def fn(ctx, io, rec):  # type: ignore[no-untyped-def]
+            time.sleep(delay)
+            raise StateError(code, code)
+
+        return FnState(fn)
+
+    h = Harness(registry_with(GraphOp("rf", {"a": fail("a_failed", 0.05), "b": fail("b_failed", 0)})))
+    result = h.run("rf", {}, RunConfig(execution_mode=FanOutJoin(max_concurrency=2)))
+    assert result.failed_state == "rf.main.a"
+    assert h.engine().resume(result.run_id) == result
+
+
+def test_handlers_cannot_spoof_engine_events() -> None:
+    async def spoof(ctx, io, rec):  # type: ignore[no-untyped-def]
+        await rec.emit("context_merge_conflict", {"keys": ["fake"], "states": ["a.b.c", "a.b.d"]})
+
+    h = Harness(registry_with(GraphOp("sp", {"a": FnState(spoof)})))
+    result = h.run("sp", {})
+    assert result.error is not None and result.error.code == "domain_event_invalid"
+    assert not any(isinstance(e.event, DomainEvent) for e in h.events.read_range(result.run_id))
+
+
+def test_emitted_payload_is_what_was_validated() -> None:
+    async def mutate(ctx, io, rec):  # type: ignore[no-untyped-def]
+        payload = {"n": 1}
+        await rec.emit("note", payload)
+        payload["n"] = 999
+
+    h = Harness(registry_with(GraphOp("mu", {"a": FnState(mutate)})))
+    result = h.run("mu", {})
+    note = next(e.event for e in h.events.read_range(result.run_id) if isinstance(e.event, DomainEvent))
+    assert note.payload == {"n": 1}
+
+
+def test_resume_honours_the_remaining_backoff() -> None:
+    count = {"n": 0}
+
+    def flaky(ctx, io, rec):  # type: ignore[no-untyped-def]
+        count["n"] += 1
+        if count["n"] == 1:
+            raise StateError("flaky", "later", retryable=True)
+
+    class Crash(Exception):
+        pass
+
+    def crash(_: float) -> None:
+        raise Crash()
+
+    h = Harness(registry_with(GraphOp("bo", {"a": FnState(flaky)})))
+    cfg = RunConfig(
+        retry_policy=RetryPolicy(max_attempts=3, backoff=FixedBackoff(delay=Duration.from_millis(300)))
+    )
+    with pytest.raises(Crash):
+        h.run("bo", {}, cfg, sleep=crash)  # the process dies while waiting out the backoff
+    run_id = h.events.list_runs()[0].run_id
+    assert h.engine().resume(run_id).phase == RunPhase.COMPLETED
+    envs = h.events.read_range(run_id)
+    failed = next(e for e in envs if isinstance(e.event, StateFailed))
+    retry = [e for e in envs if isinstance(e.event, StateEntered)][1]
+    assert retry.ts_millis >= failed.ts_millis + 300
+
+
+def test_listener_sees_events_in_sequence_order() -> None:
+    seen: list[int] = []
+    h = Harness(registry_with())
+    h.run("fanout_demo", {"items": 40}, RunConfig(execution_mode=FanOutJoin(max_concurrency=8)),
+          listener=lambda env: seen.append(env.seq))
+    assert seen == sorted(seen) and seen[0] == 1
+
+
+def test_redact_url_never_raises_and_hides_query_secrets() -> None:
+    assert redact_url("redis://u:pw@host:abc/0") == "redis://***@host:abc/0"
+    assert redact_url("s3://b/p?endpoint=x&secret_key=AKIA") == "s3://b/p?endpoint=x&secret_key=***"
+
+
+def test_storage_errors_still_leave_the_attempt_open() -> None:
+    from mfm_dist.stores import InMemoryArtifactStore
+
+    class Broken(InMemoryArtifactStore):
+        def _put_raw(self, artifact_id, kind, data):  # type: ignore[no-untyped-def]
+            if kind.value == "ContextSnapshot" and b'"k"' in data:
+                raise StorageError("disk_full", "no space")
+            return super()._put_raw(artifact_id, kind, data)
+
+    h = Harness(registry_with(GraphOp("br", {"a": FnState(lambda c, i, r: c.set("k", 1))})),
+                artifacts=Broken())
+    with pytest.raises(StorageError):
+        h.run("br", {})
+    assert h.kinds(h.events.list_runs()[0].run_id)[-1] == "StateEntered"
