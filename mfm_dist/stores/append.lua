@@ -87,10 +87,8 @@ local function violation(rule, seq, message)
 end
 
 -- Envelope attribution must agree with the event's own state and attempt.
+-- Attempt events must carry their state and attempt in the envelope (CONTRACT §3).
 local function attribution_ok(env_state, env_attempt, state, attempt)
-  if env_state == '' then
-    return true
-  end
   return env_state == state and env_attempt == tostring(attempt)
 end
 
@@ -165,7 +163,7 @@ for i = 1, n do
     if env_state ~= '' then
       local open = open_of(env_state)
       local open_text = open and tostring(open) or ''
-      if open_text ~= env_attempt then
+      if env_attempt == '' or open_text ~= env_attempt then
         local shown = env_attempt ~= '' and env_attempt or 'None'
         return violation('domain_event_outside_attempt', seq,
           'no open attempt ' .. shown .. ' of ' .. env_state)

@@ -188,7 +188,9 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
             changes.completed = True
             changes.completed_status = ev.status.value
         elif isinstance(ev, DomainEvent):
-            if env.state_id is not None and open_of(str(env.state_id)) != env.attempt:
+            if env.state_id is not None and (
+                env.attempt is None or open_of(str(env.state_id)) != env.attempt
+            ):
                 raise GuardViolation(
                     "domain_event_outside_attempt",
                     f"no open attempt {env.attempt} of {env.state_id}",
@@ -209,7 +211,8 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
 
 
 def _check_attribution(env: EventEnvelope, state: str, attempt: int) -> None:
-    if env.state_id is not None and (str(env.state_id) != state or env.attempt != attempt):
+    """Attempt events must carry their state and attempt in the envelope (CONTRACT §3)."""
+    if str(env.state_id) != state or env.attempt != attempt:
         raise GuardViolation(
             "envelope_attribution_mismatch",
             "envelope state_id/attempt disagree with the event",
