@@ -156,8 +156,12 @@ class LocalCluster:
         appendfsync: str = "always",
         operations: str = "dist_ops",
         extra_env: dict[str, str] | None = None,
+        proxy_s3: bool = True,
+        artifacts_url: str | None = None,
     ) -> None:
+        self.artifacts_url = artifacts_url
         self.root = root
+        self.proxy_s3 = proxy_s3
         self.root.mkdir(parents=True, exist_ok=True)
         self.attempt_workers = attempt_workers
         self.attempt_concurrency = attempt_concurrency
@@ -187,8 +191,9 @@ class LocalCluster:
         self._configure_redis()
         self.s3.start()
         self.s3.create_bucket(self.bucket)
-        self.s3_proxy = TcpProxy(self.s3.port)
-        self.s3_proxy.enable()
+        if self.proxy_s3:
+            self.s3_proxy = TcpProxy(self.s3.port)
+            self.s3_proxy.enable()
         self.start_worker("control", "control")
         for _ in range(self.attempt_workers):
             self.start_worker("attempts")
@@ -244,14 +249,13 @@ class LocalCluster:
     @property
     def env(self) -> dict[str, str]:
         """The settings every process of this cluster uses."""
-        assert self.s3_proxy is not None
+        s3_port = self.s3_proxy.port if self.s3_proxy is not None else self.s3.port
         return {
             "MFM_BROKER_URL": self.redis.url_for_db(1),
             "MFM_RESULT_BACKEND": self.redis.url_for_db(2),
             "MFM_EVENTS_URL": self.redis.url_for_db(0),
-            "MFM_ARTIFACTS_URL": (
-                f"s3://{self.bucket}/artifacts?endpoint=http://127.0.0.1:{self.s3_proxy.port}"
-            ),
+            "MFM_ARTIFACTS_URL": self.artifacts_url
+            or f"s3://{self.bucket}/artifacts?endpoint=http://127.0.0.1:{s3_port}",
             **self.settings_env,
         }
 

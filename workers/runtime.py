@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from mfm_dist.artifacts import ArtifactStore, KindLike, get_json
-from mfm_dist.canonical import JsonValue
+from mfm_dist.canonical import JsonValue, artifact_id_of_bytes
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import Corruption, InvalidInput
 from mfm_dist.ids import ArtifactId, RunId
@@ -92,6 +92,60 @@ class TimedSnapshots(SnapshotStore):
         with self._timings.phase("snapshot_save"):
             return super().save(content, where)
 
+    def save_bytes(self, data: bytes, content: Mapping[str, JsonValue] | None = None) -> ArtifactId:
+        with self._timings.phase("snapshot_save"):
+            return super().save_bytes(data, content)
+
+
+class RedisCachedArtifacts(ArtifactStore):
+    """Write-through cache of small artifacts in Redis, in front of the durable store.
+
+    Every put goes to the durable store first; then the bytes are kept in Redis for
+    `ttl_s` (`mfm:art:<id>`), so the coordinator reads the snapshots workers just wrote
+    with one Redis round trip instead of an S3 GET. Content addressing makes the cache
+    always safe: `ArtifactStore.get` verifies every byte it returns, cached or not.
+    Cache faults are ignored (the durable store answers).
+    """
+
+    def __init__(
+        self,
+        inner: ArtifactStore,
+        client: redis.Redis,
+        *,
+        ttl_s: int = 900,
+        max_bytes: int = 256 * 1024,
+    ) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self._client: Any = client
+        self._ttl_s = ttl_s
+        self._max_bytes = max_bytes
+
+    @staticmethod
+    def _key(artifact_id: str) -> str:
+        return f"mfm:art:{artifact_id}"
+
+    def exists(self, artifact_id: str) -> bool:
+        return self.inner.exists(artifact_id)
+
+    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+        stored = self.inner._put_raw(artifact_id, kind, data)
+        if len(data) <= self._max_bytes:
+            with contextlib.suppress(redis.RedisError):
+                self._client.set(self._key(artifact_id), data, ex=self._ttl_s)
+        return stored
+
+    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+        data: bytes | None = None
+        with contextlib.suppress(redis.RedisError):
+            data = self._client.get(self._key(artifact_id))
+        if data is not None and artifact_id_of_bytes(data) == artifact_id:
+            return data
+        return self.inner._get_raw(artifact_id)
+
+    def close(self) -> None:
+        self.inner.close()
+
 
 @dataclass
 class RunContext:
@@ -109,11 +163,15 @@ class Runtime:
             raise InvalidInput("artifacts_url_missing", "set MFM_ARTIFACTS_URL for the workers")
         self.timings = Timings(self.settings.timing)
         self.events: EventStore = open_event_store(self.settings.events_url)
-        base = open_artifact_store(self.settings.artifacts_url)
-        self.artifacts: ArtifactStore = (
-            TimedArtifacts(base, self.timings) if self.timings.enabled else base
-        )
         self.redis = redis_client(self.settings.events_url)
+        base = open_artifact_store(self.settings.artifacts_url)
+        if self.timings.enabled:
+            base = TimedArtifacts(base, self.timings)
+        self.artifacts: ArtifactStore = (
+            RedisCachedArtifacts(base, self.redis, ttl_s=self.settings.artifact_cache_ttl_s)
+            if self.settings.artifact_cache_ttl_s > 0
+            else base
+        )
         self.coord = Coordination(self.redis)
         self.keeper = LeaseKeeper(self.coord, self.settings.lease_ttl_ms)
         self.snapshots: SnapshotStore = (

@@ -14,6 +14,9 @@
   dispatched again (the guards make that harmless).
 * `MFM_LOCK_TTL_S` (30): the per-run coordinator lock TTL.
 * `MFM_WATCHDOG_S` (lease TTL + 1): period of the liveness `advance` of an unfinished run.
+* `MFM_ARTIFACT_CACHE_TTL_S` (900): small artifacts (snapshots) written by workers are
+  also kept this long in Redis (`mfm:art:<id>`, hash-verified on read) so coordinators
+  skip an S3 GET; `0` turns the cache off.
 * `MFM_TIMING` (off): `1` makes processes accumulate per-phase timings in `mfm:timing`.
 
 Credentials belong in the URLs' environment (`MFM_REDIS_PASSWORD`, `MFM_S3_ACCESS_KEY`, …);
@@ -52,6 +55,7 @@ class Settings:
     lock_ttl_s: float
     watchdog_s: float
     timing: bool
+    artifact_cache_ttl_s: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -71,6 +75,7 @@ class Settings:
             lock_ttl_s=_float("MFM_LOCK_TTL_S", 30.0),
             watchdog_s=_float("MFM_WATCHDOG_S", lease + 1.0),
             timing=env.get("MFM_TIMING", "").lower() in ("1", "true", "yes", "on"),
+            artifact_cache_ttl_s=int(env.get("MFM_ARTIFACT_CACHE_TTL_S", "900") or "0"),
         )
 
     @property

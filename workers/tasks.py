@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import chord, group
+from celery.signals import worker_ready
 
 from mfm_dist.errors import MfmError, StorageError
 from workers.app import ATTEMPT_TASK, app
@@ -128,3 +130,46 @@ def _transient(exc: BaseException) -> bool:
     import redis
 
     return isinstance(exc, redis.ConnectionError | redis.TimeoutError | ConnectionError)
+
+
+@app.task(name="mfm.noop", acks_late=True)  # type: ignore[untyped-decorator]
+def noop(*_: Any) -> None:
+    """Does nothing: the raw-Celery baseline of `scripts/bench_cluster.py`."""
+    return None
+
+
+SWEEP_LIMIT = 1000
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _wake_running_runs(sender: Any = None, **_: Any) -> None:
+    """A control worker that (re)starts wakes every unfinished run: wake-ups that a dead
+    control worker held in memory (watchdogs with a countdown) come back only after the
+    broker's visibility timeout, and a run must not wait that long."""
+    from mfm_dist.run import RunPhase
+    from mfm_dist.stores.urls import open_event_store
+    from workers.leases import Coordination
+    from workers.runtime import redis_client
+    from workers.settings import Settings
+
+    settings = Settings.from_env()
+    try:
+        queues = set(sender.app.amqp.queues.consume_from)
+    except AttributeError:
+        return
+    if settings.control_queue not in queues:
+        return
+    events = open_event_store(settings.events_url)
+    client = redis_client(settings.events_url)
+    try:
+        for summary in events.list_runs(limit=SWEEP_LIMIT):
+            if summary.phase == RunPhase.RUNNING:
+                rid = str(summary.run_id)
+                # The pending watchdog may have died with the old worker: schedule anew.
+                Coordination(client).release_watchdog(rid)
+                advance.apply_async(args=(rid,), queue=settings.control_queue)
+    except (MfmError, redis.RedisError) as exc:
+        log.warning("could not wake unfinished runs: %s", type(exc).__name__)
+    finally:
+        events.close()
+        client.close()

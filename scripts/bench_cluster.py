@@ -1,0 +1,164 @@
+"""Benchmark the distributed backend on a local cluster (real redis-server, moto S3,
+real Celery workers: 1 control + 2 attempt-worker processes).
+
+Runs, in one script and on the same broker and workers:
+
+1. a raw Celery chord of N no-op tasks (baseline) vs an N-state no-op fan-out/join
+   through mfm-dist (`fanout_demo`, N-1 items + join) — the ratio (goal <= 1.5x);
+2. a 100-state chain (`chain_demo`): per-state latency vs one raw Celery task round
+   trip (goal <= 2x);
+3. the fan-out with each state writing 1 KB to the context (`payload_bytes`);
+4. a per-state breakdown of the fan-out with `MFM_TIMING=1` workers (broker wait,
+   appends, leases, snapshot load/save, artifact put/get, hashing, coordinator).
+
+    .venv/bin/python scripts/bench_cluster.py [--states 1000] [--chain 100]
+
+Bounded: every wait has a timeout; the cluster is torn down at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from cluster import LocalCluster  # noqa: E402
+
+from mfm_dist.config import FanOutJoin, RunConfig  # noqa: E402
+from mfm_dist.run import RunPhase  # noqa: E402
+
+TIMEOUT_S = 300.0
+
+
+def raw_chord(n: int) -> float:
+    from celery import chord, group
+
+    from workers.tasks import noop
+
+    header = group(noop.signature(queue="mfm.attempts") for _ in range(n))
+    start = time.perf_counter()
+    result = chord(header, noop.si().set(queue="mfm.control")).apply_async()
+    result.get(timeout=TIMEOUT_S)
+    return time.perf_counter() - start
+
+
+def raw_round_trip(samples: int = 30) -> float:
+    from workers.tasks import noop
+
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        noop.apply_async(queue="mfm.attempts").get(timeout=TIMEOUT_S)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def mfm_run(target: str, run_input: dict[str, int], config: RunConfig) -> float:
+    from workers.submit import submit_run, wait_for_run
+
+    start = time.perf_counter()
+    run_id = submit_run(target, run_input, config)  # type: ignore[arg-type]
+    result = wait_for_run(str(run_id), TIMEOUT_S, poll_s=0.01)
+    elapsed = time.perf_counter() - start
+    if result.phase != RunPhase.COMPLETED:
+        raise RuntimeError(f"{target} run {run_id} ended {result.phase}")
+    return elapsed
+
+
+def breakdown(n: int) -> list[tuple[str, float, int]]:
+    from workers.runtime import get_runtime
+    from workers.timing import read_timings, reset_timings
+
+    rt = get_runtime()
+    reset_timings(rt.redis)
+    mfm_run(
+        "fanout_demo", {"items": n - 1}, RunConfig(execution_mode=FanOutJoin(max_concurrency=n))
+    )
+    time.sleep(0.5)
+    rows = read_timings(rt.redis)
+    out = [(name, seconds, count) for name, (seconds, count) in sorted(rows.items())]
+    save = rows.get("snapshot_save", (0.0, 0))[0]
+    put = rows.get("artifact_put", (0.0, 0))[0]
+    out.append(("hashing+canonical (snapshot_save - artifact_put)", max(0.0, save - put), 0))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--states", type=int, default=1000)
+    parser.add_argument("--chain", type=int, default=100)
+    parser.add_argument(
+        "--artifacts",
+        choices=("s3", "file"),
+        default="s3",
+        help="s3: the moto S3 server (default); file: a shared local file store, to "
+        "separate the S3 server's cost from the engine's",
+    )
+    args = parser.parse_args()
+    n = args.states
+    fan = RunConfig(execution_mode=FanOutJoin(max_concurrency=n))
+    root = Path(tempfile.mkdtemp(prefix="mfm-bench-"))
+    artifacts_url = f"file://{root / 'artifacts'}" if args.artifacts == "file" else None
+    rows: list[tuple[str, str]] = []
+    with LocalCluster(
+        root,
+        attempt_workers=2,
+        appendfsync="everysec",
+        operations="",
+        proxy_s3=False,
+        artifacts_url=artifacts_url,
+    ) as c:
+        c.activate()
+        mfm_run("fanout_demo", {"items": 50}, fan)  # warm up workers and caches
+        raw_chord(50)
+
+        chord_s = raw_chord(n)
+        fan_s = mfm_run("fanout_demo", {"items": n - 1}, fan)
+        rows.append((f"raw Celery chord, {n} no-op tasks", f"{chord_s:.2f} s"))
+        rows.append((f"mfm-dist fan-out/join, {n} no-op states", f"{fan_s:.2f} s"))
+        rows.append(("  ratio (goal <= 1.5x)", f"{fan_s / chord_s:.2f}x"))
+        rows.append(("  per state", f"{fan_s / n * 1000:.2f} ms"))
+
+        rtt = raw_round_trip()
+        chain_s = mfm_run("chain_demo", {"states": args.chain}, RunConfig())
+        per_state = chain_s / args.chain
+        rows.append(("raw Celery task round trip (median)", f"{rtt * 1000:.2f} ms"))
+        rows.append((f"mfm-dist chain, {args.chain} states", f"{chain_s:.2f} s"))
+        rows.append(("  per state", f"{per_state * 1000:.2f} ms"))
+        rows.append(("  ratio to a round trip (goal <= 2x)", f"{per_state / rtt:.2f}x"))
+
+        pay_s = mfm_run("fanout_demo", {"items": n - 1, "payload_bytes": 1024}, fan)
+        rows.append((f"mfm-dist fan-out/join, {n} states x 1 KB", f"{pay_s:.2f} s"))
+        rows.append(("  ratio to the raw chord", f"{pay_s / chord_s:.2f}x"))
+
+        # Timed pass: restart workers with MFM_TIMING=1 (timers cost one Redis round trip
+        # per task, so they are off for the runs above).
+        for name in list(c.workers):
+            kind = "control" if name.startswith("control") else "attempts"
+            c.stop_worker(name)
+            c.start_worker(kind, extra_env={"MFM_TIMING": "1"})
+        mfm_run("fanout_demo", {"items": 50}, fan)
+        timed = breakdown(n)
+
+    width = max(len(r[0]) for r in rows) + 2
+    print(
+        f"\nmfm-dist cluster benchmark (2 attempt-worker processes, -c 1 each; {n} states; "
+        f"artifacts: {args.artifacts})"
+    )
+    print("-" * (width + 14))
+    for label, value in rows:
+        print(f"{label:<{width}}{value:>12}")
+    print(f"\nper-phase breakdown of the {n}-state fan-out (MFM_TIMING=1, summed over processes)")
+    print(f"{'phase':<50}{'total s':>10}{'count':>8}{'ms/state':>10}")
+    for name, seconds, count in timed:
+        print(f"{name:<50}{seconds:>10.3f}{count:>8}{seconds / n * 1000:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()
