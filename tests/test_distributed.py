@@ -302,3 +302,31 @@ def test_plan_mismatch_on_a_worker_with_changed_code(cluster: LocalCluster, rt: 
         cluster.stop_worker(variant.name)
         for _ in normal:
             cluster.start_worker("attempts")
+
+
+def test_cli_submit_and_inspect_on_the_cluster(cluster: LocalCluster, rt: Runtime) -> None:
+    """`mfm submit --wait` runs on the workers; `mfm status`/`verify` read the same stores."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mfm_dist.cli.main import cli
+
+    runner = CliRunner()
+    submitted = runner.invoke(
+        cli,
+        ["submit", "fanout_demo", "--input", '{"items": 24}', "--fan-out", "6", "--wait",
+         "--timeout", "120", "--json"],
+    )
+    assert submitted.exit_code == 0, submitted.output
+    result = RunResult.model_validate_json(submitted.stdout)
+    assert result.phase == RunPhase.COMPLETED
+    assert result.final_snapshot_id == embedded_final("fanout_demo", {"items": 24}, FAN16)
+    verified = runner.invoke(cli, ["verify", str(result.run_id)])
+    assert verified.exit_code == 0, verified.output
+    status = runner.invoke(cli, ["status", str(result.run_id), "--json"])
+    assert json.loads(status.stdout)["counts"]["completed"] == 25
+    fire_and_forget = runner.invoke(cli, ["submit", "chain_demo", "--input", '{"states": 3}', "--json"])
+    assert fire_and_forget.exit_code == 0, fire_and_forget.output
+    run_id = json.loads(fire_and_forget.stdout)["run_id"]
+    assert finished(cluster, RunId(run_id), rt).phase == RunPhase.COMPLETED

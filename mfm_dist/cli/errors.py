@@ -21,6 +21,8 @@ REDACTED = "details redacted"
 
 # A run id the user typed that no store knows is bad input, not an infrastructure fault.
 USER_NAMED_NOT_FOUND = frozenset({"run_not_found"})
+# Run-level conditions that are about the infrastructure, not the input.
+INFRASTRUCTURE_CODES = frozenset({"run_wait_timeout"})
 
 
 class ExitCode(IntEnum):
@@ -58,6 +60,8 @@ def classify(exc: BaseException) -> tuple[str, str, ExitCode]:
         info = exc.info
         code = info.code if not is_secret_string(info.code) else "redacted_error"
         message = safe_text(info.message)
+        if info.code in INFRASTRUCTURE_CODES:
+            return code, message, ExitCode.INFRASTRUCTURE
         if isinstance(exc, InvalidInput | RunError) or info.code in USER_NAMED_NOT_FOUND:
             return code, message, ExitCode.INVALID_INPUT
         return code, message, ExitCode.INFRASTRUCTURE

@@ -9,6 +9,8 @@ exit code (see `mfm_dist.cli.errors`).
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -198,24 +200,61 @@ def _finish(
         raise click.exceptions.Exit(ExitCode.FAILED)
 
 
+def run_options(fn: Any) -> Any:
+    """The options that describe a run (shared by `run` and `submit`)."""
+    for option in reversed(
+        [
+            click.argument("op"),
+            click.option("--version", "op_version", help="Op version (default: the newest)."),
+            input_option,
+            click.option(
+                "--fan-out",
+                type=click.IntRange(1, MAX_FAN_OUT),
+                metavar="N",
+                help="Run independent states in parallel, at most N at once.",
+            ),
+            click.option(
+                "--skip-tag",
+                "skip_tags",
+                multiple=True,
+                metavar="TAG",
+                help="Skip states with TAG.",
+            ),
+            click.option("--dry-run", is_flag=True, help="Skip states tagged apply_side_effect."),
+            click.option(
+                "--profile",
+                type=click.Choice(sorted(PROFILES)),
+                default="normal",
+                show_default=True,
+            ),
+            click.option(
+                "--max-attempts",
+                type=click.IntRange(0, MAX_ATTEMPTS_LIMIT),
+                default=1,
+                show_default=True,
+            ),
+            click.option(
+                "--backoff-ms", type=click.IntRange(0, None), default=0, show_default=True
+            ),
+            click.option(
+                "--replay", is_flag=True, help="Replay recorded facts instead of doing live IO."
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _run_config(**options: Any) -> RunConfig:
+    try:
+        return build_run_config(**options)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
+        raise InvalidInput("run_config_invalid", f"invalid run configuration: {fields}") from None
+
+
 @cli.command()
-@click.argument("op")
-@click.option("--version", "op_version", help="Op version (default: the newest).")
-@input_option
-@click.option(
-    "--fan-out",
-    type=click.IntRange(1, MAX_FAN_OUT),
-    metavar="N",
-    help="Run independent states in parallel, at most N at once.",
-)
-@click.option("--skip-tag", "skip_tags", multiple=True, metavar="TAG", help="Skip states with TAG.")
-@click.option("--dry-run", is_flag=True, help="Skip states tagged apply_side_effect.")
-@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="normal", show_default=True)
-@click.option(
-    "--max-attempts", type=click.IntRange(0, MAX_ATTEMPTS_LIMIT), default=1, show_default=True
-)
-@click.option("--backoff-ms", type=click.IntRange(0, None), default=0, show_default=True)
-@click.option("--replay", is_flag=True, help="Replay recorded facts instead of doing live IO.")
+@run_options
 @json_flag
 @pass_app
 def run(
@@ -232,21 +271,17 @@ def run(
     replay: bool,
     as_json: bool,
 ) -> None:
-    """Start a run of OP (an operation or a registered pipeline)."""
+    """Start a run of OP (an operation or a registered pipeline) in this process."""
     run_input = parse_input(raw_input)
-    try:
-        run_config = build_run_config(
-            fan_out=fan_out,
-            skip_tags=skip_tags,
-            dry_run=dry_run,
-            profile=profile,
-            max_attempts=max_attempts,
-            backoff_ms=backoff_ms,
-            replay=replay,
-        )
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
-        raise InvalidInput("run_config_invalid", f"invalid run configuration: {fields}") from None
+    run_config = _run_config(
+        fan_out=fan_out,
+        skip_tags=skip_tags,
+        dry_run=dry_run,
+        profile=profile,
+        max_attempts=max_attempts,
+        backoff_ms=backoff_ms,
+        replay=replay,
+    )
     registry = app.registry()
     prepared = prepare_run(registry, op, run_input, run_config, version=op_version)
     manifest_id = store_manifest(app.artifacts, prepared.manifest)
@@ -262,6 +297,78 @@ def run(
             initial_context=prepared.initial_context,
         )
     _finish(app, result, as_json, prepared.plan, prepared.run_config)
+
+
+@cli.command()
+@run_options
+@click.option("--wait", is_flag=True, help="Wait for the run to finish and exit by its phase.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(0, None),
+    default=3600.0,
+    show_default=True,
+    help="With --wait: give up after this many seconds (exit 3).",
+)
+@json_flag
+@pass_app
+def submit(
+    app: App,
+    op: str,
+    op_version: str | None,
+    raw_input: str | None,
+    fan_out: int | None,
+    skip_tags: tuple[str, ...],
+    dry_run: bool,
+    profile: str,
+    max_attempts: int,
+    backoff_ms: int,
+    replay: bool,
+    wait: bool,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Submit a run of OP to the Celery cluster (MFM_BROKER_URL, MFM_EVENTS_URL=redis://…,
+    MFM_ARTIFACTS_URL=s3://…); prints the run id, or with --wait the result."""
+    run_input = parse_input(raw_input)
+    run_config = _run_config(
+        fan_out=fan_out,
+        skip_tags=skip_tags,
+        dry_run=dry_run,
+        profile=profile,
+        max_attempts=max_attempts,
+        backoff_ms=backoff_ms,
+        replay=replay,
+    )
+    for name, value in (
+        ("MFM_EVENTS_URL", app.events_url),
+        ("MFM_ARTIFACTS_URL", app.artifacts_url),
+    ):
+        if value:
+            os.environ[name] = value
+    try:
+        from workers.submit import submit_run, wait_for_run
+    except ImportError as exc:
+        raise CliError(
+            "distributed_unavailable",
+            f"the distributed backend is not installed (pip install 'mfm-dist[dist]'): {exc.name}",
+            ExitCode.INFRASTRUCTURE,
+        ) from None
+    run_id = submit_run(op, run_input, run_config, version=op_version)
+    if not wait:
+        if as_json:
+            click.echo(json.dumps({"run_id": str(run_id)}))
+        else:
+            click.echo(f"submitted run {run_id}")
+        return
+    result = wait_for_run(str(run_id), timeout_s)
+    if as_json:
+        click.echo(result.model_dump_json())
+    else:
+        for line in result_lines(result, None):
+            click.echo(line)
+    if result.phase != RunPhase.COMPLETED:
+        raise click.exceptions.Exit(ExitCode.FAILED)
 
 
 @cli.command()
