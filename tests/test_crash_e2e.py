@@ -84,3 +84,50 @@ def test_sigkill_mid_fan_out_then_resume(tmp_path: Path) -> None:
         if isinstance(e.event, StateCompleted):
             completions[str(e.event.state_id)] = completions.get(str(e.event.state_id), 0) + 1
     assert len(completions) == 41 and set(completions.values()) == {1}
+
+
+@pytest.mark.slow
+def test_two_concurrent_resumes_leave_one_valid_history(tmp_path: Path) -> None:
+    """Two `mfm resume` processes race on one crashed run: the expected-seq guard lets one
+    proceed; the other stops with an infrastructure error; the history stays valid."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MFM_")}
+    env["PYTHONPATH"] = str(TESTS)
+    run = subprocess.Popen(
+        mfm("run", "slow_fanout", "--input", '{"items": 12, "sleep_ms": 100}', "--fan-out", "3",
+            home=tmp_path),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    db = tmp_path / "events.sqlite3"
+    deadline = time.monotonic() + 60
+    run_id = None
+    while time.monotonic() < deadline and run_id is None:
+        if db.exists():
+            store = SqliteEventStore(db)
+            runs = store.list_runs()
+            if runs and any(isinstance(e.event, StateCompleted) for e in store.read_range(runs[0].run_id)):
+                run_id = runs[0].run_id
+            store.close()
+        time.sleep(0.02)
+    assert run_id is not None
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=30)
+    resumes = [
+        subprocess.Popen(mfm("resume", str(run_id), home=tmp_path), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    codes = sorted(p.wait(timeout=120) for p in resumes)
+    assert codes[0] == 0 and codes[1] in (0, 3), codes
+    # Finish whatever the loser left (idempotent if the winner already completed the run).
+    final = subprocess.run(mfm("resume", str(run_id), home=tmp_path), env=env, capture_output=True,
+                           timeout=120)
+    assert final.returncode == 0, final.stderr.decode()
+    verified = subprocess.run(mfm("verify", str(run_id), home=tmp_path), env=env,
+                              capture_output=True, timeout=120)
+    assert verified.returncode == 0, verified.stdout.decode()
+    store = SqliteEventStore(db)
+    done: dict[str, int] = {}
+    for e in store.read_range(run_id):
+        if isinstance(e.event, StateCompleted):
+            done[str(e.event.state_id)] = done.get(str(e.event.state_id), 0) + 1
+    assert len(done) == 13 and set(done.values()) == {1}

@@ -330,3 +330,38 @@ def test_cli_submit_and_inspect_on_the_cluster(cluster: LocalCluster, rt: Runtim
     assert fire_and_forget.exit_code == 0, fire_and_forget.output
     run_id = json.loads(fire_and_forget.stdout)["run_id"]
     assert finished(cluster, RunId(run_id), rt).phase == RunPhase.COMPLETED
+
+
+def test_two_concurrent_cluster_resumes_leave_one_history(
+    cluster: LocalCluster, rt: Runtime, tmp_path: Path
+) -> None:
+    """Two `mfm resume --cluster` at once while an attempt is in flight: one valid history."""
+    import threading
+
+    from click.testing import CliRunner
+
+    from mfm_dist.cli.main import cli
+
+    run_input, gate = gated_input(tmp_path)
+    run_id = submit_run("gated_demo", run_input, FAN16, runtime=rt)
+    slow_started(gate)
+    outputs: list[int] = []
+
+    def resume() -> None:
+        res = CliRunner().invoke(
+            cli, ["resume", str(run_id), "--cluster", "--wait", "--timeout", "120", "--json"]
+        )
+        outputs.append(res.exit_code)
+
+    threads = [threading.Thread(target=resume) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    (gate / "open").write_text("")
+    for t in threads:
+        t.join(timeout=WAIT_S)
+    assert outputs == [0, 0]
+    envelopes = events_of(rt, run_id)
+    assert_clean_history(envelopes)
+    assert sum(isinstance(e.event, RunCompleted) for e in envelopes) == 1
+    assert verify_run(rt.events, rt.artifacts, registry(), str(run_id)).ok

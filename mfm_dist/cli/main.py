@@ -373,20 +373,68 @@ def submit(
 
 @cli.command()
 @click.argument("run_id", metavar="RUN")
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Wake the run's coordinator on the Celery cluster instead of executing here.",
+)
+@click.option("--wait", is_flag=True, help="With --cluster: wait for the run to finish.")
+@click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(0, None), default=3600.0, show_default=True
+)
 @json_flag
 @pass_app
-def resume(app: App, run_id: str, as_json: bool) -> None:
-    """Continue RUN after a crash or a failed attempt (idempotent once finished)."""
+def resume(
+    app: App, run_id: str, cluster: bool, wait: bool, timeout_s: float, as_json: bool
+) -> None:
+    """Continue RUN after a crash or a failed attempt (idempotent once finished).
+
+    Without --cluster the remaining states execute in this process; with --cluster the
+    cluster's coordinator recovers orphans (respecting live leases) and continues.
+    """
     rid = RunId(run_id)
     registry = app.registry()
     loaded = load_run(app.events, app.artifacts, registry, rid)
-    show = _wants_progress(as_json)
-    tracker = ProgressTracker(total=len(loaded.plan.compiled))
-    tracker.done = sum(1 for rec in loaded.history.states.values() if rec.completed)
-    engine = LocalEngine(app.events, app.artifacts, registry, listener=tracker if show else None)
-    with _progress(show and loaded.history.completed is None, str(loaded.plan.op_id), tracker):
-        result = engine.resume(rid)
+    if cluster:
+        _export_store_urls(app)
+        try:
+            from workers.submit import wait_for_run
+            from workers.tasks import advance
+        except ImportError as exc:
+            raise _distributed_unavailable(exc) from None
+        advance.delay(str(rid))
+        if not wait:
+            click.echo(json.dumps({"run_id": str(rid)}) if as_json else f"woke run {rid}")
+            return
+        result = wait_for_run(str(rid), timeout_s)
+    else:
+        show = _wants_progress(as_json)
+        tracker = ProgressTracker(total=len(loaded.plan.compiled))
+        tracker.done = sum(1 for rec in loaded.history.states.values() if rec.completed)
+        engine = LocalEngine(
+            app.events, app.artifacts, registry, listener=tracker if show else None
+        )
+        with _progress(show and loaded.history.completed is None, str(loaded.plan.op_id), tracker):
+            result = engine.resume(rid)
     _finish(app, result, as_json, loaded.plan, loaded.manifest.run_config)
+
+
+def _export_store_urls(app: App) -> None:
+    """The distributed runtime reads its stores from the environment: pass ours on."""
+    for name, value in (
+        ("MFM_EVENTS_URL", app.events_url),
+        ("MFM_ARTIFACTS_URL", app.artifacts_url),
+    ):
+        if value:
+            os.environ[name] = value
+
+
+def _distributed_unavailable(exc: ImportError) -> CliError:
+    return CliError(
+        "distributed_unavailable",
+        f"the distributed backend is not installed (pip install 'mfm-dist[dist]'): {exc.name}",
+        ExitCode.INFRASTRUCTURE,
+    )
 
 
 # -- inspection -----------------------------------------------------------------------------------
