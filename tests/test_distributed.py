@@ -365,3 +365,76 @@ def test_two_concurrent_cluster_resumes_leave_one_history(
     assert_clean_history(envelopes)
     assert sum(isinstance(e.event, RunCompleted) for e in envelopes) == 1
     assert verify_run(rt.events, rt.artifacts, registry(), str(run_id)).ok
+
+
+def test_cli_run_backend_celery_follow_detach_and_status_why(
+    cluster: LocalCluster, rt: Runtime, tmp_path: Path
+) -> None:
+    """`mfm run --backend celery` follows the run to its end; `--detach` returns the id;
+    `mfm status` names the worker running an attempt and its lease expiry."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mfm_dist.cli.main import cli
+
+    runner = CliRunner()
+    followed = runner.invoke(
+        cli,
+        ["--ops", "dist_ops", "run", "fanout_demo", "--input", '{"items": 10}', "--fan-out", "4",
+         "--backend", "celery", "--timeout", "120", "--json"],
+    )
+    assert followed.exit_code == 0, followed.output
+    assert RunResult.model_validate_json(followed.stdout).phase == RunPhase.COMPLETED
+
+    run_input, gate = gated_input(tmp_path)
+    detached = runner.invoke(
+        cli,
+        ["--ops", "dist_ops", "run", "gated_demo", "--input", json.dumps(run_input),
+         "--fan-out", "8", "--backend", "celery", "--detach", "--json"],
+    )
+    assert detached.exit_code == 0, detached.output
+    run_id = json.loads(detached.stdout)["run_id"]
+    pid = slow_started(gate)
+    status = runner.invoke(cli, ["--ops", "dist_ops", "status", run_id, "--json"])
+    report = json.loads(status.stdout)
+    slow = next(s for s in report["states"] if s["state_id"].endswith(".slow"))
+    assert slow["status"] == "running"
+    assert slow["worker"].endswith(f":{pid}") and slow["lease_expires_ms"] > slow["since_ms"]
+    join = next(s for s in report["states"] if s["state_id"].endswith(".join"))
+    assert join["status"] == "pending" and join["waiting_on"] == slow["state_id"]
+    (gate / "open").write_text("")
+    assert finished(cluster, RunId(run_id), rt).phase == RunPhase.COMPLETED
+
+
+def test_mfm_worker_command_starts_a_configured_worker(cluster: LocalCluster) -> None:
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("mfm")
+    proc = subprocess.Popen(
+        [str(script), "worker", "--queues", "attempts", "-c", "1", "--loglevel", "INFO"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MFM_OPERATIONS": "dist_ops", "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline().decode(errors="replace")
+            if not line:
+                break
+            lines.append(line)
+            if "ready." in line:
+                break
+        text = "".join(lines)
+        assert "ready." in text, text
+        assert "mfm.attempts" in text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -5,7 +5,7 @@ watchdog de-duplication key.
 All keys of a run share the hash tag `{<run_id>}` with the event store's keys:
 
 * `mfm:{rid}:plan` — the plan fingerprint recorded at submission;
-* `mfm:{rid}:lease:<state_id>` — `"<attempt>:<token>"` while a worker runs that attempt
+* `mfm:{rid}:lease:<state_id>` — `"<attempt>:<token>:<worker>"` while a worker runs that attempt
   (`SET NX PX`; renewed and released only by the holder: compare-and-pexpire/-delete);
 * `mfm:{rid}:lock` — the coordinator lock (token, compare-and-delete);
 * `mfm:{rid}:reserved` — hash `state_id -> "<attempt>:<deadline_ms>"` of dispatched
@@ -18,10 +18,13 @@ makes duplicate deliveries harmless.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -33,6 +36,17 @@ _COMPARE_PEXPIRE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+
+
+def worker_id() -> str:
+    """`host:pid` of the calling process (computed per call: prefork children differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LeaseInfo(NamedTuple):
+    attempt: int
+    worker: str
+    expires_ms: int
 
 
 def run_key(run_id: str, part: str) -> str:
@@ -68,8 +82,10 @@ class Coordination:
 
     # -- leases ---------------------------------------------------------------------------------
     def acquire_lease(self, run_id: str, state_id: str, attempt: int, ttl_ms: int) -> str | None:
-        """A token if this caller now holds the attempt's lease, else None (someone else does)."""
-        value = f"{attempt}:{uuid.uuid4().hex}"
+        """A token if this caller now holds the attempt's lease, else None (someone else does).
+
+        The value names the holder (`host:pid`) so `mfm status` can say who runs what."""
+        value = f"{attempt}:{uuid.uuid4().hex}:{worker_id()}"
         ok = self.client.set(lease_key(run_id, state_id), value, nx=True, px=ttl_ms)
         return value if ok else None
 
@@ -90,6 +106,27 @@ class Coordination:
             if value is not None:
                 held[state_id] = int(value.split(b":", 1)[0])
         return held
+
+    def lease_info(self, run_id: str, state_ids: Iterable[str]) -> dict[str, LeaseInfo]:
+        """state_id → (attempt, worker, expiry in ms since the epoch) of every live lease."""
+        ids = list(state_ids)
+        if not ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for state_id in ids:
+            pipe.get(lease_key(run_id, state_id))
+            pipe.pttl(lease_key(run_id, state_id))
+        replies = pipe.execute()
+        now_ms = int(time.time() * 1000)
+        info: dict[str, LeaseInfo] = {}
+        for k, state_id in enumerate(ids):
+            value, ttl = replies[2 * k], replies[2 * k + 1]
+            if value is None or ttl is None or ttl < 0:
+                continue
+            attempt, _, rest = value.decode().partition(":")
+            worker = rest.partition(":")[2] or "unknown"
+            info[state_id] = LeaseInfo(int(attempt), worker, now_ms + int(ttl))
+        return info
 
     # -- coordinator lock -----------------------------------------------------------------------
     def try_lock(self, run_id: str, ttl_ms: int) -> str | None:

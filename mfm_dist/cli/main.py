@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from mfm_dist.cli.output import (
 from mfm_dist.cli.progress import LiveProgress, ProgressTracker
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.history import RunHistory
-from mfm_dist.engine.lifecycle import load_run, prepare_run, store_manifest
+from mfm_dist.engine.lifecycle import load_run, prepare_run, result_from_history, store_manifest
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import InvalidInput, MfmError, NotFound
@@ -255,6 +256,23 @@ def _run_config(**options: Any) -> RunConfig:
 
 @cli.command()
 @run_options
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "celery"]),
+    default="local",
+    envvar="MFM_BACKEND",
+    show_default=True,
+    help="local: execute here; celery: submit to the cluster and follow the run.",
+)
+@click.option("--detach", is_flag=True, help="With --backend celery: print the run id and return.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(0, None),
+    default=3600.0,
+    show_default=True,
+    help="With --backend celery: stop following after this many seconds (exit 3).",
+)
 @json_flag
 @pass_app
 def run(
@@ -269,9 +287,12 @@ def run(
     max_attempts: int,
     backoff_ms: int,
     replay: bool,
+    backend: str,
+    detach: bool,
+    timeout_s: float,
     as_json: bool,
 ) -> None:
-    """Start a run of OP (an operation or a registered pipeline) in this process."""
+    """Start a run of OP (an operation or a registered pipeline): here, or on the cluster."""
     run_input = parse_input(raw_input)
     run_config = _run_config(
         fan_out=fan_out,
@@ -283,6 +304,9 @@ def run(
         replay=replay,
     )
     registry = app.registry()
+    if backend == "celery":
+        _run_on_cluster(app, op, op_version, run_input, run_config, detach, timeout_s, as_json)
+        return
     prepared = prepare_run(registry, op, run_input, run_config, version=op_version)
     manifest_id = store_manifest(app.artifacts, prepared.manifest)
     show = _wants_progress(as_json)
@@ -297,6 +321,90 @@ def run(
             initial_context=prepared.initial_context,
         )
     _finish(app, result, as_json, prepared.plan, prepared.run_config)
+
+
+def _run_on_cluster(
+    app: App,
+    op: str,
+    op_version: str | None,
+    run_input: Any,
+    run_config: RunConfig,
+    detach: bool,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Submit to the cluster; then either return the run id or follow the run live."""
+    _export_store_urls(app)
+    try:
+        from workers.submit import submit_run
+    except ImportError as exc:
+        raise _distributed_unavailable(exc) from None
+    registry = app.registry()
+    prepared = prepare_run(registry, op, run_input, run_config, version=op_version)
+    run_id = submit_run(op, run_input, run_config, version=op_version)
+    if detach:
+        click.echo(json.dumps({"run_id": str(run_id)}) if as_json else f"submitted run {run_id}")
+        return
+    show = _wants_progress(as_json)
+    tracker = ProgressTracker(total=len(prepared.plan.compiled))
+    history = _follow(app, run_id, tracker, show, str(prepared.plan.op_id), timeout_s)
+    result = result_from_history(history, prepared.plan.compiled.position)
+    _finish(app, result, as_json, prepared.plan, prepared.run_config)
+
+
+def _follow(
+    app: App, run_id: RunId, tracker: ProgressTracker, show: bool, label: str, timeout_s: float
+) -> RunHistory:
+    """Tail the run's event log (feeding the progress display) until `RunCompleted`."""
+    from mfm_dist.errors import RunError
+
+    deadline = time.monotonic() + timeout_s
+    history = RunHistory.load(app.events, run_id)
+    for env in history.envelopes:
+        tracker(env)
+    with _progress(show, label, tracker):
+        while history.completed is None:
+            if time.monotonic() > deadline:
+                raise RunError(
+                    "run_wait_timeout",
+                    f"run {run_id} did not finish within {timeout_s:g}s (it continues on the "
+                    "cluster; follow it with `mfm status`)",
+                )
+            time.sleep(0.1)
+            for env in history.refresh(app.events):
+                tracker(env)
+    return history
+
+
+@cli.command()
+@click.option(
+    "--queues",
+    type=click.Choice(["control", "attempts", "all"]),
+    default="all",
+    show_default=True,
+    help="control: coordination (run one, -c 1); attempts: state attempts (scale these).",
+)
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), help="Worker processes.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(queues: str, concurrency: int | None, loglevel: str) -> None:
+    """Start a Celery worker configured for mfm-dist (settings from MFM_* variables)."""
+    try:
+        from workers.app import app as celery_app
+        from workers.settings import Settings
+    except ImportError as exc:
+        raise _distributed_unavailable(exc) from None
+    settings = Settings.from_env()
+    names = {
+        "control": [settings.control_queue],
+        "attempts": [settings.attempt_queue],
+        "all": [settings.control_queue, settings.attempt_queue],
+    }[queues]
+    argv = ["worker", "-Q", ",".join(names), "-P", "prefork", "--loglevel", loglevel]
+    if concurrency is None and queues == "control":
+        concurrency = 1
+    if concurrency is not None:
+        argv += ["-c", str(concurrency)]
+    celery_app.worker_main(argv)
 
 
 @cli.command()
@@ -440,6 +548,19 @@ def _distributed_unavailable(exc: ImportError) -> CliError:
 # -- inspection -----------------------------------------------------------------------------------
 
 
+def _leases(app: App, history: RunHistory) -> dict[str, Any] | None:
+    """Live attempt leases of a run on the distributed backend (None elsewhere)."""
+    client = getattr(app.events, "client", None)
+    open_ids = [state_id for state_id, _ in history.open_attempts()]
+    if client is None:
+        return None
+    try:
+        from workers.leases import Coordination
+    except ImportError:
+        return None
+    return dict(Coordination(client).lease_info(str(history.run_id), open_ids))
+
+
 def _report_for(app: App, rid: RunId) -> RunReport:
     """With the re-derived plan when possible (pending states, skips); else history only."""
     try:
@@ -453,7 +574,8 @@ def _report_for(app: App, rid: RunId) -> RunReport:
         loaded = None
         reason = exc.code
     if loaded is not None:
-        return run_report(loaded.history, loaded.plan, loaded.manifest.run_config)
+        leases = _leases(app, loaded.history)
+        return run_report(loaded.history, loaded.plan, loaded.manifest.run_config, leases)
     history = RunHistory.load(app.events, rid)
     click.echo(
         f"warning: plan unavailable ({reason}); showing states from the history only", err=True

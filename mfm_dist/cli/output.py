@@ -109,7 +109,7 @@ def render_report(console: Console, report: RunReport) -> None:
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items() if n)
     console.print(f"states: {counts}")
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("state", "status", "attempts", "snapshot", "last error"):
+    for column in ("state", "status", "attempts", "snapshot", "last error", "why"):
         table.add_column(column, no_wrap=column in ("state", "snapshot"))
     for state in report.states:
         table.add_row(
@@ -118,6 +118,7 @@ def render_report(console: Console, report: RunReport) -> None:
             str(state.attempts),
             short(state.snapshot_id),
             escape(state.last_error_code or ""),
+            escape(state.detail or ""),
         )
     console.print(table)
 

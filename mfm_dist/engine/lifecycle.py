@@ -168,8 +168,13 @@ def load_run(
     return LoadedRun(history, manifest, plan)
 
 
-def result_from_history(history: RunHistory) -> RunResult:
-    """The result of a finished run, read back from its events."""
+def result_from_history(
+    history: RunHistory, position: Mapping[str, int] | None = None
+) -> RunResult:
+    """The result of a finished run, read back from its events.
+
+    With the plan's canonical `position`s, a failed run names the same failed state the
+    engines report (the first in canonical order); without, the first to have failed."""
     completed = history.completed
     if completed is None:
         return RunResult(run_id=history.run_id, phase=RunPhase.RUNNING)
@@ -181,7 +186,7 @@ def result_from_history(history: RunHistory) -> RunResult:
         )
     for env in reversed(history.envelopes):
         ev = env.event
-        if isinstance(ev, DomainEvent) and ev.name == CONFLICT_EVENT:
+        if isinstance(ev, DomainEvent) and ev.name == CONFLICT_EVENT and env.state_id is None:
             conflict = MergeConflict.from_payload(ev.payload)
             if conflict is not None:
                 return RunResult(
@@ -191,12 +196,16 @@ def result_from_history(history: RunHistory) -> RunResult:
                     error=conflict.error(),
                 )
     failed = [
-        (rec.last.entered_seq, sid, rec.last.error)
+        (
+            position.get(sid, 1 << 62) if position is not None else rec.last.entered_seq,
+            sid,
+            rec.last.error,
+        )
         for sid, rec in history.states.items()
         if rec.last is not None and rec.last.outcome == "failed"
     ]
-    failed.sort()
-    state, error = (failed[-1][1], failed[-1][2]) if failed else (None, None)
+    failed.sort(key=lambda row: (row[0], row[1]))
+    state, error = (failed[0][1], failed[0][2]) if failed else (None, None)
     return RunResult(
         run_id=history.run_id,
         phase=RunPhase.FAILED,

@@ -166,6 +166,11 @@ class RedisEventStore(EventStore):
         if durable:
             self._check_durable_support()
 
+    @property
+    def client(self) -> Any:
+        """The redis-py client (shared with the distributed runtime's coordination keys)."""
+        return self._client
+
     @classmethod
     def from_url(
         cls,
