@@ -250,3 +250,31 @@ def test_storage_errors_still_leave_the_attempt_open() -> None:
     with pytest.raises(StorageError):
         h.run("br", {})
     assert h.kinds(h.events.list_runs()[0].run_id)[-1] == "StateEntered"
+
+
+def test_orphan_recoveries_are_capped() -> None:
+    """An attempt that dies every time (e.g. OOM-killed) must end the run, not loop forever."""
+    from mfm_dist.engine.progress import MAX_ORPHAN_RECOVERIES
+    from mfm_dist.stores import InMemoryEventStore
+
+    class AlwaysDies(InMemoryEventStore):
+        def append(self, run_id, expected_seq, envelopes):  # type: ignore[no-untyped-def]
+            from mfm_dist.events import StateCompleted
+
+            if any(isinstance(e.event, StateCompleted) for e in envelopes):
+                raise StorageError("simulated_crash", "the worker died again")
+            return super().append(run_id, expected_seq, envelopes)
+
+    h = Harness(registry_with(GraphOp("die", {"a": FnState(lambda c, i, r: c.set("k", 1))})),
+                events=AlwaysDies())
+    with pytest.raises(StorageError):
+        h.run("die", {})
+    run_id = h.events.list_runs()[0].run_id
+    for _ in range(MAX_ORPHAN_RECOVERIES):
+        with pytest.raises(StorageError):
+            h.engine().resume(run_id)
+    result = h.engine().resume(run_id)  # the cap is reached: the run fails, cleanly
+    assert result.phase == RunPhase.FAILED
+    assert result.error is not None and result.error.code == "orphan_attempt_recovered"
+    orphans = [e for e in failed_errors(h, run_id) if e.code == "orphan_attempt_recovered"]
+    assert len(orphans) == MAX_ORPHAN_RECOVERIES + 1

@@ -516,6 +516,7 @@ def resume(
             return
         result = wait_for_run(str(rid), timeout_s)
     else:
+        _refuse_live_attempts(app, loaded.history)
         show = _wants_progress(as_json)
         tracker = ProgressTracker(total=len(loaded.plan.compiled))
         tracker.done = sum(1 for rec in loaded.history.states.values() if rec.completed)
@@ -525,6 +526,20 @@ def resume(
         with _progress(show and loaded.history.completed is None, str(loaded.plan.op_id), tracker):
             result = engine.resume(rid)
     _finish(app, result, as_json, loaded.plan, loaded.manifest.run_config)
+
+
+def _refuse_live_attempts(app: App, history: RunHistory) -> None:
+    """On the distributed stores, an open attempt with a live lease is not an orphan: a
+    worker is running it. Executing here would close it and run the state twice."""
+    leases = _leases(app, history) or {}
+    for state_id, att in history.open_attempts():
+        lease = leases.get(state_id)
+        if lease is not None and lease.attempt == att.attempt:
+            raise CliError(
+                "attempt_lease_live",
+                f"attempt {att.attempt} of {state_id} is running on {lease.worker}; "
+                "use `mfm resume --cluster` to let the coordinator continue the run",
+            )
 
 
 def _export_store_urls(app: App) -> None:

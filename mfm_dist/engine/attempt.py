@@ -92,6 +92,8 @@ class AttemptEnv:
     facts: FactIndex
     io_factory: IoFactory
     append: Append
+    fence: Callable[[], None] | None = None
+    """See `AttemptScope.fence`: the distributed worker's lease check."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ def _fact_binder(
                 return
             if existing is not None:
                 raise IoError("fact_payload_conflict", "a different payload is already bound")
+            if env.fence is not None:
+                env.fence()
             try:
                 env.append([_draft(fact_recorded_event(key, payload_id), state_id, attempt)])
             except GuardViolation as exc:
@@ -208,6 +212,7 @@ def run_attempt(
         artifacts=env.artifacts,
         facts=env.facts,
         bind_fact=_fact_binder(env, state_id, attempt),
+        fence=env.fence,
     )
     try:
         io = env.io_factory(scope)

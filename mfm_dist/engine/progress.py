@@ -21,6 +21,9 @@ from mfm_dist.ids import StateId
 from mfm_dist.plan import CompiledPlan
 
 ORPHAN_CODE = "orphan_attempt_recovered"
+MAX_ORPHAN_RECOVERIES = 3
+"""Consecutive orphan recoveries of one state before the run gives up on it: a fault that
+kills every attempt (a poisoned input, an OOM-killed handler) must end the run, not loop."""
 
 
 class RunProgress:
@@ -41,6 +44,8 @@ class RunProgress:
         self.last_base: dict[int, str] = {}
         self.last_error: dict[int, ErrorInfo] = {}
         self.retry_at_ms: dict[int, int] = {}
+        self.orphan_streak: dict[int, int] = {}
+        """Consecutive orphan recoveries per state (reset by any other outcome)."""
         """Wall-clock time before which a failed state's retry must not start (backoff)."""
         self._waiting = [len(p) for p in plan.preds]  # predecessors not yet completed
 
@@ -107,6 +112,10 @@ class RunProgress:
 
     def record_failed(self, i: int, error: ErrorInfo, closed_ms: int | None = None) -> None:
         self.last_error[i] = error
+        if error.code == ORPHAN_CODE:
+            self.orphan_streak[i] = self.orphan_streak.get(i, 0) + 1
+        else:
+            self.orphan_streak.pop(i, None)
         if closed_ms is not None and self.next_attempt[i] > 0:
             delay = backoff_delay(self.run_config.retry_policy.backoff, self.next_attempt[i] - 1)
             self.retry_at_ms[i] = closed_ms + delay.total_millis
@@ -118,7 +127,7 @@ class RunProgress:
         if error is None:
             return True
         if error.code == ORPHAN_CODE:
-            return True
+            return self.orphan_streak.get(i, 1) <= MAX_ORPHAN_RECOVERIES
         return error.retryable and self.run_config.retry_policy.allows_retry(
             self.next_attempt[i] - 1
         )
@@ -203,9 +212,19 @@ class RunProgress:
             self.last_error.pop(i, None)
         else:
             self.last_base[i] = last.base_snapshot_id
+            closed = [a for a in record.attempts if a.outcome is not None]
+            streak = 0
+            for att in reversed(closed):
+                if att.error is None or att.error.code != ORPHAN_CODE:
+                    break
+                streak += 1
             if last.error is not None:
                 self.record_failed(i, last.error, last.ts_closed)
+            if streak:
+                self.orphan_streak[i] = streak
             else:
+                self.orphan_streak.pop(i, None)
+            if last.error is None:
                 self.last_error.pop(i, None)
                 self.retry_at_ms.pop(i, None)
 

@@ -117,6 +117,16 @@ class AttemptScope:
     facts: FactIndex
     bind_fact: BindFact
     derived_ordinal: int = field(default=0)
+    fence: Callable[[], None] | None = None
+    """Raises if this attempt may no longer act (e.g. its distributed lease was lost).
+    Checked before every transport call and fact binding, so a superseded worker stops
+    before repeating an external effect. A lease narrows that window; it cannot close it
+    entirely (a process can pause right after the check), which is why side effects also
+    pass their idempotency key to the receiver."""
+
+    def check_fence(self) -> None:
+        if self.fence is not None:
+            self.fence()
 
     def next_derived_key(self, kind: str) -> str:
         """`mfm:{kind}|run:{run_id}|state:{state_id}|attempt:{n}|ord:{k}`, k counted per attempt."""

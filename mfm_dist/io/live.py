@@ -47,12 +47,14 @@ class LiveIo(IoProvider):
         key = call.fact_key
         if key is None:
             transport = self.transports.resolve(call.namespace)
+            self.scope.check_fence()
             return IoResult(response=await _invoke(transport, call.request))
         check_user_key(key)
         recorded = self._recorded(key)
         if recorded is not None:
             return recorded
         transport = self.transports.resolve(call.namespace)
+        self.scope.check_fence()
         response = await _invoke(transport, call.request)
         data = fact_bytes(response)
         with self.scope.facts.lock:

@@ -222,7 +222,14 @@ for key, payload_id in pairs(new_facts) do
 end
 
 local first = tostring(head + 1)
-redis.call('HSET', batches, batch_id, first .. ':' .. tostring(n))
+if final_status then
+  -- A finished run accepts no more appends, so retry de-duplication is no longer needed:
+  -- drop the batch ids instead of keeping one per append forever (a retried RunCompleted
+  -- now meets the after_run_completed guard, which callers treat as "already finished").
+  redis.call('DEL', batches)
+else
+  redis.call('HSET', batches, batch_id, first .. ':' .. tostring(n))
+end
 
 if op_id then
   redis.call('HSET', meta, 'op_id', op_id, 'started_ms', started_ms, 'phase', 'Running')
