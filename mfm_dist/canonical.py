@@ -132,7 +132,30 @@ def canonical_bytes_unchecked(value: JsonValue) -> bytes:
     return _jcs(value)
 
 
+def _keys_in_bmp(value: JsonValue) -> bool:
+    """True if no object key holds a character outside the Basic Multilingual Plane."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if not k.isascii() and any(ord(c) > 0xFFFF for c in k):
+                    return False
+                if isinstance(v, (dict, list, tuple)):
+                    stack.append(v)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(v for v in item if isinstance(v, (dict, list, tuple)))
+    return True
+
+
 def _jcs(value: JsonValue) -> bytes:
+    """RFC 8785 bytes. For validated values (integers only, valid strings) orjson with sorted
+    keys writes exactly the JCS form — same escaping, same numbers — except for key order
+    when a key holds a character beyond U+FFFF (JCS sorts by UTF-16 code units, orjson by
+    code points); those rare values go through the reference `rfc8785` encoder. The
+    equivalence is property-tested against `rfc8785` in tests/test_canonical.py."""
+    if _keys_in_bmp(value):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     try:
         return rfc8785.dumps(value)
     except rfc8785.CanonicalizationError as exc:  # pragma: no cover - check_json guards this

@@ -205,3 +205,36 @@ def test_ids_validated_on_deserialization() -> None:
 def test_minted_run_ids_are_uuid4() -> None:
     rid = RunId.mint()
     assert rid[14] == "4" and rid == rid.lower()
+
+
+def test_fast_encoder_matches_rfc8785_reference() -> None:
+    """`canonical_bytes` uses orjson where it provably writes JCS; compare with `rfc8785` on
+    random structures full of escapes, BMP edge characters and astral keys."""
+    import random
+
+    import rfc8785
+
+    rng = random.Random(8785)
+    alphabet = [chr(i) for i in range(0x80)] + [
+        "\u00e9", "\u2028", "\u2029", "\ufeff", "\ud7ff", "\ue000", "\uffff", "\U0001f600",
+        "\u0085", "\u007f", "\U00010000",
+    ]
+
+    def text() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+
+    def value(depth: int = 0) -> object:
+        pick = rng.random()
+        if depth > 3 or pick < 0.3:
+            return rng.choice([None, True, False, rng.randint(-(2**53) + 1, 2**53 - 1), text()])
+        if pick < 0.6:
+            return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+        return {text(): value(depth + 1) for _ in range(rng.randint(0, 4))}
+
+    for _ in range(20_000):
+        v = value()
+        try:
+            ours = canonical_bytes(v)
+        except SecretsDetected:
+            continue
+        assert ours == rfc8785.dumps(v), v
