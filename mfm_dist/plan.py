@@ -66,7 +66,7 @@ class ExecutionPlan:
         Two processes expand the same plan iff their fingerprints match; distributed
         workers refuse attempts of a plan their code would expand differently.
         """
-        from mfm_dist.canonical import artifact_id_of_json
+        from mfm_dist.canonical import canonical_bytes_unchecked, sha256_hex
 
         compiled = self.compiled
         metas = {str(n.id): n.state.meta().model_dump(mode="json") for n in self.graph.states}
@@ -75,7 +75,8 @@ class ExecutionPlan:
             "states": [[str(s), metas[str(s)]] for s in compiled.order],
             "edges": sorted({(str(e.from_), str(e.to)) for e in self.graph.edges}),
         }
-        return str(artifact_id_of_json(shape, "plan"))
+        # Hashed, never persisted: ids and metas are already validated, so skip the scans.
+        return sha256_hex(canonical_bytes_unchecked(shape))
 
 
 @dataclass

@@ -84,60 +84,60 @@ class MergeConflict:
 class MergeTracker:
     """Completed deltas of a fan-out run and the key-writer index used to find conflicts."""
 
-    def __init__(self, plan: CompiledPlan) -> None:
+    def __init__(self, plan: CompiledPlan, *, detect_conflicts: bool = True) -> None:
         self.plan = plan
+        self.detect_conflicts = detect_conflicts
         self.deltas: dict[int, Delta] = {}
         self.snapshot_ids: dict[int, str] = {}
-        self._writers: dict[str, list[int]] = {}
+        self._writers: dict[str, int] = {}  # key -> bitmask of completed states that wrote it
         self.pairs: set[tuple[int, int]] = set()
         """Every pair of completed, unordered states whose deltas share a key (a < b)."""
 
     def record(self, index: int, snapshot_id: str, delta: Delta) -> MergeConflict | None:
-        """Add a completed state; return the first conflict it creates, if any."""
-        conflict: MergeConflict | None = None
+        """Add a completed state; return the first conflict it creates, if any.
+
+        Writers of a key are a bitmask, so the check is a few integer operations per key
+        whatever the plan's size: a clash is a writer that is neither an ancestor nor a
+        descendant of `index`.
+        """
         clashing: dict[int, list[str]] = {}
-        for key in sorted(delta.keys):
-            for other in self._writers.get(key, ()):
-                if not self.plan.ordered(index, other):
-                    clashing.setdefault(other, []).append(key)
-            self._writers.setdefault(key, []).append(index)
+        if self.detect_conflicts:
+            ancestors = self.plan.ancestors[index]
+            for key in sorted(delta.keys):
+                mask = self._writers.get(key, 0)
+                candidates = mask & ~ancestors
+                while candidates:
+                    low = candidates & -candidates
+                    other = low.bit_length() - 1
+                    candidates ^= low
+                    if not self.plan.is_ancestor(index, other):
+                        clashing.setdefault(other, []).append(key)
+                self._writers[key] = mask | (1 << index)
         for other in clashing:
             self.pairs.add((min(index, other), max(index, other)))
-        if clashing:
-            other = min(clashing)
-            a, b = sorted((index, other))
-            conflict = MergeConflict(
-                keys=tuple(clashing[other]), first=self.plan.order[a], second=self.plan.order[b]
-            )
         self.deltas[index] = delta
         self.snapshot_ids[index] = snapshot_id
-        return conflict
+        if not clashing:
+            return None
+        other = min(clashing)
+        a, b = sorted((index, other))
+        return MergeConflict(
+            keys=tuple(clashing[other]), first=self.plan.order[a], second=self.plan.order[b]
+        )
+
+    def first_conflict(self) -> MergeConflict | None:
+        """The conflict of the earliest pair in canonical order (deterministic), with every
+        key the two states both changed."""
+        if not self.pairs:
+            return None
+        a, b = min(self.pairs)
+        keys = sorted(self.deltas[a].keys & self.deltas[b].keys)
+        return MergeConflict(tuple(keys), self.plan.order[a], self.plan.order[b])
 
     def blocks(self, index: int) -> bool:
         """True when two of `index`'s ancestors conflict: its base is undefined."""
         ancestors = self.plan.ancestors[index]
         return any(ancestors >> a & 1 and ancestors >> b & 1 for a, b in self.pairs)
-
-    def first_conflict(self) -> MergeConflict | None:
-        """The conflict between the earliest pair in canonical order (deterministic)."""
-        found: list[MergeConflict] = []
-        for key, writers in self._writers.items():
-            for i, a in enumerate(writers):
-                for b in writers[i + 1 :]:
-                    if not self.plan.ordered(a, b):
-                        lo, hi = sorted((a, b))
-                        found.append(
-                            MergeConflict((key,), self.plan.order[lo], self.plan.order[hi])
-                        )
-        if not found:
-            return None
-        first = min(
-            found, key=lambda c: (self.plan.position[c.first], self.plan.position[c.second])
-        )
-        keys = sorted(
-            k for c in found if (c.first, c.second) == (first.first, first.second) for k in c.keys
-        )
-        return MergeConflict(tuple(keys), first.first, first.second)
 
     def base_plan(self, index: int) -> tuple[int | None, list[int]]:
         """How to build the base of `index`: (start from this completed state's snapshot

@@ -39,7 +39,7 @@ class RunProgress:
         self.snapshots = snapshots
         self.initial_snapshot_id = initial_snapshot_id
         self.fan_out = run_config.is_fan_out
-        self.tracker = MergeTracker(plan)
+        self.tracker = MergeTracker(plan, detect_conflicts=self.fan_out)
         self.next_attempt = [0] * len(plan)
         self.last_base: dict[int, str] = {}
         self.last_error: dict[int, ErrorInfo] = {}
@@ -139,8 +139,7 @@ class RunProgress:
             sid = self.last_base[i]
             return sid, self.snapshots.load(sid)
         if not self.fan_out:
-            prev = max((p for p in self.completed if p < i), default=None)
-            sid = self.initial_snapshot_id if prev is None else self.completed[prev]
+            sid = self._previous_checkpoint(i)
             return sid, self.snapshots.load(sid)
         start, rest = self.tracker.base_plan(i)
         return self._materialize(start, rest)
@@ -148,10 +147,16 @@ class RunProgress:
     def expected_base_id(self, i: int) -> str:
         """The base a first attempt of `i` must have had, computed without writing anything."""
         if not self.fan_out:
-            prev = max((p for p in self.completed if p < i), default=None)
-            return self.initial_snapshot_id if prev is None else self.completed[prev]
+            return self._previous_checkpoint(i)
         start, rest = self.tracker.base_plan(i)
         return self._materialize(start, rest, store=False)[0]
+
+    def _previous_checkpoint(self, i: int) -> str:
+        """Sequential runs: the snapshot of the last completed state before `i`."""
+        if i - 1 in self.completed:  # the common case: states complete in canonical order
+            return self.completed[i - 1]
+        prev = max((p for p in self.completed if p < i), default=None)
+        return self.initial_snapshot_id if prev is None else self.completed[prev]
 
     def final_snapshot(self, *, store: bool = True) -> str:
         """The last successful checkpoint: the merge of every completed state."""
