@@ -51,8 +51,23 @@ from mfm_dist.stores.base import EventStore
 EventListener = Callable[[EventEnvelope], None]
 
 
+@dataclass
+class _Ticket:
+    drafts: Sequence[EventDraft]
+    envelopes: list[EventEnvelope] | None = None
+    error: BaseException | None = None
+
+
 class RunWriter:
-    """Serializes one run's appends in this process and keeps its head."""
+    """Serializes one run's appends in this process, keeps its head, and group-commits.
+
+    Attempts running in parallel each need their events durable before they go on
+    (`StateEntered` before the handler runs). Batches that queue up while a commit is in
+    flight are written together by the next committer, in one store transaction with
+    consecutive sequence numbers — one fsync for many attempts — and each caller gets back
+    exactly its own envelopes. Order within a caller's batch is kept; the guards still
+    check every event.
+    """
 
     def __init__(
         self, events: EventStore, run_id: RunId, head: int, listener: EventListener | None = None
@@ -60,18 +75,44 @@ class RunWriter:
         self._events = events
         self._run_id = run_id
         self._head = head
-        self._lock = threading.Lock()
+        self._commit = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Ticket] = []
         self._listener = listener
 
     def append(self, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
-        with self._lock:
-            envelopes = [d.at(self._run_id, self._head + i) for i, d in enumerate(drafts, start=1)]
+        ticket = _Ticket(drafts)
+        with self._queue_lock:
+            self._queue.append(ticket)
+        with self._commit:
+            if ticket.envelopes is None and ticket.error is None:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._write(batch)
+        if ticket.error is not None:
+            raise ticket.error
+        assert ticket.envelopes is not None
+        return ticket.envelopes
+
+    def _write(self, batch: list[_Ticket]) -> None:
+        """Commit every queued ticket in one append (called with the commit lock held)."""
+        envelopes: list[EventEnvelope] = []
+        for ticket in batch:
+            start = self._head + len(envelopes)
+            ticket.envelopes = [
+                d.at(self._run_id, start + i) for i, d in enumerate(ticket.drafts, start=1)
+            ]
+            envelopes.extend(ticket.envelopes)
+        try:
             self._events.append(self._run_id, self._head, envelopes)
-            self._head += len(envelopes)
-            if self._listener is not None:  # under the lock: listeners see seq order
-                for env in envelopes:
-                    self._listener(env)
-        return envelopes
+        except BaseException as exc:
+            for ticket in batch:
+                ticket.envelopes, ticket.error = None, exc
+            return
+        self._head += len(envelopes)
+        if self._listener is not None:  # under the commit lock: listeners see seq order
+            for env in envelopes:
+                self._listener(env)
 
 
 def orphan_error() -> ErrorInfo:
