@@ -281,3 +281,45 @@ def test_skip_tags_in_fan_out() -> None:
 
 def _unused(_: Any) -> None:  # keep imports honest for type checkers
     return None
+
+
+def test_run_writer_group_commits_and_returns_each_callers_envelopes() -> None:
+    import threading as th
+
+    from mfm_dist.engine.local import RunWriter
+    from mfm_dist.events import DomainEvent, EventDraft, RunStarted
+    from mfm_dist.ids import RunId
+
+    class Slow(InMemoryEventStore):
+        calls = 0
+
+        def append(self, run_id, expected_seq, envelopes):  # type: ignore[no-untyped-def]
+            Slow.calls += 1
+            time.sleep(0.01)  # a slow fsync: lets other callers queue up
+            return super().append(run_id, expected_seq, envelopes)
+
+    store = Slow()
+    run_id = RunId.mint()
+    a = "a" * 64
+    store.append(run_id, 0, [EventDraft(event=RunStarted(op_id="x", manifest_id=a,
+                                                         initial_snapshot_id=a), ts_millis=0).at(run_id, 1)])
+    Slow.calls = 0
+    writer = RunWriter(store, run_id, 1)
+    results: dict[int, list[Any]] = {}
+
+    def worker(n: int) -> None:
+        drafts = [EventDraft(event=DomainEvent(name="n", payload={"n": n, "k": k}), ts_millis=0)
+                  for k in range(3)]
+        results[n] = writer.append(drafts)
+
+    threads = [th.Thread(target=worker, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Slow.calls < 16  # batches were combined
+    for n, envs in results.items():
+        assert [e.event.payload for e in envs] == [{"n": n, "k": k} for k in range(3)]
+        assert [e.seq for e in envs] == list(range(envs[0].seq, envs[0].seq + 3))
+    seqs = [e.seq for e in store.read_range(run_id)]
+    assert seqs == list(range(1, 2 + 16 * 3))
