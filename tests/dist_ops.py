@@ -6,19 +6,26 @@
   an attempt, or restart infrastructure, while an attempt is in flight.
 * `shape_demo` — two states; a worker started with `MFM_TEST_PLAN_VARIANT=1` expands a
   third one, so its plan fingerprint differs (`plan_mismatch`).
+* `poison_demo` — one state whose handler hits a permanent storage fault every time.
+* `counted_calls` — one state making two calls through the `counting` transport
+  (registered by `register_transports`); `COUNTED` records every call, and the hooks in
+  `AFTER_CALL` run after each (a test steals the attempt's lease there).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from mfm_dist.canonical import JsonValue
 from mfm_dist.config import RunConfig
 from mfm_dist.context import StagedContext
+from mfm_dist.errors import Corruption
 from mfm_dist.ids import OpPath
-from mfm_dist.io.base import IoProvider
+from mfm_dist.io.base import IoCall, IoProvider
+from mfm_dist.io.router import TransportRegistry
 from mfm_dist.operations import Operation, OperationRegistry
 from mfm_dist.plan import StateGraph
 from mfm_dist.state import EventRecorder, FnState, StateMeta
@@ -95,6 +102,54 @@ class ShapeDemo(Operation):
         return graph
 
 
+class PoisonDemo(Operation):
+    op_id = "poison_demo"
+    op_version = "1"
+
+    def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        async def run(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            raise Corruption("artifact_content_address_mismatch", "tampered payload")
+
+        graph = StateGraph()
+        graph.add(f"{op_path}.bad", FnState(run, StateMeta(tags=["compute"])))
+        return graph
+
+
+COUNTED: list[JsonValue] = []
+AFTER_CALL: list[Callable[[], None]] = []
+
+
+class Counting:
+    """A transport that counts its calls (the external effect of `counted_calls`)."""
+
+    def call(self, request: JsonValue) -> JsonValue:
+        COUNTED.append(request)
+        for hook in list(AFTER_CALL):
+            hook()
+        return {"ok": len(COUNTED)}
+
+
+class CountedCalls(Operation):
+    op_id = "counted_calls"
+    op_version = "1"
+
+    def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        async def run(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            for n in range(2):
+                call = IoCall(namespace="counting.v1", request={"n": n}, fact_key=f"count:{n}")
+                ctx.set(f"call_{n}", (await io.call(call)).response)
+
+        graph = StateGraph()
+        graph.add(f"{op_path}.pay", FnState(run, StateMeta(tags=["apply_side_effect"])))
+        return graph
+
+
 def register_operations(registry: OperationRegistry) -> None:
     registry.register(GatedDemo())
     registry.register(ShapeDemo())
+    registry.register(PoisonDemo())
+    registry.register(CountedCalls())
+
+
+def register_transports(transports: TransportRegistry) -> None:
+    transports.register("counting", Counting())

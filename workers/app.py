@@ -17,7 +17,7 @@ from kombu import Queue  # type: ignore[attr-defined]
 
 from workers.settings import Settings
 
-CONTROL_TASKS = ("mfm.submit", "mfm.advance")
+CONTROL_TASKS = ("mfm.submit", "mfm.advance", "mfm.sweep")
 ATTEMPT_TASK = "mfm.execute_attempt"
 
 
@@ -34,6 +34,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Bounds what a long-lived prefork child accumulates (caches, fragmentation).
+        worker_max_tasks_per_child=s.max_tasks_per_child or None,
         broker_transport_options={"visibility_timeout": s.visibility_timeout_s},
         result_backend_transport_options={"visibility_timeout": s.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
@@ -65,6 +67,7 @@ def configure_app(settings: Settings) -> None:
         task_queues=fresh.conf.task_queues,
         task_default_queue=fresh.conf.task_default_queue,
         task_routes=fresh.conf.task_routes,
+        worker_max_tasks_per_child=fresh.conf.worker_max_tasks_per_child,
     )
 
 

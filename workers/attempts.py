@@ -20,6 +20,7 @@ from mfm_dist.errors import ErrorCategory, ErrorInfo, MfmError
 from mfm_dist.events import EventDraft, EventEnvelope, StateEntered, StateFailed
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.stores.guards import GuardViolation
+from workers.faults import LEASE_LOST, is_permanent_storage_fault
 from workers.runtime import Runtime
 
 log = logging.getLogger("mfm.worker")
@@ -67,14 +68,16 @@ def execute_attempt(
     if sent_ms:
         rt.timings.add("broker", max(0, now_millis() - sent_ms) / 1000.0)
     rid, sid = RunId(run_id), StateId(state_id)
+    ttl_ms = rt.settings.lease_ttl_ms
     try:
         ctx = rt.run_context(manifest_id)
     except MfmError as exc:
         log.error("run %s: cannot load the run context (%s)", run_id, exc.info.code)
+        if is_permanent_storage_fault(exc):
+            return _refuse_with_lease(rt, rid, sid, attempt, base_snapshot_id, exc, ttl_ms)
         return f"error:{exc.info.code}"
     if ctx.fingerprint != plan_fingerprint:
         return _refuse_plan_mismatch(rt, rid, sid, attempt, base_snapshot_id)
-    ttl_ms = rt.settings.lease_ttl_ms
     with rt.timings.phase("lease"):
         lease = rt.coord.acquire_lease(run_id, state_id, attempt, ttl_ms)
     if lease is None:
@@ -93,6 +96,7 @@ def execute_attempt(
             facts=rt.facts(run_id),
             io_factory=rt.io_factory,
             append=append,
+            fence=lambda: rt.keeper.fence(run_id, state_id, lease),
         )
         state = ctx.plan.compiled.states[ctx.plan.compiled.position[state_id]]
         with rt.timings.phase("attempt_total"):
@@ -105,17 +109,29 @@ def execute_attempt(
         )
         return "superseded"
     except Exception as exc:
-        # Infrastructure fault. Keep the lease until it expires: the coordinator then
-        # closes the attempt as an orphan (or re-dispatches it) after one lease TTL —
+        code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
+        if code == LEASE_LOST:
+            # Someone else owns the attempt now; it is not ours to release or record.
+            log.warning("run %s: %s attempt %d lost its lease; stopped", run_id, sid, attempt)
+            return "superseded"
+        if is_permanent_storage_fault(exc):
+            if not append.entered:
+                # E.g. the base snapshot is missing or corrupt: record why, end the state.
+                return _record_failure(rt, rid, sid, attempt, base_snapshot_id, exc)
+            # Inside the attempt: give the lease back at once, so the coordinator closes
+            # the orphan now; the orphan cap (MAX_ORPHAN_RECOVERIES) then ends the run.
+            log.error("run %s: %s attempt %d hit permanent %s", run_id, sid, attempt, code)
+            return f"error:{code}"
+        # Transient infrastructure fault. Keep the lease until it expires: the coordinator
+        # then closes the attempt as an orphan (or re-dispatches it) after one lease TTL —
         # a natural back-off while a store is down.
         release = False
         if not append.entered:
             _push_back_reservation(rt, run_id, state_id, attempt)
-        code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         log.warning("run %s: %s attempt %d hit %s", run_id, sid, attempt, code)
         return f"error:{code}"
     finally:
-        intact = rt.keeper.drop(run_id, state_id)
+        intact = rt.keeper.drop(run_id, state_id, lease)
         if release and intact:
             with rt.timings.phase("lease"):
                 _quietly(lambda: rt.coord.release_lease(run_id, state_id, lease))
@@ -127,9 +143,57 @@ def execute_attempt(
     return f"failed:{outcome.error.code if outcome.error else 'unknown'}"
 
 
-def _refuse_plan_mismatch(
-    rt: Runtime, rid: RunId, sid: StateId, attempt: int, base_snapshot_id: str
+def permanent_fault_error(exc: BaseException) -> ErrorInfo:
+    """The recorded error of a permanent storage fault: its code, never retryable."""
+    code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
+    return ErrorInfo(
+        code=code,
+        category=ErrorCategory.STORAGE,
+        retryable=False,
+        message=f"the attempt could not start: permanent storage fault ({code})",
+    )
+
+
+def _record_failure(
+    rt: Runtime, rid: RunId, sid: StateId, attempt: int, base_snapshot_id: str, exc: Exception
 ) -> str:
+    error = permanent_fault_error(exc)
+    try:
+        _append_refusal(rt, rid, sid, attempt, base_snapshot_id, error)
+    except GuardViolation:
+        return "duplicate"
+    except (MfmError, redis.RedisError) as err:
+        code = err.info.code if isinstance(err, MfmError) else type(err).__name__
+        log.error("run %s: could not record %s's failure (%s)", rid, sid, code)
+        return f"error:{code}"
+    log.error("run %s: %s attempt %d failed for good: %s", rid, sid, attempt, error.code)
+    return f"failed:{error.code}"
+
+
+def _refuse_with_lease(
+    rt: Runtime,
+    rid: RunId,
+    sid: StateId,
+    attempt: int,
+    base_snapshot_id: str,
+    exc: Exception,
+    ttl_ms: int,
+) -> str:
+    """A permanent fault before anything started (the manifest is unreadable): take the
+    lease so a concurrent delivery stays out, record the failure, give the lease back."""
+    lease = rt.coord.acquire_lease(str(rid), str(sid), attempt, ttl_ms)
+    if lease is None:
+        return "duplicate"
+    try:
+        return _record_failure(rt, rid, sid, attempt, base_snapshot_id, exc)
+    finally:
+        _quietly(lambda: rt.coord.release_lease(str(rid), str(sid), lease))
+
+
+def _append_refusal(
+    rt: Runtime, rid: RunId, sid: StateId, attempt: int, base_snapshot_id: str, error: ErrorInfo
+) -> None:
+    """`StateEntered` + `StateFailed` in one batch: the history says why the state ended."""
     ts = now_millis()
     drafts = [
         EventDraft(
@@ -141,14 +205,20 @@ def _refuse_plan_mismatch(
             attempt=attempt,
         ),
         EventDraft(
-            event=StateFailed(state_id=sid, error=plan_mismatch_error(), failure_snapshot_id=None),
+            event=StateFailed(state_id=sid, error=error, failure_snapshot_id=None),
             ts_millis=ts,
             state_id=sid,
             attempt=attempt,
         ),
     ]
+    rt.events.append_next(rid, drafts)
+
+
+def _refuse_plan_mismatch(
+    rt: Runtime, rid: RunId, sid: StateId, attempt: int, base_snapshot_id: str
+) -> str:
     try:
-        rt.events.append_next(rid, drafts)
+        _append_refusal(rt, rid, sid, attempt, base_snapshot_id, plan_mismatch_error())
     except GuardViolation:
         return "duplicate"
     log.error("run %s: refused %s attempt %d: plan_mismatch", rid, sid, attempt)

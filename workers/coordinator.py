@@ -13,11 +13,14 @@ Celery is injected (`Dispatcher`), so this module has no Celery import.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, cast
+
+import redis
 
 from mfm_dist.canonical import JsonValue
 from mfm_dist.engine.attempt import now_millis
@@ -36,6 +39,8 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.stores.guards import GuardViolation
+from workers.faults import is_transient
+from workers.leases import Coordination
 from workers.runtime import RunContext, Runtime
 
 log = logging.getLogger("mfm.coordinator")
@@ -64,8 +69,12 @@ class Dispatcher(Protocol):
     def send_chord(self, run_id: str, attempts: list[AttemptTask]) -> None:
         """Header: the attempts on the attempt queue; body: `advance(run_id)`."""
 
-    def send_advance(self, run_id: str, countdown_s: float, *, watchdog: bool = False) -> None:
-        """One `advance(run_id)` on the control queue."""
+    def send_advance(self, run_id: str, countdown_s: float, *, watchdog: str | None = None) -> None:
+        """One `advance(run_id)` on the control queue; `watchdog` is the liveness token."""
+
+
+class LockLost(Exception):
+    """The coordinator lock expired under a long advance; someone else may coordinate."""
 
 
 def orphan_error() -> ErrorInfo:
@@ -91,22 +100,51 @@ class Coordinator:
         self._runs: OrderedDict[str, CachedRun] = OrderedDict()
         self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="mfm-prefetch")
 
+    def close(self) -> None:
+        """Stop the prefetch threads (a replaced coordinator must not leak them)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._runs.clear()
+
     # -- entry point ----------------------------------------------------------------------------
-    def advance(self, run_id: str, *, watchdog: bool = False) -> str:
-        """Returns a short status: busy, finished, dispatched:N, waiting, idle."""
+    def advance(self, run_id: str, *, watchdog: str | None = None) -> str:
+        """Returns a short status: busy, finished, dispatched:N, waiting, idle, lock_lost,
+        watchdog_superseded or finish_rejected:<rule>.
+
+        `watchdog` is the token of a liveness wake-up: only the message whose token is
+        the run's current one re-arms the watchdog; any other watchdog message exits."""
         rid = str(RunId(run_id))
         coord = self.rt.coord
         if watchdog:
-            coord.release_watchdog(rid)
-        token = coord.try_lock(rid, int(self.rt.settings.lock_ttl_s * 1000))
+            current = coord.watchdog_token(rid)
+            if current is not None and current != watchdog:
+                return "watchdog_superseded"
+        ttl_ms = int(self.rt.settings.lock_ttl_s * 1000)
+        token = coord.try_lock(rid, ttl_ms)
         if token is None:
-            self.dispatcher.send_advance(rid, BUSY_RETRY_S)
+            # Hand the watchdog token on, so the chain survives a busy lock.
+            self.dispatcher.send_advance(rid, BUSY_RETRY_S, watchdog=watchdog)
             return "busy"
+        status = "error"
+        rearm = True
         try:
             with self.rt.timings.phase("coord_advance"):
-                return self._advance_locked(rid)
+                status = self._advance_locked(rid, _Lock(coord, rid, token, ttl_ms))
+            rearm = status != "finished"
+            return status
+        except LockLost:
+            log.warning("run %s: coordinator lock lost during a long advance", rid)
+            status = "lock_lost"
+            return status
+        except BaseException as exc:
+            # A transient fault (Redis OOM, S3 down) must not end the liveness chain;
+            # a permanent one (plan mismatch, corrupt history) must not loop forever.
+            rearm = not isinstance(exc, MfmError) or is_transient(exc)
+            raise
         finally:
-            coord.unlock(rid, token)
+            if rearm:
+                self._ensure_watchdog(rid, watchdog)
+            with contextlib.suppress(redis.RedisError):
+                coord.unlock(rid, token)
             self.rt.flush_timings()
 
     # -- the run cache --------------------------------------------------------------------------
@@ -115,14 +153,16 @@ class Coordinator:
         if cached is not None:
             self._runs.move_to_end(rid)
             try:
-                new = cached.history.refresh(self.rt.events)
-                if new:
-                    self._prefetch(cached.history, new)
-                    cached.progress.observe(cached.history, new)
-                return cached
+                new = self._refresh(cached.history)
+                if new is not None:
+                    if new:
+                        self._prefetch(cached.history, new)
+                        cached.progress.observe(cached.history, new)
+                    return cached
+                log.warning("run %s: the log no longer continues the cached history", rid)
             except MfmError as exc:
                 log.warning("run %s: rebuilding cached state (%s)", rid, exc.info.code)
-                self._runs.pop(rid, None)
+            self._runs.pop(rid, None)
         history = RunHistory.load(self.rt.events, RunId(rid))
         ctx = self.rt.run_context(str(history.started.manifest_id))
         for state_id in history.states:
@@ -142,6 +182,21 @@ class Coordinator:
             self._runs.popitem(last=False)
         return run
 
+    def _refresh(self, history: RunHistory) -> list[EventEnvelope] | None:
+        """Apply what was appended since the cached head; None if the log does not continue
+        the cache any more (Redis lost a tail of the log and maybe took new appends since):
+        then the cache is ahead of the truth and must be rebuilt from the log.
+
+        Re-reads the last cached envelope along with the new ones (one round trip)."""
+        head = history.head
+        envelopes = self.rt.events.read_range(history.run_id, head, None)
+        if not envelopes or envelopes[0] != history.envelopes[-1]:
+            return None
+        new = envelopes[1:]
+        if new:
+            history.extend(new)
+        return new
+
     def _prefetch(self, history: RunHistory, envelopes: list[EventEnvelope]) -> None:
         """Load the snapshots `observe` will diff, in parallel (they are immutable)."""
         wanted: set[str] = set()
@@ -157,8 +212,9 @@ class Coordinator:
                 list(self._pool.map(self.rt.snapshots.load, sorted(wanted)))
 
     # -- one advance ----------------------------------------------------------------------------
-    def _advance_locked(self, rid: str) -> str:
+    def _advance_locked(self, rid: str, lock: _Lock) -> str:
         run = self._load(rid)
+        lock.renew()
         coord = self.rt.coord
         if run.history.completed is not None:
             self._forget(rid)
@@ -173,20 +229,18 @@ class Coordinator:
             )
         for _ in range(MAX_ROUNDS):
             decision = self._decide(rid, run)
+            lock.renew()
             if decision.close_orphans:
                 self._close_orphans(rid, decision.close_orphans)
                 run = self._load(rid)
+                lock.renew()
                 continue
             if decision.finish is not None:
-                self._finish(rid, run, decision.finish)
-                return "finished"
+                return self._finish(rid, run, decision.finish)
             if decision.dispatch:
                 self._dispatch(rid, run, decision.dispatch)
-            self._ensure_watchdog(rid)
-            if decision.dispatch:
                 return f"dispatched:{len(decision.dispatch)}"
             return "waiting" if decision.in_flight else "idle"
-        self._ensure_watchdog(rid)
         return "waiting"
 
     def _decide(self, rid: str, run: CachedRun) -> Decision:
@@ -227,6 +281,7 @@ class Coordinator:
                 pass  # the attempt was closed meanwhile (by its worker or another coordinator)
 
     def _dispatch(self, rid: str, run: CachedRun, dispatch: list[Dispatch]) -> None:
+        """Reserve, then send (the lock was checked just before)."""
         now = now_millis()
         timeout_ms = int(self.rt.settings.dispatch_timeout_s * 1000)
         self.rt.coord.reserve(
@@ -252,7 +307,7 @@ class Coordinator:
         with self.rt.timings.phase("coord_send"):
             self.dispatcher.send_chord(rid, tasks)
 
-    def _finish(self, rid: str, run: CachedRun, finish: Finish) -> None:
+    def _finish(self, rid: str, run: CachedRun, finish: Finish) -> str:
         drafts: list[EventDraft] = []
         config = run.ctx.manifest.run_config
         if finish.conflict_payload is not None and config.keeps_domain_event(CONFLICT_EVENT):
@@ -273,17 +328,40 @@ class Coordinator:
         )
         try:
             self.rt.events.append_next(RunId(rid), drafts)
-        except GuardViolation:
+        except GuardViolation as exc:
+            if exc.rule != "after_run_completed":
+                # Not finished: something changed under us (e.g. an attempt opened). Keep
+                # the run's cache honest and the watchdog armed; the next advance decides.
+                log.warning("run %s: RunCompleted rejected (%s); will look again", rid, exc.rule)
+                self._runs.pop(rid, None)
+                return f"finish_rejected:{exc.rule}"
             log.info("run %s: already completed by another coordinator", rid)
         self._forget(rid)
+        return "finished"
 
     def _forget(self, rid: str) -> None:
         self._runs.pop(rid, None)
         self.rt.coord.forget_run(rid)
 
-    def _ensure_watchdog(self, rid: str) -> None:
+    def _ensure_watchdog(self, rid: str, holder: str | None) -> None:
         """Keep one liveness `advance` scheduled while the run is unfinished, so a lost
-        join, a dead worker or an infrastructure outage never needs a user to step in."""
+        join, a dead worker or an infrastructure outage never needs a user to step in.
+        Only the current watchdog message (`holder`) or a run without one re-arms."""
         delay = self.rt.settings.watchdog_s
-        if self.rt.coord.claim_watchdog(rid, int(delay * 2000)):
-            self.dispatcher.send_advance(rid, delay, watchdog=True)
+        try:
+            token = self.rt.coord.claim_watchdog(rid, int(delay * 2000), holder)
+            if token is not None:
+                self.dispatcher.send_advance(rid, delay, watchdog=token)
+        except Exception as exc:  # best effort: the failing advance is retried by Celery
+            log.warning("run %s: could not arm the watchdog (%s)", rid, type(exc).__name__)
+
+
+class _Lock:
+    """The held coordinator lock of one advance; `renew()` before each store-heavy step."""
+
+    def __init__(self, coord: Coordination, rid: str, token: str, ttl_ms: int) -> None:
+        self._coord, self._rid, self._token, self._ttl_ms = coord, rid, token, ttl_ms
+
+    def renew(self) -> None:
+        if not self._coord.renew_lock(self._rid, self._token, self._ttl_ms):
+            raise LockLost(self._rid)

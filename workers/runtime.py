@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,6 @@ from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import Corruption, InvalidInput
 from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.io.base import FactIndex, IoFactory
-from mfm_dist.io.factory import default_io_factory
 from mfm_dist.manifest import RunManifest
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.plan import ExecutionPlan
@@ -107,12 +108,15 @@ class RedisCachedArtifacts(ArtifactStore):
     Cache faults are ignored (the durable store answers).
     """
 
+    MEMORY_HEADROOM = 0.9
+    MEMORY_CHECK_S = 5.0
+
     def __init__(
         self,
         inner: ArtifactStore,
         client: redis.Redis,
         *,
-        ttl_s: int = 900,
+        ttl_s: int = 120,
         max_bytes: int = 256 * 1024,
     ) -> None:
         self.inner = inner
@@ -120,6 +124,21 @@ class RedisCachedArtifacts(ArtifactStore):
         self._client: Any = client
         self._ttl_s = ttl_s
         self._max_bytes = max_bytes
+        self._roomy = True
+        self._checked_at = float("-inf")
+
+    def _has_room(self) -> bool:
+        """False while Redis is close to `maxmemory`: the event log needs that memory more
+        than the cache does (checked at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._checked_at >= self.MEMORY_CHECK_S:
+            self._checked_at = now
+            with contextlib.suppress(redis.RedisError, ValueError, TypeError):
+                info = self._client.info("memory")
+                limit = int(info.get("maxmemory", 0))
+                used = int(info.get("used_memory", 0))
+                self._roomy = limit <= 0 or used < self.MEMORY_HEADROOM * limit
+        return self._roomy
 
     @staticmethod
     def _key(artifact_id: str) -> str:
@@ -130,7 +149,7 @@ class RedisCachedArtifacts(ArtifactStore):
 
     def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         stored = self.inner._put_raw(artifact_id, kind, data)
-        if len(data) <= self._max_bytes:
+        if len(data) <= self._max_bytes and self._has_room():
             with contextlib.suppress(redis.RedisError):
                 self._client.set(self._key(artifact_id), data, ex=self._ttl_s)
         return stored
@@ -154,6 +173,10 @@ class RunContext:
     manifest: RunManifest
     plan: ExecutionPlan
     fingerprint: str
+
+
+CONTEXT_CACHE_SIZE = 64
+FACT_CACHE_SIZE = 256
 
 
 class Runtime:
@@ -181,8 +204,9 @@ class Runtime:
         )
         self._registry: OperationRegistry | None = None
         self._io_factory: IoFactory | None = None
-        self._contexts: dict[str, RunContext] = {}
-        self._facts: dict[str, FactIndex] = {}
+        # LRU-bounded: a long-lived worker sees an unbounded number of runs.
+        self._contexts: OrderedDict[str, RunContext] = OrderedDict()
+        self._facts: OrderedDict[str, FactIndex] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -194,12 +218,15 @@ class Runtime:
     @property
     def io_factory(self) -> IoFactory:
         if self._io_factory is None:
-            self._io_factory = default_io_factory()
+            # The registry's factory includes transports of `register_transports` hooks.
+            self._io_factory = self.registry.io_factory()
         return self._io_factory
 
     def run_context(self, manifest_id: str) -> RunContext:
         with self._lock:
             hit = self._contexts.get(manifest_id)
+            if hit is not None:
+                self._contexts.move_to_end(manifest_id)
         if hit is not None:
             return hit
         manifest = RunManifest.model_validate(get_json(self.artifacts, manifest_id, "manifest"))
@@ -209,6 +236,8 @@ class Runtime:
         ctx = RunContext(manifest, plan, plan.fingerprint())
         with self._lock:
             self._contexts[manifest_id] = ctx
+            while len(self._contexts) > CONTEXT_CACHE_SIZE:
+                self._contexts.popitem(last=False)
         return ctx
 
     def facts(self, run_id: str) -> FactIndex:
@@ -219,6 +248,10 @@ class Runtime:
                 rid = RunId(run_id)
                 index = FactIndex(fallback=lambda key: self.events.fact_binding(rid, key))
                 self._facts[run_id] = index
+                while len(self._facts) > FACT_CACHE_SIZE:
+                    self._facts.popitem(last=False)
+            else:
+                self._facts.move_to_end(run_id)
             return index
 
     def flush_timings(self) -> None:

@@ -14,19 +14,32 @@
   dispatched again (the guards make that harmless).
 * `MFM_LOCK_TTL_S` (30): the per-run coordinator lock TTL.
 * `MFM_WATCHDOG_S` (lease TTL + 1): period of the liveness `advance` of an unfinished run.
-* `MFM_ARTIFACT_CACHE_TTL_S` (900): small artifacts (snapshots) written by workers are
-  also kept this long in Redis (`mfm:art:<id>`, hash-verified on read) so coordinators
-  skip an S3 GET; `0` turns the cache off.
+* `MFM_ARTIFACT_CACHE_TTL_S` (120): small artifacts (snapshots, ≤ 256 KiB) written by
+  workers are also kept this long in Redis (`mfm:art:<id>`, hash-verified on read) so
+  coordinators skip an S3 GET; `0` turns the cache off. Memory trade-off: the cache costs
+  about (snapshot bytes written per second × TTL) of Redis memory, in the same Redis as
+  the event log; with `maxmemory` + `noeviction` a full cache makes *event appends* fail
+  (OOM), so keep the TTL short (the coordinator reads a snapshot within seconds of its
+  write) and size `maxmemory` with that headroom. Cache writes are skipped while Redis
+  reports `used_memory` above 90% of `maxmemory`.
+* `MFM_WORKER_MAX_TASKS_PER_CHILD` (1000): a prefork child is replaced after that many
+  tasks, bounding whatever a long-lived process accumulates (`0`: never).
+* `MFM_SWEEP_S` (60): period of the cluster-wide sweep that wakes RUNNING runs that have
+  no pending watchdog (e.g. a submitter died between `RunStarted` and its first wake-up).
+* `MFM_SUBMIT_DEDUP_TTL_S` (86400): how long a `mfm.submit` task id remembers its run id,
+  so a redelivered submission never starts a second run.
 * `MFM_TIMING` (off): `1` makes processes accumulate per-phase timings in `mfm:timing`.
 
-Credentials belong in the URLs' environment (`MFM_REDIS_PASSWORD`, `MFM_S3_ACCESS_KEY`, …);
-every URL that is printed is redacted.
+Credentials belong in the URLs' environment (`MFM_REDIS_PASSWORD`, `MFM_REDIS_USERNAME`,
+`MFM_S3_ACCESS_KEY`, …): the Redis ones are applied to every `redis://`/`rediss://` URL
+without credentials (events, broker, result backend); every URL that is printed is redacted.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -39,6 +52,29 @@ def _float(name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name} must be positive")
     return value
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"{name} must not be negative")
+    return value
+
+
+def with_redis_credentials(url: str) -> str:
+    """`url` with `MFM_REDIS_USERNAME`/`MFM_REDIS_PASSWORD` applied, if it is a Redis URL
+    without credentials of its own. The result holds a secret: never print or log it
+    (use `mfm_dist.secrets.redact_url`)."""
+    password = os.environ.get("MFM_REDIS_PASSWORD")
+    parts = urlsplit(url)
+    if not password or parts.scheme not in ("redis", "rediss") or "@" in parts.netloc:
+        return url
+    user = quote(os.environ.get("MFM_REDIS_USERNAME", ""), safe="")
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)
@@ -56,6 +92,9 @@ class Settings:
     watchdog_s: float
     timing: bool
     artifact_cache_ttl_s: int
+    max_tasks_per_child: int = 1000
+    sweep_s: float = 60.0
+    submit_dedup_ttl_s: int = 86400
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -63,8 +102,8 @@ class Settings:
         broker = env.get("MFM_BROKER_URL") or DEFAULT_REDIS
         lease = _float("MFM_LEASE_TTL_S", 10.0)
         return cls(
-            broker_url=broker,
-            result_backend=env.get("MFM_RESULT_BACKEND") or broker,
+            broker_url=with_redis_credentials(broker),
+            result_backend=with_redis_credentials(env.get("MFM_RESULT_BACKEND") or broker),
             events_url=env.get("MFM_EVENTS_URL") or DEFAULT_REDIS,
             artifacts_url=env.get("MFM_ARTIFACTS_URL") or None,
             control_queue=env.get("MFM_CONTROL_QUEUE") or "mfm.control",
@@ -75,7 +114,10 @@ class Settings:
             lock_ttl_s=_float("MFM_LOCK_TTL_S", 30.0),
             watchdog_s=_float("MFM_WATCHDOG_S", lease + 1.0),
             timing=env.get("MFM_TIMING", "").lower() in ("1", "true", "yes", "on"),
-            artifact_cache_ttl_s=int(env.get("MFM_ARTIFACT_CACHE_TTL_S", "900") or "0"),
+            artifact_cache_ttl_s=_int("MFM_ARTIFACT_CACHE_TTL_S", 120),
+            max_tasks_per_child=_int("MFM_WORKER_MAX_TASKS_PER_CHILD", 1000),
+            sweep_s=_float("MFM_SWEEP_S", 60.0),
+            submit_dedup_ttl_s=_int("MFM_SUBMIT_DEDUP_TTL_S", 86400),
         )
 
     @property

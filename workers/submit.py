@@ -19,9 +19,10 @@ from mfm_dist.engine.lifecycle import (
     store_manifest,
     validate_start,
 )
-from mfm_dist.errors import MfmError, RunError
+from mfm_dist.errors import ConcurrencyError, MfmError, RunError
 from mfm_dist.ids import RunId
 from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.stores.guards import GuardViolation
 from workers.runtime import Runtime, get_runtime
 
 
@@ -39,11 +40,27 @@ def submit_run(
     *,
     version: str | None = None,
     runtime: Runtime | None = None,
+    run_id: str | None = None,
+    submission_id: str | None = None,
 ) -> RunId:
-    """Validate and record the start of a run, then hand it to the coordinator."""
+    """Validate and record the start of a run, then hand it to the coordinator.
+
+    `run_id`: the id to use (minted when None). `submission_id` (e.g. the Celery task
+    id of `mfm.submit`) makes the call idempotent: a repeated call with the same id
+    continues or just returns the run the first call started, never a second run."""
     from workers.tasks import advance
 
     rt = runtime or get_runtime()
+    rid = RunId(run_id) if run_id is not None else RunId.mint()
+    if submission_id is not None:
+        rid = RunId(
+            rt.coord.claim_submission(submission_id, str(rid), rt.settings.submit_dedup_ttl_s)
+        )
+        if _started(rt, rid):
+            # An earlier delivery got at least as far as `RunStarted`; make sure the
+            # coordinator is awake (it may have died before sending the wake-up).
+            advance.apply_async(args=(str(rid),), queue=rt.settings.control_queue)
+            return rid
     prepared = prepare_run(rt.registry, target, run_input, run_config, version=version)
     manifest_id = store_manifest(rt.artifacts, prepared.manifest)
     initial = validate_start(
@@ -54,16 +71,26 @@ def submit_run(
         manifest_id=manifest_id,
         initial_context=prepared.initial_context,
     )
-    run_id, _ = record_run_start(
-        rt.events,
-        rt.artifacts,
-        plan=prepared.plan,
-        manifest_id=manifest_id,
-        initial_snapshot=initial,
-    )
-    rt.coord.record_plan(str(run_id), prepared.plan.fingerprint())
-    advance.apply_async(args=(str(run_id),), queue=rt.settings.control_queue)
-    return run_id
+    rt.coord.record_plan(str(rid), prepared.plan.fingerprint())
+    try:
+        record_run_start(
+            rt.events,
+            rt.artifacts,
+            plan=prepared.plan,
+            manifest_id=manifest_id,
+            initial_snapshot=initial,
+            run_id=rid,
+        )
+    except (GuardViolation, ConcurrencyError):
+        if submission_id is None or not _started(rt, rid):
+            raise
+        # A concurrent delivery of the same submission appended `RunStarted` first.
+    advance.apply_async(args=(str(rid),), queue=rt.settings.control_queue)
+    return rid
+
+
+def _started(rt: Runtime, rid: RunId) -> bool:
+    return rt.events.head_seq(rid) > 0
 
 
 def wait_for_run(
