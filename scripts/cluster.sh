@@ -61,7 +61,7 @@ start() {
   mkdir -p "$DIR/redis"
   if ! alive "$DIR/redis.pid"; then
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$DIR/redis" \
-      --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --save "" \
+      --appendonly yes --appendfsync always --maxmemory-policy noeviction --save "" \
       --daemonize yes --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log"
     wait_for redis-server redis-cli -p "$REDIS_PORT" ping
   fi

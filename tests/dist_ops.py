@@ -39,7 +39,7 @@ class GatedDemo(Operation):
 
     def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
         assert isinstance(op_config, dict)
-        items = int(op_config.get("items", 4))  # type: ignore[arg-type]
+        items = int(op_config.get("items", 4))
         gate_dir = str(op_config["gate_dir"])
         graph = StateGraph()
         join = op_path.state_id("join")

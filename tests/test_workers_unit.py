@@ -291,7 +291,8 @@ def test_cache_is_rebuilt_when_redis_loses_the_tail_of_the_log(h: Harness) -> No
         first.state_id.replace("0000", "0001")
     ]
     # Redis restarts from an AOF that lacks the last second: StateCompleted is gone.
-    r, tag = h.rt.redis, f"mfm:{{{rid}}}:"
+    r: Any = h.rt.redis
+    tag = f"mfm:{{{rid}}}:"
     last = r.xrevrange(tag + "events", count=1)[0][0]
     r.xdel(tag + "events", last)
     guard = tag + "guard"
@@ -540,3 +541,13 @@ def test_backoff_attempts_get_their_own_chord_and_header_errors_are_statuses(
     monkeypatch.setattr(tasks, "run_one_attempt", boom)
     status = tasks.execute_attempt("r", "m", "s", 0, "b", "f")
     assert status == "error:ConnectionError"
+
+
+def test_redis_password_can_come_from_a_file(
+    env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = tmp_path / "redis_password"
+    secret.write_text("from-a-secret\n")
+    monkeypatch.setenv("MFM_REDIS_PASSWORD_FILE", str(secret))
+    monkeypatch.setenv("MFM_BROKER_URL", "redis://broker:6379/1")
+    assert Settings.from_env().broker_url == "redis://:from-a-secret@broker:6379/1"

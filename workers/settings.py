@@ -30,7 +30,8 @@
   so a redelivered submission never starts a second run.
 * `MFM_TIMING` (off): `1` makes processes accumulate per-phase timings in `mfm:timing`.
 
-Credentials belong in the URLs' environment (`MFM_REDIS_PASSWORD`, `MFM_REDIS_USERNAME`,
+Credentials belong in the URLs' environment (`MFM_REDIS_PASSWORD` or a file named by
+`MFM_REDIS_PASSWORD_FILE`, `MFM_REDIS_USERNAME`,
 `MFM_S3_ACCESS_KEY`, …): the Redis ones are applied to every `redis://`/`rediss://` URL
 without credentials (events, broker, result backend); every URL that is printed is redacted.
 """
@@ -77,6 +78,15 @@ def with_redis_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def load_password_file() -> None:
+    """`MFM_REDIS_PASSWORD_FILE` (e.g. a compose secret) sets `MFM_REDIS_PASSWORD` for
+    this process, so the password need not sit in the container's environment."""
+    path = os.environ.get("MFM_REDIS_PASSWORD_FILE")
+    if path and not os.environ.get("MFM_REDIS_PASSWORD"):
+        with open(path, encoding="utf-8") as fh:
+            os.environ["MFM_REDIS_PASSWORD"] = fh.read().strip("\r\n")
+
+
 @dataclass(frozen=True)
 class Settings:
     broker_url: str
@@ -98,6 +108,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        load_password_file()
         env = os.environ
         broker = env.get("MFM_BROKER_URL") or DEFAULT_REDIS
         lease = _float("MFM_LEASE_TTL_S", 10.0)
