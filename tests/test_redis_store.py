@@ -507,3 +507,31 @@ def test_durable_mode_needs_waitaof(redis_factory: Callable[..., RedisServer]) -
         store = RedisEventStore.from_url(url)
         rid = new_run()
         assert store.append_next(rid, [started()])[0].seq == 1
+
+
+def test_out_of_memory_is_a_retryable_storage_error(redis_factory: Callable[..., Any]) -> None:
+    """`noeviction` + maxmemory: appends fail with a retryable error, nothing half-written, and
+    succeed again once memory is available."""
+    from mfm_dist.errors import StorageUnavailable
+
+    server = redis_factory()
+    raw = redis.Redis.from_url(server.url)
+    store = RedisEventStore.from_url(server.url)
+    run = new_run()
+    store.append_next(run, [started()])
+    used = int(raw.info("memory")["used_memory"])
+    raw.config_set("maxmemory-policy", "noeviction")
+    raw.config_set("maxmemory", str(used + 64 * 1024))
+    filler = b"x" * 4096
+    try:
+        for i in range(1000):
+            raw.set(f"filler:{i}", filler)
+    except redis.exceptions.OutOfMemoryError:
+        pass
+    with pytest.raises(StorageUnavailable) as caught:
+        store.append_next(run, [entered(StateId("m.main.a"), 0)])
+    assert caught.value.info.retryable and caught.value.code == "redis_server_busy"
+    assert store.head_seq(run) == 1
+    raw.config_set("maxmemory", "0")
+    store.append_next(run, [entered(StateId("m.main.a"), 0)])
+    assert store.head_seq(run) == 2

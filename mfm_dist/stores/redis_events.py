@@ -142,6 +142,14 @@ def _event_args(event: Any, ts_millis: int, state_id: str | None, attempt: int |
     return fields
 
 
+def _server_busy(exc: redis.RedisError) -> bool:
+    """Errors that say "not now" rather than "never": OOM, loading, a busy script."""
+    if isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.BusyLoadingError)):
+        return True
+    text = str(exc)
+    return text.startswith(("BUSY", "LOADING", "OOM", "TRYAGAIN", "MASTERDOWN"))
+
+
 class RedisEventStore(EventStore):
     """Append-only per-run Redis Streams with the envelope guards enforced in Lua."""
 
@@ -237,6 +245,11 @@ class RedisEventStore(EventStore):
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except redis.RedisError as exc:
+                if _server_busy(exc):  # out of memory, loading, busy script: it will pass
+                    raise StorageUnavailable(
+                        f"redis at {self.url} cannot serve {what} now ({type(exc).__name__})",
+                        code="redis_server_busy",
+                    ) from None
                 raise StorageError(
                     "redis_command_failed",
                     f"redis at {self.url} rejected {what} ({type(exc).__name__})",
