@@ -333,7 +333,8 @@ def test_oom_append_is_transient_and_a_failed_advance_re_arms_the_watchdog(
             h.rt.events.append_next(
                 RunId(rid), [EventDraft(event=DomainEvent(name="x", payload=None), ts_millis=1)]
             )
-        assert err.value.info.code == "redis_command_failed" and is_transient(err.value)
+        assert err.value.info.code == "redis_server_busy" and err.value.info.retryable
+        assert is_transient(err.value)
         with pytest.raises(Exception) as raised:
             h.coordinator.advance(rid)
         assert is_transient(raised.value)
