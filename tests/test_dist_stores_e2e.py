@@ -21,7 +21,6 @@ from mfm_dist.stores.redis_events import RedisEventStore
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 from mfm_dist.verify import verify_run
 
-pytest_plugins = ["servers"]
 
 
 def run_cli(*args: str) -> Any:

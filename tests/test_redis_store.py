@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from servers import RedisServer
 
 # Fixtures redis_server, redis_url, redis_factory.
-pytest_plugins = ["servers"]
 
 SNAP = ArtifactId("a" * 64)
 OTHER = ArtifactId("c" * 64)

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 # Fixtures s3_server, s3_artifacts_url, s3_factory, s3_credentials (imported lazily by
 # pytest, so the helper module is not imported twice).
-pytest_plugins = ["servers"]
 
 
 def new_bucket_name() -> str:

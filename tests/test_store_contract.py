@@ -54,7 +54,6 @@ from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 from mfm_dist.stores.sqlite import SqliteEventStore
 
 # Real redis-server / moto S3 server fixtures (redis_url, s3_artifacts_url) from tests/servers.py.
-pytest_plugins = ["servers"]
 
 # --- backends ---------------------------------------------------------------------------------
 
