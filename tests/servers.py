@@ -1,9 +1,7 @@
 """Real Redis and S3 (moto) servers for tests, on free loopback ports.
 
-Use the fixtures by importing them into a test module (or list this module in
-`pytest_plugins` of a conftest)::
-
-    from servers import redis_url, redis_server, s3_artifacts_url, s3_server  # noqa: F401
+The fixtures are available to every test: pyproject's pytest `addopts` loads this module
+as a plugin (`-p servers`, with `tests/` on the `pythonpath`).
 
 * `redis_server` (session): one `redis-server` without persistence.
 * `redis_url` (function): `redis://127.0.0.1:PORT/DB` on that server, with the
