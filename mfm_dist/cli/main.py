@@ -9,14 +9,15 @@ exit code (see `mfm_dist.cli.errors`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -201,49 +202,97 @@ def _finish(
         raise click.exceptions.Exit(ExitCode.FAILED)
 
 
-def run_options(fn: Any) -> Any:
-    """The options that describe a run (shared by `run` and `submit`)."""
-    for option in reversed(
-        [
-            click.argument("op"),
-            click.option("--version", "op_version", help="Op version (default: the newest)."),
-            input_option,
-            click.option(
-                "--fan-out",
-                type=click.IntRange(1, MAX_FAN_OUT),
-                metavar="N",
-                help="Run independent states in parallel, at most N at once.",
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run, from the shared run options."""
+
+    op: str
+    version: str | None
+    run_input: Any
+    run_config: RunConfig
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that describe a run (shared by `run` and `submit`), given to the command
+    as one `spec: RunSpec`."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        op: str,
+        op_version: str | None,
+        raw_input: str | None,
+        fan_out: int | None,
+        skip_tags: tuple[str, ...],
+        dry_run: bool,
+        profile: str,
+        max_attempts: int,
+        backoff_ms: int,
+        replay: bool,
+        **kwargs: Any,
+    ) -> Any:
+        spec = RunSpec(
+            op=op,
+            version=op_version,
+            run_input=parse_input(raw_input),
+            run_config=_run_config(
+                fan_out=fan_out,
+                skip_tags=skip_tags,
+                dry_run=dry_run,
+                profile=profile,
+                max_attempts=max_attempts,
+                backoff_ms=backoff_ms,
+                replay=replay,
             ),
-            click.option(
-                "--skip-tag",
-                "skip_tags",
-                multiple=True,
-                metavar="TAG",
-                help="Skip states with TAG.",
-            ),
-            click.option("--dry-run", is_flag=True, help="Skip states tagged apply_side_effect."),
-            click.option(
-                "--profile",
-                type=click.Choice(sorted(PROFILES)),
-                default="normal",
-                show_default=True,
-            ),
-            click.option(
-                "--max-attempts",
-                type=click.IntRange(0, MAX_ATTEMPTS_LIMIT),
-                default=1,
-                show_default=True,
-            ),
-            click.option(
-                "--backoff-ms", type=click.IntRange(0, None), default=0, show_default=True
-            ),
-            click.option(
-                "--replay", is_flag=True, help="Replay recorded facts instead of doing live IO."
-            ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+        )
+        return fn(*args, spec=spec, **kwargs)
+
+    options = [
+        click.argument("op"),
+        click.option("--version", "op_version", help="Op version (default: the newest)."),
+        input_option,
+        click.option(
+            "--fan-out",
+            type=click.IntRange(1, MAX_FAN_OUT),
+            metavar="N",
+            help="Run independent states in parallel, at most N at once.",
+        ),
+        click.option(
+            "--skip-tag", "skip_tags", multiple=True, metavar="TAG", help="Skip states with TAG."
+        ),
+        click.option("--dry-run", is_flag=True, help="Skip states tagged apply_side_effect."),
+        click.option(
+            "--profile", type=click.Choice(sorted(PROFILES)), default="normal", show_default=True
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(0, MAX_ATTEMPTS_LIMIT),
+            default=1,
+            show_default=True,
+        ),
+        click.option("--backoff-ms", type=click.IntRange(0, None), default=0, show_default=True),
+        click.option(
+            "--replay", is_flag=True, help="Replay recorded facts instead of doing live IO."
+        ),
+    ]
+    decorated: Callable[..., Any] = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
+
+
+def timeout_option(help_text: str) -> Callable[[FC], FC]:
+    return click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(0, None),
+        default=3600.0,
+        show_default=True,
+        help=help_text,
+    )
 
 
 def _run_config(**options: Any) -> RunConfig:
@@ -265,48 +314,18 @@ def _run_config(**options: Any) -> RunConfig:
     help="local: execute here; celery: submit to the cluster and follow the run.",
 )
 @click.option("--detach", is_flag=True, help="With --backend celery: print the run id and return.")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(0, None),
-    default=3600.0,
-    show_default=True,
-    help="With --backend celery: stop following after this many seconds (exit 3).",
-)
+@timeout_option("With --backend celery: stop following after this many seconds (exit 3).")
 @json_flag
 @pass_app
 def run(
-    app: App,
-    op: str,
-    op_version: str | None,
-    raw_input: str | None,
-    fan_out: int | None,
-    skip_tags: tuple[str, ...],
-    dry_run: bool,
-    profile: str,
-    max_attempts: int,
-    backoff_ms: int,
-    replay: bool,
-    backend: str,
-    detach: bool,
-    timeout_s: float,
-    as_json: bool,
+    app: App, spec: RunSpec, backend: str, detach: bool, timeout_s: float, as_json: bool
 ) -> None:
     """Start a run of OP (an operation or a registered pipeline): here, or on the cluster."""
-    run_input = parse_input(raw_input)
-    run_config = _run_config(
-        fan_out=fan_out,
-        skip_tags=skip_tags,
-        dry_run=dry_run,
-        profile=profile,
-        max_attempts=max_attempts,
-        backoff_ms=backoff_ms,
-        replay=replay,
-    )
-    registry = app.registry()
     if backend == "celery":
-        _run_on_cluster(app, op, op_version, run_input, run_config, detach, timeout_s, as_json)
+        _run_on_cluster(app, spec, detach, timeout_s, as_json)
         return
+    registry = app.registry()
+    op, op_version, run_input, run_config = spec.op, spec.version, spec.run_input, spec.run_config
     prepared = prepare_run(registry, op, run_input, run_config, version=op_version)
     manifest_id = store_manifest(app.artifacts, prepared.manifest)
     show = _wants_progress(as_json)
@@ -323,25 +342,17 @@ def run(
     _finish(app, result, as_json, prepared.plan, prepared.run_config)
 
 
-def _run_on_cluster(
-    app: App,
-    op: str,
-    op_version: str | None,
-    run_input: Any,
-    run_config: RunConfig,
-    detach: bool,
-    timeout_s: float,
-    as_json: bool,
-) -> None:
+def _run_on_cluster(app: App, spec: RunSpec, detach: bool, timeout_s: float, as_json: bool) -> None:
     """Submit to the cluster; then either return the run id or follow the run live."""
     _export_store_urls(app)
     try:
         from workers.submit import submit_run
     except ImportError as exc:
         raise _distributed_unavailable(exc) from None
-    registry = app.registry()
-    prepared = prepare_run(registry, op, run_input, run_config, version=op_version)
-    run_id = submit_run(op, run_input, run_config, version=op_version)
+    prepared = prepare_run(
+        app.registry(), spec.op, spec.run_input, spec.run_config, version=spec.version
+    )
+    run_id = submit_run(spec.op, spec.run_input, spec.run_config, version=spec.version)
     if detach:
         click.echo(json.dumps({"run_id": str(run_id)}) if as_json else f"submitted run {run_id}")
         return
@@ -409,74 +420,14 @@ def worker(queues: str, concurrency: int | None, loglevel: str) -> None:
 
 @cli.command()
 @run_options
-@click.option("--wait", is_flag=True, help="Wait for the run to finish and exit by its phase.")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(0, None),
-    default=3600.0,
-    show_default=True,
-    help="With --wait: give up after this many seconds (exit 3).",
-)
+@click.option("--wait", is_flag=True, help="Follow the run until it ends and exit by its phase.")
+@timeout_option("With --wait: stop following after this many seconds (exit 3).")
 @json_flag
 @pass_app
-def submit(
-    app: App,
-    op: str,
-    op_version: str | None,
-    raw_input: str | None,
-    fan_out: int | None,
-    skip_tags: tuple[str, ...],
-    dry_run: bool,
-    profile: str,
-    max_attempts: int,
-    backoff_ms: int,
-    replay: bool,
-    wait: bool,
-    timeout_s: float,
-    as_json: bool,
-) -> None:
-    """Submit a run of OP to the Celery cluster (MFM_BROKER_URL, MFM_EVENTS_URL=redis://…,
-    MFM_ARTIFACTS_URL=s3://…); prints the run id, or with --wait the result."""
-    run_input = parse_input(raw_input)
-    run_config = _run_config(
-        fan_out=fan_out,
-        skip_tags=skip_tags,
-        dry_run=dry_run,
-        profile=profile,
-        max_attempts=max_attempts,
-        backoff_ms=backoff_ms,
-        replay=replay,
-    )
-    for name, value in (
-        ("MFM_EVENTS_URL", app.events_url),
-        ("MFM_ARTIFACTS_URL", app.artifacts_url),
-    ):
-        if value:
-            os.environ[name] = value
-    try:
-        from workers.submit import submit_run, wait_for_run
-    except ImportError as exc:
-        raise CliError(
-            "distributed_unavailable",
-            f"the distributed backend is not installed (pip install 'mfm-dist[dist]'): {exc.name}",
-            ExitCode.INFRASTRUCTURE,
-        ) from None
-    run_id = submit_run(op, run_input, run_config, version=op_version)
-    if not wait:
-        if as_json:
-            click.echo(json.dumps({"run_id": str(run_id)}))
-        else:
-            click.echo(f"submitted run {run_id}")
-        return
-    result = wait_for_run(str(run_id), timeout_s)
-    if as_json:
-        click.echo(result.model_dump_json())
-    else:
-        for line in result_lines(result, None):
-            click.echo(line)
-    if result.phase != RunPhase.COMPLETED:
-        raise click.exceptions.Exit(ExitCode.FAILED)
+def submit(app: App, spec: RunSpec, wait: bool, timeout_s: float, as_json: bool) -> None:
+    """Submit a run of OP to the Celery cluster (same as `run --backend celery --detach`, or
+    without --detach with --wait); prints the run id, or with --wait the result."""
+    _run_on_cluster(app, spec, not wait, timeout_s, as_json)
 
 
 @cli.command()
@@ -487,9 +438,7 @@ def submit(
     help="Wake the run's coordinator on the Celery cluster instead of executing here.",
 )
 @click.option("--wait", is_flag=True, help="With --cluster: wait for the run to finish.")
-@click.option(
-    "--timeout", "timeout_s", type=click.FloatRange(0, None), default=3600.0, show_default=True
-)
+@timeout_option("With --cluster --wait: stop waiting after this many seconds (exit 3).")
 @json_flag
 @pass_app
 def resume(
