@@ -97,7 +97,7 @@ def contains_secret(value: Any) -> bool:
 
 def redact_url(url: str) -> str:
     """Drop user info (and any password) and secret-shaped query parameters from a URL
-    before it is printed or logged."""
+    before it is printed or logged. A URL with nothing to hide is returned unchanged."""
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
@@ -111,6 +111,8 @@ def redact_url(url: str) -> str:
             elif pair:
                 pairs.append(f"{key}{sep}{value}")
         query = "&".join(pairs)
+        if netloc == parts.netloc and query == parts.query:
+            return url
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return "<unparseable url>"

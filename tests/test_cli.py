@@ -318,7 +318,7 @@ def test_artifact_bytes_to_stdout_and_file(home: Path, tmp_path: Path) -> None:
     bad_id = mfm(home, "artifact", "not-an-id")
     assert bad_id.exit_code == 2
     missing = mfm(home, "artifact", "0" * 64)
-    assert missing.exit_code == 3
+    assert missing.exit_code == 2  # an id the user typed that the store lacks
     assert error_line(missing).startswith("error[")
 
 
@@ -542,3 +542,27 @@ def test_console_script_in_a_subprocess(home: Path) -> None:
     )
     assert bad.returncode == 2 and bad.stdout == b""
     assert bad.stderr.decode().startswith("error[input_invalid_json]: ")
+
+
+def test_verify_of_an_unknown_run_is_invalid_input(home: Path) -> None:
+    unknown = mfm(home, "verify", "00000000-0000-4000-8000-000000000000")
+    assert unknown.exit_code == 2
+    assert error_line(unknown).startswith("error[run_not_found]: ")
+
+
+def test_ops_modules_in_the_working_directory(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = tmp_path / "cwd_ops_mod.py"
+    module.write_text(
+        "from mfm_dist import FnState, Operation, StateGraph\n"
+        "class Hello(Operation):\n"
+        "    op_id = 'hello_cwd'\n"
+        "    def expand(self, op_path, op_config, run_config):\n"
+        "        g = StateGraph()\n"
+        "        g.add(f'{op_path}.hi', FnState(lambda c, i, r: c.set('hi', 1)))\n"
+        "        return g\n"
+        "def register_operations(registry):\n"
+        "    registry.register(Hello())\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = mfm(home, "--ops", "cwd_ops_mod", "run", "hello_cwd")
+    assert result.exit_code == 0, result.output

@@ -438,3 +438,21 @@ def test_mfm_worker_command_starts_a_configured_worker(cluster: LocalCluster) ->
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_plain_resume_refuses_a_cluster_run(cluster: LocalCluster, rt: Runtime, tmp_path: Path) -> None:
+    """Executing a cluster-submitted run in the CLI process would run attempts without
+    leases; plain `mfm resume` refuses and points to --cluster."""
+    from click.testing import CliRunner
+
+    from mfm_dist.cli.main import cli
+
+    run_input, gate = gated_input(tmp_path)
+    run_id = submit_run("gated_demo", run_input, FAN16, runtime=rt)
+    slow_started(gate)
+    refused = CliRunner().invoke(cli, ["--ops", "dist_ops", "resume", str(run_id)])
+    assert refused.exit_code == 2
+    assert "error[run_managed_by_cluster]" in refused.output
+    (gate / "open").write_text("")
+    assert finished(cluster, run_id, rt).phase == RunPhase.COMPLETED
+    assert_clean_history(events_of(rt, run_id))

@@ -150,6 +150,8 @@ def cli(
 ) -> None:
     """mfm: reproducible, auditable workflow runs."""
     MfmGroup.debug = debug
+    if os.getcwd() not in sys.path:  # --ops / MFM_OPERATIONS modules in the working directory
+        sys.path.append(os.getcwd())
     app = App(home, events_url or None, artifacts_url or None, ops_modules, debug)
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -352,7 +354,8 @@ def _run_on_cluster(app: App, spec: RunSpec, detach: bool, timeout_s: float, as_
     prepared = prepare_run(
         app.registry(), spec.op, spec.run_input, spec.run_config, version=spec.version
     )
-    run_id = submit_run(spec.op, spec.run_input, spec.run_config, version=spec.version)
+    with _broker_errors():
+        run_id = submit_run(spec.op, spec.run_input, spec.run_config, version=spec.version)
     if detach:
         click.echo(json.dumps({"run_id": str(run_id)}) if as_json else f"submitted run {run_id}")
         return
@@ -439,10 +442,21 @@ def submit(app: App, spec: RunSpec, wait: bool, timeout_s: float, as_json: bool)
 )
 @click.option("--wait", is_flag=True, help="With --cluster: wait for the run to finish.")
 @timeout_option("With --cluster --wait: stop waiting after this many seconds (exit 3).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Execute here even though the run was submitted to a cluster (its workers must be gone).",
+)
 @json_flag
 @pass_app
 def resume(
-    app: App, run_id: str, cluster: bool, wait: bool, timeout_s: float, as_json: bool
+    app: App,
+    run_id: str,
+    cluster: bool,
+    wait: bool,
+    timeout_s: float,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Continue RUN after a crash or a failed attempt (idempotent once finished).
 
@@ -459,13 +473,16 @@ def resume(
             from workers.tasks import advance
         except ImportError as exc:
             raise _distributed_unavailable(exc) from None
-        advance.delay(str(rid))
+        with _broker_errors():
+            advance.delay(str(rid))
         if not wait:
             click.echo(json.dumps({"run_id": str(rid)}) if as_json else f"woke run {rid}")
             return
-        result = wait_for_run(str(rid), timeout_s)
+        with _broker_errors():
+            result = wait_for_run(str(rid), timeout_s)
     else:
-        _refuse_live_attempts(app, loaded.history)
+        if loaded.history.completed is None and not force:
+            _refuse_cluster_runs(app, loaded.history)
         show = _wants_progress(as_json)
         tracker = ProgressTracker(total=len(loaded.plan.compiled))
         tracker.done = sum(1 for rec in loaded.history.states.values() if rec.completed)
@@ -477,18 +494,44 @@ def resume(
     _finish(app, result, as_json, loaded.plan, loaded.manifest.run_config)
 
 
-def _refuse_live_attempts(app: App, history: RunHistory) -> None:
-    """On the distributed stores, an open attempt with a live lease is not an orphan: a
-    worker is running it. Executing here would close it and run the state twice."""
-    leases = _leases(app, history) or {}
-    for state_id, att in history.open_attempts():
-        lease = leases.get(state_id)
-        if lease is not None and lease.attempt == att.attempt:
-            raise CliError(
-                "attempt_lease_live",
-                f"attempt {att.attempt} of {state_id} is running on {lease.worker}; "
-                "use `mfm resume --cluster` to let the coordinator continue the run",
-            )
+def _refuse_cluster_runs(app: App, history: RunHistory) -> None:
+    """A run submitted to a cluster is driven by its coordinator: executing it here as well
+    would run attempts without leases, which the cluster then takes for orphans."""
+    client = getattr(app.events, "client", None)
+    if client is None:
+        return
+    try:
+        from workers.leases import Coordination
+    except ImportError:
+        return
+    coordination = Coordination(client)
+    if coordination.recorded_plan(str(history.run_id)) is None:
+        return  # never submitted to a cluster: an embedded run on Redis stores
+    live = coordination.lease_info(str(history.run_id), [s for s, _ in history.open_attempts()])
+    busy = f" ({len(live)} attempt(s) running now)" if live else ""
+    raise CliError(
+        "run_managed_by_cluster",
+        f"run {history.run_id} was submitted to a cluster{busy}; use `mfm resume --cluster`, "
+        "or --force if its workers are gone for good",
+    )
+
+
+@contextlib.contextmanager
+def _broker_errors() -> Iterator[None]:
+    """Celery's connection failures, as one structured infrastructure error."""
+    try:
+        yield
+    except MfmError:
+        raise
+    except Exception as exc:
+        from workers.settings import Settings
+
+        broker = redact_url(Settings.from_env().broker_url)
+        raise CliError(
+            "broker_unavailable",
+            f"cannot reach the Celery broker or result store at {broker} ({type(exc).__name__})",
+            ExitCode.INFRASTRUCTURE,
+        ) from None
 
 
 def _export_store_urls(app: App) -> None:
@@ -620,7 +663,10 @@ def _refuse_secret_bytes(data: bytes) -> None:
 @pass_app
 def artifact(app: App, artifact_id: str, output: str | None) -> None:
     """The raw, hash-verified bytes of artifact ID."""
-    data = app.artifacts.get(ArtifactId(artifact_id))
+    try:
+        data = app.artifacts.get(ArtifactId(artifact_id))
+    except NotFound:
+        raise CliError("artifact_not_found", f"no artifact {artifact_id} in the store") from None
     _refuse_secret_bytes(data)
     if output is None:
         out = _binary_stdout()
@@ -710,6 +756,8 @@ def verify(app: App, run_id: str, as_json: bool) -> None:
     from mfm_dist.verify import verify_run
 
     result = verify_run(app.events, app.artifacts, app.registry(), RunId(run_id))
+    if any(v.code == "run_not_found" for v in result.violations):
+        raise NotFound(f"run {run_id} not found", code="run_not_found")
     if as_json:
         click.echo(result.model_dump_json())
     elif result.ok:

@@ -29,6 +29,23 @@ from mfm_dist.state import EventRecorder, FnState, StateMeta, StateOutcome
 MAX_DEMO_ITEMS = 100_000
 
 
+def check_config(op_id: str, config: JsonValue, allowed: set[str]) -> dict[str, JsonValue]:
+    """An example's input must be an object with known keys: a typo is an error, not a
+    silent default."""
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise InvalidInput("op_config_invalid", f"{op_id} takes a JSON object as input")
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise InvalidInput(
+            "op_config_invalid",
+            f"{op_id} does not know {', '.join(map(repr, unknown))}; it takes "
+            f"{', '.join(sorted(allowed)) or 'no keys'}",
+        )
+    return config
+
+
 def _int_config(config: JsonValue, key: str, default: int, low: int, high: int) -> int:
     value = config.get(key, default) if isinstance(config, dict) else default
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -47,6 +64,7 @@ class FanOutDemo(Operation):
     description = "N parallel item states, then a join that aggregates their values"
 
     def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        op_config = check_config(self.op_id, op_config, {"items", "payload_bytes"})
         items = _int_config(op_config, "items", 10, 1, MAX_DEMO_ITEMS)
         payload_bytes = _int_config(op_config, "payload_bytes", 0, 0, 1_048_576)
         width = max(4, len(str(items - 1)))
@@ -92,6 +110,7 @@ class ChainDemo(Operation):
     description = "N states in a chain, each adding its position to a running total"
 
     def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        op_config = check_config(self.op_id, op_config, {"states"})
         states = _int_config(op_config, "states", 10, 1, MAX_DEMO_ITEMS)
         width = max(4, len(str(states - 1)))
         graph = StateGraph()
@@ -118,6 +137,7 @@ class ExtractNumbers(Operation):
     description = "write the numbers 1..count to `numbers`"
 
     def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        op_config = check_config(self.op_id, op_config, {"count"})
         count = _int_config(op_config, "count", 5, 0, 10_000)
 
         async def extract(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:

@@ -53,6 +53,9 @@ class IoDemo(Operation):
     description = "HTTP, exec, time and randomness as recorded facts; a once-only side effect"
 
     def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        from mfm_dist.examples import check_config
+
+        op_config = check_config(self.op_id, op_config, {"quote_url", "publish_url", "program"})
         quote_url = _string(op_config, "quote_url", None)
         if quote_url is None:
             raise InvalidInput("op_config_invalid", "io_demo needs 'quote_url'")

@@ -86,8 +86,9 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
 def default_urls(home: str | os.PathLike[str] | None = None) -> tuple[str, str]:
     """The URLs in force: explicit environment settings, else the embedded defaults."""
     root = resolve_home(home).absolute()
-    events = os.environ.get("MFM_EVENTS_URL") or f"sqlite:///{root / 'events.sqlite3'}"
-    artifacts = os.environ.get("MFM_ARTIFACTS_URL") or f"file:///{root / 'artifacts'}"
+    # `root` is absolute, so these read sqlite:///abs/path and file:///abs/path.
+    events = os.environ.get("MFM_EVENTS_URL") or f"sqlite://{root / 'events.sqlite3'}"
+    artifacts = os.environ.get("MFM_ARTIFACTS_URL") or f"file://{root / 'artifacts'}"
     return events, artifacts
 
 
