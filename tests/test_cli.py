@@ -566,3 +566,13 @@ def test_ops_modules_in_the_working_directory(home: Path, tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     result = mfm(home, "--ops", "cwd_ops_mod", "run", "hello_cwd")
     assert result.exit_code == 0, result.output
+
+
+def test_context_state_by_unique_suffix(home: Path) -> None:
+    done = run_json(home, "fanout_demo", "--input", '{"items": 3}')
+    by_suffix = mfm(home, "context", str(done.run_id), "--state", "item_0001")
+    by_full = mfm(home, "context", str(done.run_id), "--state", "fanout_demo.main.item_0001")
+    assert by_suffix.exit_code == 0 and by_suffix.stdout == by_full.stdout
+    missing = mfm(home, "context", str(done.run_id), "--state", "nope")
+    assert missing.exit_code == 2
+    assert error_line(missing).startswith("error[state_not_found]: ")

@@ -683,15 +683,34 @@ def artifact(app: App, artifact_id: str, output: str | None) -> None:
         ) from None
 
 
+def _resolve_state(history: RunHistory, given: str) -> str:
+    """A full state id, or a unique suffix of one (`item_0003`, `main.item_0003`)."""
+    if given in history.states:
+        return given
+    matches = [s for s in history.states if s.endswith("." + given)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise CliError("state_ambiguous", f"{given} matches {len(matches)} states; give more of it")
+    if not StateId._check(given):
+        raise CliError("state_not_found", f"run {history.run_id} has no state matching {given}")
+    return given
+
+
 @cli.command()
 @click.argument("run_id", metavar="RUN")
-@click.option("--state", "state_id", metavar="STATE_ID", help="That state's completed snapshot.")
+@click.option(
+    "--state",
+    "state_id",
+    metavar="STATE_ID",
+    help="That state's completed snapshot (full id or a unique suffix, e.g. item_0003).",
+)
 @pass_app
 def context(app: App, run_id: str, state_id: str | None) -> None:
     """The final context snapshot of RUN (or of one state) as JSON."""
     history = RunHistory.load(app.events, RunId(run_id))
     if state_id is not None:
-        sid = str(StateId(state_id))
+        sid = _resolve_state(history, state_id)
         record = history.states.get(sid)
         if record is None:
             raise CliError("state_not_found", f"run {history.run_id} has no attempt of {sid}")
