@@ -155,11 +155,19 @@ def _jcs(value: JsonValue) -> bytes:
     code points); those rare values go through the reference `rfc8785` encoder. The
     equivalence is property-tested against `rfc8785` in tests/test_canonical.py."""
     if _keys_in_bmp(value):
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass  # nested deeper than orjson's limit (254): the reference encoder handles it
     try:
         return rfc8785.dumps(value)
     except rfc8785.CanonicalizationError as exc:  # pragma: no cover - check_json guards this
         raise CanonicalJsonError("json_not_canonicalizable", str(exc)) from None
+
+
+def json_copy(value: JsonValue) -> JsonValue:
+    """A deep copy in JSON form (tuples become lists) of a value `check_json` accepted."""
+    return orjson.loads(_jcs(value))
 
 
 def sha256_hex(data: bytes) -> str:

@@ -11,9 +11,7 @@ import copy
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import orjson
-
-from mfm_dist.canonical import JsonValue, check_json
+from mfm_dist.canonical import JsonValue, check_json, json_copy
 from mfm_dist.errors import MissingKey, SecretsDetected
 from mfm_dist.secrets import is_secret_string
 
@@ -55,7 +53,7 @@ class StagedContext:
         check_json({key: value}, "context value")
         # Store the JSON form (tuples become lists, no aliasing with the caller's objects),
         # so what the handler wrote equals what a reader of the snapshot will see.
-        self._overlay[key] = orjson.loads(orjson.dumps(value))
+        self._overlay[key] = json_copy(value)
         self._deleted.discard(key)
 
     def __setitem__(self, key: str, value: JsonValue) -> None:

@@ -173,11 +173,16 @@ def _state_report(
         )
     error = last.error
     code = error.code if error is not None else "unknown"
+    handled = sum(  # attempts that failed in the handler; orphans don't count (see progress)
+        1
+        for a in record.attempts
+        if a.error is not None and a.error.code != "orphan_attempt_recovered"
+    )
     retryable = error is not None and (
         error.code == "orphan_attempt_recovered"
         or (
             error.retryable
-            and (run_config is None or run_config.retry_policy.allows_retry(last.attempt))
+            and (run_config is None or run_config.retry_policy.allows_retry(handled - 1))
         )
     )
     if finished or not retryable:

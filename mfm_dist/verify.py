@@ -15,7 +15,7 @@ from mfm_dist.config import RunConfig
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import load_run
 from mfm_dist.engine.merge import compute_delta
-from mfm_dist.engine.progress import RunProgress
+from mfm_dist.engine.progress import MAX_ORPHAN_RECOVERIES, ORPHAN_CODE, RunProgress
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import MfmError
 from mfm_dist.events import DomainEvent, RunStatus, StateFailed
@@ -205,6 +205,9 @@ def _check_bases_and_final(
                 seq=history.head,
             )
         )
+    if history.completed.status == RunStatus.FAILED:
+        _check_ended_early(progress, history, found)
+    _check_retries(plan, run_config, history, progress, found)
     expected_final = progress.final_snapshot(store=False)
     if str(history.completed.final_snapshot_id) != expected_final:
         found.append(
@@ -215,3 +218,68 @@ def _check_bases_and_final(
                 seq=history.head,
             )
         )
+
+
+def _check_ended_early(progress: RunProgress, history: RunHistory, found: list[Violation]) -> None:
+    """A failed run must have run everything the rules let it run: in fan-out every state
+    not downstream of a failure or a conflict; in sequential mode up to the failed state."""
+    plan = progress.plan
+    if progress.fan_out:
+        left = [i for i in range(len(plan)) if progress.runnable(i)]
+    else:
+        first = next((i for i in range(len(plan)) if i not in progress.completed), None)
+        left = [first] if first is not None and not progress.failed_for_good(first) else []
+    if left:
+        found.append(
+            Violation(
+                code="verify_run_ended_early",
+                message=f"run recorded Failed while {plan.order[left[0]]} could still run",
+                seq=history.head,
+                state_id=str(plan.order[left[0]]),
+            )
+        )
+
+
+def _check_retries(
+    plan: CompiledPlan,
+    run_config: RunConfig,
+    history: RunHistory,
+    progress: RunProgress,
+    found: list[Violation],
+) -> None:
+    """Every retry was allowed by the policy, and no state ran with conflicting ancestors."""
+    policy = run_config.retry_policy
+    for state_id, record in history.states.items():
+        handled = orphans = 0
+        for previous, att in zip(record.attempts, record.attempts[1:], strict=False):
+            error = previous.error
+            if error is None:
+                continue
+            if error.code == ORPHAN_CODE:
+                orphans += 1
+                allowed = orphans <= MAX_ORPHAN_RECOVERIES
+            else:
+                handled += 1
+                orphans = 0
+                allowed = error.retryable and policy.allows_retry(handled - 1)
+            if not allowed:
+                found.append(
+                    Violation(
+                        code="verify_retry_not_allowed",
+                        message=f"{state_id} attempt {att.attempt} ran after a failure the "
+                        "retry policy does not retry",
+                        seq=att.entered_seq,
+                        state_id=state_id,
+                    )
+                )
+                break
+        i = plan.position[state_id]
+        if progress.fan_out and progress.tracker.blocks(i):
+            found.append(
+                Violation(
+                    code="verify_ran_after_conflict",
+                    message=f"{state_id} ran although two of its ancestors conflict",
+                    seq=record.attempts[0].entered_seq,
+                    state_id=state_id,
+                )
+            )

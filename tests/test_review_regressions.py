@@ -278,3 +278,164 @@ def test_orphan_recoveries_are_capped() -> None:
     assert result.error is not None and result.error.code == "orphan_attempt_recovered"
     orphans = [e for e in failed_errors(h, run_id) if e.code == "orphan_attempt_recovered"]
     assert len(orphans) == MAX_ORPHAN_RECOVERIES + 1
+
+
+def test_deeply_nested_values_within_the_limit_are_fine() -> None:
+    def deep(ctx, io, rec):  # type: ignore[no-untyped-def]
+        value: list[Any] = []
+        cur = value
+        for _ in range(300):  # deeper than orjson's own limit (254)
+            nxt: list[Any] = []
+            cur.append(nxt)
+            cur = nxt
+        ctx.set("deep", value)
+
+    h = Harness(registry_with(GraphOp("deep", {"a": FnState(deep)})))
+    result = h.run("deep", {})
+    assert result.phase == RunPhase.COMPLETED, result.error
+    from mfm_dist.verify import verify_run
+
+    assert verify_run(h.events, h.artifacts, h.registry, result.run_id).ok
+
+
+def test_orphans_do_not_use_up_handler_retries() -> None:
+    """max_attempts counts the handler's own attempts: two crashes do not cost a retry."""
+    from mfm_dist.stores import InMemoryEventStore
+
+    calls: list[int] = []
+
+    def flaky(ctx, io, rec):  # type: ignore[no-untyped-def]
+        calls.append(rec.attempt)
+        if len(calls) == 3:
+            raise StateError("transient", "once", retryable=True)
+        ctx.set("ok", len(calls))
+
+    class CrashTwice(InMemoryEventStore):
+        crashes = 2
+
+        def append(self, run_id, expected_seq, envelopes):  # type: ignore[no-untyped-def]
+            from mfm_dist.events import StateCompleted
+
+            if self.crashes and any(isinstance(e.event, StateCompleted) for e in envelopes):
+                self.crashes -= 1
+                raise StorageError("simulated_crash", "died")
+            return super().append(run_id, expected_seq, envelopes)
+
+    h = Harness(registry_with(GraphOp("orp", {"a": FnState(flaky)})), events=CrashTwice())
+    cfg = RunConfig(retry_policy=RetryPolicy(max_attempts=2))
+    with pytest.raises(StorageError):
+        h.run("orp", {}, cfg)
+    run_id = h.events.list_runs()[0].run_id
+    with pytest.raises(StorageError):
+        h.engine().resume(run_id)
+    result = h.engine().resume(run_id)  # attempt 2 fails retryably; attempt 3 is its retry
+    assert result.phase == RunPhase.COMPLETED, result.error
+    assert calls == [0, 1, 2, 3]
+
+
+def test_verify_rejects_a_failed_fan_out_that_stopped_early() -> None:
+    from mfm_dist.events import EventDraft, RunCompleted, RunStatus
+    from mfm_dist.stores import InMemoryEventStore
+    from mfm_dist.verify import verify_run
+
+    def boom(ctx, io, rec):  # type: ignore[no-untyped-def]
+        raise StateError("boom", "no", retryable=False)
+
+    op = GraphOp("early", {"x": FnState(boom), "y": FnState(lambda c, i, r: c.set("y", 1))})
+    h = Harness(registry_with(op))
+    cfg = RunConfig(execution_mode=FanOutJoin(max_concurrency=1))
+    result = h.run("early", {}, cfg)
+    assert verify_run(h.events, h.artifacts, h.registry, result.run_id).ok
+    # Forge the same run ending right after x failed, without ever running y.
+    envs = h.events.read_range(result.run_id)
+    cut = next(k for k, e in enumerate(envs) if isinstance(e.event, StateFailed)) + 1
+    forged = InMemoryEventStore()
+    forged.append(result.run_id, 0, envs[:cut])
+    final = envs[0].event.initial_snapshot_id  # type: ignore[union-attr]
+    end = EventDraft(event=RunCompleted(status=RunStatus.FAILED, final_snapshot_id=final), ts_millis=1)
+    forged.append(result.run_id, cut, [end.at(result.run_id, cut + 1)])
+    report = verify_run(forged, h.artifacts, h.registry, result.run_id)
+    assert not report.ok
+    assert "verify_run_ended_early" in {v.code for v in report.violations}
+
+
+def test_a_rule_breaking_batch_does_not_fail_other_callers_of_a_group_commit() -> None:
+    import threading as th
+
+    from mfm_dist.engine.local import RunWriter
+    from mfm_dist.events import EventDraft, RunStarted, StateCompleted as Done
+    from mfm_dist.ids import RunId
+    from mfm_dist.stores import InMemoryEventStore
+    from mfm_dist.stores.guards import GuardViolation
+
+    class Slow(InMemoryEventStore):
+        def append(self, run_id, expected_seq, envelopes):  # type: ignore[no-untyped-def]
+            time.sleep(0.02)
+            return super().append(run_id, expected_seq, envelopes)
+
+    store, run_id, a = Slow(), RunId.mint(), "a" * 64
+    store.append(run_id, 0, [EventDraft(event=RunStarted(op_id="x", manifest_id=a,
+                                                         initial_snapshot_id=a), ts_millis=0).at(run_id, 1)])
+    writer = RunWriter(store, run_id, 1)
+    outcomes: dict[str, object] = {}
+
+    def good(n: int) -> None:
+        drafts = [EventDraft(event=DomainEvent(name="ok", payload={"n": n}), ts_millis=0)]
+        outcomes[f"good{n}"] = writer.append(drafts)
+
+    def bad() -> None:
+        drafts = [EventDraft(event=Done(state_id="x.main.a", context_snapshot_id=a), ts_millis=0,
+                             state_id="x.main.a", attempt=0)]  # no open attempt: breaks a rule
+        try:
+            writer.append(drafts)
+        except GuardViolation as exc:
+            outcomes["bad"] = exc
+
+    threads = [th.Thread(target=good, args=(n,)) for n in range(6)] + [th.Thread(target=bad)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(outcomes["bad"], GuardViolation)
+    assert all(isinstance(outcomes[f"good{n}"], list) for n in range(6))
+    assert store.head_seq(run_id) == 7
+
+
+def test_coordinator_gives_free_slots_to_ready_states_before_delayed_retries() -> None:
+    from mfm_dist.engine.attempt import AttemptEnv, now_millis, run_attempt
+    from mfm_dist.engine.coordination import decide
+    from mfm_dist.engine.history import RunHistory
+    from mfm_dist.engine.lifecycle import record_run_start, validate_start
+    from mfm_dist.engine.progress import RunProgress
+    from mfm_dist.engine.snapshots import SnapshotStore
+    from mfm_dist.io.base import FactIndex
+    from mfm_dist.io.factory import default_io_factory
+
+    def flaky(ctx, io, rec):  # type: ignore[no-untyped-def]
+        raise StateError("flaky", "later", retryable=True)
+
+    op = GraphOp("ds", {"a": FnState(flaky), "b": FnState(lambda c, i, r: c.set("b", 1))})
+    h = Harness(registry_with(op))
+    cfg = RunConfig(
+        execution_mode=FanOutJoin(max_concurrency=1),
+        retry_policy=RetryPolicy(max_attempts=3, backoff=FixedBackoff(delay=Duration(secs=3600))),
+    )
+    prepared = prepare_run(h.registry, "ds", {}, cfg)
+    store_manifest(h.artifacts, prepared.manifest)
+    initial = validate_start(
+        h.artifacts, registry=h.registry, plan=prepared.plan, run_config=cfg,
+        manifest=prepared.manifest, manifest_id=prepared.manifest_id,
+        initial_context=prepared.initial_context,
+    )
+    rid, iid = record_run_start(h.events, h.artifacts, plan=prepared.plan,
+                                manifest_id=prepared.manifest_id, initial_snapshot=initial)
+    snaps, plan = SnapshotStore(h.artifacts), prepared.plan.compiled
+    env = AttemptEnv(run_id=rid, run_config=cfg, artifacts=h.artifacts, snapshots=snaps,
+                     facts=FactIndex(), io_factory=default_io_factory(),
+                     append=lambda d: h.events.append_next(rid, d))
+    run_attempt(env, plan.order[0], plan.states[0], 0, str(iid), snaps.load(str(iid)))
+    history = RunHistory.load(h.events, rid)
+    progress = RunProgress.from_history(history, plan, cfg, snaps)
+    decision = decide(history, progress, lease_alive=lambda s, a: False, reserved={},
+                      now_ms=now_millis())
+    assert [d.state_id for d in decision.dispatch] == ["ds.main.b"]  # a waits an hour

@@ -102,6 +102,10 @@ def decide(
         if not busy:
             decision.finish = _finish(progress)
         return decision
+    # Ready states take the free slots first; a retry still waiting out its backoff only
+    # gets a slot nothing else can use now (it holds the slot while its countdown runs, so
+    # the bound is never exceeded when it starts).
+    candidates.sort(key=lambda i: (progress.retry_at_ms.get(i, 0) > now_ms, i))
     slots = progress.run_config.max_concurrency - len(busy)
     for i in candidates[: max(slots, 0)]:
         countdown = max(0.0, (progress.retry_at_ms.get(i, 0) - now_ms) / 1000.0)

@@ -11,6 +11,7 @@ interleaved.
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,8 +48,10 @@ from mfm_dist.operations import OperationRegistry
 from mfm_dist.plan import ExecutionPlan
 from mfm_dist.run import RunPhase, RunResult
 from mfm_dist.stores.base import EventStore
+from mfm_dist.stores.guards import GuardViolation
 
 EventListener = Callable[[EventEnvelope], None]
+log = logging.getLogger("mfm.engine")
 
 
 @dataclass
@@ -95,7 +98,25 @@ class RunWriter:
         return ticket.envelopes
 
     def _write(self, batch: list[_Ticket]) -> None:
-        """Commit every queued ticket in one append (called with the commit lock held)."""
+        """Commit every queued ticket in one append (called with the commit lock held).
+
+        If the combined append is refused by a guard, each ticket is retried on its own, so
+        only the caller whose events broke a rule gets the error."""
+        try:
+            self._append(batch)
+        except GuardViolation as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            for ticket in batch:
+                try:
+                    self._append([ticket])
+                except BaseException as own:
+                    _fail([ticket], own)
+        except BaseException as exc:
+            _fail(batch, exc)
+
+    def _append(self, batch: list[_Ticket]) -> None:
         envelopes: list[EventEnvelope] = []
         for ticket in batch:
             start = self._head + len(envelopes)
@@ -103,16 +124,20 @@ class RunWriter:
                 d.at(self._run_id, start + i) for i, d in enumerate(ticket.drafts, start=1)
             ]
             envelopes.extend(ticket.envelopes)
-        try:
-            self._events.append(self._run_id, self._head, envelopes)
-        except BaseException as exc:
-            for ticket in batch:
-                ticket.envelopes, ticket.error = None, exc
-            return
+        self._events.append(self._run_id, self._head, envelopes)
         self._head += len(envelopes)
         if self._listener is not None:  # under the commit lock: listeners see seq order
             for env in envelopes:
-                self._listener(env)
+                try:
+                    self._listener(env)
+                except Exception:  # a display must never fail the run it displays
+                    log.exception("event listener failed on seq %s", env.seq)
+
+
+def _fail(batch: list[_Ticket], exc: BaseException) -> None:
+    """Hand `exc` to every ticket of a failed batch (each caller re-raises it)."""
+    for ticket in batch:
+        ticket.envelopes, ticket.error = None, exc
 
 
 def orphan_error() -> ErrorInfo:

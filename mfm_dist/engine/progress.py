@@ -44,9 +44,12 @@ class RunProgress:
         self.last_base: dict[int, str] = {}
         self.last_error: dict[int, ErrorInfo] = {}
         self.retry_at_ms: dict[int, int] = {}
+        """Wall-clock time before which a failed state's retry must not start (backoff)."""
         self.orphan_streak: dict[int, int] = {}
         """Consecutive orphan recoveries per state (reset by any other outcome)."""
-        """Wall-clock time before which a failed state's retry must not start (backoff)."""
+        self.handler_attempts: dict[int, int] = {}
+        """Attempts per state that ended by the handler's own failure (orphans excluded):
+        what `max_attempts` counts, so a crashed worker never costs the handler a retry."""
         self._waiting = [len(p) for p in plan.preds]  # predecessors not yet completed
 
     # -- facts about the run ------------------------------------------------------------------
@@ -116,6 +119,7 @@ class RunProgress:
             self.orphan_streak[i] = self.orphan_streak.get(i, 0) + 1
         else:
             self.orphan_streak.pop(i, None)
+            self.handler_attempts[i] = self.handler_attempts.get(i, 0) + 1
         if closed_ms is not None and self.next_attempt[i] > 0:
             delay = backoff_delay(self.run_config.retry_policy.backoff, self.next_attempt[i] - 1)
             self.retry_at_ms[i] = closed_ms + delay.total_millis
@@ -128,8 +132,9 @@ class RunProgress:
             return True
         if error.code == ORPHAN_CODE:
             return self.orphan_streak.get(i, 1) <= MAX_ORPHAN_RECOVERIES
+        # `attempt + 1 < max_attempts`, counting only the handler's own attempts.
         return error.retryable and self.run_config.retry_policy.allows_retry(
-            self.next_attempt[i] - 1
+            self.handler_attempts.get(i, 1) - 1
         )
 
     # -- bases and the final snapshot ---------------------------------------------------------
@@ -225,6 +230,13 @@ class RunProgress:
                 streak += 1
             if last.error is not None:
                 self.record_failed(i, last.error, last.ts_closed)
+            handled = sum(
+                1 for a in closed if a.error is not None and a.error.code != ORPHAN_CODE
+            )
+            if handled:
+                self.handler_attempts[i] = handled
+            else:
+                self.handler_attempts.pop(i, None)
             if streak:
                 self.orphan_streak[i] = streak
             else:
