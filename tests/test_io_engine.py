@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 import threading
 from pathlib import Path
 from typing import Any
@@ -103,19 +105,25 @@ def quote_route(handler: JsonHandler) -> None:
     handler.send_json(200, {"symbol": "MFM", "price_cents": 12345})
 
 
-def io_demo_env(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
-    monkeypatch.setenv("MFM_HTTP_ALLOW_HOSTS", f"127.0.0.1:{port}")
-    monkeypatch.setenv("MFM_EXEC_ALLOW", str(DEFAULT_PROGRAM.parent))
-
-
-def test_side_effect_applied_once_across_crash_and_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def io_demo_services(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Any, EffectCounter, dict[str, str]]]:
+    """A local quote API and publish endpoint (with its effect counter), the allow-lists
+    io_demo needs, and the matching run input."""
     counter = EffectCounter()
     with loopback_server() as server:
         server.routes["/quote.json"] = quote_route
         server.routes["/publish"] = counter.route
-        io_demo_env(monkeypatch, server.port)
-        h = Harness(registry_with(), events=CrashPublish())
+        monkeypatch.setenv("MFM_HTTP_ALLOW_HOSTS", f"127.0.0.1:{server.port}")
+        monkeypatch.setenv("MFM_EXEC_ALLOW", str(DEFAULT_PROGRAM.parent))
         run_input = {"quote_url": server.url("/quote.json"), "publish_url": server.url("/publish")}
+        yield server, counter, run_input
+
+
+def test_side_effect_applied_once_across_crash_and_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    with io_demo_services(monkeypatch) as (server, counter, run_input):
+        h = Harness(registry_with(), events=CrashPublish())
         with pytest.raises(StorageError):
             h.run("io_demo", run_input)
         assert counter.posts == 1  # the effect happened, then the process "died"
@@ -153,13 +161,8 @@ class CrashPublish(InMemoryEventStore):
 
 
 def test_io_demo_replays_bit_for_bit_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    counter = EffectCounter()
-    with loopback_server() as server:
-        server.routes["/quote.json"] = quote_route
-        server.routes["/publish"] = counter.route
-        io_demo_env(monkeypatch, server.port)
+    with io_demo_services(monkeypatch) as (server, counter, run_input):
         h = Harness(registry_with())
-        run_input = {"quote_url": server.url("/quote.json"), "publish_url": server.url("/publish")}
         result = h.run("io_demo", run_input)
         assert result.phase == RunPhase.COMPLETED, result.error
     # The server is gone and no transport may be built: replay must not need either.
@@ -268,13 +271,8 @@ def test_missing_fact_key_in_replay_mode() -> None:
 
 
 def test_dry_run_skips_the_side_effect(monkeypatch: pytest.MonkeyPatch) -> None:
-    counter = EffectCounter()
-    with loopback_server() as server:
-        server.routes["/quote.json"] = quote_route
-        server.routes["/publish"] = counter.route
-        io_demo_env(monkeypatch, server.port)
+    with io_demo_services(monkeypatch) as (server, counter, run_input):
         h = Harness(registry_with())
-        run_input = {"quote_url": server.url("/quote.json"), "publish_url": server.url("/publish")}
         result = h.run("io_demo", run_input, RunConfig(skip_tags=["apply_side_effect"]))
     assert result.phase == RunPhase.COMPLETED and counter.posts == 0
 
