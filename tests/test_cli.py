@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 from rich.console import Console
 
-from mfm_dist.cli import main as cli_main
+from mfm_dist.cli import running as cli_running
 from mfm_dist.cli.graph import render_plan
 from mfm_dist.cli.main import cli
 from mfm_dist.cli.progress import LiveProgress, ProgressTracker
@@ -476,7 +476,7 @@ def test_debug_shows_the_traceback(home: Path) -> None:
 
 
 def test_progress_tracker_counts_a_real_run(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_main, "_wants_progress", lambda as_json: not as_json)
+    monkeypatch.setattr(cli_running, "_wants_progress", lambda as_json: not as_json)
     result = mfm(home, "run", "flaky_demo", "--max-attempts", "2")
     assert result.exit_code == 0, result.output
     assert "2/2 states" in result.stderr

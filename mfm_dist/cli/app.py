@@ -1,0 +1,131 @@
+"""The `mfm` command group: global options, the stores and registry they select, and the
+error handling every command shares (one `error[<code>]` line, stable exit codes)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from mfm_dist.artifacts import ArtifactStore
+from mfm_dist.cli.errors import ExitCode, report
+from mfm_dist.operations import OperationRegistry
+from mfm_dist.secrets import redact_url
+from mfm_dist.stores.base import EventStore
+from mfm_dist.stores.urls import Stores, default_urls, open_stores
+
+MAX_ATTEMPTS_LIMIT = 2**32 - 1
+MAX_FAN_OUT = 1_000_000
+
+
+@dataclass
+class App:
+    """Global options, and the stores and registry they select (opened on first use)."""
+
+    home: str | None = None
+    events_url: str | None = None
+    artifacts_url: str | None = None
+    ops_modules: tuple[str, ...] = ()
+    debug: bool = False
+    _stores: Stores | None = field(default=None, repr=False)
+    _registry: OperationRegistry | None = field(default=None, repr=False)
+
+    def registry(self) -> OperationRegistry:
+        if self._registry is None:
+            self._registry = OperationRegistry.default(extra_modules=self.ops_modules)
+        return self._registry
+
+    def stores(self) -> Stores:
+        if self._stores is None:
+            self._stores = open_stores(self.events_url, self.artifacts_url, self.home)
+        return self._stores
+
+    @property
+    def events(self) -> EventStore:
+        return self.stores().events
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        return self.stores().artifacts
+
+    def events_location(self) -> str:
+        """The event store URL in force, safe to print."""
+        default_events, _ = default_urls(self.home)
+        return redact_url(self.events_url or default_events)
+
+    def close(self) -> None:
+        if self._stores is not None:
+            stores, self._stores = self._stores, None
+            stores.close()
+
+
+class MfmGroup(click.Group):
+    """Runs commands in non-standalone mode so every failure goes through `report`."""
+
+    debug = False
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        kwargs.setdefault("prog_name", "mfm")
+        MfmGroup.debug = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except Exception as exc:  # every failure becomes one line and an exit code
+            sys.exit(int(report(exc, sys.stderr, debug=MfmGroup.debug)))
+        except KeyboardInterrupt as exc:
+            sys.exit(int(report(exc, sys.stderr, debug=MfmGroup.debug)))
+        sys.exit(rv if isinstance(rv, int) else ExitCode.OK)
+
+
+@click.group(cls=MfmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    envvar="MFM_HOME",
+    type=click.Path(file_okay=False),
+    help="Embedded store root (default ./.mfm).",
+)
+@click.option(
+    "--events-url", envvar="MFM_EVENTS_URL", help="Event store URL (sqlite://, redis://…)."
+)
+@click.option(
+    "--artifacts-url", envvar="MFM_ARTIFACTS_URL", help="Artifact store URL (file://, s3://…)."
+)
+@click.option(
+    "--ops",
+    "ops_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Extra operations module (repeatable), besides entry points and MFM_OPERATIONS.",
+)
+@click.option("--debug", is_flag=True, envvar="MFM_DEBUG", help="Show tracebacks on errors.")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    home: str | None,
+    events_url: str | None,
+    artifacts_url: str | None,
+    ops_modules: tuple[str, ...],
+    debug: bool,
+) -> None:
+    """mfm: reproducible, auditable workflow runs."""
+    MfmGroup.debug = debug
+    if os.getcwd() not in sys.path:  # --ops / MFM_OPERATIONS modules in the working directory
+        sys.path.append(os.getcwd())
+    app = App(home, events_url or None, artifacts_url or None, ops_modules, debug)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+json_flag = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+input_option = click.option(
+    "--input", "raw_input", metavar="JSON|@FILE", help="Run input as JSON, or @FILE to read one."
+)

@@ -1,0 +1,314 @@
+"""Read-only commands: `status`, `runs`, `events`, `artifact`, `context`, `ops`, `graph`,
+`verify` and `replay`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+
+from mfm_dist.cli.app import App, cli, input_option, json_flag, pass_app
+from mfm_dist.cli.errors import CliError, ExitCode
+from mfm_dist.cli.graph import FORMATS, render_plan
+from mfm_dist.cli.options import parse_input
+from mfm_dist.cli.output import (
+    pretty_json,
+    render_events,
+    render_ops,
+    render_report,
+    render_runs,
+    stdout_console,
+)
+from mfm_dist.config import RunConfig
+from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.lifecycle import load_run, prepare_run
+from mfm_dist.engine.snapshots import SnapshotStore
+from mfm_dist.errors import MfmError, NotFound
+from mfm_dist.ids import ArtifactId, RunId, StateId
+from mfm_dist.inspect import RunReport, run_report
+from mfm_dist.secrets import contains_secret, is_secret_string
+
+# -- inspection -----------------------------------------------------------------------------------
+
+
+def _leases(app: App, history: RunHistory) -> dict[str, Any] | None:
+    """Live attempt leases of a run on the distributed backend (None elsewhere)."""
+    client = getattr(app.events, "client", None)
+    open_ids = [state_id for state_id, _ in history.open_attempts()]
+    if client is None:
+        return None
+    try:
+        from workers.leases import Coordination
+    except ImportError:
+        return None
+    return dict(Coordination(client).lease_info(str(history.run_id), open_ids))
+
+
+def _report_for(app: App, rid: RunId) -> RunReport:
+    """With the re-derived plan when possible (pending states, skips); else history only."""
+    try:
+        loaded = load_run(app.events, app.artifacts, app.registry(), rid)
+    except NotFound as exc:
+        if exc.code == "run_not_found":
+            raise
+        loaded = None
+        reason = exc.code
+    except MfmError as exc:
+        loaded = None
+        reason = exc.code
+    if loaded is not None:
+        leases = _leases(app, loaded.history)
+        return run_report(loaded.history, loaded.plan, loaded.manifest.run_config, leases)
+    history = RunHistory.load(app.events, rid)
+    click.echo(
+        f"warning: plan unavailable ({reason}); showing states from the history only", err=True
+    )
+    return run_report(history)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@json_flag
+@pass_app
+def status(app: App, run_id: str, as_json: bool) -> None:
+    """Phase of RUN and, per state, status, attempts, snapshot and last error."""
+    result = _report_for(app, RunId(run_id))
+    if as_json:
+        click.echo(result.model_dump_json())
+    else:
+        render_report(stdout_console(), result)
+
+
+@cli.command()
+@click.option(
+    "--limit",
+    type=click.IntRange(0, None),
+    default=20,
+    show_default=True,
+    help="At most this many runs (0: all).",
+)
+@json_flag
+@pass_app
+def runs(app: App, limit: int, as_json: bool) -> None:
+    """Runs in the event store, newest first."""
+    summaries = app.events.list_runs(limit=limit or None)
+    if as_json:
+        click.echo("[" + ",".join(s.model_dump_json() for s in summaries) + "]")
+    else:
+        render_runs(stdout_console(), summaries, app.events_location())
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One persisted envelope (canonical JSON) per line."
+)
+@pass_app
+def events(app: App, run_id: str, as_json: bool) -> None:
+    """The event stream of RUN."""
+    rid = RunId(run_id)
+    envelopes = app.events.read_range(rid, 1, None)
+    if not envelopes:
+        raise NotFound(f"run {rid} not found", code="run_not_found")
+    if as_json:
+        out = _binary_stdout()
+        for env in envelopes:
+            out.write(env.to_bytes() + b"\n")
+        out.flush()
+    else:
+        render_events(stdout_console(), envelopes)
+
+
+def _binary_stdout() -> BinaryIO:
+    sys.stdout.flush()
+    return sys.stdout.buffer
+
+
+def _refuse_secret_bytes(data: bytes) -> None:
+    """Secret payloads are stored but never shown (CONTRACT §9)."""
+    text = data.decode("utf-8", errors="replace")
+    if is_secret_string(text):
+        raise CliError("secret_output_refused", "artifact content is secret-shaped; not shown")
+
+
+@cli.command()
+@click.argument("artifact_id", metavar="ID")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE."
+)
+@pass_app
+def artifact(app: App, artifact_id: str, output: str | None) -> None:
+    """The raw, hash-verified bytes of artifact ID."""
+    try:
+        data = app.artifacts.get(ArtifactId(artifact_id))
+    except NotFound:
+        raise CliError("artifact_not_found", f"no artifact {artifact_id} in the store") from None
+    _refuse_secret_bytes(data)
+    if output is None:
+        out = _binary_stdout()
+        out.write(data)
+        out.flush()
+        return
+    try:
+        Path(output).write_bytes(data)
+    except OSError as exc:
+        raise CliError(
+            "output_write_failed",
+            f"cannot write the output file ({type(exc).__name__})",
+            ExitCode.INFRASTRUCTURE,
+        ) from None
+
+
+def _resolve_state(history: RunHistory, given: str) -> str:
+    """A full state id, or a unique suffix of one (`item_0003`, `main.item_0003`)."""
+    if given in history.states:
+        return given
+    matches = [s for s in history.states if s.endswith("." + given)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise CliError("state_ambiguous", f"{given} matches {len(matches)} states; give more of it")
+    if not StateId._check(given):
+        raise CliError("state_not_found", f"run {history.run_id} has no state matching {given}")
+    return given
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "--state",
+    "state_id",
+    metavar="STATE_ID",
+    help="That state's completed snapshot (full id or a unique suffix, e.g. item_0003).",
+)
+@pass_app
+def context(app: App, run_id: str, state_id: str | None) -> None:
+    """The final context snapshot of RUN (or of one state) as JSON."""
+    history = RunHistory.load(app.events, RunId(run_id))
+    if state_id is not None:
+        sid = _resolve_state(history, state_id)
+        record = history.states.get(sid)
+        if record is None:
+            raise CliError("state_not_found", f"run {history.run_id} has no attempt of {sid}")
+        snapshot_id = record.snapshot_id
+        if snapshot_id is None:
+            raise CliError(
+                "state_not_completed", f"{sid} has not completed in run {history.run_id}"
+            )
+    else:
+        if history.completed is None or history.completed.final_snapshot_id is None:
+            raise CliError(
+                "run_not_finished",
+                f"run {history.run_id} has no final snapshot yet; use --state STATE_ID",
+            )
+        snapshot_id = str(history.completed.final_snapshot_id)
+    content = SnapshotStore(app.artifacts).load(snapshot_id)
+    if contains_secret(content):
+        raise CliError("secret_output_refused", "snapshot content is secret-shaped; not shown")
+    click.echo(pretty_json(content))
+
+
+@cli.command()
+@json_flag
+@pass_app
+def ops(app: App, as_json: bool) -> None:
+    """Registered operations (with versions) and pipelines."""
+    registry = app.registry()
+    operations = sorted(registry.operations(), key=lambda o: (o.op_id, o.op_version))
+    pipelines = sorted(registry.pipelines(), key=lambda p: str(p.machine_id))
+    if as_json:
+        payload = {
+            "operations": [
+                {"op_id": o.op_id, "op_version": o.op_version, "description": o.description}
+                for o in operations
+            ],
+            "pipelines": [p.model_dump(mode="json") for p in pipelines],
+        }
+        click.echo(pretty_json(payload))
+    else:
+        render_ops(stdout_console(), operations, pipelines)
+
+
+@cli.command()
+@click.argument("op")
+@click.option("--version", "op_version", help="Op version (default: the newest).")
+@input_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+@pass_app
+def graph(app: App, op: str, op_version: str | None, raw_input: str | None, fmt: str) -> None:
+    """The flattened plan of OP: states in canonical order, tags and edges."""
+    run_input = parse_input(raw_input)
+    prepared = prepare_run(app.registry(), op, run_input, RunConfig(), version=op_version)
+    click.echo(render_plan(prepared.plan, fmt), nl=False)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@json_flag
+@pass_app
+def verify(app: App, run_id: str, as_json: bool) -> None:
+    """Re-check RUN's history, hashes and snapshots; exit 1 unless it verifies."""
+    from mfm_dist.verify import verify_run
+
+    result = verify_run(app.events, app.artifacts, app.registry(), RunId(run_id))
+    if any(v.code == "run_not_found" for v in result.violations):
+        raise NotFound(f"run {run_id} not found", code="run_not_found")
+    if as_json:
+        click.echo(result.model_dump_json())
+    elif result.ok:
+        counts = result.checked
+        click.echo(
+            f"verified: run {result.run_id} ({counts.get('events', 0)} events, "
+            f"{counts.get('artifacts', 0)} artifacts)"
+        )
+    else:
+        click.echo(f"NOT VERIFIED: run {result.run_id} ({len(result.violations)} violations)")
+        for v in result.violations:
+            where = []
+            if v.seq is not None:
+                where.append(f"seq {v.seq}")
+            if v.state_id is not None:
+                where.append(f"state {v.state_id}")
+            suffix = f" [{', '.join(where)}]" if where else ""
+            click.echo(f"  {v.code}: {v.message}{suffix}")
+    if not result.ok:
+        raise click.exceptions.Exit(ExitCode.FAILED)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@json_flag
+@pass_app
+def replay(app: App, run_id: str, as_json: bool) -> None:
+    """Re-execute RUN against its recorded facts (no network, nothing written) and compare
+    every state's snapshot; exit 1 on the first divergence."""
+    from mfm_dist.replay import replay_run
+
+    result = replay_run(app.events, app.artifacts, app.registry(), RunId(run_id))
+    if as_json:
+        click.echo(result.model_dump_json())
+    else:
+        for state in result.states:
+            mark = "match" if state.match else "DIVERGED"
+            click.echo(f"  {mark:8} {state.state_id} (attempt {state.attempt})")
+        for state_id in result.not_replayed:
+            click.echo(f"  {'skipped':8} {state_id} (its last attempt did not complete)")
+        first = result.first_divergence
+        if first is None:
+            click.echo(f"replay matches: run {result.run_id} ({len(result.states)} states)")
+        else:
+            detail = []
+            if first.first_differing_key is not None:
+                detail.append(f"first differing key {first.first_differing_key!r}")
+            if first.missing_fact_key is not None:
+                detail.append(f"missing fact {first.missing_fact_key!r}")
+            if first.error_code is not None:
+                detail.append(f"error {first.error_code}")
+            click.echo(
+                f"REPLAY DIVERGED: run {result.run_id} at state {first.state_id}"
+                + (f": {', '.join(detail)}" if detail else "")
+            )
+    if not result.ok:
+        raise click.exceptions.Exit(ExitCode.FAILED)

@@ -1,0 +1,428 @@
+"""`mfm run`, `submit`, `resume` and `worker`: starting and continuing runs, here or on the
+Celery cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from mfm_dist.cli.app import (
+    MAX_ATTEMPTS_LIMIT,
+    MAX_FAN_OUT,
+    App,
+    cli,
+    input_option,
+    json_flag,
+    pass_app,
+)
+from mfm_dist.cli.errors import CliError, ExitCode
+from mfm_dist.cli.options import PROFILES, build_run_config, parse_input
+from mfm_dist.cli.output import (
+    result_lines,
+    stderr_console,
+)
+from mfm_dist.cli.progress import LiveProgress, ProgressTracker
+from mfm_dist.config import RunConfig
+from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.lifecycle import load_run, prepare_run, result_from_history, store_manifest
+from mfm_dist.engine.local import LocalEngine
+from mfm_dist.errors import InvalidInput, MfmError
+from mfm_dist.ids import RunId
+from mfm_dist.inspect import StateStatus, run_report
+from mfm_dist.plan import ExecutionPlan
+from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.secrets import redact_url
+
+# -- run / resume ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _progress(show: bool, label: str, tracker: ProgressTracker) -> Iterator[None]:
+    if not show:
+        yield
+        return
+    with LiveProgress(stderr_console(), label, tracker):
+        yield
+
+
+def _wants_progress(as_json: bool) -> bool:
+    return not as_json and stderr_console().is_terminal
+
+
+def _finish(
+    app: App,
+    result: RunResult,
+    as_json: bool,
+    plan: ExecutionPlan,
+    run_config: RunConfig,
+) -> None:
+    """Print the result and exit 0 (completed) or 1 (failed)."""
+    if as_json:
+        click.echo(result.model_dump_json())
+    else:
+        skipped: list[str] | None = None
+        if run_config.skip_tags:
+            history = RunHistory.load(app.events, result.run_id)
+            states = run_report(history, plan, run_config).states
+            skipped = [s.state_id for s in states if s.status == StateStatus.SKIPPED]
+        for line in result_lines(result, skipped):
+            click.echo(line)
+    if result.phase != RunPhase.COMPLETED:
+        raise click.exceptions.Exit(ExitCode.FAILED)
+
+
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run, from the shared run options."""
+
+    op: str
+    version: str | None
+    run_input: Any
+    run_config: RunConfig
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that describe a run (shared by `run` and `submit`), given to the command
+    as one `spec: RunSpec`."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        op: str,
+        op_version: str | None,
+        raw_input: str | None,
+        fan_out: int | None,
+        skip_tags: tuple[str, ...],
+        dry_run: bool,
+        profile: str,
+        max_attempts: int,
+        backoff_ms: int,
+        replay: bool,
+        **kwargs: Any,
+    ) -> Any:
+        spec = RunSpec(
+            op=op,
+            version=op_version,
+            run_input=parse_input(raw_input),
+            run_config=_run_config(
+                fan_out=fan_out,
+                skip_tags=skip_tags,
+                dry_run=dry_run,
+                profile=profile,
+                max_attempts=max_attempts,
+                backoff_ms=backoff_ms,
+                replay=replay,
+            ),
+        )
+        return fn(*args, spec=spec, **kwargs)
+
+    options = [
+        click.argument("op"),
+        click.option("--version", "op_version", help="Op version (default: the newest)."),
+        input_option,
+        click.option(
+            "--fan-out",
+            type=click.IntRange(1, MAX_FAN_OUT),
+            metavar="N",
+            help="Run independent states in parallel, at most N at once.",
+        ),
+        click.option(
+            "--skip-tag", "skip_tags", multiple=True, metavar="TAG", help="Skip states with TAG."
+        ),
+        click.option("--dry-run", is_flag=True, help="Skip states tagged apply_side_effect."),
+        click.option(
+            "--profile", type=click.Choice(sorted(PROFILES)), default="normal", show_default=True
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(0, MAX_ATTEMPTS_LIMIT),
+            default=1,
+            show_default=True,
+        ),
+        click.option("--backoff-ms", type=click.IntRange(0, None), default=0, show_default=True),
+        click.option(
+            "--replay", is_flag=True, help="Replay recorded facts instead of doing live IO."
+        ),
+    ]
+    decorated: Callable[..., Any] = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
+
+
+def timeout_option(help_text: str) -> Callable[[FC], FC]:
+    return click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(0, None),
+        default=3600.0,
+        show_default=True,
+        help=help_text,
+    )
+
+
+def _run_config(**options: Any) -> RunConfig:
+    try:
+        return build_run_config(**options)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
+        raise InvalidInput("run_config_invalid", f"invalid run configuration: {fields}") from None
+
+
+@cli.command()
+@run_options
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "celery"]),
+    default="local",
+    envvar="MFM_BACKEND",
+    show_default=True,
+    help="local: execute here; celery: submit to the cluster and follow the run.",
+)
+@click.option("--detach", is_flag=True, help="With --backend celery: print the run id and return.")
+@timeout_option("With --backend celery: stop following after this many seconds (exit 3).")
+@json_flag
+@pass_app
+def run(
+    app: App, spec: RunSpec, backend: str, detach: bool, timeout_s: float, as_json: bool
+) -> None:
+    """Start a run of OP (an operation or a registered pipeline): here, or on the cluster."""
+    if backend == "celery":
+        _run_on_cluster(app, spec, detach, timeout_s, as_json)
+        return
+    registry = app.registry()
+    op, op_version, run_input, run_config = spec.op, spec.version, spec.run_input, spec.run_config
+    prepared = prepare_run(registry, op, run_input, run_config, version=op_version)
+    manifest_id = store_manifest(app.artifacts, prepared.manifest)
+    show = _wants_progress(as_json)
+    tracker = ProgressTracker(total=len(prepared.plan.compiled))
+    engine = LocalEngine(app.events, app.artifacts, registry, listener=tracker if show else None)
+    with _progress(show, str(prepared.plan.op_id), tracker):
+        result = engine.start(
+            plan=prepared.plan,
+            run_config=prepared.run_config,
+            manifest=prepared.manifest,
+            manifest_id=manifest_id,
+            initial_context=prepared.initial_context,
+        )
+    _finish(app, result, as_json, prepared.plan, prepared.run_config)
+
+
+def _run_on_cluster(app: App, spec: RunSpec, detach: bool, timeout_s: float, as_json: bool) -> None:
+    """Submit to the cluster; then either return the run id or follow the run live."""
+    _export_store_urls(app)
+    try:
+        from workers.submit import submit_run
+    except ImportError as exc:
+        raise _distributed_unavailable(exc) from None
+    prepared = prepare_run(
+        app.registry(), spec.op, spec.run_input, spec.run_config, version=spec.version
+    )
+    with _broker_errors():
+        run_id = submit_run(spec.op, spec.run_input, spec.run_config, version=spec.version)
+    if detach:
+        click.echo(json.dumps({"run_id": str(run_id)}) if as_json else f"submitted run {run_id}")
+        return
+    show = _wants_progress(as_json)
+    tracker = ProgressTracker(total=len(prepared.plan.compiled))
+    history = _follow(app, run_id, tracker, show, str(prepared.plan.op_id), timeout_s)
+    result = result_from_history(history, prepared.plan.compiled.position)
+    _finish(app, result, as_json, prepared.plan, prepared.run_config)
+
+
+def _follow(
+    app: App, run_id: RunId, tracker: ProgressTracker, show: bool, label: str, timeout_s: float
+) -> RunHistory:
+    """Tail the run's event log (feeding the progress display) until `RunCompleted`."""
+    from mfm_dist.errors import RunError
+
+    deadline = time.monotonic() + timeout_s
+    history = RunHistory.load(app.events, run_id)
+    for env in history.envelopes:
+        tracker(env)
+    with _progress(show, label, tracker):
+        while history.completed is None:
+            if time.monotonic() > deadline:
+                raise RunError(
+                    "run_wait_timeout",
+                    f"run {run_id} did not finish within {timeout_s:g}s (it continues on the "
+                    "cluster; follow it with `mfm status`)",
+                )
+            time.sleep(0.1)
+            for env in history.refresh(app.events):
+                tracker(env)
+    return history
+
+
+@cli.command()
+@click.option(
+    "--queues",
+    type=click.Choice(["control", "attempts", "all"]),
+    default="all",
+    show_default=True,
+    help="control: coordination (run one, -c 1); attempts: state attempts (scale these).",
+)
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), help="Worker processes.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(queues: str, concurrency: int | None, loglevel: str) -> None:
+    """Start a Celery worker configured for mfm-dist (settings from MFM_* variables)."""
+    try:
+        from workers.app import app as celery_app
+        from workers.settings import Settings
+    except ImportError as exc:
+        raise _distributed_unavailable(exc) from None
+    settings = Settings.from_env()
+    names = {
+        "control": [settings.control_queue],
+        "attempts": [settings.attempt_queue],
+        "all": [settings.control_queue, settings.attempt_queue],
+    }[queues]
+    argv = ["worker", "-Q", ",".join(names), "-P", "prefork", "--loglevel", loglevel]
+    if concurrency is None and queues == "control":
+        concurrency = 1
+    if concurrency is not None:
+        argv += ["-c", str(concurrency)]
+    celery_app.worker_main(argv)
+
+
+@cli.command()
+@run_options
+@click.option("--wait", is_flag=True, help="Follow the run until it ends and exit by its phase.")
+@timeout_option("With --wait: stop following after this many seconds (exit 3).")
+@json_flag
+@pass_app
+def submit(app: App, spec: RunSpec, wait: bool, timeout_s: float, as_json: bool) -> None:
+    """Submit a run of OP to the Celery cluster (same as `run --backend celery --detach`, or
+    without --detach with --wait); prints the run id, or with --wait the result."""
+    _run_on_cluster(app, spec, not wait, timeout_s, as_json)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Wake the run's coordinator on the Celery cluster instead of executing here.",
+)
+@click.option("--wait", is_flag=True, help="With --cluster: wait for the run to finish.")
+@timeout_option("With --cluster --wait: stop waiting after this many seconds (exit 3).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Execute here even though the run was submitted to a cluster (its workers must be gone).",
+)
+@json_flag
+@pass_app
+def resume(
+    app: App,
+    run_id: str,
+    cluster: bool,
+    wait: bool,
+    timeout_s: float,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Continue RUN after a crash or a failed attempt (idempotent once finished).
+
+    Without --cluster the remaining states execute in this process; with --cluster the
+    cluster's coordinator recovers orphans (respecting live leases) and continues.
+    """
+    rid = RunId(run_id)
+    registry = app.registry()
+    loaded = load_run(app.events, app.artifacts, registry, rid)
+    if cluster:
+        _export_store_urls(app)
+        try:
+            from workers.submit import wait_for_run
+            from workers.tasks import advance
+        except ImportError as exc:
+            raise _distributed_unavailable(exc) from None
+        with _broker_errors():
+            advance.delay(str(rid))
+        if not wait:
+            click.echo(json.dumps({"run_id": str(rid)}) if as_json else f"woke run {rid}")
+            return
+        with _broker_errors():
+            result = wait_for_run(str(rid), timeout_s)
+    else:
+        if loaded.history.completed is None and not force:
+            _refuse_cluster_runs(app, loaded.history)
+        show = _wants_progress(as_json)
+        tracker = ProgressTracker(total=len(loaded.plan.compiled))
+        tracker.done = sum(1 for rec in loaded.history.states.values() if rec.completed)
+        engine = LocalEngine(
+            app.events, app.artifacts, registry, listener=tracker if show else None
+        )
+        with _progress(show and loaded.history.completed is None, str(loaded.plan.op_id), tracker):
+            result = engine.resume(rid)
+    _finish(app, result, as_json, loaded.plan, loaded.manifest.run_config)
+
+
+def _refuse_cluster_runs(app: App, history: RunHistory) -> None:
+    """A run submitted to a cluster is driven by its coordinator: executing it here as well
+    would run attempts without leases, which the cluster then takes for orphans."""
+    client = getattr(app.events, "client", None)
+    if client is None:
+        return
+    try:
+        from workers.leases import Coordination
+    except ImportError:
+        return
+    coordination = Coordination(client)
+    if coordination.recorded_plan(str(history.run_id)) is None:
+        return  # never submitted to a cluster: an embedded run on Redis stores
+    live = coordination.lease_info(str(history.run_id), [s for s, _ in history.open_attempts()])
+    busy = f" ({len(live)} attempt(s) running now)" if live else ""
+    raise CliError(
+        "run_managed_by_cluster",
+        f"run {history.run_id} was submitted to a cluster{busy}; use `mfm resume --cluster`, "
+        "or --force if its workers are gone for good",
+    )
+
+
+@contextlib.contextmanager
+def _broker_errors() -> Iterator[None]:
+    """Celery's connection failures, as one structured infrastructure error."""
+    try:
+        yield
+    except MfmError:
+        raise
+    except Exception as exc:
+        from workers.settings import Settings
+
+        broker = redact_url(Settings.from_env().broker_url)
+        raise CliError(
+            "broker_unavailable",
+            f"cannot reach the Celery broker or result store at {broker} ({type(exc).__name__})",
+            ExitCode.INFRASTRUCTURE,
+        ) from None
+
+
+def _export_store_urls(app: App) -> None:
+    """The distributed runtime reads its stores from the environment: pass ours on."""
+    for name, value in (
+        ("MFM_EVENTS_URL", app.events_url),
+        ("MFM_ARTIFACTS_URL", app.artifacts_url),
+    ):
+        if value:
+            os.environ[name] = value
+
+
+def _distributed_unavailable(exc: ImportError) -> CliError:
+    return CliError(
+        "distributed_unavailable",
+        f"the distributed backend is not installed (pip install 'mfm-dist[dist]'): {exc.name}",
+        ExitCode.INFRASTRUCTURE,
+    )
