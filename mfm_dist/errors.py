@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from mfm_dist.secrets import contains_secret, is_secret_string, must_redact
+from mfm_dist.secrets import contains_secret, is_secret_string, must_redact, shown
 
 REDACTED_MESSAGE = "error details redacted"
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -121,8 +121,8 @@ class InvalidId(InvalidInput, ValueError):
     """An identifier that does not match its grammar (`invalid <kind>: <value>`)."""
 
     def __init__(self, kind: str, value: object) -> None:
-        shown = "<redacted>" if isinstance(value, str) and is_secret_string(value) else value
-        super().__init__(f"invalid_{kind.replace(' ', '_')}", f"invalid {kind}: {shown}")
+        shown_value = shown(value) if isinstance(value, str) else value
+        super().__init__(f"invalid_{kind.replace(' ', '_')}", f"invalid {kind}: {shown_value}")
 
 
 class SecretsDetected(InvalidInput):
@@ -202,8 +202,7 @@ class MissingKey(ContextError):
     variant = "MissingKey"
 
     def __init__(self, key: str) -> None:
-        shown = "<redacted>" if is_secret_string(key) else key
-        super().__init__("context_missing_key", f"context key not found: {shown}")
+        super().__init__("context_missing_key", f"context key not found: {shown(key)}")
 
 
 class ContextSerialization(ContextError):
@@ -230,12 +229,12 @@ class MissingFact(IoError):
     variant = "MissingFact"
 
     def __init__(self, key: str, *, retryable: bool = False) -> None:
-        shown = "<redacted>" if is_secret_string(key) else key
+        shown_key = shown(key)
         super().__init__(
             "missing_fact",
-            f"no recorded fact for key {shown}",
+            f"no recorded fact for key {shown_key}",
             retryable=retryable,
-            details={"key": shown},
+            details={"key": shown_key},
         )
         self.key = key
 

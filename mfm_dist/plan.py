@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mfm_dist.errors import InvalidId, InvalidPlan
 from mfm_dist.ids import OpId, StateId
-from mfm_dist.secrets import is_secret_string
+from mfm_dist.secrets import is_secret_string, shown
 from mfm_dist.state import State
 
 
@@ -109,7 +109,7 @@ class CompiledPlan:
                 except InvalidId:
                     raise InvalidPlan(
                         "a state id is not <machine>.<step>.<local>",
-                        {"reason": "invalid_state_id", "state_id": _shown(sid)},
+                        {"reason": "invalid_state_id", "state_id": shown(sid)},
                     ) from None
             if is_secret_string(sid):
                 raise InvalidPlan(
@@ -192,10 +192,6 @@ class CompiledPlan:
 
     def ordered(self, a: int, b: int) -> bool:
         return self.is_ancestor(a, b) or self.is_ancestor(b, a)
-
-
-def _shown(text: str) -> str:
-    return "<redacted>" if is_secret_string(text) else text
 
 
 def _find_cycle(out_edges: list[list[int]], candidates: set[int]) -> list[int]:

@@ -74,6 +74,11 @@ def must_redact(text: str) -> bool:
     return is_secret_string(text) or contains_mnemonic_run(text)
 
 
+def shown(text: str) -> str:
+    """`text` as it may appear in a message: `<redacted>` when it is secret-shaped."""
+    return "<redacted>" if is_secret_string(text) else text
+
+
 def iter_strings(value: Any) -> Iterator[str]:
     """Every key and string value of a JSON-like structure, depth first."""
     stack = [value]

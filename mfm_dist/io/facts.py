@@ -15,7 +15,7 @@ from mfm_dist.canonical import JsonValue, artifact_id_of_bytes, canonical_bytes
 from mfm_dist.errors import CanonicalJsonError, Corruption, ErrorCategory, IoError, SecretsDetected
 from mfm_dist.ids import ArtifactId
 from mfm_dist.io.base import AttemptScope
-from mfm_dist.secrets import is_secret_string
+from mfm_dist.secrets import is_secret_string, shown
 
 DERIVED_KEY_PREFIX = "mfm:"
 """Reserved for keys the runtime derives (time, randomness); handlers never choose them."""
@@ -29,9 +29,9 @@ class FactPayloadConflict(IoError):
     def __init__(self, key: str, reason: str = "is already bound to a different payload") -> None:
         super().__init__(
             "fact_payload_conflict",
-            f"fact key {shown_key(key)} {reason}",
+            f"fact key {shown(key)} {reason}",
             category=ErrorCategory.PARSING_INPUT,
-            details={"key": shown_key(key)},
+            details={"key": shown(key)},
         )
 
 
@@ -42,11 +42,6 @@ class FactPayloadNotCanonical(IoError):
             "a fact payload must be canonical JSON (no floats, integers within +/-(2^53-1))",
             category=ErrorCategory.PARSING_INPUT,
         )
-
-
-def shown_key(key: str) -> str:
-    """A fact key as it may appear in an error message."""
-    return "<redacted>" if is_secret_string(key) else key
 
 
 def check_user_key(key: str) -> None:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mfm_dist.canonical import JsonValue
 from mfm_dist.errors import ErrorCategory, InvalidInput, TransportError
-from mfm_dist.secrets import is_secret_string
+from mfm_dist.secrets import shown
 
 MIB = 1 << 20
 DEFAULT_TIMEOUT_MS = 30_000
@@ -54,10 +54,6 @@ class ExecRequest(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
 
 
-def _shown_path(path: str) -> str:
-    return "<redacted>" if is_secret_string(path) else path
-
-
 class ExecError(TransportError):
     """An `exec_*` failure; details hold only path, limits, counts, exit code, signal."""
 
@@ -73,7 +69,7 @@ class ExecError(TransportError):
     ) -> None:
         info: dict[str, Any] = {}
         if program_path is not None:
-            info["program_path"] = _shown_path(program_path)
+            info["program_path"] = shown(program_path)
         info.update(details)
         super().__init__(code, message, retryable=retryable, category=category, details=info)
 

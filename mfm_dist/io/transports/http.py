@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mfm_dist.canonical import JsonValue
 from mfm_dist.errors import ErrorCategory, InvalidInput, RateLimited, TransportError
-from mfm_dist.secrets import is_secret_string
+from mfm_dist.secrets import shown
 
 MIB = 1 << 20
 DEFAULT_TIMEOUT_MS = 10_000
@@ -41,10 +41,6 @@ class HttpRequest(BaseModel):
     json_body: JsonValue = Field(default=None, alias="json")
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_ms: int = Field(default=DEFAULT_TIMEOUT_MS, ge=1, le=MAX_TIMEOUT_MS)
-
-
-def _shown(text: str) -> str:
-    return "<redacted>" if is_secret_string(text) else text
 
 
 class HttpError(TransportError):
@@ -128,7 +124,7 @@ class HttpTransport:
 
     def call(self, request: JsonValue) -> JsonValue:
         req, host, port = self._parse(request)
-        where: dict[str, Any] = {"method": req.method, "host": _shown(host), "port": port}
+        where: dict[str, Any] = {"method": req.method, "host": shown(host), "port": port}
         if (host, None) not in self.allow and (host, port) not in self.allow:
             raise HttpError(
                 "http_host_not_allowed",
