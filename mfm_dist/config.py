@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Tag
+from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationInfo, field_validator
 
-from mfm_dist.tagged import NewtypeVariant, TaggedModel, tag_discriminator
+from mfm_dist.tagged import NewtypeVariant, OptionalExtensions, TaggedModel, tag_discriminator
 
 
 class Duration(BaseModel):
@@ -115,10 +115,20 @@ ContextCheckpointing = Annotated[
 ]
 
 
-class RunConfig(BaseModel):
-    """How a run executes. Part of the manifest, so it is hashed into the manifest id."""
+def positive_duration(value: Duration | None, what: str) -> Duration | None:
+    if value is not None and value.total_millis < 1:
+        raise ValueError(f"{what} must be at least 1 ms")
+    return value
+
+
+class RunConfig(OptionalExtensions):
+    """How a run executes. Part of the manifest, so it is hashed into the manifest id.
+
+    `state_timeout` (default for states that declare none) and `run_deadline` extend the
+    reference shape; left out of the JSON while unset, so existing manifest ids hold."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("state_timeout", "run_deadline")
 
     io_mode: IoMode = IoMode.LIVE
     retry_policy: RetryPolicy = RetryPolicy()
@@ -128,6 +138,13 @@ class RunConfig(BaseModel):
     replay_missing_fact_retryable: bool = False
     skip_tags: list[str] = Field(default_factory=list)
     nix_flake_allowlist: list[str] = Field(default_factory=list)
+    state_timeout: Duration | None = None
+    run_deadline: Duration | None = None
+
+    @field_validator("state_timeout", "run_deadline")
+    @classmethod
+    def _positive(cls, value: Duration | None, info: ValidationInfo) -> Duration | None:
+        return positive_duration(value, str(info.field_name))
 
     @property
     def max_concurrency(self) -> int:

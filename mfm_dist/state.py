@@ -6,12 +6,13 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Tag
+from pydantic import BaseModel, ConfigDict, Field, Tag, field_validator
 
 from mfm_dist.canonical import JsonValue
-from mfm_dist.tagged import NewtypeVariant, tag_discriminator
+from mfm_dist.config import Duration, positive_duration
+from mfm_dist.tagged import NewtypeVariant, OptionalExtensions, tag_discriminator
 
 if TYPE_CHECKING:
     from mfm_dist.context import StagedContext
@@ -43,14 +44,27 @@ class DependencyStrategy(str, Enum):
     ALL = "All"
 
 
-class StateMeta(BaseModel):
+class StateMeta(OptionalExtensions):
+    """What the engine needs to know about a state besides its handler.
+
+    `timeout`: how long one attempt may run before it is stopped and recorded as a
+    retryable `StateFailed{state_timeout}` (the run config's `state_timeout` applies when
+    unset; a deployment maximum caps both)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("timeout",)
 
     tags: list[str] = Field(default_factory=list)
     depends_on: list[str] = Field(default_factory=list)
     depends_on_strategy: DependencyStrategy = DependencyStrategy.LATEST
     side_effects: SideEffects = SideEffects.PURE
     idempotency: Idempotency = "None"
+    timeout: Duration | None = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: Duration | None) -> Duration | None:
+        return positive_duration(value, "timeout")
 
 
 class SnapshotPolicy(str, Enum):

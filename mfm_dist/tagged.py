@@ -98,3 +98,21 @@ def tag_discriminator(known: set[str]) -> Discriminator:
 
 
 __all__ = ["NewtypeVariant", "Tag", "TaggedModel", "tag_discriminator"]
+
+
+class OptionalExtensions(BaseModel):
+    """A model whose `OMIT_WHEN_NONE` fields are left out of its JSON while unset.
+
+    Fields added after the reference shapes (deadlines, timeouts) must not change the
+    canonical bytes — and so the ids — of manifests and plans that do not use them."""
+
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        out: Any = handler(self)
+        if isinstance(out, dict):
+            for name in self.OMIT_WHEN_NONE:
+                if name in out and out[name] is None:
+                    del out[name]
+        return out

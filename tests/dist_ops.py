@@ -10,19 +10,22 @@
 * `counted_calls` — one state making two calls through the `counting` transport
   (registered by `register_transports`); `COUNTED` records every call, and the hooks in
   `AFTER_CALL` run after each (a test steals the attempt's lease there).
+* `hang_demo` — a state with a timeout whose first attempts never return.
+* `backoff_demo` — one state that fails retryably once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from mfm_dist.canonical import JsonValue
-from mfm_dist.config import RunConfig
+from mfm_dist.config import Duration, RunConfig
 from mfm_dist.context import StagedContext
-from mfm_dist.errors import Corruption
+from mfm_dist.errors import Corruption, MfmError, StateError
 from mfm_dist.ids import OpPath
 from mfm_dist.io.base import IoCall, IoProvider
 from mfm_dist.io.router import TransportRegistry
@@ -144,11 +147,82 @@ class CountedCalls(Operation):
         return graph
 
 
+class HangDemo(Operation):
+    """`hang_demo` — input `{"timeout_ms": T, "hang_attempts": K, "blocking": bool}`: a
+    `prepare` state, then `hang` (timeout T) whose first K attempts never return — a blocking
+    `time.sleep` loop, or an `await` loop that cancellation can stop — then succeeds. While
+    `LATE_CALL` holds True, a hanging handler tries one transport call after its deadline
+    and records what happened in `LATE_RESULTS`."""
+
+    op_id = "hang_demo"
+    op_version = "1"
+
+    def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        assert isinstance(op_config, dict)
+        timeout_ms = int(op_config.get("timeout_ms", 300))
+        hang_attempts = int(op_config.get("hang_attempts", 1))
+        blocking = bool(op_config.get("blocking", True))
+
+        async def prepare(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            ctx.set("prepared", True)
+
+        async def hang(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            if rec.attempt < hang_attempts:
+                start = time.monotonic()
+                late_call = bool(LATE_CALL)
+                while time.monotonic() - start < HANG_S:
+                    if blocking:
+                        time.sleep(0.05)
+                    else:
+                        await asyncio.sleep(0.05)
+                    if late_call and time.monotonic() - start > timeout_ms / 1000 + 0.3:
+                        late_call = False
+                        call = IoCall(namespace="counting.v1", request={"late": rec.attempt})
+                        try:
+                            await io.call(call)
+                            LATE_RESULTS.append("called")
+                        except MfmError as exc:
+                            LATE_RESULTS.append(exc.info.code)
+            ctx.set("hang", {"attempt": rec.attempt})
+
+        graph = StateGraph()
+        a = graph.add(f"{op_path}.prepare", FnState(prepare, StateMeta(tags=["compute"])))
+        meta = StateMeta(tags=["compute"], timeout=Duration.from_millis(timeout_ms))
+        b = graph.add(f"{op_path}.hang", FnState(hang, meta))
+        graph.edge(a, b)
+        return graph
+
+
+HANG_S = 600.0
+LATE_CALL: list[bool] = []
+LATE_RESULTS: list[str] = []
+
+
+class BackoffDemo(Operation):
+    """`backoff_demo` — one state failing retryably on attempt 0 (the run config gives the
+    retry policy and backoff)."""
+
+    op_id = "backoff_demo"
+    op_version = "1"
+
+    def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        async def flaky(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            if rec.attempt == 0:
+                raise StateError("upstream_unavailable", "try again", retryable=True)
+            ctx.set("ok", rec.attempt)
+
+        graph = StateGraph()
+        graph.add(f"{op_path}.flaky", FnState(flaky, StateMeta(tags=["compute"])))
+        return graph
+
+
 def register_operations(registry: OperationRegistry) -> None:
     registry.register(GatedDemo())
     registry.register(ShapeDemo())
     registry.register(PoisonDemo())
     registry.register(CountedCalls())
+    registry.register(HangDemo())
+    registry.register(BackoffDemo())
 
 
 def register_transports(transports: TransportRegistry) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from engine_helpers import GraphOp, Harness, registry_with
 
 from mfm_dist import (
     Duration,
+    OperationRegistry,
     EventEnvelope,
     FixedBackoff,
     FnState,
@@ -475,3 +477,90 @@ def test_resume_retries_a_failed_state_when_policy_allows() -> None:
     run_id = h.events.list_runs()[0].run_id
     assert h.engine().resume(run_id).phase == RunPhase.COMPLETED
     assert calls == [0, 1]
+
+
+# -- state timeouts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "awaiting"])
+def test_hung_handler_is_failed_by_its_timeout_and_retried(blocking: bool) -> None:
+    import dist_ops
+
+    from mfm_dist.events import StateFailed
+
+    h = _dist_ops()
+    dist_ops.LATE_RESULTS.clear()
+    dist_ops.LATE_CALL[:] = [True]
+    cfg = RunConfig(retry_policy=RetryPolicy(max_attempts=2))
+    started = time.monotonic()
+    result = h.run("hang_demo", {"timeout_ms": 200, "blocking": blocking}, cfg)
+    assert time.monotonic() - started < 5
+    assert result.phase == RunPhase.COMPLETED
+    failed = [e for e in events_of(h, result.run_id) if isinstance(e.event, StateFailed)]
+    assert len(failed) == 1 and failed[0].attempt == 0
+    error = failed[0].event.error  # type: ignore[union-attr]
+    assert (error.code, error.retryable) == ("state_timeout", True)
+    if blocking:  # the abandoned handler goes on, but its late transport call is refused
+        deadline = time.monotonic() + 5
+        while not dist_ops.LATE_RESULTS and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert dist_ops.LATE_RESULTS == ["state_timeout"]
+        assert dist_ops.COUNTED == []
+    dist_ops.LATE_CALL.clear()
+
+
+def test_timeout_without_retries_fails_the_run_and_deployment_cap_applies() -> None:
+    h = _dist_ops()
+    # The state declares 60 s; the deployment caps every state at 150 ms.
+    result = h.run("hang_demo", {"timeout_ms": 60_000}, max_state_timeout_ms=150)
+    assert result.phase == RunPhase.FAILED
+    assert result.error is not None and result.error.code == "state_timeout"
+
+
+def test_run_config_state_timeout_is_the_default_for_states_without_one() -> None:
+    import asyncio
+
+    async def slow(ctx, io, rec):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(30)
+
+    op = GraphOp("slow_default", {"a": FnState(slow)})
+    h = Harness(registry_with(op))
+    cfg = RunConfig(state_timeout=Duration.from_millis(100))
+    started = time.monotonic()
+    result = h.run("slow_default", {}, cfg)
+    assert time.monotonic() - started < 5
+    assert result.error is not None and result.error.code == "state_timeout"
+
+
+def test_handler_cannot_fake_the_timeout_code() -> None:
+    def liar(ctx, io, rec):  # type: ignore[no-untyped-def]
+        raise StateError("state_timeout", "not really", retryable=True)
+
+    h = Harness(registry_with(GraphOp("liar", {"a": FnState(liar)})))
+    result = h.run("liar", {})
+    assert result.error is not None and result.error.code == "handler_reserved_code"
+
+
+def test_timeouts_leave_manifest_ids_of_configs_without_them_unchanged() -> None:
+    from mfm_dist.canonical import canonical_bytes
+
+    plain = RunConfig()
+    assert b"state_timeout" not in canonical_bytes(plain.model_dump(mode="json"))
+    timed = RunConfig(state_timeout=Duration(secs=5), run_deadline=Duration(secs=60))
+    assert RunConfig.model_validate(timed.model_dump(mode="json")) == timed
+    with pytest.raises(ValueError):
+        RunConfig(state_timeout=Duration(secs=0))
+
+
+class _DistOpsHarness(Harness):
+    """The test operations of `dist_ops` with their `counting` transport."""
+
+    def engine(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("io_factory", self.registry.io_factory())
+        return super().engine(**kwargs)
+
+
+def _dist_ops() -> Harness:
+    reg = OperationRegistry()
+    reg.load_module("dist_ops")
+    return _DistOpsHarness(reg)

@@ -5,9 +5,6 @@ records what would be sent to Celery (tests run the attempts themselves)."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +12,23 @@ import dist_ops
 import pytest
 import redis
 from servers import redis_server, redis_url  # noqa: F401
+from worker_harness import (  # noqa: F401
+    WAIT_S,
+    FakeDispatcher,
+    Harness,
+    completed_status,
+    env,
+    h,
+    wait_until,
+)
 
 from mfm_dist.config import RunConfig
-from mfm_dist.engine.lifecycle import prepare_run, record_run_start, store_manifest, validate_start
+from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.progress import MAX_ORPHAN_RECOVERIES, ORPHAN_CODE
 from mfm_dist.errors import StorageError, StorageUnavailable
 from mfm_dist.events import (
     DomainEvent,
     EventDraft,
-    EventEnvelope,
     RunCompleted,
     StateCompleted,
     StateEntered,
@@ -31,128 +36,12 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import RunId
 from mfm_dist.stores.guards import GuardViolation
-from workers.attempts import execute_attempt
 from workers.coordinator import AttemptTask, Coordinator
 from workers.faults import is_permanent_storage_fault, is_transient
 from workers.leases import Coordination, LeaseKeeper, lease_key, run_key
 from workers.runtime import FACT_CACHE_SIZE, Runtime
 from workers.settings import Settings, with_redis_credentials
-from workers.sweep import running_runs, wake_unwatched
-
-LEASE_TTL_S = 0.4
-WAIT_S = 10.0
-
-
-@dataclass
-class FakeDispatcher:
-    chords: list[list[AttemptTask]] = field(default_factory=list)
-    advances: list[tuple[str, float, str | None]] = field(default_factory=list)
-
-    def send_chord(self, run_id: str, attempts: list[AttemptTask]) -> None:
-        self.chords.append(attempts)
-
-    def send_advance(self, run_id: str, countdown_s: float, *, watchdog: str | None = None) -> None:
-        self.advances.append((run_id, countdown_s, watchdog))
-
-    def take(self) -> list[AttemptTask]:
-        out = [t for c in self.chords for t in c]
-        self.chords.clear()
-        return out
-
-    def watchdogs(self) -> list[str]:
-        return [w for _, _, w in self.advances if w]
-
-
-@pytest.fixture
-def env(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:  # noqa: F811
-    monkeypatch.setenv("MFM_EVENTS_URL", redis_url)
-    monkeypatch.setenv("MFM_BROKER_URL", redis_url)
-    monkeypatch.setenv("MFM_ARTIFACTS_URL", f"file://{tmp_path / 'art'}")
-    monkeypatch.setenv("MFM_OPERATIONS", "dist_ops")
-    monkeypatch.setenv("MFM_LEASE_TTL_S", str(LEASE_TTL_S))
-    monkeypatch.setenv("MFM_ARTIFACT_CACHE_TTL_S", "0")
-    monkeypatch.delenv("MFM_REDIS_PASSWORD", raising=False)
-    dist_ops.COUNTED.clear()
-    dist_ops.AFTER_CALL.clear()
-    yield
-    dist_ops.AFTER_CALL.clear()
-
-
-@dataclass
-class Harness:
-    rt: Runtime
-    dispatcher: FakeDispatcher
-    coordinator: Coordinator
-
-    def submit(self, target: str, run_input: Any, config: RunConfig | None = None) -> str:
-        rt = self.rt
-        prepared = prepare_run(rt.registry, target, run_input, config or RunConfig())
-        manifest_id = store_manifest(rt.artifacts, prepared.manifest)
-        initial = validate_start(
-            rt.artifacts,
-            plan=prepared.plan,
-            run_config=prepared.run_config,
-            manifest=prepared.manifest,
-            manifest_id=manifest_id,
-            initial_context=prepared.initial_context,
-        )
-        rid, _ = record_run_start(
-            rt.events,
-            rt.artifacts,
-            plan=prepared.plan,
-            manifest_id=manifest_id,
-            initial_snapshot=initial,
-        )
-        rt.coord.record_plan(str(rid), prepared.plan.fingerprint())
-        return str(rid)
-
-    def run(self, task: AttemptTask) -> str:
-        return execute_attempt(
-            self.rt,
-            run_id=task.run_id,
-            manifest_id=task.manifest_id,
-            state_id=task.state_id,
-            attempt=task.attempt,
-            base_snapshot_id=task.base_snapshot_id,
-            plan_fingerprint=task.plan_fingerprint,
-        )
-
-    def log(self, rid: str) -> list[EventEnvelope]:
-        return self.rt.events.read_range(RunId(rid))
-
-    def drive(self, rid: str, rounds: int = 30) -> list[str]:
-        """Advance and run every dispatched attempt until the run completes."""
-        statuses: list[str] = []
-        for _ in range(rounds):
-            if self.coordinator.advance(rid) == "finished":
-                return statuses
-            statuses.extend(self.run(t) for t in self.dispatcher.take())
-        raise AssertionError(f"run did not finish within {rounds} rounds: {statuses}")
-
-
-@pytest.fixture
-def h(env: None) -> Iterator[Harness]:
-    rt = Runtime()
-    dispatcher = FakeDispatcher()
-    coordinator = Coordinator(rt, dispatcher)
-    yield Harness(rt, dispatcher, coordinator)
-    coordinator.close()
-    rt.close()
-
-
-def wait_until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def completed_status(h: Harness, rid: str) -> str:
-    last = h.log(rid)[-1].event
-    assert isinstance(last, RunCompleted)
-    return str(last.status.value if hasattr(last.status, "value") else last.status)
-
+from workers.timers import arm_unscheduled, running_runs
 
 # -- 1: permanent faults end the run instead of looping ------------------------------------------
 
@@ -321,7 +210,7 @@ def test_cache_is_rebuilt_when_redis_loses_the_tail_of_the_log(h: Harness) -> No
 # -- 4: Redis OOM is transient and never ends the liveness chain ---------------------------------
 
 
-def test_oom_append_is_transient_and_a_failed_advance_re_arms_the_watchdog(
+def test_oom_append_is_transient_and_a_failed_advance_keeps_the_timer(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rid = h.submit("chain_demo", {"states": 2})
@@ -340,56 +229,104 @@ def test_oom_append_is_transient_and_a_failed_advance_re_arms_the_watchdog(
         assert is_transient(raised.value)
     finally:
         r.config_set("maxmemory", 0)
-    # A transient fault mid-advance (S3 down while loading): the watchdog is armed anyway.
+    # A transient fault mid-advance (S3 down while loading): the timer is set anyway.
     h.rt.coord.forget_run(rid)
 
     def down(*_: Any, **__: Any) -> Any:
         raise StorageUnavailable("s3 down")
 
     monkeypatch.setattr(h.rt, "run_context", down)
+    h.rt.coord.unschedule(rid)
     with pytest.raises(StorageUnavailable):
         h.coordinator.advance(rid)
-    assert len(h.dispatcher.watchdogs()) == 1
-    assert h.rt.coord.watchdog_token(rid) == h.dispatcher.watchdogs()[0]
+    due = h.rt.coord.scheduled(rid)  # a transient fault: the run is looked at again soon
+    assert due is not None and due - now_millis() <= 1500
 
 
-def test_permanent_advance_failure_does_not_re_arm(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from mfm_dist.errors import RunError
+def test_permanent_advance_failure_ends_the_run_with_its_code(h: Harness) -> None:
+    from mfm_dist.engine.history import RunHistory
+    from mfm_dist.engine.lifecycle import result_from_history
 
     rid = h.submit("chain_demo", {"states": 2})
+    assert h.coordinator.advance(rid) == "dispatched:1"
+    (task,) = h.dispatcher.take()
+    h.rt.events.append_next(  # an attempt is open when the coordinator gives up
+        RunId(rid),
+        [
+            EventDraft(
+                event=StateEntered(
+                    state_id=task.state_id, attempt=0, base_snapshot_id=task.base_snapshot_id
+                ),
+                ts_millis=1,
+                state_id=task.state_id,
+                attempt=0,
+            )
+        ],
+    )
+    h.rt.coord.record_plan(rid, "f" * 64)  # the deployed code expands another plan
+    assert h.coordinator.advance(rid) == "aborted:plan_mismatch"
+    history = RunHistory.load(h.rt.events, RunId(rid))
+    result = result_from_history(history)
+    assert result.phase.value == "Failed" and result.error is not None
+    assert result.error.code == "plan_mismatch" and not result.error.retryable
+    closed = history.envelopes[-3].event
+    assert isinstance(closed, StateFailed) and closed.error.code == "plan_mismatch"
+    assert h.rt.coord.scheduled(rid) is None  # nothing retries it forever
+    assert h.coordinator.advance(rid) == "finished"
 
-    def broken(*_: Any, **__: Any) -> Any:
-        raise RunError("plan_mismatch", "different code")
 
-    monkeypatch.setattr(h.rt, "run_context", broken)
-    with pytest.raises(RunError):
-        h.coordinator.advance(rid)
-    assert h.dispatcher.watchdogs() == []
-
-
-# -- 5: one watchdog chain per run ---------------------------------------------------------------
+def test_missing_manifest_ends_the_run_failed(h: Harness) -> None:
+    rid = h.submit("chain_demo", {"states": 2})
+    manifest_id = str(h.log(rid)[0].event.manifest_id)  # type: ignore[attr-defined]
+    h.rt.artifacts.object_path(manifest_id).unlink()  # type: ignore[attr-defined]
+    assert h.coordinator.advance(rid) == "aborted:artifact_not_found"
+    assert completed_status(h, rid) == "Failed"
+    assert h.rt.coord.scheduled(rid) is None
 
 
-def test_watchdog_chains_collapse_to_one(h: Harness) -> None:
-    rid = h.submit("chain_demo", {"states": 3})
+# -- 5: one timer per run, in Redis --------------------------------------------------------------
+
+
+def test_every_look_keeps_one_timer_and_finishing_removes_it(h: Harness) -> None:
+    rid = h.submit("chain_demo", {"states": 2})
+    assert h.rt.coord.scheduled(rid) is None
+    before = now_millis()
     h.coordinator.advance(rid)
-    pending = h.dispatcher.watchdogs()
-    assert len(pending) == 1
-    h.dispatcher.advances.clear()
-    # A control worker restarts: its held message comes back AND the startup sweep runs.
+    due = h.rt.coord.scheduled(rid)
+    watchdog_ms = h.rt.settings.watchdog_s * 1000
+    assert due is not None and before + watchdog_ms <= due <= now_millis() + watchdog_ms
+    h.drive(rid)
+    assert h.rt.coord.scheduled(rid) is None
+    assert h.rt.redis.zcard("mfm:timers") == 0
+
+
+def test_poller_takes_each_due_timer_once_and_re_arms_it(h: Harness) -> None:
+    from workers.timers import TimerPoller
+
+    rids = [h.submit("chain_demo", {"states": 1}) for _ in range(3)]
+    now = now_millis()
+    h.rt.coord.schedule(rids[0], now - 10)
+    h.rt.coord.schedule(rids[1], now - 5)
+    h.rt.coord.schedule(rids[2], now + 60_000)
     sent: list[str] = []
-    wake_unwatched(h.rt.coord, lambda _rid, tok: sent.append(tok), 10_000, take_over=True)
-    assert len(sent) == 1
-    pending += sent
-    for _ in range(4):
-        fired, pending = pending, []
-        for token in fired:
-            h.coordinator.advance(rid, watchdog=token)
-            pending += h.dispatcher.watchdogs()
-            h.dispatcher.advances.clear()
-        assert len(pending) == 1
+    poller = TimerPoller(h.rt.coord, sent.append, poll_s=0.05, rearm_ms=5_000)
+    other: list[str] = []
+    second = TimerPoller(h.rt.coord, other.append, poll_s=0.05, rearm_ms=5_000)
+    assert poller.poll_once() == 2 and second.poll_once() == 0  # two pollers never share one
+    assert sorted(sent) == sorted(rids[:2]) and other == []
+    due = h.rt.coord.scheduled(rids[0])
+    assert due is not None and due >= now + 5_000  # a lost wake-up is re-sent a period later
+
+
+def test_startup_arms_running_runs_without_a_timer(h: Harness) -> None:
+    rids = [h.submit("chain_demo", {"states": 1}) for _ in range(5)]
+    h.drive(rids[0])
+    later = now_millis() + 60_000
+    h.rt.coord.schedule(rids[1], later)  # already has one: left alone
+    assert arm_unscheduled(h.rt.redis) == 3
+    assert h.rt.coord.scheduled(rids[1]) == later
+    assert all(h.rt.coord.scheduled(r) is not None for r in rids[1:])
+    assert h.rt.coord.scheduled(rids[0]) is None
 
 
 # -- 6: the coordinator lock is renewed, and a lost lock stops the advance ------------------------
@@ -422,8 +359,7 @@ def test_rejected_run_completed_keeps_the_run_watched(
     rid = h.submit("chain_demo", {"states": 1})
     h.coordinator.advance(rid)
     assert [h.run(t) for t in h.dispatcher.take()] == ["completed"]
-    h.dispatcher.advances.clear()
-    h.rt.redis.delete(run_key(rid, "watchdog"))
+    h.rt.coord.unschedule(rid)
     real = h.rt.events.append_next
 
     def reject(run_id: RunId, drafts: Any) -> Any:
@@ -433,13 +369,13 @@ def test_rejected_run_completed_keeps_the_run_watched(
 
     monkeypatch.setattr(h.rt.events, "append_next", reject)
     assert h.coordinator.advance(rid) == "finish_rejected:open_attempt_exists"
-    assert len(h.dispatcher.watchdogs()) == 1
+    assert h.rt.coord.scheduled(rid) is not None
     assert h.rt.coord.recorded_plan(rid) is not None
     monkeypatch.setattr(h.rt.events, "append_next", real)
     assert h.coordinator.advance(rid) == "finished"
     # 13: a finished run leaves no coordination keys behind (the plan included).
     assert h.rt.coord.recorded_plan(rid) is None
-    assert h.rt.coord.watchdog_token(rid) is None
+    assert h.rt.coord.scheduled(rid) is None
 
 
 # -- 8: idempotent submission and a sweep over every RUNNING run ---------------------------------
@@ -450,9 +386,7 @@ def test_redelivered_submission_starts_one_run(h: Harness, monkeypatch: pytest.M
     from workers import tasks
 
     sent: list[str] = []
-    monkeypatch.setattr(
-        tasks.advance, "apply_async", lambda args, **_: sent.append(args[0]), raising=False
-    )
+    monkeypatch.setattr(tasks, "send_advance", sent.append)
     first = submit_mod.submit_run(
         "chain_demo", {"states": 1}, RunConfig(), runtime=h.rt, submission_id="task-1"
     )
@@ -467,14 +401,10 @@ def test_redelivered_submission_starts_one_run(h: Harness, monkeypatch: pytest.M
     assert sent == [first, first, other]  # the redelivery re-sends the wake-up
 
 
-def test_sweep_pages_through_every_running_run(h: Harness) -> None:
+def test_running_runs_pages_through_the_index(h: Harness) -> None:
     rids = [h.submit("chain_demo", {"states": 1}) for _ in range(5)]
     h.drive(rids[0])
     assert sorted(running_runs(h.rt.redis, page=2)) == sorted(rids[1:])
-    h.rt.coord.claim_watchdog(rids[1], 60_000)  # already watched
-    woken: list[str] = []
-    wake_unwatched(h.rt.coord, lambda rid, _t: woken.append(rid), 60_000, take_over=False)
-    assert sorted(woken) == sorted(rids[2:])
 
 
 # -- 10-12: credentials, bounded caches, chord layout ---------------------------------------------
@@ -512,7 +442,7 @@ def test_runtime_caches_are_bounded_and_replaced_coordinators_stop_their_threads
     assert create_app().conf.worker_max_tasks_per_child == 1000
 
 
-def test_backoff_attempts_get_their_own_chord_and_header_errors_are_statuses(
+def test_chords_carry_time_limits_and_header_errors_are_statuses(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from workers import tasks
@@ -529,12 +459,14 @@ def test_backoff_attempts_get_their_own_chord_and_header_errors_are_statuses(
     monkeypatch.setattr(tasks, "chord", FakeChord)
     monkeypatch.setattr(tasks, "get_runtime", lambda: h.rt)
 
-    def task(sid: str, countdown: float) -> AttemptTask:
-        return AttemptTask("r", "m", sid, 0, "b", "f", countdown, 0)
+    def task(sid: str, limit: float | None) -> AttemptTask:
+        return AttemptTask("r", "m", sid, 0, "b", "f", 0, limit)
 
-    tasks.CeleryDispatcher().send_chord("r", [task("a", 0), task("b", 30), task("c", 0)])
-    assert [[s.kwargs["state_id"] for s in header] for header, _ in sent] == [["a", "c"], ["b"]]
-    assert [s.options.get("countdown") for s in sent[1][0]] == [30]
+    tasks.CeleryDispatcher().send_chord("r", [task("a", None), task("b", 30.0)])
+    ((header, _),) = sent
+    assert [s.kwargs["state_id"] for s in header] == ["a", "b"]
+    assert [s.options.get("time_limit") for s in header] == [None, 30.0]
+    assert all(s.options.get("countdown") is None for s in header)
 
     def boom(*_: Any, **__: Any) -> str:
         raise redis.ConnectionError("redis down in acquire_lease")

@@ -17,7 +17,7 @@ from kombu import Queue  # type: ignore[attr-defined]
 
 from workers.settings import Settings
 
-CONTROL_TASKS = ("mfm.submit", "mfm.advance", "mfm.sweep")
+CONTROL_TASKS = ("mfm.submit", "mfm.advance")
 ATTEMPT_TASK = "mfm.execute_attempt"
 
 
@@ -74,6 +74,7 @@ def configure_app(settings: Settings) -> None:
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _fresh_runtime(**_: Any) -> None:
     """A forked pool child builds its own connections."""
-    from workers.runtime import reset_runtime
+    from workers.runtime import mark_pool_child, reset_runtime
 
     reset_runtime()
+    mark_pool_child()

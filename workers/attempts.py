@@ -21,7 +21,7 @@ from mfm_dist.events import EventDraft, EventEnvelope, StateEntered, StateFailed
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.stores.guards import GuardViolation
 from workers.faults import LEASE_LOST, is_permanent_storage_fault
-from workers.runtime import Runtime
+from workers.runtime import Runtime, retire_if_stuck
 
 log = logging.getLogger("mfm.worker")
 
@@ -97,12 +97,16 @@ def execute_attempt(
             io_factory=rt.io_factory,
             append=append,
             fence=lambda: rt.keeper.fence(run_id, state_id, lease),
+            max_state_timeout_ms=rt.settings.max_state_timeout_ms,
         )
         state = ctx.plan.compiled.states[ctx.plan.compiled.position[state_id]]
         with rt.timings.phase("attempt_total"):
             outcome = run_attempt(env, sid, state, attempt, base_snapshot_id, base)
     except GuardViolation as exc:
         if not append.entered:
+            # Someone else entered this attempt (we may have taken over a dead holder's
+            # lease): let the coordinator look now rather than at its next timer.
+            _quietly(lambda: rt.coord.schedule_by(run_id, now_millis()))
             return "duplicate"
         log.warning(
             "run %s: %s attempt %d closed by someone else (%s)", run_id, sid, attempt, exc.rule
@@ -123,11 +127,10 @@ def execute_attempt(
             log.error("run %s: %s attempt %d hit permanent %s", run_id, sid, attempt, code)
             return f"error:{code}"
         # Transient infrastructure fault. Keep the lease until it expires: the coordinator
-        # then closes the attempt as an orphan (or re-dispatches it) after one lease TTL —
-        # a natural back-off while a store is down.
+        # then closes the attempt as an orphan (or re-dispatches it: its reservation is
+        # valid only while the lease lives) after one lease TTL — a natural back-off while a
+        # store is down.
         release = False
-        if not append.entered:
-            _push_back_reservation(rt, run_id, state_id, attempt)
         log.warning("run %s: %s attempt %d hit %s", run_id, sid, attempt, code)
         return f"error:{code}"
     finally:
@@ -136,6 +139,8 @@ def execute_attempt(
             with rt.timings.phase("lease"):
                 _quietly(lambda: rt.coord.release_lease(run_id, state_id, lease))
         rt.flush_timings()
+    if outcome.abandoned is not None:
+        retire_if_stuck(outcome.abandoned.thread)
     if outcome.skipped:
         return "skipped"
     if outcome.completed:
@@ -223,12 +228,6 @@ def _refuse_plan_mismatch(
         return "duplicate"
     log.error("run %s: refused %s attempt %d: plan_mismatch", rid, sid, attempt)
     return PLAN_MISMATCH
-
-
-def _push_back_reservation(rt: Runtime, run_id: str, state_id: str, attempt: int) -> None:
-    """The attempt never started: let the coordinator re-dispatch it after one lease TTL."""
-    deadline = now_millis() + rt.settings.lease_ttl_ms
-    _quietly(lambda: rt.coord.reserve(run_id, {state_id: (attempt, deadline)}))
 
 
 def _quietly(fn: Callable[[], object]) -> None:

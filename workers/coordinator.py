@@ -1,12 +1,18 @@
 """`advance(run_id)`: look at a run's log and do what comes next (CONTRACT §7.4, §11).
 
-One coordinator at a time per run (a Redis lock); a busy lock re-enqueues the
-wake-up instead of dropping it. The coordinator keeps each run's decoded history
-and progress in process memory and applies only what was appended since its last
-look. `decide()` (pure, in the core) says what to do: close orphans, dispatch
-attempts as one chord whose join is another `advance`, or finish the run. The
-event log, not chord counters, decides what is complete, so a join that fires
-twice or early only costs a read.
+One coordinator at a time per run (a Redis lock); an `advance` that finds the lock busy
+marks the run dirty and returns, and the holder runs one more round before it lets go,
+so no wake-up is lost and nobody spins. The coordinator keeps each run's decoded history
+and progress in process memory and applies only what was appended since its last look.
+`decide()` (pure, in the core) says what to do: close orphans, dispatch attempts as one
+chord whose join is another `advance`, or finish the run. The event log, not chord
+counters, decides what is complete, so a join that fires twice or early only costs a read.
+
+Liveness never depends on a message: after every look the coordinator sets the run's
+wake-up time in Redis (`mfm:timers`: one watchdog period ahead, or earlier when a retry's
+backoff ends or a reservation runs out), and every control worker polls the due timers.
+Retries waiting out a backoff are held as *delayed* reservations and sent when due, not
+as countdown messages a worker keeps in memory (and loses with its broker connection).
 
 Celery is injected (`Dispatcher`), so this module has no Celery import.
 """
@@ -26,7 +32,7 @@ from mfm_dist.canonical import JsonValue
 from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.coordination import Decision, Dispatch, Finish, decide
 from mfm_dist.engine.history import RunHistory
-from mfm_dist.engine.lifecycle import CONFLICT_EVENT
+from mfm_dist.engine.lifecycle import CONFLICT_EVENT, abort_drafts
 from mfm_dist.engine.progress import ORPHAN_CODE, RunProgress
 from mfm_dist.errors import ErrorCategory, ErrorInfo, MfmError, RunError
 from mfm_dist.events import (
@@ -40,15 +46,23 @@ from mfm_dist.events import (
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.stores.guards import GuardViolation
 from workers.faults import is_transient
-from workers.leases import Coordination
+from workers.leases import CLAIMED, DELAYED, SENT, Coordination, Reservation
 from workers.runtime import RunContext, Runtime
 
 log = logging.getLogger("mfm.coordinator")
 
-BUSY_RETRY_S = 0.1
 MAX_ROUNDS = 64
+TRANSIENT_RETRY_MS = 1000
+DIRTY_ROUNDS = 8
 RUN_CACHE_SIZE = 256
 PREFETCH_THREADS = 8
+DISPATCH_SLICE = 256
+"""Attempts per chord: a wide wave goes out in slices, renewing the lock in between."""
+TIME_LIMIT_GRACE_S = 5.0
+PENDING = "p"
+"""Reservation kind while its chord is being sent: valid only inside the advance that
+wrote it (flipped to `s` once sent), so a coordinator that died in between is noticed by
+the next one at once."""
 
 
 @dataclass(frozen=True)
@@ -61,16 +75,20 @@ class AttemptTask:
     attempt: int
     base_snapshot_id: str
     plan_fingerprint: str
-    countdown_s: float
     sent_ms: int
+    time_limit_s: float | None = None
+    """Hard limit for the task (the state's timeout plus a grace), or None."""
 
 
 class Dispatcher(Protocol):
     def send_chord(self, run_id: str, attempts: list[AttemptTask]) -> None:
         """Header: the attempts on the attempt queue; body: `advance(run_id)`."""
 
-    def send_advance(self, run_id: str, countdown_s: float, *, watchdog: str | None = None) -> None:
-        """One `advance(run_id)` on the control queue; `watchdog` is the liveness token."""
+    def send_advance(self, run_id: str) -> None:
+        """One `advance(run_id)` on the control queue, now."""
+
+    def attempt_queue_depth(self) -> int | None:
+        """Messages waiting in the attempt queue (None: unknown)."""
 
 
 class LockLost(Exception):
@@ -93,6 +111,14 @@ class CachedRun:
     progress: RunProgress
 
 
+@dataclass
+class Step:
+    """What one look at a run did, and when the next look is due (ms, None: finished)."""
+
+    status: str
+    wake_ms: int | None
+
+
 class Coordinator:
     def __init__(self, runtime: Runtime, dispatcher: Dispatcher) -> None:
         self.rt = runtime
@@ -106,46 +132,63 @@ class Coordinator:
         self._runs.clear()
 
     # -- entry point ----------------------------------------------------------------------------
-    def advance(self, run_id: str, *, watchdog: str | None = None) -> str:
-        """Returns a short status: busy, finished, dispatched:N, waiting, idle, lock_lost,
-        watchdog_superseded or finish_rejected:<rule>.
-
-        `watchdog` is the token of a liveness wake-up: only the message whose token is
-        the run's current one re-arms the watchdog; any other watchdog message exits."""
+    def advance(self, run_id: str, *, watchdog: object = None) -> str:
+        """Returns a short status: busy, finished, aborted:<code>, dispatched:N, waiting,
+        idle, lock_lost or finish_rejected:<rule>. (`watchdog` is accepted and ignored:
+        wake-up messages of older versions carried a token.)"""
         rid = str(RunId(run_id))
         coord = self.rt.coord
-        if watchdog:
-            current = coord.watchdog_token(rid)
-            if current is not None and current != watchdog:
-                return "watchdog_superseded"
         ttl_ms = int(self.rt.settings.lock_ttl_s * 1000)
         token = coord.try_lock(rid, ttl_ms)
         if token is None:
-            # Hand the watchdog token on, so the chain survives a busy lock.
-            self.dispatcher.send_advance(rid, BUSY_RETRY_S, watchdog=watchdog)
+            coord.mark_dirty(rid, ttl_ms)
             return "busy"
-        status = "error"
-        rearm = True
+        lock = _Lock(coord, rid, token, ttl_ms)
+        step = Step("error", self._watchdog_due())
         try:
             with self.rt.timings.phase("coord_advance"):
-                status = self._advance_locked(rid, _Lock(coord, rid, token, ttl_ms))
-            rearm = status != "finished"
-            return status
+                step = self._advance_locked(rid, lock)
+                for _ in range(DIRTY_ROUNDS):
+                    if step.wake_ms is None or not coord.take_dirty(rid):
+                        break
+                    step = self._advance_locked(rid, lock)
+            return step.status
         except LockLost:
             log.warning("run %s: coordinator lock lost during a long advance", rid)
-            status = "lock_lost"
-            return status
-        except BaseException as exc:
-            # A transient fault (Redis OOM, S3 down) must not end the liveness chain;
-            # a permanent one (plan mismatch, corrupt history) must not loop forever.
-            rearm = not isinstance(exc, MfmError) or is_transient(exc)
+            step = Step("lock_lost", self._watchdog_due())
+            return step.status
+        except MfmError as exc:
+            if is_transient(exc):
+                step = Step("retry", now_millis() + TRANSIENT_RETRY_MS)
+                raise
+            if exc.info.code == "run_not_found":
+                step = Step("run_not_found", None)  # no run to keep alive: drop its timer
+                with contextlib.suppress(redis.RedisError):
+                    coord.unschedule(rid)
+                raise
+            # A permanent fault (missing manifest, plan mismatch, corrupt history) never
+            # heals: end the run with its code instead of retrying it forever.
+            step = self._abort(rid, exc)
+            return step.status
+        except Exception as exc:
+            if is_transient(exc):  # Redis down, S3 unreachable: look again soon
+                step = Step("retry", now_millis() + TRANSIENT_RETRY_MS)
             raise
         finally:
-            if rearm:
-                self._ensure_watchdog(rid, watchdog)
+            if step.wake_ms is not None:
+                with contextlib.suppress(redis.RedisError):
+                    coord.schedule(rid, step.wake_ms)
+            dirty = False
             with contextlib.suppress(redis.RedisError):
-                coord.unlock(rid, token)
+                dirty = coord.unlock(rid, token)
+            if dirty and step.wake_ms is not None:
+                # A wake-up arrived after our last look: look again (one message, no spin).
+                with contextlib.suppress(Exception):
+                    self.dispatcher.send_advance(rid)
             self.rt.flush_timings()
+
+    def _watchdog_due(self) -> int:
+        return now_millis() + int(self.rt.settings.watchdog_s * 1000)
 
     # -- the run cache --------------------------------------------------------------------------
     def _load(self, rid: str) -> CachedRun:
@@ -212,13 +255,13 @@ class Coordinator:
                 list(self._pool.map(self.rt.snapshots.load, sorted(wanted)))
 
     # -- one advance ----------------------------------------------------------------------------
-    def _advance_locked(self, rid: str, lock: _Lock) -> str:
+    def _advance_locked(self, rid: str, lock: _Lock) -> Step:
         run = self._load(rid)
         lock.renew()
         coord = self.rt.coord
         if run.history.completed is not None:
             self._forget(rid)
-            return "finished"
+            return Step("finished", None)
         recorded = coord.record_plan_if_missing(rid, run.ctx.fingerprint)
         if recorded != run.ctx.fingerprint:
             raise RunError(
@@ -227,8 +270,9 @@ class Coordinator:
                 "recorded; deploy the code the run was submitted with",
                 details={"recorded": recorded, "local": run.ctx.fingerprint},
             )
+        wake = self._watchdog_due()
         for _ in range(MAX_ROUNDS):
-            decision = self._decide(rid, run)
+            decision, wake = self._decide(rid, run, lock)
             lock.renew()
             if decision.close_orphans:
                 self._close_orphans(rid, decision.close_orphans)
@@ -236,33 +280,77 @@ class Coordinator:
                 lock.renew()
                 continue
             if decision.finish is not None:
-                return self._finish(rid, run, decision.finish)
+                status = self._finish(rid, run, decision.finish)
+                return Step(status, None if status == "finished" else wake)
             if decision.dispatch:
-                self._dispatch(rid, run, decision.dispatch)
-                return f"dispatched:{len(decision.dispatch)}"
-            return "waiting" if decision.in_flight else "idle"
-        return "waiting"
+                sent, due = self._dispatch(rid, run, decision.dispatch, lock)
+                return Step(f"dispatched:{sent}" if sent else "waiting", min(wake, due))
+            return Step("waiting" if decision.in_flight else "idle", wake)
+        return Step("waiting", wake)
 
-    def _decide(self, rid: str, run: CachedRun) -> Decision:
+    def _decide(self, rid: str, run: CachedRun, lock: _Lock) -> tuple[Decision, int]:
+        """Settle the reservations (drop the stale and the lost, send the due), then decide.
+        Also returns when the next look is due."""
         now = now_millis()
-        open_ids = [s for s, _ in run.history.open_attempts()]
-        leases = self.rt.coord.live_leases(rid, open_ids)
-        reserved = self.rt.coord.reservations(rid, now)
-        stale = [
-            s
-            for s, a in reserved.items()
-            if s in run.progress.plan.position
-            and a < run.progress.next_attempt[run.progress.plan.position[s]]
-        ]
-        self.rt.coord.clear_reservations(rid, stale)
+        coord = self.rt.coord
+        lease_ms = self.rt.settings.lease_ttl_ms
+        wake = self._watchdog_due()
+        progress = run.progress
+        position = progress.plan.position
+        reservations = coord.reservations(rid)
+        open_ids = {s for s, _ in run.history.open_attempts()}
+        claimed = {s for s, r in reservations.items() if r.kind == CLAIMED}
+        leases = coord.live_leases(rid, sorted(open_ids | claimed))
+        drop: list[str] = []
+        due: list[tuple[str, int]] = []
+        keep: dict[str, int] = {}
+        queue_empty: bool | None = None
+        for state_id, r in reservations.items():
+            i = position.get(state_id)
+            if i is None or r.attempt < progress.next_attempt[i]:
+                drop.append(state_id)  # seen in the log (or not ours): done with it
+            elif r.kind == DELAYED:
+                if r.deadline_ms <= now:
+                    due.append((state_id, r.attempt))
+                else:
+                    keep[state_id] = r.attempt
+                    wake = min(wake, r.deadline_ms)
+            elif r.kind == CLAIMED:
+                # Valid while its worker's lease lives: a dead holder is seen at lease expiry
+                # (or at once on this host), never only after the dispatch timeout.
+                if leases.get(state_id) == r.attempt:
+                    keep[state_id] = r.attempt
+                else:
+                    drop.append(state_id)
+            elif r.kind == PENDING or r.deadline_ms <= now:
+                drop.append(state_id)  # a coordinator died mid-send, or the dispatch timed out
+            elif now - r.since_ms > lease_ms:
+                # Sent a lease TTL ago and nobody claimed it: with an empty attempt queue the
+                # message is gone (a worker died holding it, a broker restart dropped it).
+                if queue_empty is None:
+                    depth = self.dispatcher.attempt_queue_depth()
+                    queue_empty = depth == 0
+                if queue_empty:
+                    drop.append(state_id)
+                else:
+                    keep[state_id] = r.attempt
+            else:
+                keep[state_id] = r.attempt
+                wake = min(wake, r.since_ms + lease_ms + 1)
+        coord.clear_reservations(rid, drop)
+        if due:
+            tasks = [self._task(run, s, a, now) for s, a in due]
+            self._send(rid, tasks, lock)
+            keep.update(due)
         with self.rt.timings.phase("coord_decide"):
-            return decide(
+            decision = decide(
                 run.history,
-                run.progress,
+                progress,
                 lease_alive=lambda s, a: leases.get(s) == a,
-                reserved=reserved,
+                reserved=keep,
                 now_ms=now,
             )
+        return decision, wake
 
     def _close_orphans(self, rid: str, orphans: list[tuple[str, int]]) -> None:
         for state_id, attempt in orphans:
@@ -280,32 +368,71 @@ class Coordinator:
             except GuardViolation:
                 pass  # the attempt was closed meanwhile (by its worker or another coordinator)
 
-    def _dispatch(self, rid: str, run: CachedRun, dispatch: list[Dispatch]) -> None:
-        """Reserve, then send (the lock was checked just before)."""
-        now = now_millis()
-        timeout_ms = int(self.rt.settings.dispatch_timeout_s * 1000)
-        self.rt.coord.reserve(
-            rid,
-            {
-                d.state_id: (d.attempt, now + int(d.countdown_s * 1000) + timeout_ms)
-                for d in dispatch
-            },
+    def _task(self, run: CachedRun, state_id: str, attempt: int, now: int) -> AttemptTask:
+        i = run.progress.plan.position[state_id]
+        base = run.progress.last_base.get(i)
+        if base is None:
+            base = run.progress.base_for(i)[0]
+        return self._task_for(run, Dispatch(state_id, attempt, base), now)
+
+    def _task_for(self, run: CachedRun, d: Dispatch, now: int) -> AttemptTask:
+        return AttemptTask(
+            run_id=str(run.history.run_id),
+            manifest_id=str(run.history.started.manifest_id),
+            state_id=d.state_id,
+            attempt=d.attempt,
+            base_snapshot_id=d.base_snapshot_id,
+            plan_fingerprint=run.ctx.fingerprint,
+            sent_ms=now,
+            time_limit_s=self._time_limit(run, d.state_id),
         )
-        tasks = [
-            AttemptTask(
-                run_id=rid,
-                manifest_id=str(run.history.started.manifest_id),
-                state_id=d.state_id,
-                attempt=d.attempt,
-                base_snapshot_id=d.base_snapshot_id,
-                plan_fingerprint=run.ctx.fingerprint,
-                countdown_s=d.countdown_s,
-                sent_ms=now,
+
+    def _time_limit(self, run: CachedRun, state_id: str) -> float | None:
+        """The broker-side hard limit of an attempt: its timeout plus time to record it."""
+        timeout_ms = run.ctx.timeout_ms(state_id, self.rt.settings.max_state_timeout_ms)
+        if timeout_ms is None:
+            return None
+        return timeout_ms / 1000.0 + self.rt.settings.lease_ttl_s + TIME_LIMIT_GRACE_S
+
+    def _dispatch(
+        self, rid: str, run: CachedRun, dispatch: list[Dispatch], lock: _Lock
+    ) -> tuple[int, int]:
+        """Send what may start now; hold back retries still in their backoff as delayed
+        reservations (sent by a later look when due). Returns how many were sent, and when
+        the next look is due (the earliest backoff end)."""
+        now = now_millis()
+        wake = self._watchdog_due()
+        delayed: dict[str, Reservation] = {}
+        ready: list[AttemptTask] = []
+        for d in dispatch:
+            if d.countdown_s > 0:
+                due = now + int(d.countdown_s * 1000)
+                delayed[d.state_id] = Reservation(d.attempt, due, DELAYED, now)
+                wake = min(wake, due)
+            else:
+                ready.append(self._task_for(run, d, now))
+        self.rt.coord.reserve(rid, delayed)
+        self._send(rid, ready, lock)
+        return len(ready), wake
+
+    def _send(self, rid: str, tasks: list[AttemptTask], lock: _Lock) -> None:
+        """Reserve and send in slices; each slice is `pending` until its chord is out."""
+        coord = self.rt.coord
+        timeout_ms = int(self.rt.settings.dispatch_timeout_s * 1000)
+        for k in range(0, len(tasks), DISPATCH_SLICE):
+            batch = tasks[k : k + DISPATCH_SLICE]
+            lock.renew()
+            now = now_millis()
+            coord.reserve(
+                rid, {t.state_id: Reservation(t.attempt, now, PENDING, now) for t in batch}
             )
-            for d in dispatch
-        ]
-        with self.rt.timings.phase("coord_send"):
-            self.dispatcher.send_chord(rid, tasks)
+            with self.rt.timings.phase("coord_send"):
+                self.dispatcher.send_chord(rid, batch)
+            now = now_millis()
+            coord.reserve(
+                rid,
+                {t.state_id: Reservation(t.attempt, now + timeout_ms, SENT, now) for t in batch},
+            )
 
     def _finish(self, rid: str, run: CachedRun, finish: Finish) -> str:
         drafts: list[EventDraft] = []
@@ -331,7 +458,7 @@ class Coordinator:
         except GuardViolation as exc:
             if exc.rule != "after_run_completed":
                 # Not finished: something changed under us (e.g. an attempt opened). Keep
-                # the run's cache honest and the watchdog armed; the next advance decides.
+                # the run's cache honest and its timer armed; the next advance decides.
                 log.warning("run %s: RunCompleted rejected (%s); will look again", rid, exc.rule)
                 self._runs.pop(rid, None)
                 return f"finish_rejected:{exc.rule}"
@@ -339,21 +466,36 @@ class Coordinator:
         self._forget(rid)
         return "finished"
 
+    def _abort(self, rid: str, exc: MfmError) -> Step:
+        """End a run that can never make progress, with the fault's code (docs: lifecycle).
+
+        A history that cannot even be read back is left as it is, unscheduled: nothing can
+        be appended to it safely (`mfm verify` names the fault)."""
+        error = ErrorInfo(
+            code=exc.info.code,
+            category=exc.info.category,
+            retryable=False,
+            message=f"the coordinator cannot continue this run: {exc.info.message}",
+        ).redacted()
+        cached = self._runs.pop(rid, None)
+        try:
+            history = RunHistory.load(self.rt.events, RunId(rid))
+        except MfmError as unreadable:
+            if is_transient(unreadable):
+                raise
+            log.error("run %s: history unreadable (%s); unscheduled", rid, unreadable.info.code)
+            self._forget(rid)
+            return Step(f"unrecoverable:{unreadable.info.code}", None)
+        if history.completed is None:
+            log.error("run %s: ending the run, permanent fault %s", rid, error.code)
+            final = cached.progress.final_snapshot() if cached is not None else None
+            self.rt.events.append_next(RunId(rid), abort_drafts(history, error, final))
+        self._forget(rid)
+        return Step(f"aborted:{error.code}", None)
+
     def _forget(self, rid: str) -> None:
         self._runs.pop(rid, None)
         self.rt.coord.forget_run(rid)
-
-    def _ensure_watchdog(self, rid: str, holder: str | None) -> None:
-        """Keep one liveness `advance` scheduled while the run is unfinished, so a lost
-        join, a dead worker or an infrastructure outage never needs a user to step in.
-        Only the current watchdog message (`holder`) or a run without one re-arms."""
-        delay = self.rt.settings.watchdog_s
-        try:
-            token = self.rt.coord.claim_watchdog(rid, int(delay * 2000), holder)
-            if token is not None:
-                self.dispatcher.send_advance(rid, delay, watchdog=token)
-        except Exception as exc:  # best effort: the failing advance is retried by Celery
-            log.warning("run %s: could not arm the watchdog (%s)", rid, type(exc).__name__)
 
 
 class _Lock:

@@ -1,17 +1,27 @@
 """Redis coordination primitives of a distributed run: attempt leases, the per-run
-coordinator lock, dispatch reservations, the recorded plan fingerprint and the
-watchdog de-duplication key.
+coordinator lock, dispatch reservations, wake-up timers and the recorded plan fingerprint.
 
 All keys of a run share the hash tag `{<run_id>}` with the event store's keys:
 
 * `mfm:{rid}:plan` — the plan fingerprint recorded at submission;
-* `mfm:{rid}:lease:<state_id>` — `"<attempt>:<token>:<worker>"` while a worker runs that attempt
-  (`SET NX PX`; renewed and released only by the holder: compare-and-pexpire/-delete);
-* `mfm:{rid}:lock` — the coordinator lock (token, compare-and-delete);
-* `mfm:{rid}:reserved` — hash `state_id -> "<attempt>:<deadline_ms>"` of dispatched
-  attempts not yet seen in the log;
-* `mfm:{rid}:watchdog` — the token of the one liveness `advance` that may re-arm itself
-  (compare-and-set: other watchdog messages carrying an old token just exit);
+* `mfm:{rid}:lease:<state_id>` — `"<attempt>:<token>:<host>:<pid>"` while a worker runs that
+  attempt (`SET NX PX`; renewed and released only by the holder: compare-and-pexpire/-delete).
+  The value names the attempt *and* the holding process, so a redelivered task that finds
+  the lease of a process that is dead on this host takes it over at once instead of waiting
+  for the TTL;
+* `mfm:{rid}:lock` — the coordinator lock, `"<token>:<host>:<pid>"` (compare-and-delete; a
+  dead local holder's lock is taken over at once);
+* `mfm:{rid}:dirty` — set by an `advance` that found the lock busy: the holder runs one more
+  round before it lets go, so no wake-up is lost and nobody spins on the lock;
+* `mfm:{rid}:reserved` — hash `state_id -> "<attempt>:<deadline_ms>:<kind>:<since_ms>"` of
+  attempts the coordinator decided on that the log does not show yet. Kinds: `d` delayed (a
+  retry waiting out its backoff until `deadline`; nothing sent yet), `s` sent (on the broker
+  since `since`; given up at `deadline`), `c` claimed (a worker took the lease at `since`;
+  given up at `deadline` = one lease TTL later unless `StateEntered` lands);
+* `mfm:timers` — one sorted set for all runs: run id → when its coordinator must look next
+  (ms). Every control worker polls it (`pop_due`), so the timers that keep runs alive live in
+  Redis and survive a broker restart or a dead control worker; nothing waits in a message's
+  countdown;
 * `mfm:submit:<task_id>` — the run id a (possibly redelivered) `mfm.submit` task started.
 
 Leases and reservations are hints for liveness only; the guarded event log is what
@@ -23,8 +33,8 @@ once renewals have failed for half a TTL, so a superseded worker stops before re
 an external effect in almost every case. It cannot close the window entirely: a process
 can pause (GC, VM freeze, a GIL-holding call) right after a successful check and act
 after its lease expired and another worker took over. Side effects must therefore also
-carry their idempotency key to the receiver (CONTRACT §8); the event log guards then make
-sure only one attempt's outcome is recorded.
+carry their idempotency key to the receiver (docs: IO and facts); the event log guards then
+make sure only one attempt's outcome is recorded.
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ from typing import Any, NamedTuple
 
 import redis
 
+TIMERS_KEY = "mfm:timers"
+
 _COMPARE_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -47,25 +59,114 @@ _COMPARE_PEXPIRE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-_REARM_WATCHDOG = """
+# KEYS: lock, dirty. ARGV: token. Release the lock if still ours; take (and report) a
+# wake-up that arrived since the holder last looked.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return redis.call('DEL', KEYS[2])
+"""
+# KEYS: key. ARGV: new value, ttl_ms, expected current value ('' = must be absent).
+_SET_IF = """
 local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if (cur == false and ARGV[3] == '') or cur == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
 return 0
 """
+# KEYS: lease, reserved. ARGV: value, ttl_ms, expected current ('' = absent), state_id,
+# attempt, now_ms. Takes the lease and marks the attempt's reservation as claimed, so the
+# coordinator gives it up one lease TTL after the claim, not after the dispatch timeout.
+_ACQUIRE_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if not ((cur == false and ARGV[3] == '') or cur == ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local r = redis.call('HGET', KEYS[2], ARGV[4])
+if r then
+  local a = string.match(r, '^(%d+):')
+  if a == ARGV[5] then
+    local deadline = tonumber(ARGV[6]) + tonumber(ARGV[2])
+    redis.call('HSET', KEYS[2], ARGV[4], a .. ':' .. deadline .. ':c:' .. ARGV[6])
+  end
+end
+return 1
+"""
+# KEYS: timers. ARGV: now_ms, rearm_ms, limit. Due run ids, each pushed `rearm_ms` ahead so
+# a lost wake-up message is sent again one period later.
+_POP_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local later = tonumber(ARGV[1]) + tonumber(ARGV[2])
+for _, rid in ipairs(due) do redis.call('ZADD', KEYS[1], later, rid) end
+return due
+"""
 
 
-def worker_id() -> str:
+def holder_id() -> str:
     """`host:pid` of the calling process (computed per call: prefork children differ)."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+worker_id = holder_id
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True only when `holder` (`host:pid`) is a process of this host that no longer exists.
+
+    Another host's process cannot be checked from here: it counts as alive (its lease or
+    lock then ends by TTL)."""
+    host, _, pid_text = holder.rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed child that its parent has not reaped yet still answers `kill(pid, 0)`."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class LeaseInfo(NamedTuple):
     attempt: int
     worker: str
     expires_ms: int
+
+
+class Reservation(NamedTuple):
+    """An attempt the coordinator decided on that the log does not show yet."""
+
+    attempt: int
+    deadline_ms: int
+    kind: str
+    """`d` delayed (not sent before `deadline_ms`), `s` sent, `c` claimed by a worker."""
+    since_ms: int
+
+    def encode(self) -> str:
+        return f"{self.attempt}:{self.deadline_ms}:{self.kind}:{self.since_ms}"
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Reservation:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        parts = text.split(":")
+        attempt, deadline = int(parts[0]), int(parts[1])
+        kind = parts[2] if len(parts) > 2 else "s"
+        since = int(parts[3]) if len(parts) > 3 else 0
+        return cls(attempt, deadline, kind, since)
+
+
+DELAYED, SENT, CLAIMED = "d", "s", "c"
 
 
 def run_key(run_id: str, part: str) -> str:
@@ -76,6 +177,15 @@ def lease_key(run_id: str, state_id: str) -> str:
     return run_key(run_id, f"lease:{state_id}")
 
 
+def lease_holder(value: str) -> str:
+    """The `host:pid` part of a lease value `attempt:token:host:pid`."""
+    return value.split(":", 2)[2] if value.count(":") >= 2 else ""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class Coordination:
     """The Redis operations the coordinator and the workers share."""
 
@@ -83,7 +193,10 @@ class Coordination:
         self.client: Any = client
         self._delete = client.register_script(_COMPARE_DELETE)
         self._pexpire = client.register_script(_COMPARE_PEXPIRE)
-        self._rearm = client.register_script(_REARM_WATCHDOG)
+        self._unlock = client.register_script(_UNLOCK)
+        self._set_if = client.register_script(_SET_IF)
+        self._acquire = client.register_script(_ACQUIRE_LEASE)
+        self._pop_due = client.register_script(_POP_DUE)
 
     # -- plan fingerprint -----------------------------------------------------------------------
     def record_plan(self, run_id: str, fingerprint: str) -> None:
@@ -102,12 +215,21 @@ class Coordination:
 
     # -- leases ---------------------------------------------------------------------------------
     def acquire_lease(self, run_id: str, state_id: str, attempt: int, ttl_ms: int) -> str | None:
-        """A token if this caller now holds the attempt's lease, else None (someone else does).
+        """A lease value if this caller now holds the attempt's lease, else None.
 
-        The value names the holder (`host:pid`) so `mfm status` can say who runs what."""
-        value = f"{attempt}:{uuid.uuid4().hex}:{worker_id()}"
-        ok = self.client.set(lease_key(run_id, state_id), value, nx=True, px=ttl_ms)
-        return value if ok else None
+        Takes over a lease whose holder is a dead process of this host (a pool child killed
+        before it could let go: its redelivered task must not wait out the TTL). Marks the
+        attempt's reservation claimed."""
+        value = f"{attempt}:{uuid.uuid4().hex}:{holder_id()}"
+        keys = [lease_key(run_id, state_id), run_key(run_id, "reserved")]
+        args: list[Any] = [value, ttl_ms, "", state_id, attempt, _now_ms()]
+        if self._acquire(keys=keys, args=args):
+            return value
+        current = self.client.get(keys[0])
+        if current is None or not holder_is_dead(lease_holder(current.decode())):
+            return None
+        args[2] = current.decode()
+        return value if self._acquire(keys=keys, args=args) else None
 
     def renew_lease(self, key: str, value: str, ttl_ms: int) -> bool:
         return bool(self._pexpire(keys=[key], args=[value, ttl_ms]))
@@ -116,19 +238,19 @@ class Coordination:
         self._delete(keys=[lease_key(run_id, state_id)], args=[value])
 
     def live_leases(self, run_id: str, state_ids: Iterable[str]) -> dict[str, int]:
-        """state_id → attempt number of every lease currently held."""
+        """state_id → attempt number of every lease currently held by a live process."""
         ids = list(state_ids)
         if not ids:
             return {}
         values = self.client.mget([lease_key(run_id, s) for s in ids])
         held: dict[str, int] = {}
         for state_id, value in zip(ids, values, strict=True):
-            if value is not None:
+            if value is not None and not holder_is_dead(lease_holder(value.decode())):
                 held[state_id] = int(value.split(b":", 1)[0])
         return held
 
     def lease_info(self, run_id: str, state_ids: Iterable[str]) -> dict[str, LeaseInfo]:
-        """state_id → (attempt, worker, expiry in ms since the epoch) of every live lease."""
+        """state_id → (attempt, holder, expiry in ms since the epoch) of every live lease."""
         ids = list(state_ids)
         if not ids:
             return {}
@@ -137,51 +259,63 @@ class Coordination:
             pipe.get(lease_key(run_id, state_id))
             pipe.pttl(lease_key(run_id, state_id))
         replies = pipe.execute()
-        now_ms = int(time.time() * 1000)
+        now_ms = _now_ms()
         info: dict[str, LeaseInfo] = {}
         for k, state_id in enumerate(ids):
             value, ttl = replies[2 * k], replies[2 * k + 1]
             if value is None or ttl is None or ttl < 0:
                 continue
-            attempt, _, rest = value.decode().partition(":")
-            worker = rest.partition(":")[2] or "unknown"
-            info[state_id] = LeaseInfo(int(attempt), worker, now_ms + int(ttl))
+            text = value.decode()
+            holder = lease_holder(text) or "unknown"
+            if holder_is_dead(holder):
+                continue
+            info[state_id] = LeaseInfo(int(text.split(":", 1)[0]), holder, now_ms + int(ttl))
         return info
 
     # -- coordinator lock -----------------------------------------------------------------------
     def try_lock(self, run_id: str, ttl_ms: int) -> str | None:
-        token = uuid.uuid4().hex
-        ok = self.client.set(run_key(run_id, "lock"), token, nx=True, px=ttl_ms)
-        return token if ok else None
+        """A token if the caller now holds the run's coordinator lock (taking over the lock
+        of a dead process of this host), else None."""
+        key = run_key(run_id, "lock")
+        token = f"{uuid.uuid4().hex}:{holder_id()}"
+        if self._set_if(keys=[key], args=[token, ttl_ms, ""]):
+            return token
+        current = self.client.get(key)
+        if current is None:
+            return token if self._set_if(keys=[key], args=[token, ttl_ms, ""]) else None
+        text = current.decode()
+        if not holder_is_dead(text.partition(":")[2]):
+            return None
+        return token if self._set_if(keys=[key], args=[token, ttl_ms, text]) else None
 
-    def unlock(self, run_id: str, token: str) -> None:
-        self._delete(keys=[run_key(run_id, "lock")], args=[token])
+    def unlock(self, run_id: str, token: str) -> bool:
+        """Release the lock if still ours; True if a wake-up arrived meanwhile (the mark is
+        consumed: the caller sends one more `advance`)."""
+        keys = [run_key(run_id, "lock"), run_key(run_id, "dirty")]
+        return bool(self._unlock(keys=keys, args=[token]))
 
     def renew_lock(self, run_id: str, token: str, ttl_ms: int) -> bool:
         """Extend the coordinator lock if `token` still holds it (False: it was lost)."""
         return bool(self._pexpire(keys=[run_key(run_id, "lock")], args=[token, ttl_ms]))
 
-    # -- reservations ---------------------------------------------------------------------------
-    def reservations(self, run_id: str, now_ms: int) -> dict[str, int]:
-        """Unexpired reservations (state → attempt); expired ones are dropped."""
-        key = run_key(run_id, "reserved")
-        raw = self.client.hgetall(key)
-        live: dict[str, int] = {}
-        expired: list[bytes] = []
-        for field, value in raw.items():
-            attempt, deadline = value.decode().split(":", 1)
-            if int(deadline) > now_ms:
-                live[field.decode()] = int(attempt)
-            else:
-                expired.append(field)
-        if expired:
-            self.client.hdel(key, *expired)
-        return live
+    def mark_dirty(self, run_id: str, ttl_ms: int) -> None:
+        """An `advance` found the lock busy: ask the holder for one more round."""
+        self.client.set(run_key(run_id, "dirty"), b"1", px=ttl_ms)
 
-    def reserve(self, run_id: str, entries: dict[str, tuple[int, int]]) -> None:
-        """Record `state → (attempt, deadline_ms)` before the dispatch is sent."""
+    def take_dirty(self, run_id: str) -> bool:
+        """Consume the busy mark (the holder is about to look again)."""
+        return self.client.getdel(run_key(run_id, "dirty")) is not None
+
+    # -- reservations ---------------------------------------------------------------------------
+    def reservations(self, run_id: str) -> dict[str, Reservation]:
+        """Every reservation of the run (expired ones included: the caller decides)."""
+        raw = self.client.hgetall(run_key(run_id, "reserved"))
+        return {field.decode(): Reservation.decode(value) for field, value in raw.items()}
+
+    def reserve(self, run_id: str, entries: dict[str, Reservation]) -> None:
+        """Record reservations (before the dispatch is sent)."""
         if entries:
-            mapping = {s: f"{a}:{d}" for s, (a, d) in entries.items()}
+            mapping = {s: r.encode() for s, r in entries.items()}
             self.client.hset(run_key(run_id, "reserved"), mapping=mapping)
 
     def clear_reservations(self, run_id: str, state_ids: Iterable[str]) -> None:
@@ -189,28 +323,27 @@ class Coordination:
         if ids:
             self.client.hdel(run_key(run_id, "reserved"), *ids)
 
-    # -- watchdog -------------------------------------------------------------------------------
-    def watchdog_token(self, run_id: str) -> str | None:
-        value = self.client.get(run_key(run_id, "watchdog"))
-        return None if value is None else str(value.decode())
+    # -- wake-up timers -------------------------------------------------------------------------
+    def schedule(self, run_id: str, due_ms: int) -> None:
+        """The run's coordinator looks again at `due_ms` (replaces the previous time)."""
+        self.client.zadd(TIMERS_KEY, {run_id: due_ms})
 
-    def claim_watchdog(self, run_id: str, ttl_ms: int, holder: str | None = None) -> str | None:
-        """A fresh token if the caller may schedule the run's watchdog, else None.
+    def schedule_by(self, run_id: str, due_ms: int) -> None:
+        """The run's coordinator looks again no later than `due_ms` (only moves it earlier)."""
+        self.client.zadd(TIMERS_KEY, {run_id: due_ms}, lt=True)
 
-        Allowed when no watchdog is pending, or when `holder` is the pending one's token
-        (the watchdog message re-arming itself): one chain per run, never more."""
-        token = uuid.uuid4().hex
-        ok = self._rearm(keys=[run_key(run_id, "watchdog")], args=[holder or "", token, ttl_ms])
-        return token if ok else None
+    def scheduled(self, run_id: str) -> int | None:
+        score = self.client.zscore(TIMERS_KEY, run_id)
+        return None if score is None else int(score)
 
-    def take_over_watchdog(self, run_id: str, ttl_ms: int) -> str:
-        """Overwrite the token (startup sweep): any older pending message then just exits."""
-        token = uuid.uuid4().hex
-        self.client.set(run_key(run_id, "watchdog"), token, px=ttl_ms)
-        return token
+    def unschedule(self, run_id: str) -> None:
+        self.client.zrem(TIMERS_KEY, run_id)
 
-    def release_watchdog(self, run_id: str, token: str) -> None:
-        self._delete(keys=[run_key(run_id, "watchdog")], args=[token])
+    def pop_due(self, now_ms: int, rearm_ms: int, limit: int = 500) -> list[str]:
+        """Run ids whose timer is due; each is re-armed `rearm_ms` later in the same step,
+        so two pollers never both take it and a lost wake-up is repeated."""
+        due = self._pop_due(keys=[TIMERS_KEY], args=[now_ms, rearm_ms, limit])
+        return [d.decode() if isinstance(d, bytes) else str(d) for d in due]
 
     # -- submission de-duplication ------------------------------------------------------------
     def claim_submission(self, task_id: str, run_id: str, ttl_s: int) -> str:
@@ -223,10 +356,11 @@ class Coordination:
         return run_id if value is None else str(value.decode())
 
     def forget_run(self, run_id: str) -> None:
-        """Drop the coordination keys of a finished run (the event log stays)."""
-        self.client.delete(
-            run_key(run_id, "reserved"), run_key(run_id, "watchdog"), run_key(run_id, "plan")
-        )
+        """Drop the coordination state of a finished run (the event log stays)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(run_key(run_id, "reserved"), run_key(run_id, "plan"), run_key(run_id, "dirty"))
+        pipe.zrem(TIMERS_KEY, run_id)
+        pipe.execute()
 
 
 class LeaseKeeper:
@@ -323,9 +457,7 @@ class LeaseKeeper:
                     # confirmed renewal, someone else may own the attempt already.
                     with self._lock:
                         since = self._confirmed.get(value)
-                        if since is not None and (
-                            time.monotonic() - since > self._ttl_ms / 2000.0
-                        ):
+                        if since is not None and (time.monotonic() - since > self._ttl_ms / 2000.0):
                             self._lost.add(value)
                     continue
                 with self._lock:

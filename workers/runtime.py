@@ -9,6 +9,7 @@ function of (manifest, code), and fact bindings are single-assignment.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ import redis
 
 from mfm_dist.artifacts import ArtifactStore, KindLike, get_json
 from mfm_dist.canonical import JsonValue, artifact_id_of_bytes
+from mfm_dist.engine.deadlines import effective_timeout_ms
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import Corruption, InvalidInput
 from mfm_dist.ids import ArtifactId, RunId
@@ -34,6 +36,8 @@ from mfm_dist.stores.urls import open_artifact_store, open_event_store
 from workers.leases import Coordination, LeaseKeeper
 from workers.settings import Settings
 from workers.timing import Timings
+
+log = logging.getLogger("mfm.worker")
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -174,6 +178,12 @@ class RunContext:
     plan: ExecutionPlan
     fingerprint: str
 
+    def timeout_ms(self, state_id: str, max_timeout_ms: int | None) -> int | None:
+        """The effective timeout of one of the plan's states (see `engine.deadlines`)."""
+        compiled = self.plan.compiled
+        state = compiled.states[compiled.position[state_id]]
+        return effective_timeout_ms(state.meta(), self.manifest.run_config, max_timeout_ms)
+
 
 CONTEXT_CACHE_SIZE = 64
 FACT_CACHE_SIZE = 256
@@ -263,6 +273,37 @@ class Runtime:
         self.events.close()
         self.artifacts.close()
         self.redis.close()
+
+
+RETIRE_GRACE_S = 2.0
+EXIT_STUCK_HANDLER = 75
+_pool_child = False
+
+
+def mark_pool_child() -> None:
+    """Called in each prefork pool child: it may be retired (see `retire_if_stuck`)."""
+    global _pool_child
+    _pool_child = True
+
+
+def retire_if_stuck(thread: threading.Thread | None) -> None:
+    """A timed-out handler's thread still runs after its attempt was recorded: the only way
+    to stop blocking Python code is to end its process. A prefork pool child exits once the
+    handler has had `RETIRE_GRACE_S` more (time for the task's result to reach the parent);
+    Celery replaces it. Elsewhere (solo/threads pools, tests) the thread is left behind."""
+    if thread is None or not _pool_child:
+        if thread is not None:
+            log.warning("a timed-out handler is still running in this process (not a pool child)")
+        return
+
+    def reaper() -> None:
+        thread.join(RETIRE_GRACE_S)
+        if thread.is_alive():
+            log.warning("retiring this pool process: a timed-out handler is still running")
+            logging.shutdown()
+            os._exit(EXIT_STUCK_HANDLER)
+
+    threading.Thread(target=reaper, name="mfm-retire", daemon=True).start()
 
 
 _runtime: Runtime | None = None

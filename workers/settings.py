@@ -7,13 +7,22 @@
 * `MFM_ARTIFACTS_URL` (required by workers): `s3://bucket/prefix?endpoint=…`.
 * `MFM_CONTROL_QUEUE` / `MFM_ATTEMPT_QUEUE` (`mfm.control` / `mfm.attempts`).
 * `MFM_VISIBILITY_TIMEOUT_S` (3600): broker redelivery of unacked messages; must exceed
-  the longest attempt plus any countdown.
+  the longest attempt. Liveness never waits for it: a lost message is re-sent from the
+  run's Redis timer (see below).
 * `MFM_LEASE_TTL_S` (10): attempt lease TTL, renewed every TTL/3 while the attempt runs;
-  an open attempt without a lease is an orphan.
+  an open attempt without a lease is an orphan, and a dispatched attempt whose worker took
+  its lease and died is dispatched again once the lease is gone.
 * `MFM_DISPATCH_TIMEOUT_S` (60): a dispatched attempt not seen in the log by then may be
-  dispatched again (the guards make that harmless).
-* `MFM_LOCK_TTL_S` (30): the per-run coordinator lock TTL.
-* `MFM_WATCHDOG_S` (lease TTL + 1): period of the liveness `advance` of an unfinished run.
+  dispatched again (the guards make that harmless). Sooner, one lease TTL after it was sent,
+  when the attempt queue is empty and no worker claimed it (the message was lost).
+* `MFM_LOCK_TTL_S` (lease TTL): the per-run coordinator lock TTL (renewed while it works;
+  a dead holder on the same host is taken over at once).
+* `MFM_WATCHDOG_S` (lease TTL + 1): the longest a running run goes without its coordinator
+  looking at it (its timer in `mfm:timers`; sooner when a backoff or reservation ends).
+* `MFM_TIMER_POLL_S` (0.25): how often every control worker polls the due timers.
+* `MFM_MAX_STATE_TIMEOUT_S` (3600; `0`: no cap): the deployment's cap on any state's
+  timeout, and the timeout of states that declare none — so no handler can hold a run
+  forever.
 * `MFM_ARTIFACT_CACHE_TTL_S` (120): small artifacts (snapshots, ≤ 256 KiB) written by
   workers are also kept this long in Redis (`mfm:art:<id>`, hash-verified on read) so
   coordinators skip an S3 GET; `0` turns the cache off. Memory trade-off: the cache costs
@@ -24,8 +33,6 @@
   reports `used_memory` above 90% of `maxmemory`.
 * `MFM_WORKER_MAX_TASKS_PER_CHILD` (1000): a prefork child is replaced after that many
   tasks, bounding whatever a long-lived process accumulates (`0`: never).
-* `MFM_SWEEP_S` (60): period of the cluster-wide sweep that wakes RUNNING runs that have
-  no pending watchdog (e.g. a submitter died between `RunStarted` and its first wake-up).
 * `MFM_SUBMIT_DEDUP_TTL_S` (86400): how long a `mfm.submit` task id remembers its run id,
   so a redelivered submission never starts a second run.
 * `MFM_TIMING` (off): `1` makes processes accumulate per-phase timings in `mfm:timing`.
@@ -52,6 +59,16 @@ def _float(name: str, default: float) -> float:
     value = float(raw)
     if value <= 0:
         raise ValueError(f"{name} must be positive")
+    return value
+
+
+def _nonnegative(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = float(raw)
+    if value < 0:
+        raise ValueError(f"{name} must not be negative")
     return value
 
 
@@ -103,8 +120,9 @@ class Settings:
     timing: bool
     artifact_cache_ttl_s: int
     max_tasks_per_child: int = 1000
-    sweep_s: float = 60.0
     submit_dedup_ttl_s: int = 86400
+    timer_poll_s: float = 0.25
+    max_state_timeout_s: float = 3600.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -122,15 +140,20 @@ class Settings:
             visibility_timeout_s=_float("MFM_VISIBILITY_TIMEOUT_S", 3600.0),
             lease_ttl_s=lease,
             dispatch_timeout_s=_float("MFM_DISPATCH_TIMEOUT_S", 60.0),
-            lock_ttl_s=_float("MFM_LOCK_TTL_S", 30.0),
+            lock_ttl_s=_float("MFM_LOCK_TTL_S", lease),
             watchdog_s=_float("MFM_WATCHDOG_S", lease + 1.0),
             timing=env.get("MFM_TIMING", "").lower() in ("1", "true", "yes", "on"),
             artifact_cache_ttl_s=_int("MFM_ARTIFACT_CACHE_TTL_S", 120),
             max_tasks_per_child=_int("MFM_WORKER_MAX_TASKS_PER_CHILD", 1000),
-            sweep_s=_float("MFM_SWEEP_S", 60.0),
             submit_dedup_ttl_s=_int("MFM_SUBMIT_DEDUP_TTL_S", 86400),
+            timer_poll_s=_float("MFM_TIMER_POLL_S", 0.25),
+            max_state_timeout_s=_nonnegative("MFM_MAX_STATE_TIMEOUT_S", 3600.0),
         )
 
     @property
     def lease_ttl_ms(self) -> int:
         return int(self.lease_ttl_s * 1000)
+
+    @property
+    def max_state_timeout_ms(self) -> int | None:
+        return int(self.max_state_timeout_s * 1000) or None

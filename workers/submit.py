@@ -7,10 +7,12 @@ records the plan fingerprint for workers to check, and wakes the coordinator.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from mfm_dist.canonical import JsonValue
 from mfm_dist.config import RunConfig
+from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import (
     prepare_run,
@@ -24,6 +26,8 @@ from mfm_dist.ids import RunId
 from mfm_dist.run import RunPhase, RunResult
 from mfm_dist.stores.guards import GuardViolation
 from workers.runtime import Runtime, get_runtime
+
+log = logging.getLogger("mfm.submit")
 
 
 class RunWaitTimeout(RunError):
@@ -48,8 +52,6 @@ def submit_run(
     `run_id`: the id to use (minted when None). `submission_id` (e.g. the Celery task
     id of `mfm.submit`) makes the call idempotent: a repeated call with the same id
     continues or just returns the run the first call started, never a second run."""
-    from workers.tasks import advance
-
     rt = runtime or get_runtime()
     rid = RunId(run_id) if run_id is not None else RunId.mint()
     if submission_id is not None:
@@ -59,7 +61,7 @@ def submit_run(
         if _started(rt, rid):
             # An earlier delivery got at least as far as `RunStarted`; make sure the
             # coordinator is awake (it may have died before sending the wake-up).
-            advance.apply_async(args=(str(rid),), queue=rt.settings.control_queue)
+            wake(rt, str(rid))
             return rid
     prepared = prepare_run(rt.registry, target, run_input, run_config, version=version)
     manifest_id = store_manifest(rt.artifacts, prepared.manifest)
@@ -72,6 +74,9 @@ def submit_run(
         initial_context=prepared.initial_context,
     )
     rt.coord.record_plan(str(rid), prepared.plan.fingerprint())
+    # The run's timer exists before the run does: whoever dies after `RunStarted`, a control
+    # worker's poller finds the run within one watchdog period (docs: distributed liveness).
+    rt.coord.schedule(str(rid), now_millis() + int(rt.settings.watchdog_s * 1000))
     try:
         record_run_start(
             rt.events,
@@ -85,8 +90,24 @@ def submit_run(
         if submission_id is None or not _started(rt, rid):
             raise
         # A concurrent delivery of the same submission appended `RunStarted` first.
-    advance.apply_async(args=(str(rid),), queue=rt.settings.control_queue)
+    wake(rt, str(rid))
     return rid
+
+
+def wake(rt: Runtime, run_id: str) -> bool:
+    """Send the run's coordinator one `advance` now (True). If the broker cannot take it,
+    make the run's timer due now instead, so a control worker's poller sends it (False)."""
+    from workers.tasks import send_advance
+
+    try:
+        send_advance(run_id)
+        return True
+    except Exception as exc:
+        log.warning(
+            "run %s: broker unavailable (%s); its timer wakes it", run_id, type(exc).__name__
+        )
+        rt.coord.schedule_by(run_id, now_millis())
+        return False
 
 
 def _started(rt: Runtime, rid: RunId) -> bool:

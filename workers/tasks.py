@@ -1,68 +1,74 @@
-"""Celery tasks: `mfm.submit`, `mfm.advance` and `mfm.sweep` (control queue),
-`mfm.execute_attempt` (attempt queue). Thin wrappers: the logic lives in `coordinator`,
-`attempts`, `submit`, `sweep`.
+"""Celery tasks: `mfm.submit` and `mfm.advance` (control queue), `mfm.execute_attempt`
+(attempt queue), and the timer poller every control worker runs. Thin wrappers: the logic
+lives in `coordinator`, `attempts`, `submit`, `timers`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any
 
 from celery import chord, group
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
-from mfm_dist.errors import MfmError, StorageError
+from mfm_dist.errors import MfmError
 from workers.app import ATTEMPT_TASK, app
 from workers.attempts import execute_attempt as run_one_attempt
 from workers.coordinator import AttemptTask, Coordinator
 from workers.faults import is_transient
-from workers.runtime import get_runtime
-from workers.sweep import SWEEP_KEY, wake_unwatched
+from workers.leases import Coordination
+from workers.runtime import get_runtime, redis_client
+from workers.timers import TimerPoller
 
 log = logging.getLogger("mfm.tasks")
-
-TRANSIENT_RETRY_S = 1.0
 
 
 class CeleryDispatcher:
     """Sends chords and wake-ups through the Celery app."""
 
     def send_chord(self, run_id: str, attempts: list[AttemptTask]) -> None:
-        """Attempts that may start now form one chord; attempts held back by a retry
-        backoff form their own chord per countdown, so a long backoff never delays the
-        join (and thus the successors) of the ready ones."""
+        """One chord: the attempts (each with its hard time limit, if its state has a
+        timeout) and `advance(run_id)` as the join. Nothing carries a countdown: retries
+        in backoff are held by the coordinator and sent when due."""
         settings = get_runtime().settings
-        by_countdown: dict[float, list[AttemptTask]] = defaultdict(list)
-        for t in attempts:
-            by_countdown[max(0.0, t.countdown_s)].append(t)
-        for countdown, batch in sorted(by_countdown.items()):
-            header = group(
-                execute_attempt.signature(
-                    kwargs={
-                        "run_id": t.run_id,
-                        "manifest_id": t.manifest_id,
-                        "state_id": t.state_id,
-                        "attempt": t.attempt,
-                        "base_snapshot_id": t.base_snapshot_id,
-                        "plan_fingerprint": t.plan_fingerprint,
-                        "sent_ms": t.sent_ms,
-                    },
-                    countdown=countdown or None,
-                    queue=settings.attempt_queue,
-                )
-                for t in batch
+        header = group(
+            execute_attempt.signature(
+                kwargs={
+                    "run_id": t.run_id,
+                    "manifest_id": t.manifest_id,
+                    "state_id": t.state_id,
+                    "attempt": t.attempt,
+                    "base_snapshot_id": t.base_snapshot_id,
+                    "plan_fingerprint": t.plan_fingerprint,
+                    "sent_ms": t.sent_ms,
+                },
+                queue=settings.attempt_queue,
+                time_limit=t.time_limit_s,
             )
-            body = advance.si(run_id).set(queue=settings.control_queue)
-            chord(header, body).apply_async()
-
-    def send_advance(self, run_id: str, countdown_s: float, *, watchdog: str | None = None) -> None:
-        advance.apply_async(
-            args=(run_id,),
-            kwargs={"watchdog": watchdog} if watchdog else {},
-            countdown=countdown_s,
-            queue=get_runtime().settings.control_queue,
+            for t in attempts
         )
+        body = advance.si(run_id).set(queue=settings.control_queue)
+        chord(header, body).apply_async()
+
+    def send_advance(self, run_id: str) -> None:
+        send_advance(run_id)
+
+    def attempt_queue_depth(self) -> int | None:
+        """Messages waiting in the attempt queue (None when the broker cannot say)."""
+        try:
+            with app.connection_for_read() as conn:
+                declared = conn.default_channel.queue_declare(
+                    queue=get_runtime().settings.attempt_queue, passive=True
+                )
+                return int(declared.message_count)
+        except Exception as exc:
+            log.debug("attempt queue depth unknown: %s", type(exc).__name__)
+            return None
+
+
+def send_advance(run_id: str) -> None:
+    """Enqueue one `advance(run_id)` on the control queue, now."""
+    advance.apply_async(args=(run_id,), queue=get_runtime().settings.control_queue)
 
 
 _coordinator: Coordinator | None = None
@@ -79,26 +85,21 @@ def coordinator() -> Coordinator:
 
 
 @app.task(name="mfm.advance", bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
-def advance(self: Any, run_id: str, watchdog: str | bool | None = None) -> str:
-    """Coordinate a run one step; transient store faults re-enqueue the wake-up.
-
-    `watchdog` is the liveness token (a bool from older messages counts as none)."""
-    token = watchdog if isinstance(watchdog, str) and watchdog else None
+def advance(self: Any, run_id: str, watchdog: object = None) -> str:
+    """Coordinate a run one step. A transient fault is logged and left to the run's timer
+    (it looks again within one watchdog period); a permanent one ends the run."""
     try:
-        return coordinator().advance(run_id, watchdog=token)
-    except StorageError as exc:
-        if exc.info.code == "run_not_found" or not is_transient(exc):
-            log.error("advance %s failed: %s", run_id, exc.info.code)
-            raise
-        log.warning("advance %s: %s; retrying", run_id, exc.info.code)
-        raise self.retry(countdown=TRANSIENT_RETRY_S) from None
+        return coordinator().advance(run_id)
     except MfmError as exc:
-        log.error("advance %s failed: %s", run_id, exc.info.code)
-        raise
+        if exc.info.code == "run_not_found" or not is_transient(exc):
+            log.warning("advance %s: %s", run_id, exc.info.code)
+            return f"error:{exc.info.code}"
+        log.warning("advance %s: %s; its timer retries", run_id, exc.info.code)
+        return f"retry:{exc.info.code}"
     except Exception as exc:
-        if _transient(exc):
-            log.warning("advance %s: %s; retrying", run_id, type(exc).__name__)
-            raise self.retry(countdown=TRANSIENT_RETRY_S) from None
+        if is_transient(exc):
+            log.warning("advance %s: %s; its timer retries", run_id, type(exc).__name__)
+            return f"retry:{type(exc).__name__}"
         raise
 
 
@@ -156,66 +157,19 @@ def submit(
     )
 
 
-def _transient(exc: BaseException) -> bool:
-    """Connection faults, and a Redis that is loading, busy (`BUSY` script) or out of
-    memory: all heal without touching the run, so the wake-up is retried."""
-    return is_transient(exc)
-
-
-def _send_watchdog(run_id: str, token: str) -> None:
-    advance.apply_async(
-        args=(run_id,), kwargs={"watchdog": token}, queue=get_runtime().settings.control_queue
-    )
-
-
-@app.task(name="mfm.sweep", acks_late=True)  # type: ignore[untyped-decorator]
-def sweep(token: str) -> int:
-    """Periodically wake RUNNING runs without a pending watchdog; re-arms itself (only
-    the holder of the current sweep token does, so restarts never multiply the chain)."""
-    rt = get_runtime()
-    client: Any = rt.redis
-    if (client.get(SWEEP_KEY) or b"").decode() != token:
-        return 0
-    period = rt.settings.sweep_s
-    ttl_ms = int(rt.settings.watchdog_s * 2000)
-    try:
-        return wake_unwatched(rt.coord, _send_watchdog, ttl_ms, take_over=False)
-    finally:
-        _arm_sweep(client, period, holder=token)
-
-
-def _arm_sweep(client: Any, period_s: float, holder: str | None) -> None:
-    import uuid
-
-    fresh = uuid.uuid4().hex
-    ttl_ms = int(period_s * 3000)
-    if holder is None:
-        client.set(SWEEP_KEY, fresh, px=ttl_ms)
-    else:
-        current = client.get(SWEEP_KEY)
-        if current is not None and current.decode() != holder:
-            return
-        client.set(SWEEP_KEY, fresh, px=ttl_ms)
-    sweep.apply_async(
-        args=(fresh,), countdown=period_s, queue=get_runtime().settings.control_queue
-    )
-
-
 @app.task(name="mfm.noop", acks_late=True)  # type: ignore[untyped-decorator]
 def noop(*_: Any) -> None:
     """Does nothing: the raw-Celery baseline of `scripts/bench_cluster.py`."""
     return None
 
 
-@worker_ready.connect  # type: ignore[untyped-decorator]
-def _wake_running_runs(sender: Any = None, **_: Any) -> None:
-    """A control worker that (re)starts wakes every unfinished run: wake-ups that a dead
-    control worker held in memory (watchdogs with a countdown) come back only after the
-    broker's visibility timeout, and a run must not wait that long. It takes over each
-    run's watchdog token, so such old messages exit when they come back. It also
-    (re)starts the periodic sweep."""
-    import redis
+_poller: TimerPoller | None = None
 
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_timer_poller(sender: Any = None, **_: Any) -> None:
+    """Every control worker polls the run timers (see `workers.timers`)."""
+    global _poller
     try:
         queues = set(sender.app.amqp.queues.consume_from)
     except AttributeError:
@@ -223,12 +177,21 @@ def _wake_running_runs(sender: Any = None, **_: Any) -> None:
     try:
         rt = get_runtime()
     except Exception as exc:
-        log.warning("could not wake unfinished runs: %s", type(exc).__name__)
+        log.error("cannot poll run timers: %s", type(exc).__name__)
         return
     if rt.settings.control_queue not in queues:
         return
-    try:
-        wake_unwatched(rt.coord, _send_watchdog, int(rt.settings.watchdog_s * 2000), take_over=True)
-        _arm_sweep(rt.redis, rt.settings.sweep_s, holder=None)
-    except (MfmError, redis.RedisError) as exc:
-        log.warning("could not wake unfinished runs: %s", type(exc).__name__)
+    settings = rt.settings
+    _poller = TimerPoller(
+        Coordination(redis_client(settings.events_url)),
+        send_advance,
+        poll_s=settings.timer_poll_s,
+        rearm_ms=int(settings.watchdog_s * 1000),
+    )
+    _poller.start()
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _stop_timer_poller(**_: Any) -> None:
+    if _poller is not None:
+        _poller.stop()

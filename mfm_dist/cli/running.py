@@ -290,6 +290,7 @@ def worker(queues: str, concurrency: int | None, loglevel: str) -> None:
         "all": [settings.control_queue, settings.attempt_queue],
     }[queues]
     argv = ["worker", "-Q", ",".join(names), "-P", "prefork", "--loglevel", loglevel]
+    argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     if concurrency is None and queues == "control":
         concurrency = 1
     if concurrency is not None:
@@ -345,12 +346,12 @@ def resume(
     if cluster:
         _export_store_urls(app)
         try:
-            from workers.submit import wait_for_run
-            from workers.tasks import advance
+            from workers.runtime import get_runtime
+            from workers.submit import wait_for_run, wake
         except ImportError as exc:
             raise _distributed_unavailable(exc) from None
         with _broker_errors():
-            advance.delay(str(rid))
+            wake(get_runtime(), str(rid))
         if not wait:
             click.echo(json.dumps({"run_id": str(rid)}) if as_json else f"woke run {rid}")
             return

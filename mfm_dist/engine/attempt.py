@@ -9,8 +9,9 @@ context, then exactly one terminal event. Handler failures become `StateFailed`
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,12 @@ from mfm_dist.artifacts import ArtifactStore, OtherArtifactKind
 from mfm_dist.canonical import JsonValue, canonical_bytes
 from mfm_dist.config import RunConfig
 from mfm_dist.context import StagedContext
+from mfm_dist.engine.deadlines import (
+    STATE_TIMEOUT_CODE,
+    HandlerRun,
+    StateTimeout,
+    effective_timeout_ms,
+)
 from mfm_dist.engine.merge import Delta, compute_delta
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import (
@@ -27,6 +34,7 @@ from mfm_dist.errors import (
     InvalidInput,
     IoError,
     MfmError,
+    StateError,
     StorageError,
     error_info_from_exception,
 )
@@ -49,7 +57,7 @@ Append = Callable[[Sequence[EventDraft]], list[EventEnvelope]]
 INLINE_PAYLOAD_LIMIT = 64 * 1024
 RESERVED_EVENT_NAMES = frozenset({FACT_RECORDED, "context_merge_conflict"})
 RESERVED_ERROR_CODES = frozenset(
-    {"orphan_attempt_recovered", "plan_mismatch", "context_merge_conflict"}
+    {"orphan_attempt_recovered", "plan_mismatch", "context_merge_conflict", STATE_TIMEOUT_CODE}
 )
 """Codes only the engine writes; a handler raising one is recorded as `handler_reserved_code`,
 so engine decisions keyed on them (e.g. orphan retries) cannot be triggered by a handler."""
@@ -57,28 +65,6 @@ so engine decisions keyed on them (e.g. orphan retries) cannot be triggered by a
 
 def now_millis() -> int:
     return time.time_ns() // 1_000_000
-
-
-def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a handler coroutine on a fresh event loop owned by the calling thread.
-
-    A loop per attempt keeps attempts isolated; like `asyncio.run`, tasks the handler
-    left behind are cancelled and drained before the loop closes, so nothing leaks.
-    """
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        try:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            loop.close()
 
 
 @dataclass
@@ -94,6 +80,8 @@ class AttemptEnv:
     append: Append
     fence: Callable[[], None] | None = None
     """See `AttemptScope.fence`: the distributed worker's lease check."""
+    max_state_timeout_ms: int | None = None
+    """The deployment's cap on any state's timeout (None: no cap; see `deadlines`)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +96,8 @@ class AttemptOutcome:
     skipped: bool = False
     cause: ErrorInfo | None = None
     """The unredacted error, for in-process diagnostics only (replay); never persisted."""
+    abandoned: HandlerRun | None = None
+    """A timed-out handler whose thread was still running when the attempt was recorded."""
 
 
 class DomainEventInvalid(InvalidInput):
@@ -118,8 +108,15 @@ class DomainEventInvalid(InvalidInput):
 class AttemptRecorder(EventRecorder):
     """Appends a handler's domain events at once, attributed to its attempt."""
 
-    def __init__(self, env: AttemptEnv, state_id: StateId, attempt: int) -> None:
+    def __init__(
+        self,
+        env: AttemptEnv,
+        state_id: StateId,
+        attempt: int,
+        fence: Callable[[], None] | None = None,
+    ) -> None:
         self._env = env
+        self._fence = fence
         self.run_id = str(env.run_id)
         self.state_id = str(state_id)
         self.attempt = attempt
@@ -135,6 +132,8 @@ class AttemptRecorder(EventRecorder):
             raise DomainEventInvalid(f"domain event payload rejected: {exc.info.code}") from None
         if not self._env.run_config.keeps_domain_event(name):
             return
+        if self._fence is not None:
+            self._fence()
         # Record what was validated, not the caller's (mutable) object.
         event = DomainEvent(name=name, payload=orjson.loads(data))
         if len(data) > INLINE_PAYLOAD_LIMIT:
@@ -148,7 +147,7 @@ def _draft(event: Any, state_id: StateId | None, attempt: int | None) -> EventDr
 
 
 def _fact_binder(
-    env: AttemptEnv, state_id: StateId, attempt: int
+    env: AttemptEnv, state_id: StateId, attempt: int, fence: Callable[[], None] | None
 ) -> Callable[[str, ArtifactId], None]:
     def bind(key: str, payload_id: ArtifactId) -> None:
         with env.facts.lock:
@@ -157,8 +156,8 @@ def _fact_binder(
                 return
             if existing is not None:
                 raise IoError("fact_payload_conflict", "a different payload is already bound")
-            if env.fence is not None:
-                env.fence()
+            if fence is not None:
+                fence()
             try:
                 env.append([_draft(fact_recorded_event(key, payload_id), state_id, attempt)])
             except GuardViolation as exc:
@@ -173,6 +172,23 @@ def _fact_binder(
             env.facts.add(key, payload_id)
 
     return bind
+
+
+def _attempt_fence(
+    stopped: threading.Event, outer: Callable[[], None] | None
+) -> Callable[[], None]:
+    """Checked before every transport call, fact binding and domain event: refuses once
+    the attempt was given up (timeout), then asks the backend (the worker's lease)."""
+
+    def fence() -> None:
+        if stopped.is_set():
+            raise StateError(
+                STATE_TIMEOUT_CODE, "the attempt was stopped at its deadline", retryable=True
+            )
+        if outer is not None:
+            outer()
+
+    return fence
 
 
 def run_attempt(
@@ -204,6 +220,8 @@ def run_attempt(
         )
     env.append([entered])
     ctx = StagedContext(base)
+    stopped = threading.Event()
+    fence = _attempt_fence(stopped, env.fence)
     scope = AttemptScope(
         run_id=env.run_id,
         state_id=state_id,
@@ -211,12 +229,24 @@ def run_attempt(
         run_config=env.run_config,
         artifacts=env.artifacts,
         facts=env.facts,
-        bind_fact=_fact_binder(env, state_id, attempt),
-        fence=env.fence,
+        bind_fact=_fact_binder(env, state_id, attempt, fence),
+        fence=fence,
     )
+    timeout_ms = effective_timeout_ms(meta, env.run_config, env.max_state_timeout_ms)
+    handler: HandlerRun | None = None
+    timed_out: StateTimeout | None = None
     try:
         io = env.io_factory(scope)
-        result = run_coroutine(state.handle(ctx, io, AttemptRecorder(env, state_id, attempt)))
+        recorder = AttemptRecorder(env, state_id, attempt, fence)
+        handler = HandlerRun(state.handle(ctx, io, recorder))
+        try:
+            if timeout_ms is None:
+                result = handler.run_here()
+            else:
+                result = handler.run_with_timeout(timeout_ms, stopped.set)
+        except StateTimeout as exc:
+            timed_out = exc
+            raise
         if result is not None and not isinstance(result, StateOutcome):
             raise TypeError("a state handler returns None or a StateOutcome")
         content = ctx.merged()
@@ -225,7 +255,7 @@ def run_attempt(
         raise
     except (Exception, asyncio.CancelledError) as exc:
         cause = error_info_from_exception(exc)
-        if cause.code in RESERVED_ERROR_CODES:
+        if cause.code in RESERVED_ERROR_CODES and exc is not timed_out:
             cause = cause.model_copy(update={"code": "handler_reserved_code"})
         info = cause.redacted()
         env.append(
@@ -237,7 +267,16 @@ def run_attempt(
                 )
             ]
         )
-        return AttemptOutcome(state_id, attempt, base_snapshot_id, False, error=info, cause=cause)
+        abandoned = handler if handler is not None and handler.abandoned else None
+        return AttemptOutcome(
+            state_id,
+            attempt,
+            base_snapshot_id,
+            False,
+            error=info,
+            cause=cause,
+            abandoned=abandoned,
+        )
     snapshot_id = env.snapshots.save_bytes(snapshot_bytes, content)
     env.append(
         [

@@ -4,6 +4,7 @@ and loading a run for resume with every check of CONTRACT §7.3 done before any 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,13 +17,21 @@ from mfm_dist.engine.merge import MergeConflict
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import (
     Corruption,
+    ErrorInfo,
     InvalidInput,
     MfmError,
     NotFound,
     RunError,
 )
-from mfm_dist.events import DomainEvent, EventDraft, RunStarted, RunStatus
-from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.events import (
+    DomainEvent,
+    EventDraft,
+    RunCompleted,
+    RunStarted,
+    RunStatus,
+    StateFailed,
+)
+from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.manifest import BuildInfo, RunManifest, current_build_info
 from mfm_dist.operations import OperationRegistry, Pipeline, input_params_for
 from mfm_dist.plan import ExecutionPlan
@@ -30,6 +39,10 @@ from mfm_dist.run import RunPhase, RunResult
 from mfm_dist.stores.base import EventStore
 
 CONFLICT_EVENT = "context_merge_conflict"
+RUN_ABORTED_EVENT = "run_aborted"
+"""Run-level domain event written when a run is ended because it can never make progress
+(its manifest is gone, the deployed code expands another plan): `{"error": ErrorInfo}`.
+Always kept, whatever the event profile: the history must say why the run ended."""
 
 
 @dataclass
@@ -133,6 +146,50 @@ def record_run_start(
     return rid, initial_id
 
 
+def close_open_attempts(history: RunHistory, error: ErrorInfo) -> list[EventDraft]:
+    """`StateFailed{error}` for every open attempt, in the order they were entered."""
+    ts = now_millis()
+    return [
+        EventDraft(
+            event=StateFailed(state_id=StateId(state_id), error=error, failure_snapshot_id=None),
+            ts_millis=ts,
+            state_id=StateId(state_id),
+            attempt=att.attempt,
+        )
+        for state_id, att in sorted(history.open_attempts(), key=lambda row: row[1].entered_seq)
+    ]
+
+
+def abort_drafts(
+    history: RunHistory, error: ErrorInfo, final_snapshot_id: str | None
+) -> list[EventDraft]:
+    """The events that end a run which can never make progress: its open attempts closed
+    with `error`, `run_aborted{error}`, then `RunCompleted{Failed}` whose final snapshot is
+    the merge of what completed when the plan is known, else the initial snapshot."""
+    final = final_snapshot_id or str(history.started.initial_snapshot_id)
+    payload: JsonValue = {"error": error.model_dump(mode="json", exclude_none=True)}
+    return [
+        *close_open_attempts(history, error),
+        EventDraft(
+            event=DomainEvent(name=RUN_ABORTED_EVENT, payload=payload), ts_millis=now_millis()
+        ),
+        EventDraft(
+            event=RunCompleted(status=RunStatus.FAILED, final_snapshot_id=ArtifactId(final)),
+            ts_millis=now_millis(),
+        ),
+    ]
+
+
+def aborted_error(history: RunHistory) -> ErrorInfo | None:
+    """The error of a run ended by `abort_drafts`, else None."""
+    for env in reversed(history.envelopes):
+        ev = env.event
+        if isinstance(ev, DomainEvent) and ev.name == RUN_ABORTED_EVENT and env.state_id is None:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                return ErrorInfo.model_validate(ev.payload["error"])
+    return None
+
+
 @dataclass
 class LoadedRun:
     history: RunHistory
@@ -183,6 +240,14 @@ def result_from_history(
             run_id=history.run_id,
             phase=RunPhase.COMPLETED,
             final_snapshot_id=completed.final_snapshot_id,
+        )
+    aborted = aborted_error(history)
+    if aborted is not None:
+        return RunResult(
+            run_id=history.run_id,
+            phase=RunPhase.FAILED,
+            final_snapshot_id=completed.final_snapshot_id,
+            error=aborted,
         )
     for env in reversed(history.envelopes):
         ev = env.event

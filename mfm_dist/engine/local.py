@@ -167,13 +167,17 @@ class LocalEngine(ExecutionEngine):
         *,
         listener: EventListener | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_state_timeout_ms: int | None = None,
     ) -> None:
+        """`max_state_timeout_ms`: this deployment's cap on any state's timeout, and the
+        timeout of states that declare none (None: no cap; docs: deadlines)."""
         self.events = events
         self.artifacts = artifacts
         self.registry = registry
         self._io_factory = io_factory
         self.listener = listener
         self._sleep = sleep
+        self.max_state_timeout_ms = max_state_timeout_ms
         self.snapshots = SnapshotStore(artifacts)
 
     @property
@@ -282,6 +286,7 @@ class LocalEngine(ExecutionEngine):
             facts=facts,
             io_factory=io_factory,
             append=writer.append,
+            max_state_timeout_ms=self.max_state_timeout_ms,
         )
         self._execute(env, progress)
         return self._finish(run_id, progress, writer)
