@@ -227,3 +227,45 @@ def register_operations(registry: OperationRegistry) -> None:
 
 def register_transports(transports: TransportRegistry) -> None:
     transports.register("counting", Counting())
+
+
+def _install_fault_hooks() -> None:
+    """`DIST_OPS_FAULTS=<dir>` (set on a test cluster's workers): when the file `<dir>/arm`
+    exists, the next attempt process to take a lease consumes it and is SIGKILLed right
+    after taking the lease, before `StateEntered` — with `arm` containing `worker`, its
+    parent (the whole Celery worker) first. `<dir>/died-<pid>` records when it happened."""
+    fault_dir = os.environ.get("DIST_OPS_FAULTS")
+    if not fault_dir:
+        return
+    import signal
+
+    from workers import leases
+
+    original = leases.Coordination.acquire_lease
+    if getattr(original, "_dist_ops_hook", False):
+        return
+
+    def acquire_then_die(
+        self: leases.Coordination, run_id: str, state_id: str, attempt: int, ttl_ms: int
+    ) -> str | None:
+        value = original(self, run_id, state_id, attempt, ttl_ms)
+        arm = Path(fault_dir) / "arm"
+        taken = Path(fault_dir) / f"taken-{os.getpid()}"
+        if value is None:
+            return value
+        try:
+            arm.rename(taken)
+        except OSError:
+            return value  # not armed, or another process took it
+        mode = taken.read_text().strip()
+        (Path(fault_dir) / f"died-{os.getpid()}").write_text(f"{time.time()}\n{state_id}\n")
+        if mode == "worker":
+            os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return value
+
+    acquire_then_die._dist_ops_hook = True  # type: ignore[attr-defined]
+    leases.Coordination.acquire_lease = acquire_then_die  # type: ignore[method-assign]
+
+
+_install_fault_hooks()

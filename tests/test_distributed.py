@@ -456,3 +456,25 @@ def test_plain_resume_refuses_a_cluster_run(cluster: LocalCluster, rt: Runtime, 
     (gate / "open").write_text("")
     assert finished(cluster, run_id, rt).phase == RunPhase.COMPLETED
     assert_clean_history(events_of(rt, run_id))
+
+
+def test_forced_resume_is_refused_while_a_worker_holds_a_live_lease(
+    cluster: LocalCluster, rt: Runtime, tmp_path: Path
+) -> None:
+    """`--force` takes over a run whose workers are gone — never one whose attempt is still
+    running (it would run twice, concurrently, and again after an orphan recovery)."""
+    from click.testing import CliRunner
+
+    from mfm_dist.cli.main import cli
+
+    run_input, gate = gated_input(tmp_path)
+    run_id = submit_run("gated_demo", run_input, FAN16, runtime=rt)
+    slow_started(gate)
+    refused = CliRunner().invoke(cli, ["--ops", "dist_ops", "resume", str(run_id), "--force"])
+    assert refused.exit_code == 2, refused.output
+    assert "error[attempt_lease_live]" in refused.output and ".slow attempt 0 on " in refused.output
+    (gate / "open").write_text("")
+    assert finished(cluster, run_id, rt).phase == RunPhase.COMPLETED
+    history = assert_clean_history(events_of(rt, run_id))
+    assert not any(isinstance(e.event, StateFailed) for e in history.envelopes)
+    assert len(list(gate.glob("started-*"))) == 1  # the slow handler ran exactly once

@@ -117,20 +117,28 @@ def _started(rt: Runtime, rid: RunId) -> bool:
 def wait_for_run(
     run_id: str, timeout_s: float, *, poll_s: float = 0.1, runtime: Runtime | None = None
 ) -> RunResult:
-    """Poll the event log until the run has `RunCompleted`; its result."""
+    """Poll the event log until the run has `RunCompleted`; its result.
+
+    Transient store faults (Redis restarting, a dropped connection) are ridden out until
+    the deadline: the run goes on without us, so a blip must not fail the wait."""
+    from workers.faults import is_transient
+
     rt = runtime or get_runtime()
     rid = RunId(run_id)
     deadline = time.monotonic() + timeout_s
     history: RunHistory | None = None
     while True:
-        if history is None:
-            try:
+        try:
+            if history is None:
                 history = RunHistory.load(rt.events, rid)
-            except MfmError as exc:
-                if exc.info.code != "run_not_found":
-                    raise
-        else:
-            history.refresh(rt.events)
+            else:
+                history.refresh(rt.events)
+        except MfmError as exc:
+            if exc.info.code != "run_not_found" and not is_transient(exc):
+                raise
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
         if history is not None and history.completed is not None:
             result = result_from_history(history)
             if result.phase != RunPhase.RUNNING:

@@ -358,8 +358,8 @@ def resume(
         with _broker_errors():
             result = wait_for_run(str(rid), timeout_s)
     else:
-        if loaded.history.completed is None and not force:
-            _refuse_cluster_runs(app, loaded.history)
+        if loaded.history.completed is None:
+            _refuse_cluster_runs(app, loaded.history, force=force)
         show = _wants_progress(as_json)
         tracker = ProgressTracker(total=len(loaded.plan.compiled))
         tracker.done = sum(1 for rec in loaded.history.states.values() if rec.completed)
@@ -371,9 +371,11 @@ def resume(
     _finish(app, result, as_json, loaded.plan, loaded.manifest.run_config)
 
 
-def _refuse_cluster_runs(app: App, history: RunHistory) -> None:
+def _refuse_cluster_runs(app: App, history: RunHistory, *, force: bool) -> None:
     """A run submitted to a cluster is driven by its coordinator: executing it here as well
-    would run attempts without leases, which the cluster then takes for orphans."""
+    would run attempts without leases, which the cluster then takes for orphans. `--force`
+    takes a run over whose workers are gone — never while a worker still holds a live
+    lease on one of its attempts (that attempt would run twice, concurrently)."""
     client = getattr(app.events, "client", None)
     if client is None:
         return
@@ -382,15 +384,21 @@ def _refuse_cluster_runs(app: App, history: RunHistory) -> None:
     except ImportError:
         return
     coordination = Coordination(client)
-    if coordination.recorded_plan(str(history.run_id)) is None:
-        return  # never submitted to a cluster: an embedded run on Redis stores
+    if not force and coordination.recorded_plan(str(history.run_id)) is not None:
+        raise CliError(
+            "run_managed_by_cluster",
+            f"run {history.run_id} was submitted to a cluster; use `mfm resume --cluster`, "
+            "or --force if its workers are gone for good",
+        )
     live = coordination.lease_info(str(history.run_id), [s for s, _ in history.open_attempts()])
-    busy = f" ({len(live)} attempt(s) running now)" if live else ""
-    raise CliError(
-        "run_managed_by_cluster",
-        f"run {history.run_id} was submitted to a cluster{busy}; use `mfm resume --cluster`, "
-        "or --force if its workers are gone for good",
-    )
+    if live:
+        state_id, lease = min(live.items())
+        raise CliError(
+            "attempt_lease_live",
+            f"run {history.run_id}: {len(live)} attempt(s) are running on the cluster now "
+            f"({state_id} attempt {lease.attempt} on {lease.worker}); resume it with "
+            "`mfm resume --cluster`, or wait until no worker holds a lease",
+        )
 
 
 @contextlib.contextmanager
