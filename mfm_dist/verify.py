@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mfm_dist.artifacts import ArtifactStore, get_json
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.history import RunHistory
-from mfm_dist.engine.lifecycle import load_run
+from mfm_dist.engine.lifecycle import aborted_error, load_run
 from mfm_dist.engine.merge import compute_delta
 from mfm_dist.engine.progress import MAX_ORPHAN_RECOVERIES, ORPHAN_CODE, RunProgress
 from mfm_dist.engine.snapshots import SnapshotStore
@@ -197,7 +197,11 @@ def _check_bases_and_final(
             )
         )
         return
-    if history.completed.status == RunStatus.FAILED and progress.failure() == (None, None):
+    # A run ended by the coordinator for a fault that can never heal (its code recorded in
+    # `run_aborted`) may end with nothing failed and states left that could have run.
+    aborted = aborted_error(history) is not None
+    failed = history.completed.status == RunStatus.FAILED
+    if failed and not aborted and progress.failure() == (None, None):
         found.append(
             Violation(
                 code="verify_failure_unexplained",
@@ -205,7 +209,7 @@ def _check_bases_and_final(
                 seq=history.head,
             )
         )
-    if history.completed.status == RunStatus.FAILED:
+    if failed and not aborted:
         _check_ended_early(progress, history, found)
     _check_retries(plan, run_config, history, progress, found)
     expected_final = progress.final_snapshot(store=False)

@@ -273,6 +273,10 @@ def test_permanent_advance_failure_ends_the_run_with_its_code(h: Harness) -> Non
     assert isinstance(closed, StateFailed) and closed.error.code == "plan_mismatch"
     assert h.rt.coord.scheduled(rid) is None  # nothing retries it forever
     assert h.coordinator.advance(rid) == "finished"
+    from mfm_dist.verify import verify_run
+
+    report = verify_run(h.rt.events, h.rt.artifacts, h.rt.registry, RunId(rid))
+    assert report.ok, report.violations
 
 
 def test_missing_manifest_ends_the_run_failed(h: Harness) -> None:
