@@ -14,11 +14,31 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
+    GetJsonSchemaHandler,
     SerializerFunctionWrapHandler,
     Tag,
     model_serializer,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+
+def _wrap_in_tags(schema: JsonSchemaValue, path: tuple[str, ...]) -> None:
+    """Rewrite a variant's JSON Schema in place into its tagged wire form, so clients in
+    any language see `{"FanOutJoin": {"max_concurrency": …}}`, not the inner fields."""
+    inner = {k: v for k, v in schema.items() if k not in ("title", "description")}
+    keep: dict[str, Any] = {k: schema[k] for k in ("title", "description") if k in schema}
+    for tag in reversed(path):
+        inner = {
+            "type": "object",
+            "properties": {tag: inner},
+            "required": [tag],
+            "additionalProperties": False,
+        }
+    schema.clear()
+    schema.update(keep)
+    schema.update(inner)
 
 
 class TaggedModel(BaseModel):
@@ -48,6 +68,14 @@ class TaggedModel(BaseModel):
     def tag_key(cls) -> str:
         return "/".join(cls.TAG_PATH)
 
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        _wrap_in_tags(handler.resolve_ref_schema(schema), cls.TAG_PATH)
+        return schema
+
 
 class NewtypeVariant(BaseModel):
     """A tuple variant with one value, e.g. `Custom("x")` ↔ `{"Custom": "x"}`."""
@@ -71,6 +99,18 @@ class NewtypeVariant(BaseModel):
     @classmethod
     def tag_key(cls) -> str:
         return "/".join(cls.TAG_PATH)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        target.clear()
+        target.update({"title": cls.__name__})
+        _wrap_in_tags(target, (*cls.TAG_PATH[-1:],))
+        target["properties"][cls.TAG_PATH[-1]] = {"type": "string"}
+        return schema
 
 
 def tag_discriminator(known: set[str]) -> Discriminator:

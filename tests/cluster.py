@@ -43,7 +43,8 @@ STOP_TIMEOUT_S = 15.0
 
 class TcpProxy:
     """Forwards a loopback port to another; `disable()` drops every connection and refuses
-    new ones until `enable()` (an S3 outage that keeps the server's data)."""
+    new ones until `enable()` (an S3 outage that keeps the server's data); `stall()` holds
+    every byte in flight until `resume()` (a server that hangs without refusing)."""
 
     def __init__(self, target_port: int, port: int | None = None) -> None:
         self.target_port = target_port
@@ -52,6 +53,14 @@ class TcpProxy:
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def enable(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -83,6 +92,7 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            self._flowing.wait()
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:
@@ -100,6 +110,7 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -292,14 +303,16 @@ class LocalCluster:
         extra_env: dict[str, str] | None = None,
         wait: bool = True,
     ) -> Worker:
-        """`kind` is `control` or `attempts`."""
+        """`kind` is `control`, `submit` (the submission queues) or `attempts`."""
         spec: dict[str, Any] = {"kind": kind, "concurrency": concurrency, "extra_env": extra_env}
         if name is None:
             self._seq += 1
             name = f"{kind}{self._seq}"
         spec["name"] = name
-        queue = "mfm.control" if kind == "control" else "mfm.attempts"
-        conc = 1 if kind == "control" else (concurrency or self.attempt_concurrency)
+        queue = {"control": "mfm.control", "submit": "mfm.submit,celery"}.get(kind, "mfm.attempts")
+        conc = {"control": 1, "submit": concurrency or 2}.get(
+            kind, concurrency or self.attempt_concurrency
+        )
         logfile = self.root / f"worker-{name}.log"
         env = dict(os.environ)
         env.update(self.env)

@@ -32,6 +32,7 @@ class FakeDispatcher:
     chords: list[list[AttemptTask]] = field(default_factory=list)
     advances: list[str] = field(default_factory=list)
     queue_depth: int | None = 0
+    callbacks: list[tuple[str, str, dict[str, object], str]] = field(default_factory=list)
 
     def send_chord(self, run_id: str, attempts: list[AttemptTask]) -> None:
         self.chords.append(attempts)
@@ -41,6 +42,11 @@ class FakeDispatcher:
 
     def attempt_queue_depth(self) -> int | None:
         return self.queue_depth
+
+    def send_callback(
+        self, task: str, queue: str, message: dict[str, object], task_id: str
+    ) -> None:
+        self.callbacks.append((task, queue, message, task_id))
 
     def take(self) -> list[AttemptTask]:
         out = [t for c in self.chords for t in c]

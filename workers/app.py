@@ -1,10 +1,10 @@
-"""The Celery app: `celery -A workers.app worker -Q mfm.control -c 1` (coordination) and
-`celery -A workers.app worker -Q mfm.attempts` (state attempts).
+"""The Celery app: `celery -A workers.app worker -Q mfm.control -c 1` (coordination),
+`-Q mfm.submit,celery` (submissions) and `-Q mfm.attempts` (state attempts).
 
 JSON only; late acks and re-queue on a lost worker (at-least-once: the guarded event
 log and attempt leases make redelivery harmless); prefetch 1 so a long attempt never
-holds other messages hostage. Control tasks and attempts use separate queues so
-coordination is never starved by work (CONTRACT §11).
+holds other messages hostage. Control tasks, submissions and attempts use separate queues
+so coordination is never starved by work or by a submission backlog.
 """
 
 from __future__ import annotations
@@ -13,18 +13,34 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
-from kombu import Queue  # type: ignore[attr-defined]
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from workers.settings import Settings
 
-CONTROL_TASKS = ("mfm.submit", "mfm.advance")
+CONTROL_TASKS = ("mfm.advance",)
+SUBMIT_TASKS = ("mfm.submit", "mfm.submit_batch")
 ATTEMPT_TASK = "mfm.execute_attempt"
+
+
+def declared_queues(s: Settings) -> tuple[Queue, ...]:
+    """Each queue bound to its own direct exchange under its own name, so a client that
+    publishes by exchange and routing key reaches exactly one queue. The default queue
+    (`celery`) is where a plain `send_task("mfm.submit", ...)` lands: submission workers
+    consume it too."""
+    names = [s.control_queue, s.attempt_queue, s.submit_queue]
+    if s.default_queue and s.default_queue not in names:
+        names.append(s.default_queue)
+    return tuple(
+        Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+        for name in names
+    )
 
 
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or Settings.from_env()
     celery_app = Celery("mfm_dist", broker=s.broker_url, backend=s.result_backend)
     routes: dict[str, dict[str, str]] = {name: {"queue": s.control_queue} for name in CONTROL_TASKS}
+    routes.update({name: {"queue": s.submit_queue} for name in SUBMIT_TASKS})
     routes[ATTEMPT_TASK] = {"queue": s.attempt_queue}
     celery_app.conf.update(
         task_serializer="json",
@@ -39,8 +55,12 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_transport_options={"visibility_timeout": s.visibility_timeout_s},
         result_backend_transport_options={"visibility_timeout": s.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
-        task_queues=(Queue(s.control_queue), Queue(s.attempt_queue)),  # type: ignore[no-untyped-call]
-        task_default_queue=s.control_queue,
+        task_queues=declared_queues(s),
+        task_default_queue=s.default_queue or s.submit_queue,
+        task_default_exchange=s.default_queue or s.submit_queue,
+        task_default_routing_key=s.default_queue or s.submit_queue,
+        # Undecodable messages (e.g. pickle) get a structured reply, not a silent drop.
+        worker_consumer="workers.consumer:MfmConsumer",
         task_routes=routes,
         result_expires=3600,
         task_track_started=False,
@@ -66,6 +86,8 @@ def configure_app(settings: Settings) -> None:
         result_backend_transport_options=fresh.conf.result_backend_transport_options,
         task_queues=fresh.conf.task_queues,
         task_default_queue=fresh.conf.task_default_queue,
+        task_default_exchange=fresh.conf.task_default_exchange,
+        task_default_routing_key=fresh.conf.task_default_routing_key,
         task_routes=fresh.conf.task_routes,
         worker_max_tasks_per_child=fresh.conf.worker_max_tasks_per_child,
     )

@@ -32,7 +32,12 @@ from mfm_dist.canonical import JsonValue
 from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.coordination import Decision, Dispatch, Finish, decide
 from mfm_dist.engine.history import RunHistory
-from mfm_dist.engine.lifecycle import CONFLICT_EVENT, abort_drafts
+from mfm_dist.engine.lifecycle import (
+    CONFLICT_EVENT,
+    abort_drafts,
+    result_from_history,
+    submission_of,
+)
 from mfm_dist.engine.progress import ORPHAN_CODE, RunProgress
 from mfm_dist.errors import ErrorCategory, ErrorInfo, MfmError, RunError
 from mfm_dist.events import (
@@ -45,6 +50,7 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.stores.guards import GuardViolation
+from mfm_dist.submission import completion_message, completion_task_id
 from workers.faults import is_transient
 from workers.leases import CLAIMED, DELAYED, SENT, Coordination, Reservation
 from workers.runtime import RunContext, Runtime
@@ -89,6 +95,11 @@ class Dispatcher(Protocol):
 
     def attempt_queue_depth(self) -> int | None:
         """Messages waiting in the attempt queue (None: unknown)."""
+
+    def send_callback(
+        self, task: str, queue: str, message: dict[str, object], task_id: str
+    ) -> None:
+        """`task(message)` on `queue`, with the given task id (a run's `on_complete`)."""
 
 
 class LockLost(Exception):
@@ -260,6 +271,8 @@ class Coordinator:
         lock.renew()
         coord = self.rt.coord
         if run.history.completed is not None:
+            if not self._notify(rid, run):
+                return Step("notifying", now_millis() + TRANSIENT_RETRY_MS)
             self._forget(rid)
             return Step("finished", None)
         recorded = coord.record_plan_if_missing(rid, run.ctx.fingerprint)
@@ -281,6 +294,8 @@ class Coordinator:
                 continue
             if decision.finish is not None:
                 status = self._finish(rid, run, decision.finish)
+                if status == "notifying":
+                    return Step(status, now_millis() + TRANSIENT_RETRY_MS)
                 return Step(status, None if status == "finished" else wake)
             if decision.dispatch:
                 sent, due = self._dispatch(rid, run, decision.dispatch, lock)
@@ -463,6 +478,9 @@ class Coordinator:
                 self._runs.pop(rid, None)
                 return f"finish_rejected:{exc.rule}"
             log.info("run %s: already completed by another coordinator", rid)
+        run = self._load(rid)
+        if not self._notify(rid, run):
+            return "notifying"
         self._forget(rid)
         return "finished"
 
@@ -492,6 +510,30 @@ class Coordinator:
             self.rt.events.append_next(RunId(rid), abort_drafts(history, error, final))
         self._forget(rid)
         return Step(f"aborted:{error.code}", None)
+
+    def _notify(self, rid: str, run: CachedRun) -> bool:
+        """Send the run's `on_complete` callback once; True when there is nothing (more) to
+        send. The claim/sent marks make a repeat possible only if a coordinator dies
+        between sending and marking — and then the repeat carries the same task id."""
+        record = submission_of(run.history.envelopes)
+        if record is None or record.on_complete is None:
+            return True
+        coord = self.rt.coord
+        claim = coord.claim_notification(rid, int(self.rt.settings.lock_ttl_s * 1000))
+        if claim is None:
+            return True  # sent already
+        if not claim:
+            return False  # another coordinator is sending it right now
+        result = result_from_history(run.history, run.progress.plan.position)
+        self.dispatcher.send_callback(
+            record.on_complete.task,
+            record.on_complete.queue,
+            completion_message(result, record),
+            completion_task_id(rid),
+        )
+        coord.mark_notified(rid)
+        log.info("run %s: sent its completion to %s", rid, record.on_complete.task)
+        return True
 
     def _forget(self, rid: str) -> None:
         self._runs.pop(rid, None)

@@ -18,11 +18,12 @@ All keys of a run share the hash tag `{<run_id>}` with the event store's keys:
   retry waiting out its backoff until `deadline`; nothing sent yet), `s` sent (on the broker
   since `since`; given up at `deadline`), `c` claimed (a worker took the lease at `since`;
   given up at `deadline` = one lease TTL later unless `StateEntered` lands);
+* `mfm:{rid}:notified` — `sending:<holder>` while a coordinator sends the run's
+  `on_complete` callback (expires), then `sent` (kept a week);
 * `mfm:timers` — one sorted set for all runs: run id → when its coordinator must look next
   (ms). Every control worker polls it (`pop_due`), so the timers that keep runs alive live in
   Redis and survive a broker restart or a dead control worker; nothing waits in a message's
   countdown;
-* `mfm:submit:<task_id>` — the run id a (possibly redelivered) `mfm.submit` task started.
 
 Leases and reservations are hints for liveness only; the guarded event log is what
 makes duplicate deliveries harmless.
@@ -50,6 +51,8 @@ from typing import Any, NamedTuple
 import redis
 
 TIMERS_KEY = "mfm:timers"
+NOTIFIED_TTL_S = 7 * 24 * 3600
+"""How long `mfm:{rid}:notified` remembers that a run's callback was sent."""
 
 _COMPARE_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -345,15 +348,21 @@ class Coordination:
         due = self._pop_due(keys=[TIMERS_KEY], args=[now_ms, rearm_ms, limit])
         return [d.decode() if isinstance(d, bytes) else str(d) for d in due]
 
-    # -- submission de-duplication ------------------------------------------------------------
-    def claim_submission(self, task_id: str, run_id: str, ttl_s: int) -> str:
-        """The run id of submission `task_id`: `run_id` if this call is the first, else the
-        one recorded by an earlier delivery of the same task."""
-        key = f"mfm:submit:{task_id}"
-        if self.client.set(key, run_id, nx=True, ex=ttl_s):
-            return run_id
+    # -- completion callbacks -------------------------------------------------------------------
+    def claim_notification(self, run_id: str, ttl_ms: int) -> bool | None:
+        """True: the caller sends the run's callback now. False: someone else is sending it.
+        None: it was sent. (A claim expires after `ttl_ms`, so a sender that died is
+        replaced; the repeat carries the same task id.)"""
+        key = run_key(run_id, "notified")
+        if self.client.set(key, f"sending:{holder_id()}", nx=True, px=ttl_ms):
+            return True
         value = self.client.get(key)
-        return run_id if value is None else str(value.decode())
+        if value is None:
+            return bool(self.client.set(key, f"sending:{holder_id()}", nx=True, px=ttl_ms))
+        return None if value == b"sent" else False
+
+    def mark_notified(self, run_id: str) -> None:
+        self.client.set(run_key(run_id, "notified"), b"sent", ex=NOTIFIED_TTL_S)
 
     def forget_run(self, run_id: str) -> None:
         """Drop the coordination state of a finished run (the event log stays)."""

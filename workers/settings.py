@@ -5,7 +5,10 @@
 * `MFM_EVENTS_URL` (default `redis://127.0.0.1:6379/0`): the event store; leases, locks
   and reservations live in the same Redis.
 * `MFM_ARTIFACTS_URL` (required by workers): `s3://bucket/prefix?endpoint=…`.
-* `MFM_CONTROL_QUEUE` / `MFM_ATTEMPT_QUEUE` (`mfm.control` / `mfm.attempts`).
+* `MFM_CONTROL_QUEUE` / `MFM_ATTEMPT_QUEUE` / `MFM_SUBMIT_QUEUE` (`mfm.control` /
+  `mfm.attempts` / `mfm.submit`): coordination, state attempts, submissions.
+* `MFM_DEFAULT_QUEUE` (`celery`): Celery's default queue, where a client's plain
+  `send_task("mfm.submit", ...)` lands; submission workers consume it (empty: don't).
 * `MFM_VISIBILITY_TIMEOUT_S` (3600): broker redelivery of unacked messages; must exceed
   the longest attempt. Liveness never waits for it: a lost message is re-sent from the
   run's Redis timer (see below).
@@ -33,8 +36,6 @@
   reports `used_memory` above 90% of `maxmemory`.
 * `MFM_WORKER_MAX_TASKS_PER_CHILD` (1000): a prefork child is replaced after that many
   tasks, bounding whatever a long-lived process accumulates (`0`: never).
-* `MFM_SUBMIT_DEDUP_TTL_S` (86400): how long a `mfm.submit` task id remembers its run id,
-  so a redelivered submission never starts a second run.
 * `MFM_TIMING` (off): `1` makes processes accumulate per-phase timings in `mfm:timing`.
 
 Credentials belong in the URLs' environment (`MFM_REDIS_PASSWORD` or a file named by
@@ -120,7 +121,8 @@ class Settings:
     timing: bool
     artifact_cache_ttl_s: int
     max_tasks_per_child: int = 1000
-    submit_dedup_ttl_s: int = 86400
+    submit_queue: str = "mfm.submit"
+    default_queue: str = "celery"
     timer_poll_s: float = 0.25
     max_state_timeout_s: float = 3600.0
 
@@ -145,7 +147,8 @@ class Settings:
             timing=env.get("MFM_TIMING", "").lower() in ("1", "true", "yes", "on"),
             artifact_cache_ttl_s=_int("MFM_ARTIFACT_CACHE_TTL_S", 120),
             max_tasks_per_child=_int("MFM_WORKER_MAX_TASKS_PER_CHILD", 1000),
-            submit_dedup_ttl_s=_int("MFM_SUBMIT_DEDUP_TTL_S", 86400),
+            submit_queue=env.get("MFM_SUBMIT_QUEUE") or "mfm.submit",
+            default_queue=env.get("MFM_DEFAULT_QUEUE", "celery").strip(),
             timer_poll_s=_float("MFM_TIMER_POLL_S", 0.25),
             max_state_timeout_s=_nonnegative("MFM_MAX_STATE_TIMEOUT_S", 3600.0),
         )

@@ -1,40 +1,52 @@
-"""Submit a run to the cluster and wait for its result — from any process that has the
+"""Accept submissions on the cluster and wait for results — from any process that has the
 stores and the broker configured (`MFM_EVENTS_URL`, `MFM_ARTIFACTS_URL`, `MFM_BROKER_URL`).
 
-`submit_run` does everything `LocalEngine.start` does before executing (CONTRACT §7.1),
-records the plan fingerprint for workers to check, and wakes the coordinator.
+`accept` does everything `LocalEngine.start` does before executing, records the plan
+fingerprint for workers to check, arms the run's timer and wakes the coordinator; the
+submission contract (ids, idempotency, the reply) is `mfm_dist.submission`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 from mfm_dist.canonical import JsonValue
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.attempt import now_millis
-from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import (
     prepare_run,
     record_run_start,
-    result_from_history,
     store_manifest,
+    submission_of,
     validate_start,
 )
-from mfm_dist.errors import ConcurrencyError, MfmError, RunError
+from mfm_dist.errors import ConcurrencyError
 from mfm_dist.ids import RunId
-from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.run import RunResult
 from mfm_dist.stores.guards import GuardViolation
+from mfm_dist.submission import (
+    OnComplete,
+    Outcome,
+    SubmissionRecord,
+    SubmissionRejected,
+    SubmitReply,
+    SubmitRequest,
+    conflict,
+    fingerprint,
+    parse_request,
+    rejection_info,
+    run_id_for_delivery,
+    run_id_for_key,
+)
+from mfm_dist.waiting import wait_for_result
+from workers import submission_log
 from workers.runtime import Runtime, get_runtime
 
 log = logging.getLogger("mfm.submit")
-
-
-class RunWaitTimeout(RunError):
-    def __init__(self, run_id: str, timeout_s: float) -> None:
-        super().__init__(
-            "run_wait_timeout", f"run {run_id} did not finish within {timeout_s:g}s", retryable=True
-        )
 
 
 def submit_run(
@@ -46,30 +58,75 @@ def submit_run(
     runtime: Runtime | None = None,
     run_id: str | None = None,
     submission_id: str | None = None,
+    idempotency_key: str | None = None,
+    labels: dict[str, str] | None = None,
+    on_complete: OnComplete | None = None,
 ) -> RunId:
-    """Validate and record the start of a run, then hand it to the coordinator.
+    """Validate and record the start of a run, then hand it to the coordinator (the Python
+    form of a `mfm.submit` message). Raises the rejection instead of returning it.
 
-    `run_id`: the id to use (minted when None). `submission_id` (e.g. the Celery task
-    id of `mfm.submit`) makes the call idempotent: a repeated call with the same id
-    continues or just returns the run the first call started, never a second run."""
-    rt = runtime or get_runtime()
-    rid = RunId(run_id) if run_id is not None else RunId.mint()
-    if submission_id is not None:
-        rid = RunId(
-            rt.coord.claim_submission(submission_id, str(rid), rt.settings.submit_dedup_ttl_s)
-        )
-        if _started(rt, rid):
-            # An earlier delivery got at least as far as `RunStarted`; make sure the
-            # coordinator is awake (it may have died before sending the wake-up).
-            wake(rt, str(rid))
-            return rid
-    prepared = prepare_run(rt.registry, target, run_input, run_config, version=version)
-    manifest_id = store_manifest(rt.artifacts, prepared.manifest)
+    `submission_id` (e.g. a Celery task id) or `idempotency_key` make the call idempotent:
+    a repeated call continues or just returns the run the first one started."""
+    request = SubmitRequest(
+        op=target,
+        version=version,
+        input=run_input,
+        config=run_config,
+        idempotency_key=idempotency_key,
+        labels=labels or {},
+        on_complete=on_complete,
+    )
+    return RunId(
+        accept(runtime or get_runtime(), request, delivery_id=submission_id, run_id=run_id).run_id
+    )
+
+
+@dataclass(frozen=True)
+class Accepted:
+    run_id: str
+    outcome: Outcome
+
+
+def accept(
+    rt: Runtime,
+    request: SubmitRequest,
+    *,
+    delivery_id: str | None = None,
+    run_id: str | None = None,
+) -> Accepted:
+    """Start the run a submission names, or find the one it already started (docs:
+    submission). Everything `LocalEngine.start` checks is checked before anything is
+    written; the run's timer exists before `RunStarted`, so a crash at any point leaves
+    either nothing or a run the cluster finishes — never an orphan nobody can see."""
+    prepared = prepare_run(
+        rt.registry, request.op, request.input, request.config, version=request.version
+    )
+    manifest = prepared.manifest
+    fp = fingerprint(str(manifest.op_id), manifest.op_version, request.input, request.config)
+    if run_id is not None:
+        rid = RunId(run_id)
+    elif request.idempotency_key is not None:
+        rid = RunId(run_id_for_key(request.op, request.idempotency_key))
+    elif delivery_id is not None:
+        rid = RunId(run_id_for_delivery(delivery_id))
+    else:
+        rid = RunId.mint()
+    found = _existing(rt, rid, fp)
+    if found is not None:
+        return found
+    record = SubmissionRecord(
+        fingerprint=fp,
+        idempotency_key=request.idempotency_key,
+        labels=request.labels,
+        on_complete=request.on_complete,
+        submitted_ms=now_millis(),
+    )
+    manifest_id = store_manifest(rt.artifacts, manifest)
     initial = validate_start(
         rt.artifacts,
         plan=prepared.plan,
         run_config=prepared.run_config,
-        manifest=prepared.manifest,
+        manifest=manifest,
         manifest_id=manifest_id,
         initial_context=prepared.initial_context,
     )
@@ -85,13 +142,117 @@ def submit_run(
             manifest_id=manifest_id,
             initial_snapshot=initial,
             run_id=rid,
+            submission=record,
         )
     except (GuardViolation, ConcurrencyError):
-        if submission_id is None or not _started(rt, rid):
-            raise
         # A concurrent delivery of the same submission appended `RunStarted` first.
+        found = _existing(rt, rid, fp)
+        if found is None:
+            raise
+        return found
     wake(rt, str(rid))
-    return rid
+    return Accepted(str(rid), "created")
+
+
+def _existing(rt: Runtime, rid: RunId, fp: str) -> Accepted | None:
+    """The run `rid` if it was started already (refusing another payload under its key)."""
+    head = rt.events.read_range(rid, 1, 2)
+    if not head:
+        return None
+    record = submission_of(head)
+    if record is not None and record.fingerprint != fp:
+        raise conflict()
+    if rt.events.head_seq(rid) <= len(head):
+        # Nothing happened since the start: the first delivery may have died before its
+        # wake-up (its timer would find the run anyway, but a wake-up now is faster).
+        wake(rt, str(rid))
+    return Accepted(str(rid), "existing")
+
+
+LEGACY_POSITIONAL = ("op", "input", "config", "version")
+"""`mfm.submit(op, input, config[, version])` — the pre-contract positional form."""
+BATCH_THREADS = 8
+
+
+def receive(
+    rt: Runtime, args: Sequence[Any], kwargs: dict[str, Any], delivery_id: str | None
+) -> dict[str, Any]:
+    """One `mfm.submit` message → its JSON reply. Never raises: a refusal is a reply with a
+    stable code, logged as one WARNING line (code only) and counted (`submission_log`)."""
+    reply, outcome, code = _receive_one(rt, lambda: _payload(args, kwargs), delivery_id)
+    _record(rt, [outcome] if outcome else [], [(code, delivery_id)] if code else [])
+    return reply
+
+
+MAX_BATCH = 1000
+
+
+def receive_batch(
+    rt: Runtime, requests: Any, delivery_id: str | None, unknown: Sequence[str] = ()
+) -> dict[str, Any]:
+    """`mfm.submit_batch(requests=[…])` → `{"replies": [...]}`, one reply per request in
+    order; keyless requests are idempotent per (delivery id, index)."""
+    problem: SubmissionRejected | None = None
+    if unknown:
+        problem = SubmissionRejected(
+            "submission_unknown_field", "a batch message has one field: requests"
+        )
+    elif not isinstance(requests, list) or not 1 <= len(requests) <= MAX_BATCH:
+        problem = SubmissionRejected(
+            "submission_invalid", f"requests must be a list of 1–{MAX_BATCH} submissions"
+        )
+    if problem is not None:
+        log.warning("submission batch %s refused: %s", delivery_id or "-", problem.info.code)
+        _record(rt, [], [(problem.info.code, delivery_id)])
+        return SubmitReply.failed(problem.info).to_json()
+    assert isinstance(requests, list)
+
+    def one(item: tuple[int, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+        index, request = item
+        sub_id = f"{delivery_id}/{index}" if delivery_id is not None else None
+        return _receive_one(rt, lambda: request, sub_id)
+
+    with ThreadPoolExecutor(min(BATCH_THREADS, len(requests)), "mfm-submit") as pool:
+        results = list(pool.map(one, enumerate(requests)))
+    _record(
+        rt,
+        [o for _, o, _ in results if o],
+        [(c, delivery_id) for _, _, c in results if c],
+    )
+    return {"replies": [r for r, _, _ in results]}
+
+
+def _receive_one(
+    rt: Runtime, payload: Callable[[], Any], delivery_id: str | None
+) -> tuple[dict[str, Any], str | None, str | None]:
+    """(reply, outcome or None, rejection code or None)."""
+    try:
+        request = parse_request(payload())
+        accepted = accept(rt, request, delivery_id=delivery_id)
+    except Exception as exc:
+        info = rejection_info(exc)
+        log.warning("submission %s refused: %s", delivery_id or "-", info.code)
+        return SubmitReply.failed(info).to_json(), None, info.code
+    return SubmitReply.ok(accepted.run_id, accepted.outcome).to_json(), accepted.outcome, None
+
+
+def _payload(args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    if not args:
+        return kwargs
+    if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
+        return args[0]  # the request object as the only positional argument
+    if len(args) > len(LEGACY_POSITIONAL) or set(kwargs) & set(LEGACY_POSITIONAL[: len(args)]):
+        raise SubmissionRejected(
+            "submission_invalid", "send the submission as keyword arguments (docs: submission)"
+        )
+    return {**dict(zip(LEGACY_POSITIONAL, args, strict=False)), **kwargs}
+
+
+def _record(rt: Runtime, outcomes: list[str], rejections: list[tuple[str, str | None]]) -> None:
+    try:
+        submission_log.record(rt.redis, outcomes, rejections)
+    except Exception as exc:  # statistics never fail a submission
+        log.debug("could not count submissions: %s", type(exc).__name__)
 
 
 def wake(rt: Runtime, run_id: str) -> bool:
@@ -117,32 +278,9 @@ def _started(rt: Runtime, rid: RunId) -> bool:
 def wait_for_run(
     run_id: str, timeout_s: float, *, poll_s: float = 0.1, runtime: Runtime | None = None
 ) -> RunResult:
-    """Poll the event log until the run has `RunCompleted`; its result.
-
-    Transient store faults (Redis restarting, a dropped connection) are ridden out until
-    the deadline: the run goes on without us, so a blip must not fail the wait."""
+    """Poll the cluster's event log until the run has finished; its result (riding out
+    Redis restarts and dropped connections until the deadline)."""
     from workers.faults import is_transient
 
     rt = runtime or get_runtime()
-    rid = RunId(run_id)
-    deadline = time.monotonic() + timeout_s
-    history: RunHistory | None = None
-    while True:
-        try:
-            if history is None:
-                history = RunHistory.load(rt.events, rid)
-            else:
-                history.refresh(rt.events)
-        except MfmError as exc:
-            if exc.info.code != "run_not_found" and not is_transient(exc):
-                raise
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-        if history is not None and history.completed is not None:
-            result = result_from_history(history)
-            if result.phase != RunPhase.RUNNING:
-                return result
-        if time.monotonic() >= deadline:
-            raise RunWaitTimeout(str(rid), timeout_s)
-        time.sleep(poll_s)
+    return wait_for_result(rt.events, run_id, timeout_s, poll_s=poll_s, transient=is_transient)

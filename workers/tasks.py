@@ -65,6 +65,11 @@ class CeleryDispatcher:
             log.debug("attempt queue depth unknown: %s", type(exc).__name__)
             return None
 
+    def send_callback(
+        self, task: str, queue: str, message: dict[str, object], task_id: str
+    ) -> None:
+        app.send_task(task, args=[message], queue=queue, task_id=task_id)
+
 
 def send_advance(run_id: str) -> None:
     """Enqueue one `advance(run_id)` on the control queue, now."""
@@ -134,27 +139,21 @@ def execute_attempt(
 
 
 @app.task(name="mfm.submit", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
-def submit(
-    self: Any,
-    target: str,
-    run_input: Any,
-    run_config: dict[str, Any],
-    version: str | None = None,
-) -> str:
-    """Submit a run through the queue (JSON args); returns the run id. Idempotent per
-    task id: a redelivered message continues (or just returns) the run it started."""
-    from mfm_dist.config import RunConfig
-    from workers.submit import submit_run
+def submit(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Start a run (the submission contract, docs/submission.md): keyword arguments
+    `op`, `version`, `input`, `config`, `idempotency_key`, `labels`, `on_complete`. Returns
+    `{"run_id", "outcome"}` or `{"error": {...}}` — never raises."""
+    from workers.submit import receive
 
-    return str(
-        submit_run(
-            target,
-            run_input,
-            RunConfig.model_validate(run_config),
-            version=version,
-            submission_id=self.request.id,
-        )
-    )
+    return receive(get_runtime(), args, kwargs, self.request.id)
+
+
+@app.task(name="mfm.submit_batch", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def submit_batch(self: Any, requests: Any = None, **unknown: Any) -> dict[str, Any]:
+    """Many submissions in one message: `requests=[{...}, ...]` → `{"replies": [...]}`."""
+    from workers.submit import receive_batch
+
+    return receive_batch(get_runtime(), requests, self.request.id, sorted(unknown))
 
 
 @app.task(name="mfm.noop", acks_late=True)  # type: ignore[untyped-decorator]

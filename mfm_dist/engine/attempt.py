@@ -55,7 +55,9 @@ from mfm_dist.stores.guards import GuardViolation
 
 Append = Callable[[Sequence[EventDraft]], list[EventEnvelope]]
 INLINE_PAYLOAD_LIMIT = 64 * 1024
-RESERVED_EVENT_NAMES = frozenset({FACT_RECORDED, "context_merge_conflict"})
+RESERVED_EVENT_NAMES = frozenset(
+    {FACT_RECORDED, "context_merge_conflict", "run_submitted", "run_aborted"}
+)
 RESERVED_ERROR_CODES = frozenset(
     {"orphan_attempt_recovered", "plan_mismatch", "context_merge_conflict", STATE_TIMEOUT_CODE}
 )

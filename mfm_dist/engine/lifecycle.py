@@ -5,7 +5,7 @@ and loading a run for resume with every check of CONTRACT §7.3 done before any 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mfm_dist.artifacts import ArtifactKind, ArtifactStore, get_json
@@ -26,6 +26,7 @@ from mfm_dist.errors import (
 from mfm_dist.events import (
     DomainEvent,
     EventDraft,
+    EventEnvelope,
     RunCompleted,
     RunStarted,
     RunStatus,
@@ -37,6 +38,7 @@ from mfm_dist.operations import OperationRegistry, Pipeline, input_params_for
 from mfm_dist.plan import ExecutionPlan
 from mfm_dist.run import RunPhase, RunResult
 from mfm_dist.stores.base import EventStore
+from mfm_dist.submission import RUN_SUBMITTED_EVENT, SubmissionRecord
 
 CONFLICT_EVENT = "context_merge_conflict"
 RUN_ABORTED_EVENT = "run_aborted"
@@ -135,15 +137,31 @@ def record_run_start(
     manifest_id: str,
     initial_snapshot: bytes,
     run_id: RunId | None = None,
+    submission: SubmissionRecord | None = None,
 ) -> tuple[RunId, ArtifactId]:
-    """Mint the run id, store the initial snapshot and append `RunStarted` (seq 1)."""
+    """Mint the run id, store the initial snapshot and append `RunStarted` (seq 1) — with
+    the `run_submitted` record (seq 2) in the same atomic append when given."""
     rid = run_id or RunId.mint()
     initial_id = artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, initial_snapshot)
     started = RunStarted(
         op_id=plan.op_id, manifest_id=ArtifactId(manifest_id), initial_snapshot_id=initial_id
     )
-    events.append(rid, 0, [EventDraft(event=started, ts_millis=now_millis()).at(rid, 1)])
+    ts = now_millis()
+    batch = [EventDraft(event=started, ts_millis=ts).at(rid, 1)]
+    if submission is not None:
+        batch.append(EventDraft(event=submission.event(), ts_millis=ts).at(rid, 2))
+    events.append(rid, 0, batch)
     return rid, initial_id
+
+
+def submission_of(envelopes: Sequence[EventEnvelope]) -> SubmissionRecord | None:
+    """The run's `run_submitted` record (seq 2), if it was started with one."""
+    for env in envelopes[1:2]:
+        ev = env.event
+        if isinstance(ev, DomainEvent) and ev.name == RUN_SUBMITTED_EVENT and env.state_id is None:
+            with contextlib.suppress(ValueError):
+                return SubmissionRecord.model_validate(ev.payload)
+    return None
 
 
 def close_open_attempts(history: RunHistory, error: ErrorInfo) -> list[EventDraft]:
