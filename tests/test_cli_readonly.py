@@ -246,6 +246,9 @@ def test_read_only_stores_refuse_writes(tmp_path: Path) -> None:
     empty = SqliteEventStore(nowhere / "events.sqlite3", read_only=True)
     try:
         assert empty.list_runs() == [] and empty.missing
+        assert not nowhere.exists()
+        # A store created meanwhile (a run starting) is read once it is there.
+        assert mfm("--home", str(nowhere), "run", "etl_demo").exit_code == 0
+        assert [r.op_id for r in empty.list_runs()] == ["etl_demo"] and not empty.missing
     finally:
         empty.close()
-    assert not nowhere.exists()

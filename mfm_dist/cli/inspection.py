@@ -4,6 +4,7 @@ on an archived, read-only home and never create a store where they run."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -11,6 +12,7 @@ from typing import Any, BinaryIO
 import click
 
 from mfm_dist.cli.app import App, cli, input_option, json_flag, pass_reader
+from mfm_dist.cli.drivers import DriverStatus, driver_status
 from mfm_dist.cli.errors import CliError, ExitCode
 from mfm_dist.cli.graph import FORMATS, render_plan
 from mfm_dist.cli.options import parse_input
@@ -29,6 +31,7 @@ from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import MfmError, NotFound
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.inspect import RunReport, run_report
+from mfm_dist.run import RunPhase
 from mfm_dist.secrets import contains_secret, is_secret_string
 
 # -- inspection -----------------------------------------------------------------------------------
@@ -74,12 +77,26 @@ def _report_for(app: App, rid: RunId) -> RunReport:
 @json_flag
 @pass_reader
 def status(app: App, run_id: str, as_json: bool) -> None:
-    """Phase of RUN and, per state, status, attempts, snapshot and last error."""
+    """Phase of RUN and, per state, status, attempts, snapshot and last error; for a running
+    embedded run, whether the process driving it is alive (or it was interrupted)."""
     result = _report_for(app, RunId(run_id))
+    driver = _driver_of(app, result.run_id, result.phase)
     if as_json:
-        click.echo(result.model_dump_json())
+        click.echo(_json_with_driver(result.model_dump(mode="json"), driver))
     else:
-        render_report(stdout_console(), result)
+        render_report(stdout_console(), result, driver)
+
+
+def _driver_of(app: App, run_id: str, phase: RunPhase) -> DriverStatus | None:
+    """The driver record of a running embedded run (None for finished runs and elsewhere)."""
+    return driver_status(app.events, run_id) if phase == RunPhase.RUNNING else None
+
+
+def _json_with_driver(row: dict[str, Any], driver: DriverStatus | None) -> str:
+    """`row` plus `interrupted` (its driver is gone: resume it) and `driver` (or null)."""
+    row["interrupted"] = driver is not None and driver.interrupted
+    row["driver"] = driver.to_json() if driver is not None else None
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
 
 
 @cli.command()
@@ -95,13 +112,22 @@ def status(app: App, run_id: str, as_json: bool) -> None:
 def runs(app: App, limit: int, as_json: bool) -> None:
     """Runs in the event store, newest first."""
     summaries = app.events.list_runs(limit=limit or None)
+    drivers = {
+        str(s.run_id): d
+        for s in summaries
+        if (d := _driver_of(app, str(s.run_id), s.phase)) is not None
+    }
     if as_json:
-        click.echo("[" + ",".join(s.model_dump_json() for s in summaries) + "]")
+        rows = [
+            _json_with_driver(s.model_dump(mode="json"), drivers.get(str(s.run_id)))
+            for s in summaries
+        ]
+        click.echo("[" + ",".join(rows) + "]")
     else:
         where = app.events_location()
         if getattr(app.events, "missing", False):
             where += " (no event store there yet)"
-        render_runs(stdout_console(), summaries, where)
+        render_runs(stdout_console(), summaries, where, drivers)
 
 
 @cli.command()

@@ -237,7 +237,7 @@ class SqliteEventStore(EventStore):
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
-        self._absent = False  # read-only on a missing file: an empty in-memory stand-in
+        self._absent = False  # read-only, no store in the file yet: an empty stand-in
         self._legacy = False  # read-only on a version-1 file: no `facts` table
         if not read_only:
             try:
@@ -333,7 +333,8 @@ class SqliteEventStore(EventStore):
             conn.close()
             raise _storage_error(exc, "open") from None
         if "events" not in tables or "runs" not in tables:
-            conn.close()  # a database this store never initialised: nothing recorded in it
+            conn.close()  # not initialised yet (or not ours): nothing recorded in it so far
+            self._absent = True
             return _empty_database()
         self._legacy = version < SCHEMA_VERSION or "facts" not in tables
         return conn
