@@ -7,8 +7,8 @@ as a plugin (`-p servers`, with `tests/` on the `pythonpath`).
 * `redis_url` (function): `redis://127.0.0.1:PORT/DB` on that server, with the
   database flushed first, so every test starts empty.
 * `redis_factory` (function): `redis_factory(appendonly=True, appendfsync="always")`
-  starts a private server (for tests that stop, kill or restart it); all are
-  stopped at teardown.
+  starts a private server (for tests that stop, kill or restart it, or that need
+  `requirepass="…"`); all are stopped at teardown.
 * `s3_server` (session): `python -m moto.server` in a subprocess.
 * `s3_artifacts_url` (function): `s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:PORT`
   for a fresh bucket. Credentials come from the environment, never from the URL:
@@ -101,9 +101,11 @@ class RedisServer:
         appendfsync: str = "everysec",
         data_dir: Path | None = None,
         port: int | None = None,
+        requirepass: str | None = None,
     ) -> None:
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.requirepass = requirepass
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="mfm-redis-"))
         self.port = port or free_port()
@@ -129,13 +131,17 @@ class RedisServer:
         ]  # fmt: skip
         if self.appendonly:
             argv += ["--appendfsync", self.appendfsync]
+        if self.requirepass is not None:
+            argv += ["--requirepass", self.requirepass]
         return argv
 
     def _ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                reply = sock.recv(64)
+                # With requirepass a ready server answers PING with -NOAUTH.
+                return reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH")
         except OSError:
             return False
 

@@ -460,9 +460,15 @@ def test_unreachable_redis_store_exits_3(home: Path) -> None:
 
 
 def test_unwritable_sqlite_store_exits_3(home: Path) -> None:
-    result = mfm(home, "--events-url", "sqlite:////proc/mfm-no-such-dir/events.sqlite3", "runs")
+    url = "sqlite:////proc/mfm-no-such-dir/events.sqlite3"
+    result = mfm(home, "--events-url", url, "run", "etl_demo")
     assert result.exit_code == 3
-    assert error_line(result).startswith("error[")
+    assert error_line(result).startswith("error[sqlite_open_failed]: ")
+    # A read command creates nothing: a store that is not there has no runs.
+    listing = mfm(home, "--events-url", url, "runs")
+    assert listing.exit_code == 0, listing.output
+    assert listing.stdout.startswith("no runs in sqlite://")
+    assert "/proc/mfm-no-such-dir/events.sqlite3 (no event store there yet)" in listing.stdout
 
 
 def test_debug_shows_the_traceback(home: Path) -> None:

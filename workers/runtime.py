@@ -14,12 +14,14 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from mfm_dist.artifacts import ArtifactStore, KindLike, get_json
 from mfm_dist.canonical import JsonValue, artifact_id_of_bytes
@@ -32,16 +34,53 @@ from mfm_dist.manifest import RunManifest
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.plan import ExecutionPlan
 from mfm_dist.stores.base import EventStore
+from mfm_dist.stores.redis_events import is_auth_failure
 from mfm_dist.stores.urls import open_artifact_store, open_event_store
 from workers.leases import Coordination, LeaseKeeper
 from workers.settings import Settings
 from workers.timing import Timings
 
 log = logging.getLogger("mfm.worker")
+T = TypeVar("T")
+
+
+class _AuthRefused(Exception):
+    """Carries an auth failure past `Retry` (which only retries its supported errors)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _RetryButAuth(Retry):
+    """Retries connection faults, except refused credentials or permissions, which fail at
+    once: redis-py's `AuthenticationError` is a `ConnectionError`, which `Retry` retries."""
+
+    def call_with_retry(self, do: Callable[[], T], fail: Any, *args: Any, **kwargs: Any) -> T:
+        def attempt() -> T:
+            try:
+                return do()
+            except Exception as exc:
+                if is_auth_failure(exc):
+                    raise _AuthRefused(exc) from exc
+                raise
+
+        try:
+            result: T = super().call_with_retry(attempt, fail, *args, **kwargs)
+        except _AuthRefused as refused:
+            raise refused.error from None
+        return result
+
+
+def _retry_policy() -> Retry:
+    """redis-py 6's default (10 retries, exponential backoff 10 ms … 1 s), minus auth."""
+    return _RetryButAuth(ExponentialBackoff(cap=1.0, base=0.01), 10)
 
 
 def redis_client(url: str) -> redis.Redis:
-    """A client for the Redis behind an events URL (its own query options stripped)."""
+    """A client for the Redis behind an events URL (its own query options stripped).
+
+    Connection faults are retried (redis-py's default policy); refused credentials are not."""
     parts = urlsplit(url)
     plain = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
     kwargs: dict[str, Any] = {}
@@ -54,6 +93,7 @@ def redis_client(url: str) -> redis.Redis:
         socket_timeout=5.0,
         socket_connect_timeout=2.0,
         retry_on_timeout=True,
+        retry=_retry_policy(),
         health_check_interval=30,
         **kwargs,
     )

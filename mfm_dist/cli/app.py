@@ -3,15 +3,18 @@ error handling every command shares (one `error[<code>]` line, stable exit codes
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
 from mfm_dist.artifacts import ArtifactStore
 from mfm_dist.cli.errors import ExitCode, report
+from mfm_dist.errors import NotFound
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.secrets import redact_url
 from mfm_dist.stores.base import EventStore
@@ -19,17 +22,24 @@ from mfm_dist.stores.urls import Stores, default_urls, open_stores
 
 MAX_ATTEMPTS_LIMIT = 2**32 - 1
 MAX_FAN_OUT = 1_000_000
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
 class App:
-    """Global options, and the stores and registry they select (opened on first use)."""
+    """Global options, and the stores and registry they select (opened on first use).
+
+    `read_only` (set by the read commands) opens the embedded stores without creating or
+    changing anything, so they work on an archived, read-only home and never create
+    `./.mfm` where they run."""
 
     home: str | None = None
     events_url: str | None = None
     artifacts_url: str | None = None
     ops_modules: tuple[str, ...] = ()
     debug: bool = False
+    read_only: bool = False
     _stores: Stores | None = field(default=None, repr=False)
     _registry: OperationRegistry | None = field(default=None, repr=False)
 
@@ -40,7 +50,9 @@ class App:
 
     def stores(self) -> Stores:
         if self._stores is None:
-            self._stores = open_stores(self.events_url, self.artifacts_url, self.home)
+            self._stores = open_stores(
+                self.events_url, self.artifacts_url, self.home, read_only=self.read_only
+            )
         return self._stores
 
     @property
@@ -53,8 +65,26 @@ class App:
 
     def events_location(self) -> str:
         """The event store URL in force, safe to print."""
+        opened = getattr(self._stores.events, "url", "") if self._stores is not None else ""
+        if opened:
+            return redact_url(str(opened))
         default_events, _ = default_urls(self.home)
         return redact_url(self.events_url or default_events)
+
+    def global_options(self) -> list[str]:
+        """The global options that select these stores and operations, as arguments (for a
+        command to suggest); a URL is shown redacted, so one with credentials needs them
+        put back (or taken from the environment)."""
+        args: list[str] = []
+        if self.home:
+            args += ["--home", self.home]
+        if self.events_url:
+            args += ["--events-url", redact_url(self.events_url)]
+        if self.artifacts_url:
+            args += ["--artifacts-url", redact_url(self.artifacts_url)]
+        for module in self.ops_modules:
+            args += ["--ops", module]
+        return args
 
     def close(self) -> None:
         if self._stores is not None:
@@ -66,6 +96,18 @@ class MfmGroup(click.Group):
     """Runs commands in non-standalone mode so every failure goes through `report`."""
 
     debug = False
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NotFound as exc:
+            app = ctx.obj
+            if exc.code != "run_not_found" or not isinstance(app, App):
+                raise
+            # Say where we looked: the usual cause is another store (--home, MFM_EVENTS_URL).
+            raise NotFound(
+                f"{exc.info.message} in {app.events_location()}", code="run_not_found"
+            ) from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -123,6 +165,17 @@ def cli(
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def pass_reader(fn: Callable[Concatenate[App, P], R]) -> Callable[P, R]:
+    """`pass_app` for commands that only read: the stores are opened read-only."""
+
+    @functools.wraps(fn)
+    def reader(app: App, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        app.read_only = True
+        return fn(app, *args, **kwargs)
+
+    return pass_app(reader)
 
 
 json_flag = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

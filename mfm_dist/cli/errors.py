@@ -1,7 +1,7 @@
 """How the CLI turns exceptions into one safe line on stderr and an exit code.
 
 Exit codes are stable API: 0 completed, 1 failed run (or a failed check),
-2 invalid input, 3 infrastructure error. Messages come from the library's
+2 invalid input, 3 infrastructure error, 130 interrupted (Ctrl-C). Messages come from the library's
 structured errors, which never carry secrets; anything else is checked once more
 before it is shown.
 """
@@ -30,6 +30,7 @@ class ExitCode(IntEnum):
     FAILED = 1
     INVALID_INPUT = 2
     INFRASTRUCTURE = 3
+    INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class CliError(Exception):
@@ -66,7 +67,7 @@ def classify(exc: BaseException) -> tuple[str, str, ExitCode]:
             return code, message, ExitCode.INVALID_INPUT
         return code, message, ExitCode.INFRASTRUCTURE
     if isinstance(exc, KeyboardInterrupt | click.Abort):
-        return "interrupted", "interrupted", ExitCode.INFRASTRUCTURE
+        return "interrupted", "interrupted", ExitCode.INTERRUPTED
     return "internal_error", safe_text(f"{type(exc).__name__}: {exc}"), ExitCode.INFRASTRUCTURE
 
 

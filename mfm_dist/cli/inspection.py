@@ -1,15 +1,18 @@
 """Read-only commands: `status`, `runs`, `events`, `artifact`, `context`, `ops`, `graph`,
-`verify` and `replay`."""
+`verify` and `replay`. They open the embedded stores read-only (`pass_reader`): they work
+on an archived, read-only home and never create a store where they run."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
 
-from mfm_dist.cli.app import App, cli, input_option, json_flag, pass_app
+from mfm_dist.cli.app import App, cli, input_option, json_flag, pass_reader
+from mfm_dist.cli.drivers import DriverStatus, driver_status
 from mfm_dist.cli.errors import CliError, ExitCode
 from mfm_dist.cli.graph import FORMATS, render_plan
 from mfm_dist.cli.options import parse_input
@@ -28,6 +31,7 @@ from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import MfmError, NotFound
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.inspect import RunReport, run_report
+from mfm_dist.run import RunPhase
 from mfm_dist.secrets import contains_secret, is_secret_string
 
 # -- inspection -----------------------------------------------------------------------------------
@@ -71,14 +75,28 @@ def _report_for(app: App, rid: RunId) -> RunReport:
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 @json_flag
-@pass_app
+@pass_reader
 def status(app: App, run_id: str, as_json: bool) -> None:
-    """Phase of RUN and, per state, status, attempts, snapshot and last error."""
+    """Phase of RUN and, per state, status, attempts, snapshot and last error; for a running
+    embedded run, whether the process driving it is alive (or it was interrupted)."""
     result = _report_for(app, RunId(run_id))
+    driver = _driver_of(app, result.run_id, result.phase)
     if as_json:
-        click.echo(result.model_dump_json())
+        click.echo(_json_with_driver(result.model_dump(mode="json"), driver))
     else:
-        render_report(stdout_console(), result)
+        render_report(stdout_console(), result, driver)
+
+
+def _driver_of(app: App, run_id: str, phase: RunPhase) -> DriverStatus | None:
+    """The driver record of a running embedded run (None for finished runs and elsewhere)."""
+    return driver_status(app.events, run_id) if phase == RunPhase.RUNNING else None
+
+
+def _json_with_driver(row: dict[str, Any], driver: DriverStatus | None) -> str:
+    """`row` plus `interrupted` (its driver is gone: resume it) and `driver` (or null)."""
+    row["interrupted"] = driver is not None and driver.interrupted
+    row["driver"] = driver.to_json() if driver is not None else None
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
 
 
 @cli.command()
@@ -90,14 +108,26 @@ def status(app: App, run_id: str, as_json: bool) -> None:
     help="At most this many runs (0: all).",
 )
 @json_flag
-@pass_app
+@pass_reader
 def runs(app: App, limit: int, as_json: bool) -> None:
     """Runs in the event store, newest first."""
     summaries = app.events.list_runs(limit=limit or None)
+    drivers = {
+        str(s.run_id): d
+        for s in summaries
+        if (d := _driver_of(app, str(s.run_id), s.phase)) is not None
+    }
     if as_json:
-        click.echo("[" + ",".join(s.model_dump_json() for s in summaries) + "]")
+        rows = [
+            _json_with_driver(s.model_dump(mode="json"), drivers.get(str(s.run_id)))
+            for s in summaries
+        ]
+        click.echo("[" + ",".join(rows) + "]")
     else:
-        render_runs(stdout_console(), summaries, app.events_location())
+        where = app.events_location()
+        if getattr(app.events, "missing", False):
+            where += " (no event store there yet)"
+        render_runs(stdout_console(), summaries, where, drivers)
 
 
 @cli.command()
@@ -105,7 +135,7 @@ def runs(app: App, limit: int, as_json: bool) -> None:
 @click.option(
     "--json", "as_json", is_flag=True, help="One persisted envelope (canonical JSON) per line."
 )
-@pass_app
+@pass_reader
 def events(app: App, run_id: str, as_json: bool) -> None:
     """The event stream of RUN."""
     rid = RunId(run_id)
@@ -138,7 +168,7 @@ def _refuse_secret_bytes(data: bytes) -> None:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE."
 )
-@pass_app
+@pass_reader
 def artifact(app: App, artifact_id: str, output: str | None) -> None:
     """The raw, hash-verified bytes of artifact ID."""
     try:
@@ -183,7 +213,7 @@ def _resolve_state(history: RunHistory, given: str) -> str:
     metavar="STATE_ID",
     help="That state's completed snapshot (full id or a unique suffix, e.g. item_0003).",
 )
-@pass_app
+@pass_reader
 def context(app: App, run_id: str, state_id: str | None) -> None:
     """The final context snapshot of RUN (or of one state) as JSON."""
     history = RunHistory.load(app.events, RunId(run_id))
@@ -212,7 +242,7 @@ def context(app: App, run_id: str, state_id: str | None) -> None:
 
 @cli.command()
 @json_flag
-@pass_app
+@pass_reader
 def ops(app: App, as_json: bool) -> None:
     """Registered operations (with versions) and pipelines."""
     registry = app.registry()
@@ -236,7 +266,7 @@ def ops(app: App, as_json: bool) -> None:
 @click.option("--version", "op_version", help="Op version (default: the newest).")
 @input_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
-@pass_app
+@pass_reader
 def graph(app: App, op: str, op_version: str | None, raw_input: str | None, fmt: str) -> None:
     """The flattened plan of OP: states in canonical order, tags and edges."""
     run_input = parse_input(raw_input)
@@ -247,7 +277,7 @@ def graph(app: App, op: str, op_version: str | None, raw_input: str | None, fmt:
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 @json_flag
-@pass_app
+@pass_reader
 def verify(app: App, run_id: str, as_json: bool) -> None:
     """Re-check RUN's history, hashes and snapshots; exit 1 unless it verifies."""
     from mfm_dist.verify import verify_run
@@ -280,7 +310,7 @@ def verify(app: App, run_id: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 @json_flag
-@pass_app
+@pass_reader
 def replay(app: App, run_id: str, as_json: bool) -> None:
     """Re-execute RUN against its recorded facts (no network, nothing written) and compare
     every state's snapshot; exit 1 on the first divergence."""

@@ -4,7 +4,7 @@ written by the commands directly from the library's models."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 import orjson
@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mfm_dist.canonical import JsonValue
+from mfm_dist.cli.drivers import DriverStatus, Liveness
 from mfm_dist.events import (
     DomainEvent,
     EventEnvelope,
@@ -94,10 +95,36 @@ def result_lines(result: RunResult, skipped: Iterable[str] | None = None) -> lis
     return lines
 
 
-def render_report(console: Console, report: RunReport) -> None:
+def driver_note(run_id: str, status: DriverStatus) -> str:
+    """One line on who drives a running embedded run (`mfm status`)."""
+    d = status.driver
+    who = f"{d.where} (since {format_ms(d.since_ms)})" if d is not None else "a process"
+    if status.liveness == Liveness.LIVE:
+        return f"driven by {who}, alive"
+    if status.liveness == Liveness.GONE:
+        return f"interrupted: its driver {who} is gone — resume with: mfm resume {run_id}"
+    return f"driven by {who} on another host: cannot check it from here"
+
+
+def driver_phase(run_id: str, status: DriverStatus) -> str:
+    """The phase cell of a running embedded run in `mfm runs`."""
+    if status.liveness == Liveness.GONE:
+        return f"[yellow]interrupted — resume with: mfm resume {run_id}[/]"
+    where = escape(status.driver.where) if status.driver is not None else ""
+    if status.liveness == Liveness.LIVE:
+        return f"[cyan]Running[/] ({where})" if where else "[cyan]Running[/]"
+    return f"[cyan]Running[/] (driven from {where}: cannot check it from here)"
+
+
+def render_report(
+    console: Console, report: RunReport, driver: DriverStatus | None = None
+) -> None:
     """`mfm status`: the run header, then one row per state."""
     style = PHASE_STYLE.get(report.phase, "")
     console.print(f"run {report.run_id} ({escape(report.op_id)}): [{style}]{report.phase.value}[/]")
+    if driver is not None:
+        note_style = "yellow" if driver.interrupted else ""
+        console.print(escape(driver_note(report.run_id, driver)), style=note_style, soft_wrap=True)
     console.print(
         f"started {format_ms(report.started_ms)}, {report.head_seq} events, "
         f"final snapshot {report.final_snapshot_id or '-'}"
@@ -123,20 +150,31 @@ def render_report(console: Console, report: RunReport) -> None:
     console.print(table)
 
 
-def render_runs(console: Console, runs: list[RunSummary], where: str) -> None:
+def render_runs(
+    console: Console,
+    runs: list[RunSummary],
+    where: str,
+    drivers: Mapping[str, DriverStatus] | None = None,
+) -> None:
+    """`mfm runs`; a running run with a driver record says whether its driver is alive."""
     if not runs:
         console.print(f"no runs in {escape(where)}")
         return
+    drivers = drivers or {}
     table = Table(title=f"runs in {escape(where)} (newest first)", show_edge=False, pad_edge=False)
     for column in ("run", "op", "started (UTC)", "phase", "events"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(column, no_wrap=column != "phase")
     for summary in runs:
         style = PHASE_STYLE.get(summary.phase, "")
+        phase = f"[{style}]{summary.phase.value}[/]"
+        driver = drivers.get(str(summary.run_id))
+        if driver is not None and summary.phase == RunPhase.RUNNING:
+            phase = driver_phase(str(summary.run_id), driver)
         table.add_row(
             str(summary.run_id),
             escape(summary.op_id),
             format_ms(summary.started_ms),
-            f"[{style}]{summary.phase.value}[/]",
+            phase,
             str(summary.head_seq),
         )
     console.print(table)

@@ -7,13 +7,18 @@ import contextlib
 import functools
 import json
 import os
+import shlex
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
+from rich.console import Console
 
 from mfm_dist.cli.app import (
     MAX_ATTEMPTS_LIMIT,
@@ -24,9 +29,11 @@ from mfm_dist.cli.app import (
     json_flag,
     pass_app,
 )
+from mfm_dist.cli.drivers import DrivenElsewhere, Driver, DriverLock
 from mfm_dist.cli.errors import CliError, ExitCode
 from mfm_dist.cli.options import PROFILES, build_run_config, parse_input
 from mfm_dist.cli.output import (
+    format_ms,
     result_lines,
     stderr_console,
 )
@@ -34,8 +41,9 @@ from mfm_dist.cli.progress import LiveProgress, ProgressTracker
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import load_run, prepare_run, result_from_history, store_manifest
-from mfm_dist.engine.local import LocalEngine
-from mfm_dist.errors import InvalidInput, MfmError
+from mfm_dist.engine.local import EventListener, LocalEngine
+from mfm_dist.errors import ConcurrencyError, InvalidInput, MfmError
+from mfm_dist.events import EventEnvelope, RunStarted
 from mfm_dist.ids import RunId
 from mfm_dist.inspect import StateStatus, run_report
 from mfm_dist.plan import ExecutionPlan
@@ -46,12 +54,173 @@ from mfm_dist.secrets import redact_url
 
 
 @contextlib.contextmanager
-def _progress(show: bool, label: str, tracker: ProgressTracker) -> Iterator[None]:
+def _progress(
+    show: bool, label: str, tracker: ProgressTracker, console: Console | None = None
+) -> Iterator[None]:
     if not show:
         yield
         return
-    with LiveProgress(stderr_console(), label, tracker):
+    with LiveProgress(console or stderr_console(), label, tracker):
         yield
+
+
+# -- driving a run in this process: its id at once, Ctrl-C, and other drivers ---------------------
+
+
+@dataclass
+class _Drive:
+    """What `_driving` needs to know about the run it guards."""
+
+    run_id: RunId
+    started: bool  # RunStarted is recorded (a resumed run always is)
+    finished: bool = False  # the engine returned: RunCompleted is recorded
+
+
+def resume_command(app: App, run_id: RunId) -> str:
+    """The exact command that continues `run_id` with the same stores and operations."""
+    return shlex.join(["mfm", *app.global_options(), "resume", str(run_id)])
+
+
+def _write_stderr(text: str) -> None:
+    """From a signal handler: straight to the file descriptor (no buffered-IO re-entry)."""
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode())
+
+
+@contextlib.contextmanager
+def _sigint_policy(app: App, drive: _Drive) -> Iterator[None]:
+    """The first Ctrl-C stops scheduling and lets the attempts in flight finish (they are
+    recorded); a second one exits at once (those attempts stay open for `resume`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    presses = 0
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            _write_stderr(
+                "\ninterrupt: letting the attempts in flight finish (Ctrl-C again to stop now)\n"
+            )
+            raise KeyboardInterrupt
+        if drive.started:
+            _write_stderr(
+                f"error[interrupted]: run {drive.run_id} stopped at once (attempts in flight left "
+                f"open); resume with: {resume_command(app, drive.run_id)}\n"
+            )
+        else:
+            _write_stderr(f"error[interrupted]: stopped before run {drive.run_id} started\n")
+        os._exit(ExitCode.INTERRUPTED)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+def _driven_elsewhere(run_id: RunId, driver: Driver | None) -> CliError:
+    who = "another process"
+    if driver is not None:
+        who = f"{driver.where} (since {format_ms(driver.since_ms)})"
+    return CliError(
+        "run_driven_elsewhere",
+        f"run {run_id} is being driven by {who}; follow it with `mfm status {run_id}`, "
+        "or stop that process and resume again",
+    )
+
+
+@contextlib.contextmanager
+def _driving(app: App, run_id: RunId, *, started: bool) -> Iterator[_Drive]:
+    """Execute `run_id` here as its only driver, and say what happened when it stops early.
+
+    Holds the run's driver lock (`mfm_dist.cli.drivers`) so `mfm runs`/`status` can tell a
+    live run from an abandoned one, and refuses (`run_driven_elsewhere`) if a live process
+    holds it. Ctrl-C ends with `error[interrupted]`, the run id, the exact resume command
+    and exit 130. A driver without the lock (another host, the Python API) is detected by
+    the store's expected-seq guard; losing that race is `run_driven_elsewhere` too."""
+    try:
+        lock = DriverLock.acquire(app.events, str(run_id))
+    except DrivenElsewhere as exc:
+        raise _driven_elsewhere(run_id, exc.driver) from None
+    drive = _Drive(run_id, started)
+    try:
+        with _sigint_policy(app, drive):
+            yield drive
+    except KeyboardInterrupt:
+        if not (drive.started or _has_events(app, run_id)):
+            raise CliError(
+                "interrupted",
+                f"interrupted before run {run_id} started; nothing to resume",
+                ExitCode.INTERRUPTED,
+            ) from None
+        drive.started = True
+        raise CliError(
+            "interrupted",
+            f"run {run_id} interrupted; resume with: {resume_command(app, run_id)}",
+            ExitCode.INTERRUPTED,
+        ) from None
+    except ConcurrencyError as exc:
+        if exc.code != "expected_seq_mismatch":
+            raise
+        details = exc.info.details if isinstance(exc.info.details, dict) else {}
+        moved = ""
+        if "head_seq" in details and "expected_seq" in details:
+            moved = f" (event {details['head_seq']} was written where this process expected "
+            moved += f"{int(details['expected_seq']) + 1})"
+        raise CliError(
+            "run_driven_elsewhere",
+            f"run {run_id} is being driven by another process: it wrote to the run's history"
+            f"{moved} while this process was driving it, so this process stopped; nothing "
+            f"is lost — follow the run with `mfm status {run_id}`",
+        ) from None
+    finally:
+        if lock is not None:
+            started_now = drive.started or _has_events(app, run_id)
+            lock.release(finished=drive.finished or not started_now)
+
+
+def _has_events(app: App, run_id: RunId) -> bool:
+    """Whether the run exists in the store (True when the store cannot say)."""
+    try:
+        return app.events.head_seq(run_id) > 0
+    except Exception:
+        return True
+
+
+@dataclass
+class _Announcer:
+    """An engine listener that says the run id the moment the run is recorded."""
+
+    drive: _Drive
+    console: Console | None  # None: quiet (--json keeps stderr for errors only)
+    label: str
+    total: int
+
+    def __call__(self, env: EventEnvelope) -> None:
+        if not isinstance(env.event, RunStarted) or self.drive.started:
+            return
+        self.drive.started = True
+        if self.console is not None:
+            self.console.print(
+                f"started run {env.run_id} ({self.label}, {self.total} states)",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
+
+
+def _listeners(*listeners: EventListener | None) -> EventListener:
+    """One engine listener calling each given one; a display never fails the run."""
+    active = [fn for fn in listeners if fn is not None]
+
+    def listen(env: EventEnvelope) -> None:
+        for fn in active:
+            with contextlib.suppress(Exception):
+                fn(env)
+
+    return listen
 
 
 def _wants_progress(as_json: bool) -> bool:
@@ -207,16 +376,24 @@ def run(
     prepared = prepare_run(registry, op, run_input, run_config, version=op_version)
     manifest_id = store_manifest(app.artifacts, prepared.manifest)
     show = _wants_progress(as_json)
-    tracker = ProgressTracker(total=len(prepared.plan.compiled))
-    engine = LocalEngine(app.events, app.artifacts, registry, listener=tracker if show else None)
-    with _progress(show, str(prepared.plan.op_id), tracker):
-        result = engine.start(
-            plan=prepared.plan,
-            run_config=prepared.run_config,
-            manifest=prepared.manifest,
-            manifest_id=manifest_id,
-            initial_context=prepared.initial_context,
-        )
+    console = stderr_console()
+    label, total = str(prepared.plan.op_id), len(prepared.plan.compiled)
+    tracker = ProgressTracker(total=total)
+    run_id = RunId.mint()
+    with _driving(app, run_id, started=False) as drive:
+        announcer = _Announcer(drive, None if as_json else console, label, total)
+        listener = _listeners(announcer, tracker if show else None)
+        engine = LocalEngine(app.events, app.artifacts, registry, listener=listener)
+        with _progress(show, label, tracker, console):
+            result = engine.start(
+                plan=prepared.plan,
+                run_config=prepared.run_config,
+                manifest=prepared.manifest,
+                manifest_id=manifest_id,
+                initial_context=prepared.initial_context,
+                run_id=run_id,
+            )
+        drive.finished = True
     _finish(app, result, as_json, prepared.plan, prepared.run_config)
 
 
@@ -366,8 +543,13 @@ def resume(
         engine = LocalEngine(
             app.events, app.artifacts, registry, listener=tracker if show else None
         )
-        with _progress(show and loaded.history.completed is None, str(loaded.plan.op_id), tracker):
-            result = engine.resume(rid)
+        if loaded.history.completed is not None:
+            result = engine.resume(rid)  # finished: returns its result, appends nothing
+        else:
+            with _driving(app, rid, started=True) as drive:
+                with _progress(show, str(loaded.plan.op_id), tracker):
+                    result = engine.resume(rid)
+                drive.finished = True
     _finish(app, result, as_json, loaded.plan, loaded.manifest.run_config)
 
 

@@ -39,11 +39,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FileArtifactStore(ArtifactStore):
-    """Create-only artifact files under `root` (`file:///path`)."""
+    """Create-only artifact files under `root` (`file:///path`).
 
-    def __init__(self, root: Path | str) -> None:
+    With `read_only=True` nothing is created (a missing root holds no artifacts) and a put
+    raises `store_read_only`: what the CLI's read commands use, so an archived, read-only
+    home can be audited."""
+
+    def __init__(self, root: Path | str, *, read_only: bool = False) -> None:
         self.root = Path(root).absolute()
         self.url = f"file://{self.root.as_posix()}"
+        self.read_only = read_only
+        if read_only:
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -64,6 +71,12 @@ class FileArtifactStore(ArtifactStore):
         return path.is_file()
 
     def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+        if self.read_only:
+            raise StorageError(
+                "store_read_only",
+                f"the artifact store {self.url} was opened read-only; cannot write {artifact_id}",
+                details={"artifact_id": artifact_id},
+            )
         path = self.object_path(artifact_id)
         if path.exists():
             self._verify_existing(path, artifact_id, data)

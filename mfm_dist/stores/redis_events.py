@@ -20,7 +20,10 @@ whole batch — all or nothing. `append_next` lets the script assign the next
 seqs, so parallel writers never race on positions.
 
 Retries: connection errors and timeouts are retried with bounded backoff, then
-`StorageUnavailable` (retryable). A retried append is safe because every call
+`StorageUnavailable` (retryable). Refused credentials or permissions (a wrong or
+missing password, an ACL without the command) are not retried: they fail at once
+with `storage_auth_failed` (not retryable), although redis-py's
+`AuthenticationError` is a `ConnectionError`. A retried append is safe because every call
 carries a client-generated batch id that the script records with the batch: a
 retry after an ambiguous failure (timeout after the server committed) finds its
 own batch and returns the same seqs instead of appending twice.
@@ -78,6 +81,41 @@ RUN_INDEX_KEY = b"mfm:runs"
 WAITAOF_MIN_VERSION = (7, 2)
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 _OWN_QUERY_KEYS = ("durable", "durable_timeout_ms")
+# Credentials refused or lacking a permission: no retry can fix these. redis-py maps the
+# replies to these classes (two of them subclass ConnectionError); a reply it does not map
+# (e.g. from inside a script) still starts with the server's error code.
+_CREDENTIALS_REFUSED = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.AuthenticationWrongNumberOfArgsError,
+)
+_PERMISSION_DENIED = (redis.exceptions.NoPermissionError, redis.exceptions.AuthorizationError)
+_AUTH_REPLY_CODES = ("WRONGPASS", "NOAUTH", "NOPERM")
+
+
+def is_auth_failure(exc: BaseException) -> bool:
+    """True if Redis refused our credentials or a permission (never transient)."""
+    if isinstance(exc, (*_CREDENTIALS_REFUSED, *_PERMISSION_DENIED)):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_AUTH_REPLY_CODES)
+
+
+def auth_failed(where: str, what: str, exc: BaseException) -> StorageError:
+    """`storage_auth_failed` for `exc` (an auth failure), naming only the redacted `where`.
+
+    The server's own text is not quoted (it may name the user); the message never carries
+    the credentials."""
+    denied = isinstance(exc, _PERMISSION_DENIED) or str(exc).startswith("NOPERM")
+    reason = (
+        f"denied the permission to run {what}"
+        if denied
+        else f"refused the credentials (a wrong or missing user or secret) during {what}"
+    )
+    return StorageError(
+        "storage_auth_failed",
+        f"redis at {where} {reason} ({type(exc).__name__}); not retried: check the "
+        "credentials in the store URL or the MFM_REDIS_* settings",
+        details={"action": what, "error": type(exc).__name__},
+    )
 
 
 def _load_script() -> str:
@@ -236,7 +274,11 @@ class RedisEventStore(EventStore):
         for attempt in range(self._retries + 1):
             try:
                 return fn()
-            except _TRANSIENT as exc:
+            except redis.RedisError as exc:
+                if is_auth_failure(exc):  # before _TRANSIENT: AuthenticationError is one
+                    raise auth_failed(self.url, what, exc) from None
+                if not isinstance(exc, _TRANSIENT):
+                    raise self._command_failed(what, exc) from None
                 if attempt == self._retries:
                     raise StorageUnavailable(
                         f"redis at {self.url} unavailable during {what} after "
@@ -244,17 +286,18 @@ class RedisEventStore(EventStore):
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-            except redis.RedisError as exc:
-                if _server_busy(exc):  # out of memory, loading, busy script: it will pass
-                    raise StorageUnavailable(
-                        f"redis at {self.url} cannot serve {what} now ({type(exc).__name__})",
-                        code="redis_server_busy",
-                    ) from None
-                raise StorageError(
-                    "redis_command_failed",
-                    f"redis at {self.url} rejected {what} ({type(exc).__name__})",
-                ) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _command_failed(self, what: str, exc: redis.RedisError) -> StorageError:
+        if _server_busy(exc):  # out of memory, loading, busy script: it will pass
+            return StorageUnavailable(
+                f"redis at {self.url} cannot serve {what} now ({type(exc).__name__})",
+                code="redis_server_busy",
+            )
+        return StorageError(
+            "redis_command_failed",
+            f"redis at {self.url} rejected {what} ({type(exc).__name__})",
+        )
 
     def _check_durable_support(self) -> None:
         info = self._call("INFO", lambda: self._client.info("server"))

@@ -19,6 +19,14 @@ A store object used after `fork()` reopens its connection in the child.
 Schema versions (`PRAGMA user_version`): 2 added `attempts.completed` and the
 `facts` table. Opening a version-1 file adds the column and rebuilds both from
 the stored events, once, inside the schema transaction.
+
+Read-only mode (`read_only=True`, what the CLI's read commands use): the file is
+opened with `mode=ro` and nothing is ever created — no directory, no database, no
+schema or upgrade; a missing file reads as an empty store. A WAL database in a
+directory the reader cannot write (an archived, read-only home) cannot get its
+`-shm` index, so it is then opened as `immutable` — which is exact only while no
+`-wal` file holds changes: if one does, the open fails with `sqlite_open_failed`
+rather than showing a stale history. Appends raise `store_read_only`.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
@@ -53,6 +62,8 @@ DEFAULT_BUSY_TIMEOUT_S = 30.0
 T = TypeVar("T")
 SCHEMA_VERSION = 2
 _FORK_ORPHANS: list[sqlite3.Connection] = []
+# A read-only open failing with one of these may succeed as `immutable` (it needs no -shm).
+_NEEDS_IMMUTABLE = ("SQLITE_READONLY", "SQLITE_CANTOPEN")  # and SQLITE_READONLY_* variants
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -214,37 +225,52 @@ class SqliteEventStore(EventStore):
         *,
         synchronous: Synchronous = "FULL",
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise InvalidInput("sqlite_synchronous_invalid", "synchronous must be FULL or NORMAL")
         self.path = Path(path).absolute()
         self.url = f"sqlite://{self.path.as_posix()}"
+        self.read_only = read_only
         self._synchronous: Synchronous = synchronous
         self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            raise StorageError(
-                "sqlite_open_failed", "cannot create the event store directory"
-            ) from None
+        self._absent = False  # read-only, no store in the file yet: an empty stand-in
+        self._legacy = False  # read-only on a version-1 file: no `facts` table
+        if not read_only:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                raise StorageError(
+                    "sqlite_open_failed", "cannot create the event store directory"
+                ) from None
         with self._lock:
             self._connection()
 
     # --- connection management -------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        """The open connection (caller holds the lock); reopened after close or fork."""
+        """The open connection (caller holds the lock); reopened after close or fork, and
+        (read-only) once a file that was missing appears."""
         if self._conn is not None and self._pid == os.getpid():
-            return self._conn
+            if not (self._absent and self.path.exists()):
+                return self._conn
+            self._conn.close()
+            self._conn = None
         if self._conn is not None:
             # Inherited across fork: never use or close it here (closing could disturb the
             # parent's locks and WAL); keep it referenced so it is never finalized either.
             _FORK_ORPHANS.append(self._conn)
         self._conn = None
         self._pid = os.getpid()
+        conn = self._open_read_only() if self.read_only else self._open_writable()
+        self._conn = conn
+        return conn
+
+    def _open_writable(self) -> sqlite3.Connection:
+        """Open (creating if needed) in WAL mode, with the schema brought up to date."""
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -275,7 +301,59 @@ class SqliteEventStore(EventStore):
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """Open without creating or changing anything (see the module docstring)."""
+        self._absent = not self.path.exists()
+        if self._absent:
+            return _empty_database()
+        try:
+            conn = self._connect_read_only(immutable=False)
+        except sqlite3.Error as exc:
+            if not str(getattr(exc, "sqlite_errorname", "")).startswith(_NEEDS_IMMUTABLE):
+                raise _storage_error(exc, "open") from None
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise StorageError(
+                    "sqlite_open_failed",
+                    f"cannot read {self.url} read-only: its write-ahead log holds changes and "
+                    "its directory is not writable (open it once with write access, or copy "
+                    "the database with its -wal file to a writable directory)",
+                    details={"action": "open", "sqlite_error": exc.sqlite_errorname},
+                ) from None
+            try:
+                conn = self._connect_read_only(immutable=True)
+            except sqlite3.Error as again:
+                raise _storage_error(again, "open") from None
+        try:
+            tables = {str(row[0]) for row in conn.execute("SELECT name FROM sqlite_master")}
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _storage_error(exc, "open") from None
+        if "events" not in tables or "runs" not in tables:
+            conn.close()  # not initialised yet (or not ours): nothing recorded in it so far
+            self._absent = True
+            return _empty_database()
+        self._legacy = version < SCHEMA_VERSION or "facts" not in tables
+        return conn
+
+    def _connect_read_only(self, *, immutable: bool) -> sqlite3.Connection:
+        uri = f"file:{quote(self.path.as_posix())}?mode=ro" + ("&immutable=1" if immutable else "")
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=self._busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # fails here if at all
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _read(self, action: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -289,6 +367,12 @@ class SqliteEventStore(EventStore):
     @contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
         """One serialized write transaction: committed on success, rolled back on any error."""
+        if self.read_only:
+            raise StorageError(
+                "store_read_only",
+                f"the event store {self.url} was opened read-only; cannot {action}",
+                details={"action": action},
+            )
         with self._lock:
             conn = self._connection()
             try:
@@ -305,6 +389,11 @@ class SqliteEventStore(EventStore):
                 if isinstance(exc, sqlite3.Error):
                     raise _storage_error(exc, action) from None
                 raise
+
+    @property
+    def missing(self) -> bool:
+        """True when the store is read-only and its file does not exist (it reads as empty)."""
+        return self.read_only and not self.path.exists()
 
     @property
     def synchronous(self) -> str:
@@ -426,6 +515,13 @@ class SqliteEventStore(EventStore):
         return [_decode(str(run_id), seq, body) for seq, body in rows]
 
     def fact_binding(self, run_id: RunId, key: str) -> ArtifactId | None:
+        if self._legacy:  # read-only on a version-1 file: derive it from the events
+            for env in self.read_range(run_id):
+                if isinstance(env.event, DomainEvent) and env.event.name == FACT_RECORDED:
+                    binding = fact_binding_of(env.event)
+                    if binding is not None and binding[0] == key:
+                        return ArtifactId(binding[1])
+            return None
         bound = self._read("fact_binding", lambda c: _fact_binding(c, str(run_id), key))
         return None if bound is None else ArtifactId(bound)
 
@@ -451,6 +547,14 @@ class SqliteEventStore(EventStore):
             ]
         except (ValueError, ValidationError):
             raise Corruption("sqlite_run_row_invalid", "a stored run summary is invalid") from None
+
+
+def _empty_database() -> sqlite3.Connection:
+    """An empty store in memory: what a read-only store shows for a file that is not there."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    return conn
 
 
 def _decode(run_id: str, seq: int, body: bytes) -> EventEnvelope:

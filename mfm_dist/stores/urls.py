@@ -5,6 +5,10 @@ Artifacts: `memory://`, `file:///path/to/dir`, `s3://bucket/prefix?endpoint=http
 `MFM_EVENTS_URL` / `MFM_ARTIFACTS_URL` override the embedded defaults under
 `MFM_HOME` (default `./.mfm`). Backends with extra dependencies are imported
 only when their scheme is used, so the core needs no Redis or S3 client.
+
+`read_only=True` opens the embedded backends (SQLite, files) without creating or
+changing anything, for commands that only read; the other backends are opened as
+usual (a reader never writes to them).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def _local_path(url: str) -> Path:
     return Path(path)
 
 
-def open_event_store(url: str) -> EventStore:
+def open_event_store(url: str, *, read_only: bool = False) -> EventStore:
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from mfm_dist.stores.memory import InMemoryEventStore
@@ -44,7 +48,7 @@ def open_event_store(url: str) -> EventStore:
     if scheme == "sqlite":
         from mfm_dist.stores.sqlite import SqliteEventStore
 
-        return SqliteEventStore(_local_path(url))
+        return SqliteEventStore(_local_path(url), read_only=read_only)
     if scheme in ("redis", "rediss", "unix"):
         from mfm_dist.stores.redis_events import RedisEventStore
 
@@ -52,7 +56,7 @@ def open_event_store(url: str) -> EventStore:
     raise UnsupportedStoreUrl("event", url)
 
 
-def open_artifact_store(url: str) -> ArtifactStore:
+def open_artifact_store(url: str, *, read_only: bool = False) -> ArtifactStore:
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from mfm_dist.stores.memory import InMemoryArtifactStore
@@ -61,7 +65,7 @@ def open_artifact_store(url: str) -> ArtifactStore:
     if scheme == "file":
         from mfm_dist.stores.files import FileArtifactStore
 
-        return FileArtifactStore(_local_path(url))
+        return FileArtifactStore(_local_path(url), read_only=read_only)
     if scheme == "s3":
         from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 
@@ -96,9 +100,14 @@ def open_stores(
     events_url: str | None = None,
     artifacts_url: str | None = None,
     home: str | os.PathLike[str] | None = None,
+    *,
+    read_only: bool = False,
 ) -> Stores:
     default_events, default_artifacts = default_urls(home)
-    return Stores(
-        events=open_event_store(events_url or default_events),
-        artifacts=open_artifact_store(artifacts_url or default_artifacts),
-    )
+    events = open_event_store(events_url or default_events, read_only=read_only)
+    try:
+        artifacts = open_artifact_store(artifacts_url or default_artifacts, read_only=read_only)
+    except BaseException:
+        events.close()
+        raise
+    return Stores(events=events, artifacts=artifacts)
