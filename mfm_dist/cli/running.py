@@ -446,10 +446,11 @@ def _follow(
 @cli.command()
 @click.option(
     "--queues",
-    type=click.Choice(["control", "attempts", "all"]),
+    type=click.Choice(["control", "submit", "attempts", "all"]),
     default="all",
     show_default=True,
-    help="control: coordination (run one, -c 1); attempts: state attempts (scale these).",
+    help="control: coordination (run one, -c 1); submit: submissions (the mfm.submit and "
+    "default queues); attempts: state attempts (scale these).",
 )
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), help="Worker processes.")
 @click.option("--loglevel", default="INFO", show_default=True)
@@ -461,10 +462,12 @@ def worker(queues: str, concurrency: int | None, loglevel: str) -> None:
     except ImportError as exc:
         raise _distributed_unavailable(exc) from None
     settings = Settings.from_env()
+    submit = [settings.submit_queue] + ([settings.default_queue] if settings.default_queue else [])
     names = {
         "control": [settings.control_queue],
+        "submit": submit,
         "attempts": [settings.attempt_queue],
-        "all": [settings.control_queue, settings.attempt_queue],
+        "all": [settings.control_queue, *submit, settings.attempt_queue],
     }[queues]
     argv = ["worker", "-Q", ",".join(names), "-P", "prefork", "--loglevel", loglevel]
     argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
