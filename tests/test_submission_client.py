@@ -240,3 +240,28 @@ def test_secret_shaped_input_is_refused_and_echoed_nowhere(
         for key in r.scan_iter():
             assert b"zebra" not in (r.dump(key) or b""), (db, key)
     assert "zebra" not in cluster.logs()
+
+
+def test_runs_progress_by_inline_continuation_without_a_control_worker(
+    cluster: LocalCluster, rt: Runtime
+) -> None:
+    """The submission worker takes a new run's first step and each attempt worker the step
+    after its attempt: no `advance` message is needed on the way (the control worker only
+    serves timers and joins)."""
+    control = next(n for n in cluster.workers if n.startswith("control"))
+    cluster.stop_worker(control)
+    try:
+        reply = client(
+            cluster,
+            "send-task",
+            {
+                "op": "fanout_demo",
+                "input": {"items": 6},
+                "config": {"execution_mode": {"FanOutJoin": {"max_concurrency": 2}}},
+            },
+        )
+        chain = client(cluster, "send-task", {"op": "chain_demo", "input": {"states": 8}})
+        for run in (reply, chain):
+            assert wait_for_run(run["run_id"], 60, runtime=rt).phase == RunPhase.COMPLETED
+    finally:
+        cluster.start_worker("control")

@@ -5,6 +5,7 @@ records what would be sent to Celery (tests run the attempts themselves)."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -263,8 +264,10 @@ def test_permanent_advance_failure_ends_the_run_with_its_code(h: Harness) -> Non
             )
         ],
     )
-    h.rt.coord.record_plan(rid, "f" * 64)  # the deployed code expands another plan
-    assert h.coordinator.advance(rid) == "aborted:plan_mismatch"
+    h.rt.coord.record_plan(rid, "f" * 64)  # the run was submitted with other code …
+    newly_deployed = Coordinator(h.rt, h.dispatcher)  # … than this coordinator's
+    assert newly_deployed.advance(rid) == "aborted:plan_mismatch"
+    newly_deployed.close()
     history = RunHistory.load(h.rt.events, RunId(rid))
     result = result_from_history(history)
     assert result.phase.value == "Failed" and result.error is not None
@@ -343,6 +346,7 @@ def test_lock_lost_during_a_slow_advance_dispatches_nothing(
     real = h.rt.run_context
 
     def slow(manifest_id: str) -> Any:  # S3 so slow that the lock expired meanwhile
+        time.sleep(h.rt.settings.lock_ttl_s / 2)
         h.rt.redis.delete(run_key(rid, "lock"))
         return real(manifest_id)
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -120,6 +122,8 @@ class CachedRun:
     ctx: RunContext
     history: RunHistory
     progress: RunProgress
+    plan_checked: bool = False
+    """The recorded plan fingerprint matched ours (checked once per cached run)."""
 
 
 @dataclass
@@ -128,6 +132,8 @@ class Step:
 
     status: str
     wake_ms: int | None
+    head: int | None = None
+    """The log head this look had seen (recorded for joins to compare)."""
 
 
 class Coordinator:
@@ -135,6 +141,9 @@ class Coordinator:
         self.rt = runtime
         self.dispatcher = dispatcher
         self._runs: OrderedDict[str, CachedRun] = OrderedDict()
+        # Several threads may coordinate different runs at once (a submission batch); the
+        # Redis lock keeps one coordinator per run, this lock keeps the cache consistent.
+        self._cache_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="mfm-prefetch")
 
     def close(self) -> None:
@@ -143,12 +152,19 @@ class Coordinator:
         self._runs.clear()
 
     # -- entry point ----------------------------------------------------------------------------
-    def advance(self, run_id: str, *, watchdog: object = None) -> str:
+    def advance(self, run_id: str, *, watchdog: object = None, join: bool = False) -> str:
         """Returns a short status: busy, finished, aborted:<code>, dispatched:N, waiting,
-        idle, lock_lost or finish_rejected:<rule>. (`watchdog` is accepted and ignored:
-        wake-up messages of older versions carried a token.)"""
+        idle, joined, lock_lost or finish_rejected:<rule>. (`watchdog` is accepted and
+        ignored: wake-up messages of older versions carried a token.)
+
+        `join`: a chord's join — skipped (`joined`) when the run's log has not grown since
+        the last look, which inline continuation usually has taken already."""
         rid = str(RunId(run_id))
         coord = self.rt.coord
+        if join:
+            looked = coord.looked_head(rid)
+            if looked is not None and looked == self.rt.events.head_seq(RunId(rid)):
+                return "joined"
         ttl_ms = int(self.rt.settings.lock_ttl_s * 1000)
         token = coord.try_lock(rid, ttl_ms)
         if token is None:
@@ -156,14 +172,23 @@ class Coordinator:
             return "busy"
         lock = _Lock(coord, rid, token, ttl_ms)
         step = Step("error", self._watchdog_due())
+        rounds = 0
         try:
             with self.rt.timings.phase("coord_advance"):
-                step = self._advance_locked(rid, lock)
-                for _ in range(DIRTY_ROUNDS):
-                    if step.wake_ms is None or not coord.take_dirty(rid):
-                        break
+                while True:
                     step = self._advance_locked(rid, lock)
-            return step.status
+                    rounds += 1
+                    go_on = step.wake_ms is not None and rounds < DIRTY_ROUNDS
+                    if step.wake_ms is not None:
+                        coord.schedule(rid, step.wake_ms)
+                    head = step.head if step.wake_ms is not None else None
+                    again = coord.unlock(rid, token, head=head, go_on=go_on)
+                    if again != 2:
+                        token = ""  # released
+                        if again == 1 and step.wake_ms is not None:
+                            # A wake-up arrived after our last look: one more (no spin).
+                            self.dispatcher.send_advance(rid)
+                        return step.status
         except LockLost:
             log.warning("run %s: coordinator lock lost during a long advance", rid)
             step = Step("lock_lost", self._watchdog_due())
@@ -186,16 +211,11 @@ class Coordinator:
                 step = Step("retry", now_millis() + TRANSIENT_RETRY_MS)
             raise
         finally:
-            if step.wake_ms is not None:
+            if token:  # left by an exception: keep the run watched, let go of the lock
                 with contextlib.suppress(redis.RedisError):
-                    coord.schedule(rid, step.wake_ms)
-            dirty = False
-            with contextlib.suppress(redis.RedisError):
-                dirty = coord.unlock(rid, token)
-            if dirty and step.wake_ms is not None:
-                # A wake-up arrived after our last look: look again (one message, no spin).
-                with contextlib.suppress(Exception):
-                    self.dispatcher.send_advance(rid)
+                    if step.wake_ms is not None:
+                        coord.schedule(rid, step.wake_ms)
+                    coord.unlock(rid, token)
             self.rt.flush_timings()
 
     def _watchdog_due(self) -> int:
@@ -203,9 +223,11 @@ class Coordinator:
 
     # -- the run cache --------------------------------------------------------------------------
     def _load(self, rid: str) -> CachedRun:
-        cached = self._runs.get(rid)
+        with self._cache_lock:
+            cached = self._runs.get(rid)
+            if cached is not None:
+                self._runs.move_to_end(rid)
         if cached is not None:
-            self._runs.move_to_end(rid)
             try:
                 new = self._refresh(cached.history)
                 if new is not None:
@@ -216,7 +238,7 @@ class Coordinator:
                 log.warning("run %s: the log no longer continues the cached history", rid)
             except MfmError as exc:
                 log.warning("run %s: rebuilding cached state (%s)", rid, exc.info.code)
-            self._runs.pop(rid, None)
+            self._drop(rid)
         history = RunHistory.load(self.rt.events, RunId(rid))
         ctx = self.rt.run_context(str(history.started.manifest_id))
         for state_id in history.states:
@@ -231,9 +253,10 @@ class Coordinator:
             history, ctx.plan.compiled, ctx.manifest.run_config, self.rt.snapshots
         )
         run = CachedRun(ctx, history, progress)
-        self._runs[rid] = run
-        while len(self._runs) > RUN_CACHE_SIZE:
-            self._runs.popitem(last=False)
+        with self._cache_lock:
+            self._runs[rid] = run
+            while len(self._runs) > RUN_CACHE_SIZE:
+                self._runs.popitem(last=False)
         return run
 
     def _refresh(self, history: RunHistory) -> list[EventEnvelope] | None:
@@ -275,13 +298,15 @@ class Coordinator:
                 return Step("notifying", now_millis() + TRANSIENT_RETRY_MS)
             self._forget(rid)
             return Step("finished", None)
-        recorded = coord.record_plan_if_missing(rid, run.ctx.fingerprint)
-        if recorded != run.ctx.fingerprint:
+        if not run.plan_checked:
+            recorded = coord.record_plan_if_missing(rid, run.ctx.fingerprint)
+            run.plan_checked = recorded == run.ctx.fingerprint
+        if not run.plan_checked:
             raise RunError(
                 "plan_mismatch",
                 f"run {rid}: this coordinator's code expands a different plan than the run "
                 "recorded; deploy the code the run was submitted with",
-                details={"recorded": recorded, "local": run.ctx.fingerprint},
+                details={"local": run.ctx.fingerprint},
             )
         wake = self._watchdog_due()
         for _ in range(MAX_ROUNDS):
@@ -296,12 +321,13 @@ class Coordinator:
                 status = self._finish(rid, run, decision.finish)
                 if status == "notifying":
                     return Step(status, now_millis() + TRANSIENT_RETRY_MS)
-                return Step(status, None if status == "finished" else wake)
+                return Step(status, None if status == "finished" else wake, run.history.head)
             if decision.dispatch:
                 sent, due = self._dispatch(rid, run, decision.dispatch, lock)
-                return Step(f"dispatched:{sent}" if sent else "waiting", min(wake, due))
-            return Step("waiting" if decision.in_flight else "idle", wake)
-        return Step("waiting", wake)
+                status = f"dispatched:{sent}" if sent else "waiting"
+                return Step(status, min(wake, due), run.history.head)
+            return Step("waiting" if decision.in_flight else "idle", wake, run.history.head)
+        return Step("waiting", wake, run.history.head)
 
     def _decide(self, rid: str, run: CachedRun, lock: _Lock) -> tuple[Decision, int]:
         """Settle the reservations (drop the stale and the lost, send the due), then decide.
@@ -475,7 +501,7 @@ class Coordinator:
                 # Not finished: something changed under us (e.g. an attempt opened). Keep
                 # the run's cache honest and its timer armed; the next advance decides.
                 log.warning("run %s: RunCompleted rejected (%s); will look again", rid, exc.rule)
-                self._runs.pop(rid, None)
+                self._drop(rid)
                 return f"finish_rejected:{exc.rule}"
             log.info("run %s: already completed by another coordinator", rid)
         run = self._load(rid)
@@ -495,7 +521,7 @@ class Coordinator:
             retryable=False,
             message=f"the coordinator cannot continue this run: {exc.info.message}",
         ).redacted()
-        cached = self._runs.pop(rid, None)
+        cached = self._drop(rid)
         try:
             history = RunHistory.load(self.rt.events, RunId(rid))
         except MfmError as unreadable:
@@ -535,17 +561,27 @@ class Coordinator:
         log.info("run %s: sent its completion to %s", rid, record.on_complete.task)
         return True
 
+    def _drop(self, rid: str) -> CachedRun | None:
+        with self._cache_lock:
+            return self._runs.pop(rid, None)
+
     def _forget(self, rid: str) -> None:
-        self._runs.pop(rid, None)
+        self._drop(rid)
         self.rt.coord.forget_run(rid)
 
 
 class _Lock:
-    """The held coordinator lock of one advance; `renew()` before each store-heavy step."""
+    """The held coordinator lock of one advance; `renew()` before each store-heavy step
+    (a round trip only once a third of the TTL has passed since the last one)."""
 
     def __init__(self, coord: Coordination, rid: str, token: str, ttl_ms: int) -> None:
         self._coord, self._rid, self._token, self._ttl_ms = coord, rid, token, ttl_ms
+        self._renewed = time.monotonic()
 
     def renew(self) -> None:
+        now = time.monotonic()
+        if now - self._renewed < self._ttl_ms / 3000.0:
+            return
         if not self._coord.renew_lock(self._rid, self._token, self._ttl_ms):
             raise LockLost(self._rid)
+        self._renewed = now

@@ -13,6 +13,8 @@ All keys of a run share the hash tag `{<run_id>}` with the event store's keys:
   dead local holder's lock is taken over at once);
 * `mfm:{rid}:dirty` — set by an `advance` that found the lock busy: the holder runs one more
   round before it lets go, so no wake-up is lost and nobody spins on the lock;
+* `mfm:{rid}:looked` — the log head the last coordinator look had seen (a chord's join skips
+  its look when nothing was appended since);
 * `mfm:{rid}:reserved` — hash `state_id -> "<attempt>:<deadline_ms>:<kind>:<since_ms>"` of
   attempts the coordinator decided on that the log does not show yet. Kinds: `d` delayed (a
   retry waiting out its backoff until `deadline`; nothing sent yet), `s` sent (on the broker
@@ -62,11 +64,17 @@ _COMPARE_PEXPIRE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-# KEYS: lock, dirty. ARGV: token. Release the lock if still ours; take (and report) a
-# wake-up that arrived since the holder last looked.
+# KEYS: lock, dirty, looked. ARGV: token, head, continue_if_dirty. Record the log head the
+# holder has seen; then, if a wake-up arrived since its last look (dirty) and the caller may
+# go on, keep the lock and return 2 (look again); else release it and return 1 if a wake-up
+# arrived after all (the caller sends one `advance`), 0 if none did.
 _UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return redis.call('DEL', KEYS[2])
+local mine = redis.call('GET', KEYS[1]) == ARGV[1]
+if mine and ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', 86400) end
+local dirty = redis.call('DEL', KEYS[2])
+if mine and dirty == 1 and ARGV[3] == '1' then return 2 end
+if mine then redis.call('DEL', KEYS[1]) end
+return dirty
 """
 # KEYS: key. ARGV: new value, ttl_ms, expected current value ('' = must be absent).
 _SET_IF = """
@@ -291,11 +299,20 @@ class Coordination:
             return None
         return token if self._set_if(keys=[key], args=[token, ttl_ms, text]) else None
 
-    def unlock(self, run_id: str, token: str) -> bool:
-        """Release the lock if still ours; True if a wake-up arrived meanwhile (the mark is
-        consumed: the caller sends one more `advance`)."""
-        keys = [run_key(run_id, "lock"), run_key(run_id, "dirty")]
-        return bool(self._unlock(keys=keys, args=[token]))
+    def unlock(
+        self, run_id: str, token: str, *, head: int | None = None, go_on: bool = False
+    ) -> int:
+        """Release the lock (recording the log `head` its holder has seen). Returns 2 when a
+        wake-up arrived meanwhile and `go_on`: the lock is kept, look again; 1 when one
+        arrived but the lock was released: send one `advance`; 0 otherwise."""
+        keys = [run_key(run_id, "lock"), run_key(run_id, "dirty"), run_key(run_id, "looked")]
+        args = [token, "" if head is None else head, "1" if go_on else "0"]
+        return int(self._unlock(keys=keys, args=args))
+
+    def looked_head(self, run_id: str) -> int | None:
+        """The log head the last coordinator look of the run had seen."""
+        value = self.client.get(run_key(run_id, "looked"))
+        return None if value is None else int(value)
 
     def renew_lock(self, run_id: str, token: str, ttl_ms: int) -> bool:
         """Extend the coordinator lock if `token` still holds it (False: it was lost)."""
@@ -304,10 +321,6 @@ class Coordination:
     def mark_dirty(self, run_id: str, ttl_ms: int) -> None:
         """An `advance` found the lock busy: ask the holder for one more round."""
         self.client.set(run_key(run_id, "dirty"), b"1", px=ttl_ms)
-
-    def take_dirty(self, run_id: str) -> bool:
-        """Consume the busy mark (the holder is about to look again)."""
-        return self.client.getdel(run_key(run_id, "dirty")) is not None
 
     # -- reservations ---------------------------------------------------------------------------
     def reservations(self, run_id: str) -> dict[str, Reservation]:
@@ -367,7 +380,12 @@ class Coordination:
     def forget_run(self, run_id: str) -> None:
         """Drop the coordination state of a finished run (the event log stays)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.delete(run_key(run_id, "reserved"), run_key(run_id, "plan"), run_key(run_id, "dirty"))
+        pipe.delete(
+            run_key(run_id, "reserved"),
+            run_key(run_id, "plan"),
+            run_key(run_id, "dirty"),
+            run_key(run_id, "looked"),
+        )
         pipe.zrem(TIMERS_KEY, run_id)
         pipe.execute()
 

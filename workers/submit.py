@@ -93,6 +93,7 @@ def accept(
     *,
     delivery_id: str | None = None,
     run_id: str | None = None,
+    coordinate: Callable[[str], object] | None = None,
 ) -> Accepted:
     """Start the run a submission names, or find the one it already started (docs:
     submission). Everything `LocalEngine.start` checks is checked before anything is
@@ -150,7 +151,10 @@ def accept(
         if found is None:
             raise
         return found
-    wake(rt, str(rid))
+    if coordinate is not None:
+        coordinate(str(rid))  # inline: this process takes the run's first step
+    else:
+        wake(rt, str(rid))
     return Accepted(str(rid), "created")
 
 
@@ -175,11 +179,15 @@ BATCH_THREADS = 8
 
 
 def receive(
-    rt: Runtime, args: Sequence[Any], kwargs: dict[str, Any], delivery_id: str | None
+    rt: Runtime,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    delivery_id: str | None,
+    coordinate: Callable[[str], object] | None = None,
 ) -> dict[str, Any]:
     """One `mfm.submit` message → its JSON reply. Never raises: a refusal is a reply with a
     stable code, logged as one WARNING line (code only) and counted (`submission_log`)."""
-    reply, outcome, code = _receive_one(rt, lambda: _payload(args, kwargs), delivery_id)
+    reply, outcome, code = _receive_one(rt, lambda: _payload(args, kwargs), delivery_id, coordinate)
     _record(rt, [outcome] if outcome else [], [(code, delivery_id)] if code else [])
     return reply
 
@@ -188,7 +196,11 @@ MAX_BATCH = 1000
 
 
 def receive_batch(
-    rt: Runtime, requests: Any, delivery_id: str | None, unknown: Sequence[str] = ()
+    rt: Runtime,
+    requests: Any,
+    delivery_id: str | None,
+    unknown: Sequence[str] = (),
+    coordinate: Callable[[str], object] | None = None,
 ) -> dict[str, Any]:
     """`mfm.submit_batch(requests=[…])` → `{"replies": [...]}`, one reply per request in
     order; keyless requests are idempotent per (delivery id, index)."""
@@ -210,7 +222,7 @@ def receive_batch(
     def one(item: tuple[int, Any]) -> tuple[dict[str, Any], str | None, str | None]:
         index, request = item
         sub_id = f"{delivery_id}/{index}" if delivery_id is not None else None
-        return _receive_one(rt, lambda: request, sub_id)
+        return _receive_one(rt, lambda: request, sub_id, coordinate)
 
     with ThreadPoolExecutor(min(BATCH_THREADS, len(requests)), "mfm-submit") as pool:
         results = list(pool.map(one, enumerate(requests)))
@@ -223,12 +235,15 @@ def receive_batch(
 
 
 def _receive_one(
-    rt: Runtime, payload: Callable[[], Any], delivery_id: str | None
+    rt: Runtime,
+    payload: Callable[[], Any],
+    delivery_id: str | None,
+    coordinate: Callable[[str], object] | None,
 ) -> tuple[dict[str, Any], str | None, str | None]:
     """(reply, outcome or None, rejection code or None)."""
     try:
         request = parse_request(payload())
-        accepted = accept(rt, request, delivery_id=delivery_id)
+        accepted = accept(rt, request, delivery_id=delivery_id, coordinate=coordinate)
     except Exception as exc:
         info = rejection_info(exc)
         log.warning("submission %s refused: %s", delivery_id or "-", info.code)
@@ -269,10 +284,6 @@ def wake(rt: Runtime, run_id: str) -> bool:
         )
         rt.coord.schedule_by(run_id, now_millis())
         return False
-
-
-def _started(rt: Runtime, rid: RunId) -> bool:
-    return rt.events.head_seq(rid) > 0
 
 
 def wait_for_run(

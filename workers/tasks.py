@@ -47,7 +47,7 @@ class CeleryDispatcher:
             )
             for t in attempts
         )
-        body = advance.si(run_id).set(queue=settings.control_queue)
+        body = advance.si(run_id, join=True).set(queue=settings.control_queue)
         chord(header, body).apply_async()
 
     def send_advance(self, run_id: str) -> None:
@@ -90,11 +90,12 @@ def coordinator() -> Coordinator:
 
 
 @app.task(name="mfm.advance", bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
-def advance(self: Any, run_id: str, watchdog: object = None) -> str:
+def advance(self: Any, run_id: str, watchdog: object = None, join: bool = False) -> str:
     """Coordinate a run one step. A transient fault is logged and left to the run's timer
-    (it looks again within one watchdog period); a permanent one ends the run."""
+    (it looks again within one watchdog period); a permanent one ends the run. `join`: a
+    chord's join, skipped when nothing was appended since the last look."""
     try:
-        return coordinator().advance(run_id)
+        return coordinator().advance(run_id, join=join)
     except MfmError as exc:
         if exc.info.code == "run_not_found" or not is_transient(exc):
             log.warning("advance %s: %s", run_id, exc.info.code)
@@ -122,7 +123,7 @@ def execute_attempt(
     would suppress the chord's join (the coordinator's next look)."""
     try:
         rt = get_runtime()
-        return run_one_attempt(
+        status = run_one_attempt(
             rt,
             run_id=run_id,
             manifest_id=manifest_id,
@@ -136,6 +137,25 @@ def execute_attempt(
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         log.error("run %s: attempt task for %s failed: %s", run_id, state_id, code)
         return f"error:{code}"
+    if status in FINISHED_ATTEMPT or status.startswith("failed:"):
+        coordinate_now(run_id)
+    return status
+
+
+FINISHED_ATTEMPT = frozenset({"completed", "skipped"})
+
+
+def coordinate_now(run_id: str) -> None:
+    """Take the run's next coordination step in this process, now (inline continuation):
+    the attempt that just ended, or the submission that just started a run, dispatches
+    what became ready without a broker hop. If another process is coordinating the run,
+    it is marked dirty and that process looks again; any failure is left to the run's
+    timer and to the chord's join."""
+    try:
+        coordinator().advance(run_id)
+    except Exception as exc:
+        code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
+        log.warning("run %s: inline coordination failed (%s); its timer retries", run_id, code)
 
 
 @app.task(name="mfm.submit", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
@@ -145,7 +165,7 @@ def submit(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     `{"run_id", "outcome"}` or `{"error": {...}}` — never raises."""
     from workers.submit import receive
 
-    return receive(get_runtime(), args, kwargs, self.request.id)
+    return receive(get_runtime(), args, kwargs, self.request.id, coordinate_now)
 
 
 @app.task(name="mfm.submit_batch", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
@@ -153,7 +173,7 @@ def submit_batch(self: Any, requests: Any = None, **unknown: Any) -> dict[str, A
     """Many submissions in one message: `requests=[{...}, ...]` → `{"replies": [...]}`."""
     from workers.submit import receive_batch
 
-    return receive_batch(get_runtime(), requests, self.request.id, sorted(unknown))
+    return receive_batch(get_runtime(), requests, self.request.id, sorted(unknown), coordinate_now)
 
 
 @app.task(name="mfm.noop", acks_late=True)  # type: ignore[untyped-decorator]
