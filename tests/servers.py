@@ -333,7 +333,11 @@ class S3Server:
                 env=env,
                 start_new_session=True,
             )
-        _wait_until(self._ready, self.proc, f"SeaweedFS S3 on port {self.port}")
+        try:
+            _wait_until(self._ready, self.proc, f"SeaweedFS S3 on port {self.port}")
+        except BaseException:
+            self.stop(kill=True)
+            raise
         return self
 
     def stop(self, *, kill: bool = False) -> None:
