@@ -252,8 +252,8 @@ def test_status_supervision_and_stop_tell_the_truth(cluster: Cluster, tmp_path: 
 
 
 def test_workers_run_with_the_same_flags_everywhere() -> None:
-    """cluster.sh, tests/cluster.py and compose all disable gossip, mingle and heartbeats
-    (the gossip consumer is where Celery 5.7 can die on an event without `hostname`)."""
+    """cluster.sh, tests/cluster.py and compose (services and image) all run workers
+    without gossip, mingle and heartbeats, as the README says."""
     script = SCRIPT.read_text()
     match = re.search(r"^WORKER_FLAGS=\((.*)\)$", script, re.M)
     assert match and tuple(match.group(1).split()) == WORKER_FLAGS
