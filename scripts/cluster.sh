@@ -24,7 +24,7 @@ WEED="${MFM_WEED:-$(dirname "$PY")/weed}"
 PORTS_FILE="$DIR/cluster.ports"
 BUCKET="${MFM_BUCKET:-mfm}"
 ACCESS="${MFM_S3_ACCESS_KEY:-mfm-local}"
-SECRET_VALUE="${MFM_S3_SECRET_KEY:-mfm-local-secret}"
+SECRET_VALUE="${MFM_S3_SECRET_KEY:-mfm-local}"
 STOP_GRACE_S="${MFM_STOP_GRACE_S:-10}"   # a worker's warm shutdown before SIGKILL
 READY_TIMEOUT_S="${MFM_READY_TIMEOUT_S:-90}"
 WORKER_FLAGS=(--without-gossip --without-mingle --without-heartbeat)
@@ -68,7 +68,10 @@ cmd, args = sys.argv[1], sys.argv[2:]
 
 
 def bindable(port: int) -> bool:
+    # SO_REUSEADDR as servers set it: connections in TIME_WAIT (a server just killed) do not
+    # count, only a socket bound or listening on the port does.
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -623,7 +626,12 @@ case "${1:-}" in
   start) start "${2:-2}" ;;
   stop) stop ;;
   status) status ;;
-  env) cluster_env ;;
+  env)
+    if [[ "$REDIS_PORT" == 0 || "$S3_PORT" == 0 ]]; then
+      err "no cluster recorded in $DIR and no fixed ports (MFM_REDIS_PORT/MFM_S3_PORT=0): start one first"
+      exit 1
+    fi
+    cluster_env ;;
   __supervise) shift; supervise "$@" ;;
   *) echo "usage: $0 start [N]|stop|status|env" >&2; exit 2 ;;
 esac
