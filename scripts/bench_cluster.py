@@ -1,4 +1,4 @@
-"""Benchmark the distributed backend on a local cluster (real redis-server, moto S3,
+"""Benchmark the distributed backend on a local cluster (real redis-server, SeaweedFS S3,
 real Celery workers: 1 control + 2 attempt-worker processes).
 
 Runs, in one script and on the same broker and workers:
@@ -97,7 +97,7 @@ def main() -> None:
         "--artifacts",
         choices=("s3", "file"),
         default="s3",
-        help="s3: the moto S3 server (default); file: a shared local file store, to "
+        help="s3: the SeaweedFS S3 server (default); file: a shared local file store, to "
         "separate the S3 server's cost from the engine's",
     )
     args = parser.parse_args()

@@ -3,11 +3,14 @@
 
 * Redis: the guarded Lua `append_next` of one attributed domain event vs a plain
   `XADD` of the same bytes — one client, then 8 client processes on one run.
-* S3 (moto): put of a new object (HEAD miss + conditional PUT), put of an existing
-  object (the HEAD short cut, no upload) and verified get, for 1 KB, 64 KB, 1 MB.
+* S3 (SeaweedFS, the server the tests use): put of a new object (HEAD miss + conditional
+  PUT), put of an existing object (the HEAD short cut, no upload) and verified get, for
+  1 KB, 64 KB, 1 MB. `--moto` runs the same on moto's Python server too, for comparison
+  (needs `pip install 'moto[server]'`, no longer a dependency).
 
-Starts its own redis-server and moto server on free loopback ports; bounded
-runtime (well under two minutes). Run: `.venv/bin/python scripts/bench_stores.py`.
+Starts its own redis-server and S3 server(s) on free loopback ports; bounded
+runtime (well under two minutes). Run: `.venv/bin/python scripts/bench_stores.py`
+(`--only s3` skips Redis).
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -33,6 +39,7 @@ from servers import (  # type: ignore[import-not-found]  # noqa: E402
     TEST_S3_SECRET,
     RedisServer,
     S3Server,
+    free_port,
 )
 
 from mfm_dist.artifacts import ArtifactKind  # noqa: E402
@@ -168,40 +175,85 @@ def timed(calls: list[Callable[[], object]]) -> list[float]:
     return out
 
 
-def bench_s3(iterations: dict[int, int]) -> list[tuple[str, str, float, float]]:
-    os.environ[S3_ACCESS_ENV] = TEST_S3_ACCESS
-    os.environ[S3_SECRET_ENV] = TEST_S3_SECRET
-    server = S3Server().start()
-    rows: list[tuple[str, str, float, float]] = []
-    try:
-        bucket = f"bench-{uuid.uuid4().hex[:12]}"
-        server.create_bucket(bucket)
-        store = S3ArtifactStore.from_url(server.url_for(bucket, "bench"))
-        store.put(ArtifactKind.OUTPUT, b"warm-up")
-        for size, n in iterations.items():
-            blobs = [os.urandom(size) for _ in range(n)]
-            new = timed([partial(store.put, ArtifactKind.OUTPUT, b) for b in blobs])
-            existing = timed([partial(store.put, ArtifactKind.OUTPUT, blobs[0])] * n)
-            aid = store.put(ArtifactKind.OUTPUT, blobs[0])
-            gets = timed([partial(store.get, aid)] * n)
-            label = f"{size // 1024} KB" if size < 1024 * 1024 else f"{size // (1024 * 1024)} MB"
-            for op, lat in (("put new", new), ("put existing", existing), ("get", gets)):
-                rows.append((label, op, pct(lat, 0.5), pct(lat, 0.99)))
-        store.close()
-    finally:
-        server.stop()
+S3Row = tuple[str, str, float, float]
+S3_SIZES = {1024: 300, 64 * 1024: 200, 1024 * 1024: 40}
+
+
+def bench_s3(url: str, iterations: dict[int, int]) -> list[S3Row]:
+    """Latencies of the artifact store on `url` (its bucket must exist)."""
+    rows: list[S3Row] = []
+    store = S3ArtifactStore.from_url(url)
+    store.put(ArtifactKind.OUTPUT, b"warm-up")  # the bucket's first put creates its volume
+    for size, n in iterations.items():
+        blobs = [os.urandom(size) for _ in range(n)]
+        new = timed([partial(store.put, ArtifactKind.OUTPUT, b) for b in blobs])
+        existing = timed([partial(store.put, ArtifactKind.OUTPUT, blobs[0])] * n)
+        aid = store.put(ArtifactKind.OUTPUT, blobs[0])
+        gets = timed([partial(store.get, aid)] * n)
+        label = f"{size // 1024} KB" if size < 1024 * 1024 else f"{size // (1024 * 1024)} MB"
+        for op, lat in (("put new", new), ("put existing", existing), ("get", gets)):
+            rows.append((label, op, pct(lat, 0.5), pct(lat, 0.99)))
+    store.close()
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", type=int, default=10000, help="appends for the single client")
-    parser.add_argument("--ops-each", type=int, default=2000, help="appends per process")
-    parser.add_argument("--procs", type=int, default=8)
-    args = parser.parse_args()
+def bench_s3_seaweedfs(iterations: dict[int, int]) -> list[S3Row]:
+    server = S3Server().start()
+    try:
+        bucket = f"bench-{uuid.uuid4().hex[:12]}"
+        server.create_bucket(bucket)
+        return bench_s3(server.url_for(bucket, "bench"), iterations)
+    finally:
+        server.cleanup()
 
-    started = time.perf_counter()
-    version, redis_rows = bench_redis(args.ops, args.ops_each, args.procs)
+
+def bench_s3_moto(iterations: dict[int, int]) -> list[S3Row]:
+    """The same on moto's server (accepts any credentials; state in memory)."""
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": TEST_S3_ACCESS, "AWS_SECRET_ACCESS_KEY": "x"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=0.5)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("no moto server (pip install 'moto[server]')") from None
+                time.sleep(0.1)
+        from minio import Minio
+
+        bucket = f"bench-{uuid.uuid4().hex[:12]}"
+        client = Minio(
+            f"127.0.0.1:{port}",
+            access_key=TEST_S3_ACCESS,
+            secret_key=TEST_S3_SECRET,
+            secure=False,
+            region="us-east-1",
+        )
+        client.make_bucket(bucket)
+        return bench_s3(f"s3://{bucket}/bench?endpoint=http://127.0.0.1:{port}", iterations)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def print_s3(title: str, rows: list[S3Row]) -> None:
+    print(f"\n{title} latency (ms)")
+    print(f"{'size':<7} {'op':<13} {'p50':>8} {'p99':>8}")
+    for row in rows:
+        print(f"{row[0]:<7} {row[1]:<13} {fmt_ms(row[2])} {fmt_ms(row[3])}")
+
+
+def print_redis(version: str, redis_rows: list[Row]) -> None:
     print(f"\nredis-server {version} (AOF everysec) — append of one event; latency in ms")
     print(f"{'clients':<10} {'mode':<8} {'ops/s':>9} {'p50':>8} {'p99':>8}")
     by_key = {(r[0], r[1]): r for r in redis_rows}
@@ -217,11 +269,27 @@ def main() -> None:
                 f"p50 x{g[3] / p[3]:.2f}   p99 x{g[4] / p[4]:.2f}"
             )
 
-    s3_rows = bench_s3({1024: 300, 64 * 1024: 200, 1024 * 1024: 40})
-    print("\nS3 (moto server) latency (ms)")
-    print(f"{'size':<7} {'op':<13} {'p50':>8} {'p99':>8}")
-    for s3_row in s3_rows:
-        print(f"{s3_row[0]:<7} {s3_row[1]:<13} {fmt_ms(s3_row[2])} {fmt_ms(s3_row[3])}")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=10000, help="appends for the single client")
+    parser.add_argument("--ops-each", type=int, default=2000, help="appends per process")
+    parser.add_argument("--procs", type=int, default=8)
+    parser.add_argument("--only", choices=("all", "redis", "s3"), default="all")
+    parser.add_argument(
+        "--moto", action="store_true", help="also measure moto's S3 server (for comparison)"
+    )
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    if args.only in ("all", "redis"):
+        print_redis(*bench_redis(args.ops, args.ops_each, args.procs))
+    if args.only in ("all", "s3"):
+        os.environ[S3_ACCESS_ENV] = TEST_S3_ACCESS
+        os.environ[S3_SECRET_ENV] = TEST_S3_SECRET
+        print_s3("S3 (SeaweedFS `weed mini`)", bench_s3_seaweedfs(S3_SIZES))
+        if args.moto:
+            print_s3("S3 (moto server, same client and sizes)", bench_s3_moto(S3_SIZES))
     print(f"\ntotal benchmark time {time.perf_counter() - started:.1f}s")
 
 

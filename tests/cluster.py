@@ -1,5 +1,5 @@
 """A real local cluster for tests and benchmarks: redis-server (AOF, `noeviction`), the
-moto S3 server behind a switchable TCP proxy, and real `celery -A workers.app worker`
+SeaweedFS S3 server behind a switchable TCP proxy, and real `celery -A workers.app worker`
 subprocesses (prefork pool).
 
     with LocalCluster(root, attempt_workers=2) as cluster:
@@ -8,7 +8,7 @@ subprocesses (prefork pool).
 
 Workers are process-group leaders, so stopping one reliably stops its pool children;
 `kill_pid` SIGKILLs one pool child (a worker lost mid-attempt). `s3_proxy.disable()`
-makes S3 unreachable without losing moto's in-memory data.
+makes S3 unreachable while the server keeps running (and its data).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Distributed execution end to end: real redis-server (AOF), a real moto S3 server and
+"""Distributed execution end to end: real redis-server (AOF), a real S3 server (SeaweedFS) and
 real Celery worker processes (CONTRACT §7.4, §11)."""
 
 from __future__ import annotations

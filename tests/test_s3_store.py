@@ -1,11 +1,14 @@
-"""S3ArtifactStore against a real moto S3 server process."""
+"""S3ArtifactStore against a real S3 server process: SeaweedFS (`weed mini`), which checks
+signatures against one static identity and enforces `If-None-Match: *` itself."""
 
 from __future__ import annotations
 
 import io
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -13,7 +16,13 @@ import pytest
 
 from mfm_dist.artifacts import ArtifactKind, OtherArtifactKind, get_json, put_json
 from mfm_dist.canonical import artifact_id_of_bytes
-from mfm_dist.errors import Corruption, InvalidInput, NotFound, StorageUnavailable
+from mfm_dist.errors import (
+    Corruption,
+    InvalidInput,
+    NotFound,
+    StorageError,
+    StorageUnavailable,
+)
 from mfm_dist.stores.s3_artifacts import KIND_METADATA, S3ArtifactStore
 from mfm_dist.stores.urls import open_artifact_store
 
@@ -111,12 +120,94 @@ def test_lost_race_with_different_bytes_is_corruption(
         store.put(ArtifactKind.OUTPUT, data)
 
 
+def test_create_only_put_under_contention_has_one_winner(
+    s3_artifacts_url: str, s3_server: S3Server
+) -> None:
+    """16 writers race to create one key with different bytes of the same size: the
+    server's `If-None-Match: *` lets exactly one in; every other writer sees that the
+    stored object is not its own (412 + read-back, or the HEAD short cut's ETag check)."""
+    store = S3ArtifactStore.from_url(s3_artifacts_url)
+    aid = artifact_id_of_bytes(b"the id all writers claim")
+    candidates = [f"candidate {i:02d}".encode() for i in range(16)]
+    barrier = threading.Barrier(len(candidates))
+
+    def put(data: bytes) -> str:
+        barrier.wait()
+        try:
+            store._put_raw(aid, ArtifactKind.OUTPUT, data)
+        except Corruption:
+            return "lost"
+        return "won"
+
+    with ThreadPoolExecutor(max_workers=len(candidates)) as pool:
+        outcomes = list(pool.map(put, candidates))
+    assert outcomes.count("won") == 1, outcomes
+    winner = candidates[outcomes.index("won")]
+    bucket, key = _bucket_and_key(s3_artifacts_url, aid)
+    resp = s3_server.client().get_object(bucket, key)
+    try:
+        assert resp.read() == winner
+    finally:
+        resp.close()
+        resp.release_conn()
+
+
+def test_missing_bucket_is_not_found(s3_server: S3Server, s3_credentials: None) -> None:
+    store = S3ArtifactStore.from_url(s3_server.url_for(new_bucket_name(), "p"))
+    with pytest.raises(NotFound) as err:
+        store.put(ArtifactKind.OUTPUT, b"nowhere to go")
+    assert err.value.code == "s3_bucket_not_found"
+    with pytest.raises(NotFound) as err:
+        store.get(artifact_id_of_bytes(b"nowhere to go"))
+    assert err.value.code == "s3_bucket_not_found"
+    # Never mistaken for an absent artifact (which would make a reader wait or re-put).
+    with pytest.raises(NotFound) as err:
+        store.exists(artifact_id_of_bytes(b"nowhere to go"))
+    assert err.value.code == "s3_bucket_not_found"
+
+
 def test_create_bucket_option(s3_server: S3Server, s3_credentials: None) -> None:
     bucket = new_bucket_name()
+    assert not s3_server.client().bucket_exists(bucket)
     store = S3ArtifactStore.from_url(s3_server.url_for(bucket, "p") + "&create_bucket=1")
+    assert s3_server.client().bucket_exists(bucket)
     aid = store.put(ArtifactKind.OUTPUT, b"x")
     assert store.get(aid) == b"x"
-    assert s3_server.client().bucket_exists(bucket)
+    # Opening it again with the option is fine: the bucket already exists.
+    again = S3ArtifactStore.from_url(s3_server.url_for(bucket, "p") + "&create_bucket=1")
+    assert again.get(aid) == b"x"
+
+
+def test_wrong_credentials_are_refused(
+    s3_artifacts_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server checks signatures: a wrong secret is a permanent (non-retryable) error
+    that names no secret, for puts and gets alike; so is an unknown access key."""
+    good = S3ArtifactStore.from_url(s3_artifacts_url)
+    aid = good.put(ArtifactKind.OUTPUT, b"signed for real")
+    for access, secret in (("mfm-test", "not-the-secret"), ("nobody", "whatever-secret")):
+        monkeypatch.setenv("MFM_S3_ACCESS_KEY", access)
+        monkeypatch.setenv("MFM_S3_SECRET_KEY", secret)
+        bad = S3ArtifactStore.from_url(s3_artifacts_url)
+        for attempt in (partial(bad.put, ArtifactKind.OUTPUT, b"x"), partial(bad.get, aid)):
+            with pytest.raises(StorageError) as err:
+                attempt()
+            assert err.value.code == "s3_request_failed", err.value
+            assert not err.value.retryable
+            assert secret not in str(err.value)
+
+
+def test_anonymous_requests_are_refused(
+    s3_artifacts_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aid = S3ArtifactStore.from_url(s3_artifacts_url).put(ArtifactKind.OUTPUT, b"private")
+    for name in ("MFM_S3_ACCESS_KEY", "MFM_S3_SECRET_KEY", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    anonymous = S3ArtifactStore.from_url(s3_artifacts_url)
+    with pytest.raises(StorageError) as err:
+        anonymous.get(aid)
+    assert err.value.code == "s3_request_failed"
 
 
 def test_credentials_in_url_refused_and_redacted(s3_server: S3Server) -> None:
@@ -140,9 +231,23 @@ def test_server_down_then_back(s3_factory: Callable[[], S3Server]) -> None:
     with pytest.raises(StorageUnavailable):
         store.get(aid)
 
-    server.start()  # moto keeps state in memory: the restarted server is empty
-    server.create_bucket(bucket)
+    server.start()  # the same data dir: what was stored before the outage is still there
+    assert store.get(aid) == b"before"
     aid2 = store.put(ArtifactKind.OUTPUT, b"after")
     assert store.get(aid2) == b"after"
-    with pytest.raises(NotFound):
-        store.get(aid)
+
+
+def test_server_killed_then_back_keeps_acknowledged_puts(
+    s3_factory: Callable[[], S3Server],
+) -> None:
+    """SIGKILL (no graceful flush): every put the server acknowledged is readable after a
+    restart on the same data dir."""
+    server = s3_factory()
+    bucket = new_bucket_name()
+    server.create_bucket(bucket)
+    store = S3ArtifactStore.from_url(server.url_for(bucket, "a"))
+    blobs = [f"acknowledged {i}".encode() * 50 for i in range(20)]
+    ids = [store.put(ArtifactKind.OUTPUT, b) for b in blobs]
+    server.stop(kill=True)
+    server.start()
+    assert [store.get(i) for i in ids] == blobs

@@ -53,7 +53,7 @@ from mfm_dist.stores.redis_events import RedisEventStore
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 from mfm_dist.stores.sqlite import SqliteEventStore
 
-# Real redis-server / moto S3 server fixtures (redis_url, s3_artifacts_url) from tests/servers.py.
+# Real redis-server / SeaweedFS S3 fixtures (redis_url, s3_artifacts_url) from tests/servers.py.
 
 # --- backends ---------------------------------------------------------------------------------
 
