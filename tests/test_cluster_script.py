@@ -189,12 +189,12 @@ def test_status_supervision_and_stop_tell_the_truth(cluster: Cluster, tmp_path: 
     # status: every component, with the pid the script recorded and that really serves.
     code, lines = cluster.status()
     assert code == 0, lines
-    assert set(lines) == {"redis", "s3", "control", "attempts1"}, lines
+    assert set(lines) == {"redis", "s3", "control", "submit", "attempts1"}, lines
     assert up_pid(lines["redis"]) == cluster.pid("redis")
     assert listening_pids(ports["REDIS_PORT"]) == {cluster.pid("redis")}
     assert up_pid(lines["s3"]) == cluster.pid("s3")
     assert cluster.pid("s3") in listening_pids(ports["S3_PORT"])
-    for name in ("control", "attempts1"):
+    for name in ("control", "submit", "attempts1"):
         assert up_pid(lines[name]) == cluster.pid(name)
         assert "restarts 0" in lines[name]
 

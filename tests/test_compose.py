@@ -19,12 +19,12 @@ def services() -> dict[str, Any]:
 
 def test_topology_and_queues() -> None:
     svc = services()
-    assert {"redis", "minio", "control", "attempts"} <= set(svc)
+    assert {"redis", "minio", "control", "submit", "attempts"} <= set(svc)
     control = " ".join(map(str, svc["control"]["command"]))
     attempts = " ".join(map(str, svc["attempts"]["command"]))
     assert "mfm.control" in control and "-c 1" in control.replace("--concurrency", "-c")
     assert "mfm.attempts" in attempts
-    for worker in ("control", "attempts"):
+    for worker in ("control", "submit", "attempts"):
         assert svc[worker]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert svc[worker]["restart"] == "unless-stopped"
 
