@@ -242,17 +242,10 @@ def test_control_worker_killed_and_restarted(
     control = next(n for n in cluster.workers if n.startswith("control"))
     cluster.stop_worker(control, kill=True)
     (gate / "open").write_text("")
-    slow = slow_id(run_id, rt)
-    wait_until(
-        lambda: any(
-            isinstance(e.event, StateCompleted) and e.state_id == slow
-            for e in events_of(rt, run_id)
-        ),
-        "the gated state to complete",
-    )
-    assert rt.events.read_range(run_id)[-1].event.__class__ is not RunCompleted
-    cluster.start_worker("control")
+    # No control worker: the attempt that ends takes the run's next steps itself (inline
+    # continuation), so the run finishes anyway; the control worker comes back after.
     result = finished(cluster, run_id, rt)
+    cluster.start_worker("control")
     assert result.phase == RunPhase.COMPLETED
     assert_clean_history(events_of(rt, run_id))
 

@@ -122,10 +122,14 @@ class Harness:
 
 
 @pytest.fixture
-def h(env: None) -> Iterator[Harness]:
+def h(env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+    from workers import tasks
+
     rt = Runtime()
     dispatcher = FakeDispatcher()
     coordinator = Coordinator(rt, dispatcher)
+    # Wake-ups go to the recording dispatcher, never to whatever broker Celery points at.
+    monkeypatch.setattr(tasks, "send_advance", dispatcher.send_advance)
     yield Harness(rt, dispatcher, coordinator)
     coordinator.close()
     rt.close()
