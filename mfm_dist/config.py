@@ -124,11 +124,11 @@ def positive_duration(value: Duration | None, what: str) -> Duration | None:
 class RunConfig(OptionalExtensions):
     """How a run executes. Part of the manifest, so it is hashed into the manifest id.
 
-    `state_timeout` (default for states that declare none) and `run_deadline` extend the
-    reference shape; left out of the JSON while unset, so existing manifest ids hold."""
+    `state_timeout` (the timeout of states that declare none) extends the reference shape;
+    it is left out of the JSON while unset, so existing manifest ids hold."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("state_timeout", "run_deadline")
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("state_timeout",)
 
     io_mode: IoMode = IoMode.LIVE
     retry_policy: RetryPolicy = RetryPolicy()
@@ -139,9 +139,8 @@ class RunConfig(OptionalExtensions):
     skip_tags: list[str] = Field(default_factory=list)
     nix_flake_allowlist: list[str] = Field(default_factory=list)
     state_timeout: Duration | None = None
-    run_deadline: Duration | None = None
 
-    @field_validator("state_timeout", "run_deadline")
+    @field_validator("state_timeout")
     @classmethod
     def _positive(cls, value: Duration | None, info: ValidationInfo) -> Duration | None:
         return positive_duration(value, str(info.field_name))

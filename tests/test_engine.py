@@ -546,7 +546,7 @@ def test_timeouts_leave_manifest_ids_of_configs_without_them_unchanged() -> None
 
     plain = RunConfig()
     assert b"state_timeout" not in canonical_bytes(plain.model_dump(mode="json"))
-    timed = RunConfig(state_timeout=Duration(secs=5), run_deadline=Duration(secs=60))
+    timed = RunConfig(state_timeout=Duration(secs=5))
     assert RunConfig.model_validate(timed.model_dump(mode="json")) == timed
     with pytest.raises(ValueError):
         RunConfig(state_timeout=Duration(secs=0))

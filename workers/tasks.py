@@ -73,7 +73,17 @@ class CeleryDispatcher:
 
 def send_advance(run_id: str) -> None:
     """Enqueue one `advance(run_id)` on the control queue, now."""
-    advance.apply_async(args=(run_id,), queue=get_runtime().settings.control_queue)
+    advance.apply_async(
+        args=(run_id,),
+        queue=get_runtime().settings.control_queue,
+        # Fail fast: a wake-up that cannot be sent is left to the run's timer; nobody reads
+        # its result, so the result store is not touched.
+        retry_policy=WAKE_RETRY_POLICY,
+        ignore_result=True,
+    )
+
+
+WAKE_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
 
 
 _coordinator: Coordinator | None = None
