@@ -48,13 +48,14 @@ def raw_chord(n: int) -> float:
     return time.perf_counter() - start
 
 
-def raw_round_trip(samples: int = 30) -> float:
+def raw_round_trip(samples: int = 30, queue: str = "mfm.attempts") -> float:
+    """Median seconds of one no-op task's round trip through `queue` (the baseline)."""
     from workers.tasks import noop
 
     times = []
     for _ in range(samples):
         start = time.perf_counter()
-        noop.apply_async(queue="mfm.attempts").get(timeout=TIMEOUT_S)
+        noop.apply_async(queue=queue).get(timeout=TIMEOUT_S)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -22,7 +22,6 @@ Bounded: every wait has a timeout; the cluster is torn down at the end.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -30,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
+from bench_cluster import raw_round_trip  # noqa: E402
 from cluster import LocalCluster  # noqa: E402
 
 TIMEOUT_S = 600.0
@@ -50,17 +50,6 @@ def raw_throughput(n: int) -> float:
         timeout=TIMEOUT_S
     )
     return time.perf_counter() - start
-
-
-def raw_round_trip(samples: int = 30) -> float:
-    from workers.tasks import noop
-
-    times = []
-    for _ in range(samples):
-        start = time.perf_counter()
-        noop.apply_async(queue="mfm.submit").get(timeout=TIMEOUT_S)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def requests(n: int, tag: str) -> list[dict[str, Any]]:
@@ -155,7 +144,7 @@ def main() -> None:
         raw_throughput(100)
 
         raw_s = raw_throughput(args.runs)
-        rtt = raw_round_trip()
+        rtt = raw_round_trip(queue="mfm.submit")
         rows.append((f"raw Celery: {args.runs} no-op tasks on mfm.submit", f"{raw_s:.2f} s"))
         rows.append(("  tasks/s", f"{args.runs / raw_s:.0f}"))
         rows.append(("raw Celery round trip (median)", f"{rtt * 1000:.2f} ms"))

@@ -53,23 +53,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
-def _float(name: str, default: float) -> float:
+def _float(name: str, default: float, *, zero_ok: bool = False) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     value = float(raw)
-    if value <= 0:
-        raise ValueError(f"{name} must be positive")
-    return value
-
-
-def _nonnegative(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    value = float(raw)
-    if value < 0:
-        raise ValueError(f"{name} must not be negative")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name} must be {'non-negative' if zero_ok else 'positive'}")
     return value
 
 
@@ -150,7 +140,7 @@ class Settings:
             submit_queue=env.get("MFM_SUBMIT_QUEUE") or "mfm.submit",
             default_queue=env.get("MFM_DEFAULT_QUEUE", "celery").strip(),
             timer_poll_s=_float("MFM_TIMER_POLL_S", 0.25),
-            max_state_timeout_s=_nonnegative("MFM_MAX_STATE_TIMEOUT_S", 3600.0),
+            max_state_timeout_s=_float("MFM_MAX_STATE_TIMEOUT_S", 3600.0, zero_ok=True),
         )
 
     @property
