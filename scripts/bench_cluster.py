@@ -95,6 +95,12 @@ def main() -> None:
     parser.add_argument("--states", type=int, default=1000)
     parser.add_argument("--chain", type=int, default=100)
     parser.add_argument(
+        "--inline",
+        choices=("on", "off"),
+        default="on",
+        help="MFM_INLINE_COORDINATION of the workers (off: chord joins and timers only)",
+    )
+    parser.add_argument(
         "--artifacts",
         choices=("s3", "file"),
         default="s3",
@@ -114,6 +120,7 @@ def main() -> None:
         operations="",
         proxy_s3=False,
         artifacts_url=artifacts_url,
+        extra_env={"MFM_INLINE_COORDINATION": "1" if args.inline == "on" else "0"},
     ) as c:
         c.activate()
         mfm_run("fanout_demo", {"items": 50}, fan)  # warm up workers and caches
@@ -150,7 +157,7 @@ def main() -> None:
     width = max(len(r[0]) for r in rows) + 2
     print(
         f"\nmfm-dist cluster benchmark (2 attempt-worker processes, -c 1 each; {n} states; "
-        f"artifacts: {args.artifacts})"
+        f"artifacts: {args.artifacts}; inline coordination {args.inline})"
     )
     print("-" * (width + 14))
     for label, value in rows:

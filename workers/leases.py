@@ -102,6 +102,15 @@ if r then
 end
 return 1
 """
+# KEYS: reserved. ARGV: state_id, "<attempt>:". Drop the state's reservation if it is for
+# that attempt; return how many remain.
+_RELEASE_RESERVATION = """
+local r = redis.call('HGET', KEYS[1], ARGV[1])
+if r and string.sub(r, 1, string.len(ARGV[2])) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return redis.call('HLEN', KEYS[1])
+"""
 # KEYS: timers. ARGV: now_ms, rearm_ms, limit. Due run ids, each pushed `rearm_ms` ahead so
 # a lost wake-up message is sent again one period later.
 _POP_DUE = """
@@ -208,6 +217,7 @@ class Coordination:
         self._set_if = client.register_script(_SET_IF)
         self._acquire = client.register_script(_ACQUIRE_LEASE)
         self._pop_due = client.register_script(_POP_DUE)
+        self._release_reservation = client.register_script(_RELEASE_RESERVATION)
 
     # -- plan fingerprint -----------------------------------------------------------------------
     def record_plan(self, run_id: str, fingerprint: str) -> None:
@@ -333,6 +343,16 @@ class Coordination:
         if entries:
             mapping = {s: r.encode() for s, r in entries.items()}
             self.client.hset(run_key(run_id, "reserved"), mapping=mapping)
+
+    def release_reservation(self, run_id: str, state_id: str, attempt: int) -> int:
+        """The attempt is in the log now: drop its reservation (only if it still names that
+        attempt). Returns how many reservations remain — attempts dispatched that no
+        coordinator look has seen close yet."""
+        return int(
+            self._release_reservation(
+                keys=[run_key(run_id, "reserved")], args=[state_id, f"{attempt}:"]
+            )
+        )
 
     def clear_reservations(self, run_id: str, state_ids: Iterable[str]) -> None:
         ids = list(state_ids)

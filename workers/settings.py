@@ -22,6 +22,9 @@
   a dead holder on the same host is taken over at once).
 * `MFM_WATCHDOG_S` (lease TTL + 1): the longest a running run goes without its coordinator
   looking at it (its timer in `mfm:timers`; sooner when a backoff or reservation ends).
+* `MFM_INLINE_COORDINATION` (on): the attempt that ends, and the submission that starts a
+  run, take the run's next coordination step in their own process instead of waiting for
+  the chord's join (`0`: joins and timers only).
 * `MFM_TIMER_POLL_S` (0.25): how often every control worker polls the due timers.
 * `MFM_MAX_STATE_TIMEOUT_S` (3600; `0`: no cap): the deployment's cap on any state's
   timeout, and the timeout of states that declare none — so no handler can hold a run
@@ -114,6 +117,7 @@ class Settings:
     submit_queue: str = "mfm.submit"
     default_queue: str = "celery"
     timer_poll_s: float = 0.25
+    inline_coordination: bool = True
     max_state_timeout_s: float = 3600.0
 
     @classmethod
@@ -140,6 +144,8 @@ class Settings:
             submit_queue=env.get("MFM_SUBMIT_QUEUE") or "mfm.submit",
             default_queue=env.get("MFM_DEFAULT_QUEUE", "celery").strip(),
             timer_poll_s=_float("MFM_TIMER_POLL_S", 0.25),
+            inline_coordination=env.get("MFM_INLINE_COORDINATION", "1").lower()
+            not in ("0", "false", "no", "off"),
             max_state_timeout_s=_float("MFM_MAX_STATE_TIMEOUT_S", 3600.0, zero_ok=True),
         )
 

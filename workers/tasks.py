@@ -12,6 +12,7 @@ from celery import chord, group
 from celery.signals import worker_ready, worker_shutdown
 
 from mfm_dist.errors import MfmError
+from mfm_dist.ids import RunId
 from workers.app import ATTEMPT_TASK, app
 from workers.attempts import execute_attempt as run_one_attempt
 from workers.coordinator import AttemptTask, Coordinator
@@ -147,12 +148,31 @@ def execute_attempt(
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         log.error("run %s: attempt task for %s failed: %s", run_id, state_id, code)
         return f"error:{code}"
-    if status in FINISHED_ATTEMPT or status.startswith("failed:"):
+    if (
+        rt.settings.inline_coordination
+        and (status in FINISHED_ATTEMPT or status.startswith("failed:"))
+        and _wave_done(rt, run_id, state_id, attempt)
+    ):
         coordinate_now(run_id)
     return status
 
 
 FINISHED_ATTEMPT = frozenset({"completed", "skipped"})
+
+
+def _wave_done(rt: Any, run_id: str, state_id: str, attempt: int) -> bool:
+    """Was this the last outstanding attempt of the run — none open, nothing else
+    dispatched? Then its successors may be ready and nobody else is about to look: continue
+    inline. In a wide wave most attempts end while others are still queued or running;
+    their looks would only contend for the lock, so the wave's last attempt (or the chord's
+    join) takes the step."""
+    try:
+        if rt.coord.release_reservation(run_id, state_id, attempt) > 0:
+            return False
+        count = getattr(rt.events, "open_attempt_count", None)
+        return count is None or int(count(RunId(run_id))) == 0
+    except Exception:
+        return True  # cannot tell: looking costs less than waiting for the join
 
 
 def coordinate_now(run_id: str) -> None:
@@ -175,7 +195,9 @@ def submit(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     `{"run_id", "outcome"}` or `{"error": {...}}` — never raises."""
     from workers.submit import receive
 
-    return receive(get_runtime(), args, kwargs, self.request.id, coordinate_now)
+    rt = get_runtime()
+    inline = coordinate_now if rt.settings.inline_coordination else None
+    return receive(rt, args, kwargs, self.request.id, inline)
 
 
 @app.task(name="mfm.submit_batch", bind=True, acks_late=True)  # type: ignore[untyped-decorator]

@@ -369,6 +369,12 @@ class RedisEventStore(EventStore):
 
     # --- EventStore ----------------------------------------------------------------------------
 
+    def open_attempt_count(self, run_id: RunId) -> int:
+        """How many attempts of the run are open now (the guard's own counter, O(1))."""
+        guard = _run_keys(str(run_id))[1]
+        value = self._call("HGET", lambda: self._client.hget(guard, "open_count"))
+        return int(value) if value is not None else 0
+
     def head_seq(self, run_id: RunId) -> int:
         guard = _run_keys(str(run_id))[1]
         value = self._call("HGET", lambda: self._client.hget(guard, "head"))
