@@ -130,6 +130,7 @@ def accept(
         manifest=manifest,
         manifest_id=manifest_id,
         initial_context=prepared.initial_context,
+        manifest_just_stored=True,
     )
     rt.coord.record_plan(str(rid), prepared.plan.fingerprint())
     # The run's timer exists before the run does: whoever dies after `RunStarted`, a control

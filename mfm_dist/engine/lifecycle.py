@@ -100,8 +100,12 @@ def validate_start(
     manifest: RunManifest,
     manifest_id: str,
     initial_context: Mapping[str, JsonValue],
+    manifest_just_stored: bool = False,
 ) -> bytes:
-    """Every check of CONTRACT §7.1 that precedes a write; returns the initial snapshot bytes."""
+    """Every check of CONTRACT §7.1 that precedes a write; returns the initial snapshot bytes.
+
+    `manifest_just_stored`: the caller has just put these very bytes (a create-only put
+    that verifies an existing object), so reading them back is skipped."""
     RunConfig.model_validate(run_config.model_dump(mode="json"))
     data = manifest.canonical()
     if artifact_id_of_bytes(data) != manifest_id:
@@ -120,9 +124,11 @@ def validate_start(
             raise RunError(
                 "plan_mismatch", "the plan differs from the one the manifest's pipeline expands to"
             )
-    if not artifacts.exists(manifest_id):
+    if manifest_just_stored:
+        pass
+    elif not artifacts.exists(manifest_id):
         raise NotFound(f"manifest {manifest_id} is not stored", code="manifest_not_found")
-    if artifacts.get(manifest_id) != data:
+    elif artifacts.get(manifest_id) != data:
         raise RunError("manifest_artifact_mismatch", "stored manifest differs from the request")
     if not isinstance(initial_context, Mapping):
         raise InvalidInput("initial_context_invalid", "the initial context must be a JSON object")
