@@ -808,6 +808,7 @@ class Soak:
         for old in self.faults_dir.glob("*"):
             old.unlink(missing_ok=True)
         before = self._restarts()
+        workers = [self.cluster.workers[n] for n in self.cluster.attempt_worker_names()]
         (self.faults_dir / "arm").write_text(mode)
         deadline = time.monotonic() + LEASE_DEATH_WAIT_S
         while True:
@@ -818,11 +819,15 @@ class Soak:
                 rec.update(triggered=True, state=text[1], pid=pid)
                 if mode != "worker":
                     return float(text[0])
-                # The hook writes its note, SIGKILLs its worker, then itself: wait until it
-                # is gone, then until the supervisor's replacement is ready.
+                # The hook writes its note, SIGKILLs its worker, then itself: wait until
+                # both are gone (a signal lands asynchronously: the worker may still look
+                # alive for a moment), then until the supervisor's replacement is ready.
                 host = holder_id().rpartition(":")[0]
                 gone = time.monotonic() + 5
-                while not holder_is_dead(f"{host}:{pid}") and time.monotonic() < gone:
+                while time.monotonic() < gone and not (
+                    holder_is_dead(f"{host}:{pid}")
+                    and any(w.proc.poll() is not None for w in workers)
+                ):
                     time.sleep(0.02)
                 return self._healed(rec, before)
             if (st.done.is_set() or time.monotonic() > deadline) and self._disarm():
