@@ -1055,10 +1055,40 @@ class Soak:
         return records
 
     # -- diagnostics ----------------------------------------------------------------------------
+    def harness_failure(self, plan: TrialPlan, exc: Exception) -> dict[str, Any]:
+        """The line of a trial the harness could not carry out (counted as a failure)."""
+        import traceback
+
+        self.failed_trials.append(plan.trial)
+        with contextlib.suppress(Exception):
+            self._settle()
+        out_dir = self.root / "failures"
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / f"trial-{plan.trial:04d}.txt").write_text(traceback.format_exc())
+        return {
+            "seed": plan.seed,
+            "trial": plan.trial,
+            "run_id": None,
+            "workload": plan.workload.as_json(),
+            "faults": [f.as_json() for f in plan.faults],
+            "phase": "Unknown",
+            "final_snapshot_id": None,
+            "duration_s": 0.0,
+            "recovery_s": None,
+            "bound_s": self.bound_s(plan.workload),
+            "checks": {"harness": f"{type(exc).__name__}: {exc}"},
+            "ok": False,
+        }
+
     def _diagnose(self, st: TrialState, line: dict[str, Any]) -> None:
         out_dir = self.root / "failures"
         out_dir.mkdir(exist_ok=True)
-        parts = [json.dumps(line, indent=1, default=str)]
+        o = self.opts
+        parts = [
+            f"reproduce: scripts/soak.py --seed {o.seed} --first-trial {st.plan.trial} --trials 1"
+            f" --lease-ttl {o.lease_ttl_s} --attempt-workers {o.attempt_workers}",
+            json.dumps(line, indent=1, default=str),
+        ]
         with contextlib.suppress(Exception):
             status = subprocess.run(
                 [self.mfm, "status", st.run_id], env=self.cli_env(), capture_output=True,
@@ -1231,7 +1261,10 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] | None = Non
                     say(f"soak: time budget of {opts.max_minutes} min used; stopping")
                     break
                 plan = plan_trial(opts.seed, trial, opts.kinds)
-                line = soak.run_trial(plan)
+                try:
+                    line = soak.run_trial(plan)
+                except Exception as exc:  # the harness itself failed: report it, go on
+                    line = soak.harness_failure(plan, exc)
                 lines.append(line)
                 if out is not None:
                     out.write(json.dumps(line, default=str) + "\n")
