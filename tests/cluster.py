@@ -71,6 +71,10 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._accept, args=(sock,), daemon=True)
         self._thread.start()
 
+    @property
+    def enabled(self) -> bool:
+        return self._listener is not None
+
     def disable(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -122,13 +126,31 @@ class TcpProxy:
 
 class Worker:
     def __init__(
-        self, name: str, proc: subprocess.Popen[bytes], logfile: Path, spec: dict[str, Any]
+        self,
+        name: str,
+        proc: subprocess.Popen[bytes],
+        logfile: Path,
+        spec: dict[str, Any],
+        log_offset: int = 0,
     ) -> None:
         self.name = name
         self.proc = proc
         self.logfile = logfile
         self.spec = spec
         self.restarts = 0
+        self.log_offset = log_offset
+        """Size of the (shared, appended) log file when this process started."""
+
+    def ready(self) -> bool:
+        """This process is alive and has logged ` ready.` since it started."""
+        if not self.alive():
+            return False
+        try:
+            with open(self.logfile, "rb") as fh:
+                fh.seek(self.log_offset)
+                return b" ready." in fh.read()
+        except OSError:
+            return False
 
     def children(self) -> list[int]:
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
@@ -237,6 +259,31 @@ class LocalCluster:
         self.redis.restart(kill=kill)
         self._configure_redis()
 
+    def freeze_s3(self) -> None:
+        """SIGSTOP the S3 server (its process group): requests hang instead of failing."""
+        self._signal_s3(signal.SIGSTOP)
+
+    def thaw_s3(self) -> None:
+        self._signal_s3(signal.SIGCONT)
+
+    def _signal_s3(self, sig: signal.Signals) -> None:
+        if self.s3.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.s3.proc.pid, sig)
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
+        """Wait until every worker is alive and ready (the supervisor restarts the ones
+        that exited); False if that did not happen within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._workers_lock:
+                workers = list(self.workers.values())
+            if all(w.ready() for w in workers):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
     def stop(self) -> None:
         self._stopping.set()
         if self._supervisor is not None:
@@ -314,6 +361,7 @@ class LocalCluster:
             kind, concurrency or self.attempt_concurrency
         )
         logfile = self.root / f"worker-{name}.log"
+        log_offset = logfile.stat().st_size if logfile.exists() else 0
         env = dict(os.environ)
         env.update(self.env)
         env.update(extra_env or {})
@@ -332,7 +380,7 @@ class LocalCluster:
             stderr=open(self.root / f"worker-{name}.stderr", "ab"),  # noqa: SIM115
             start_new_session=True,
         )
-        worker = Worker(name, proc, logfile, spec)
+        worker = Worker(name, proc, logfile, spec, log_offset)
         with self._workers_lock:
             self.workers[name] = worker
         if wait:

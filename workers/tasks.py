@@ -59,7 +59,7 @@ class CeleryDispatcher:
         try:
             with app.connection_for_read() as conn:
                 declared = conn.default_channel.queue_declare(
-                    queue=get_runtime().settings.attempt_queue, passive=True
+                    queue=get_runtime().settings.attempt_queue, passive=False
                 )
                 return int(declared.message_count)
         except Exception as exc:
