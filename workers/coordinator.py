@@ -464,15 +464,21 @@ class Coordinator:
             batch = tasks[k : k + DISPATCH_SLICE]
             lock.renew()
             now = now_millis()
-            coord.reserve(
-                rid, {t.state_id: Reservation(t.attempt, now, PENDING, now) for t in batch}
-            )
+            pending = {t.state_id: Reservation(t.attempt, now, PENDING, now) for t in batch}
+            coord.reserve(rid, pending)
             with self.rt.timings.phase("coord_send"):
                 self.dispatcher.send_chord(rid, batch)
             now = now_millis()
-            coord.reserve(
+            # A worker may have claimed an attempt already: its claim must survive.
+            coord.replace_reservations(
                 rid,
-                {t.state_id: Reservation(t.attempt, now + timeout_ms, SENT, now) for t in batch},
+                {
+                    t.state_id: (
+                        pending[t.state_id],
+                        Reservation(t.attempt, now + timeout_ms, SENT, now),
+                    )
+                    for t in batch
+                },
             )
 
     def _finish(self, rid: str, run: CachedRun, finish: Finish) -> str:

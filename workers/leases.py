@@ -111,6 +111,16 @@ if r and string.sub(r, 1, string.len(ARGV[2])) == ARGV[2] then
 end
 return redis.call('HLEN', KEYS[1])
 """
+# KEYS: reserved. ARGV: pairs of (state_id, expected value, new value). Replace each field
+# only if it still holds the expected value (a worker may have claimed it meanwhile).
+_REPLACE_RESERVATIONS = """
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+  end
+end
+return 1
+"""
 # KEYS: timers. ARGV: now_ms, rearm_ms, limit. Due run ids, each pushed `rearm_ms` ahead so
 # a lost wake-up message is sent again one period later.
 _POP_DUE = """
@@ -218,6 +228,7 @@ class Coordination:
         self._acquire = client.register_script(_ACQUIRE_LEASE)
         self._pop_due = client.register_script(_POP_DUE)
         self._release_reservation = client.register_script(_RELEASE_RESERVATION)
+        self._replace_reservations = client.register_script(_REPLACE_RESERVATIONS)
 
     # -- plan fingerprint -----------------------------------------------------------------------
     def record_plan(self, run_id: str, fingerprint: str) -> None:
@@ -343,6 +354,18 @@ class Coordination:
         if entries:
             mapping = {s: r.encode() for s, r in entries.items()}
             self.client.hset(run_key(run_id, "reserved"), mapping=mapping)
+
+    def replace_reservations(
+        self, run_id: str, changes: dict[str, tuple[Reservation, Reservation]]
+    ) -> None:
+        """`state → (expected, new)`: write `new` where the field still holds `expected` —
+        never over a claim a worker made in between."""
+        if not changes:
+            return
+        args: list[str] = []
+        for state_id, (old, new) in changes.items():
+            args += [state_id, old.encode(), new.encode()]
+        self._replace_reservations(keys=[run_key(run_id, "reserved")], args=args)
 
     def release_reservation(self, run_id: str, state_id: str, attempt: int) -> int:
         """The attempt is in the log now: drop its reservation (only if it still names that
