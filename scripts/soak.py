@@ -490,7 +490,8 @@ class Soak:
 
     # -- one trial ------------------------------------------------------------------------------
     def run_trial(self, plan: TrialPlan) -> dict[str, Any]:
-        from workers.submit import RunWaitTimeout, wait_for_run
+        from mfm_dist.waiting import RunWaitTimeout
+        from workers.submit import wait_for_run
 
         w = plan.workload
         config = w.config()
