@@ -4,7 +4,7 @@
     .venv/bin/python scripts/soak.py --trials 200 --seed 1 --out soak.jsonl
 
 The cluster is `tests/cluster.py`'s `LocalCluster` — redis-server with AOF `appendfsync
-always`, the moto S3 server behind a switchable TCP proxy, one control worker and
+always`, the SeaweedFS S3 server behind a switchable TCP proxy, one control worker and
 `--attempt-workers` attempt workers as real `celery worker` processes, and a supervisor that
 restarts workers that exit. This script puts `tests/` on `sys.path` to reuse it (it does not
 duplicate it), and the workers load `tests/soak_ops.py` (the `soak_demo` workload) and
