@@ -389,6 +389,11 @@ def test_cli_run_backend_celery_follow_detach_and_status_why(
     assert detached.exit_code == 0, detached.output
     run_id = json.loads(detached.stdout)["run_id"]
     pid = slow_started(gate)
+    wait_until(  # every item done, so `slow` is the one state the join waits on
+        lambda: sum(isinstance(e.event, StateCompleted) for e in events_of(rt, RunId(run_id)))
+        >= run_input["items"],  # type: ignore[operator]
+        "the items to complete",
+    )
     status = runner.invoke(cli, ["--ops", "dist_ops", "status", run_id, "--json"])
     report = json.loads(status.stdout)
     slow = next(s for s in report["states"] if s["state_id"].endswith(".slow"))
