@@ -36,6 +36,22 @@ from mfm_dist.run import RunPhase  # noqa: E402
 TIMEOUT_S = 300.0
 
 
+def bench_cluster(
+    root: Path, artifacts: str, extra_env: dict[str, str] | None = None
+) -> LocalCluster:
+    """The benchmarks' cluster: 2 attempt workers, AOF everysec, no S3 proxy; `artifacts`
+    `file` keeps artifacts in a shared directory (to separate the S3 server's cost)."""
+    return LocalCluster(
+        root,
+        attempt_workers=2,
+        appendfsync="everysec",
+        operations="",
+        proxy_s3=False,
+        artifacts_url=f"file://{root / 'artifacts'}" if artifacts == "file" else None,
+        extra_env=extra_env,
+    )
+
+
 def raw_chord(n: int) -> float:
     from celery import chord, group
 
@@ -111,16 +127,11 @@ def main() -> None:
     n = args.states
     fan = RunConfig(execution_mode=FanOutJoin(max_concurrency=n))
     root = Path(tempfile.mkdtemp(prefix="mfm-bench-"))
-    artifacts_url = f"file://{root / 'artifacts'}" if args.artifacts == "file" else None
     rows: list[tuple[str, str]] = []
-    with LocalCluster(
+    with bench_cluster(
         root,
-        attempt_workers=2,
-        appendfsync="everysec",
-        operations="",
-        proxy_s3=False,
-        artifacts_url=artifacts_url,
-        extra_env={"MFM_INLINE_COORDINATION": "1" if args.inline == "on" else "0"},
+        args.artifacts,
+        {"MFM_INLINE_COORDINATION": "1" if args.inline == "on" else "0"},
     ) as c:
         c.activate()
         mfm_run("fanout_demo", {"items": 50}, fan)  # warm up workers and caches

@@ -31,8 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
-from bench_cluster import raw_round_trip  # noqa: E402
-from cluster import LocalCluster  # noqa: E402
+from bench_cluster import bench_cluster, raw_round_trip  # noqa: E402
 
 TIMEOUT_S = 600.0
 SMALL = {"op": "fanout_demo", "input": {"items": 3}}
@@ -139,16 +138,8 @@ def main() -> None:
     parser.add_argument("--artifacts", choices=("s3", "file"), default="s3")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mfm-bench-submit-"))
-    artifacts_url = f"file://{root / 'artifacts'}" if args.artifacts == "file" else None
     rows: list[tuple[str, str]] = []
-    with LocalCluster(
-        root,
-        attempt_workers=2,
-        appendfsync="everysec",
-        operations="",
-        proxy_s3=False,
-        artifacts_url=artifacts_url,
-    ) as c:
+    with bench_cluster(root, args.artifacts) as c:
         c.start_worker("submit", "submit", concurrency=2)
         c.activate()
         submit_batches(requests(20, "warm"), 10)  # warm up every process
