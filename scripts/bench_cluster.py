@@ -52,6 +52,15 @@ def bench_cluster(
     )
 
 
+def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    """A benchmark's result table: label, value."""
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"\n{title}")
+    print("-" * (width + 14))
+    for label, value in rows:
+        print(f"{label:<{width}}{value:>12}")
+
+
 def raw_chord(n: int) -> float:
     from celery import chord, group
 
@@ -165,14 +174,11 @@ def main() -> None:
         mfm_run("fanout_demo", {"items": 50}, fan)
         timed = breakdown(n)
 
-    width = max(len(r[0]) for r in rows) + 2
-    print(
-        f"\nmfm-dist cluster benchmark (2 attempt-worker processes, -c 1 each; {n} states; "
-        f"artifacts: {args.artifacts}; inline coordination {args.inline})"
+    print_rows(
+        f"mfm-dist cluster benchmark (2 attempt-worker processes, -c 1 each; {n} states; "
+        f"artifacts: {args.artifacts}; inline coordination {args.inline})",
+        rows,
     )
-    print("-" * (width + 14))
-    for label, value in rows:
-        print(f"{label:<{width}}{value:>12}")
     print(f"\nper-phase breakdown of the {n}-state fan-out (MFM_TIMING=1, summed over processes)")
     print(f"{'phase':<50}{'total s':>10}{'count':>8}{'ms/state':>10}")
     for name, seconds, count in timed:

@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
-from bench_cluster import bench_cluster, raw_round_trip  # noqa: E402
+from bench_cluster import bench_cluster, print_rows, raw_round_trip  # noqa: E402
 
 TIMEOUT_S = 600.0
 SMALL = {"op": "fanout_demo", "input": {"items": 3}}
@@ -197,14 +197,11 @@ def main() -> None:
             )
         )
 
-    width = max(len(r[0]) for r in rows) + 2
-    print(
-        f"\nmfm-dist submission benchmark (1 control, 1 submission worker -c 2, 2 attempt "
-        f"workers; artifacts: {args.artifacts})"
+    print_rows(
+        f"mfm-dist submission benchmark (1 control, 1 submission worker -c 2, 2 attempt "
+        f"workers; artifacts: {args.artifacts})",
+        rows,
     )
-    print("-" * (width + 14))
-    for label, value in rows:
-        print(f"{label:<{width}}{value:>12}")
 
 
 if __name__ == "__main__":
