@@ -468,6 +468,11 @@ def test_forced_resume_is_refused_while_a_worker_holds_a_live_lease(
     run_input, gate = gated_input(tmp_path)
     run_id = submit_run("gated_demo", run_input, FAN16, runtime=rt)
     slow_started(gate)
+    wait_until(  # every item done: `slow` is the one attempt still running
+        lambda: sum(isinstance(e.event, StateCompleted) for e in events_of(rt, run_id))
+        >= run_input["items"],  # type: ignore[operator]
+        "the items to complete",
+    )
     refused = CliRunner().invoke(cli, ["--ops", "dist_ops", "resume", str(run_id), "--force"])
     assert refused.exit_code == 2, refused.output
     assert "error[attempt_lease_live]" in refused.output and ".slow attempt 0 on " in refused.output
