@@ -43,6 +43,7 @@ always redacted.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
@@ -70,14 +71,23 @@ from mfm_dist.events import (
     StateFailed,
 )
 from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.journal import (
+    JournalDraft,
+    JournalEntry,
+    JournalSummary,
+    check_drafts,
+    check_journal_id,
+    check_namespace,
+)
 from mfm_dist.run import RunPhase, RunSummary
 from mfm_dist.secrets import redact_url
-from mfm_dist.stores.base import EventStore, stale_head
+from mfm_dist.stores.base import EventStore, stale_head, stale_journal
 from mfm_dist.stores.guards import GuardViolation, fact_binding_of
 
 T = TypeVar("T")
 
 RUN_INDEX_KEY = b"mfm:runs"
+JOURNAL_INDEX_KEY = b"mfm:journals"
 WAITAOF_MIN_VERSION = (7, 2)
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 _OWN_QUERY_KEYS = ("durable", "durable_timeout_ms")
@@ -118,8 +128,14 @@ def auth_failed(where: str, what: str, exc: BaseException) -> StorageError:
     )
 
 
-def _load_script() -> str:
-    return resources.files("mfm_dist.stores").joinpath("append.lua").read_text(encoding="utf-8")
+def _load_script(name: str = "append.lua") -> str:
+    return resources.files("mfm_dist.stores").joinpath(name).read_text(encoding="utf-8")
+
+
+def journal_keys(journal: str) -> list[bytes]:
+    """entries stream, meta hash, batches hash of a journal (one hash tag per journal)."""
+    tag = f"mfm:journal:{{{journal}}}:"
+    return [(tag + part).encode() for part in ("entries", "meta", "batches")]
 
 
 def _run_keys(run_id: str) -> list[bytes]:
@@ -209,6 +225,7 @@ class RedisEventStore(EventStore):
         self._retries = max(retries, 0)
         self._backoff_s = backoff_s
         self._script = client.register_script(_load_script())
+        self._journal_script = client.register_script(_load_script("journal.lua"))
         if durable:
             self._check_durable_support()
 
@@ -458,5 +475,102 @@ class RedisEventStore(EventStore):
             )
         return rows
 
+    def run_summaries(self, run_ids: Sequence[RunId]) -> dict[str, RunSummary]:
+        ids = sorted({str(r) for r in run_ids})
+        if not ids:
+            return {}
+        out: dict[str, RunSummary] = {}
+        for k in range(0, len(ids), 1000):
+            chunk = ids[k : k + 1000]
+            metas = self._call("HGETALL", functools.partial(_fetch_metas, self._client, chunk))
+            for rid, meta in zip(chunk, metas, strict=True):
+                if meta and b"op_id" in meta:
+                    out[rid] = RunSummary(
+                        run_id=RunId(rid),
+                        op_id=meta[b"op_id"].decode(),
+                        started_ms=int(meta[b"started_ms"]),
+                        phase=RunPhase(meta[b"phase"].decode()),
+                        head_seq=int(meta[b"head"]),
+                    )
+        return out
+
+    # --- journals ------------------------------------------------------------------------------
+
+    def journal_head(self, journal: str) -> int:
+        meta = journal_keys(check_journal_id(journal))[1]
+        value = self._call("HGET", lambda: self._client.hget(meta, "head"))
+        return int(value) if value is not None else 0
+
+    def journal_append(
+        self, journal: str, expected_seq: int, drafts: Sequence[JournalDraft]
+    ) -> list[JournalEntry]:
+        items = check_drafts(journal, drafts)
+        keys = [*journal_keys(journal), JOURNAL_INDEX_KEY]
+        args: list[Any] = [str(expected_seq), uuid.uuid4().hex, journal, str(len(items))]
+        for draft in items:
+            args += [str(draft.ts_millis), draft.stored_bytes()]
+        reply = self._call(
+            "journal_append", lambda: self._journal_script(keys=keys, args=args)
+        )
+        verdict = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+        if verdict[0] == "stale":
+            raise stale_journal(journal, expected_seq, int(verdict[1]))
+        if verdict[0] not in ("ok", "dup") or int(verdict[2]) != len(items):
+            raise StorageError(
+                "redis_script_reply_invalid", f"unexpected journal append reply {verdict[0]!r}"
+            )
+        first = int(verdict[1])
+        return [d.at(journal, first + i) for i, d in enumerate(items)]
+
+    def journal_read(
+        self, journal: str, from_seq: int = 1, to_seq: int | None = None
+    ) -> list[JournalEntry]:
+        stream = journal_keys(check_journal_id(journal))[0]
+        start = max(from_seq, 1)
+        if to_seq is not None and to_seq < start:
+            return []
+        end = "+" if to_seq is None else f"{to_seq}-1"
+        rows = self._call("XRANGE", lambda: self._client.xrange(stream, f"{start}-1", end))
+        return [
+            JournalEntry.from_stored(journal, int(fields[b"seq"]), fields[b"body"])
+            for _entry_id, fields in rows
+        ]
+
+    def list_journals(self, namespace: str) -> list[JournalSummary]:
+        prefix = check_namespace(namespace) + "/"
+        members = self._call(
+            "ZREVRANGE", lambda: self._client.zrevrange(JOURNAL_INDEX_KEY, 0, -1)
+        )
+        names = sorted(
+            {m.decode() for m in members if m.decode().startswith(prefix)}, reverse=True
+        )
+
+        def fetch() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.hgetall(journal_keys(name)[1])
+            return list(pipe.execute())
+
+        metas = self._call("HGETALL", fetch) if names else []
+        rows = [
+            JournalSummary(
+                journal=name,
+                head_seq=int(meta[b"head"]),
+                created_ms=int(meta[b"created_ms"]),
+                updated_ms=int(meta[b"updated_ms"]),
+            )
+            for name, meta in zip(names, metas, strict=True)
+            if meta
+        ]
+        rows.sort(key=lambda r: (r.created_ms, r.journal), reverse=True)
+        return rows
+
     def close(self) -> None:
         self._client.close()
+
+
+def _fetch_metas(client: Any, run_ids: list[str]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for rid in run_ids:
+        pipe.hgetall(_run_keys(rid)[4])
+    return list(pipe.execute())

@@ -53,8 +53,22 @@ from mfm_dist.events import (
     StateFailed,
 )
 from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.journal import (
+    JournalDraft,
+    JournalEntry,
+    JournalSummary,
+    check_drafts,
+    check_journal_id,
+    check_namespace,
+)
 from mfm_dist.run import RunPhase, RunSummary
-from mfm_dist.stores.base import EventStore, check_positions, stale_head, summary_updates
+from mfm_dist.stores.base import (
+    EventStore,
+    check_positions,
+    stale_head,
+    stale_journal,
+    summary_updates,
+)
 from mfm_dist.stores.guards import GuardChanges, check_batch, fact_binding_of
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -96,6 +110,20 @@ _SCHEMA = (
         payload_id TEXT NOT NULL,
         PRIMARY KEY (run_id, key)
     ) WITHOUT ROWID""",
+    # Journals (mfm_dist.journal): created on open like every table here; they need no
+    # data migration, so older files simply gain them (and read as empty until written).
+    """CREATE TABLE IF NOT EXISTS journal_entries (
+        journal TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (journal, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS journals (
+        journal TEXT PRIMARY KEY,
+        head_seq INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    )""",
 )
 
 
@@ -239,6 +267,7 @@ class SqliteEventStore(EventStore):
         self._pid = os.getpid()
         self._absent = False  # read-only, no store in the file yet: an empty stand-in
         self._legacy = False  # read-only on a version-1 file: no `facts` table
+        self._no_journals = False  # read-only on a file written before journals existed
         if not read_only:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -337,6 +366,7 @@ class SqliteEventStore(EventStore):
             self._absent = True
             return _empty_database()
         self._legacy = version < SCHEMA_VERSION or "facts" not in tables
+        self._no_journals = "journals" not in tables or "journal_entries" not in tables
         return conn
 
     def _connect_read_only(self, *, immutable: bool) -> sqlite3.Connection:
@@ -547,6 +577,114 @@ class SqliteEventStore(EventStore):
             ]
         except (ValueError, ValidationError):
             raise Corruption("sqlite_run_row_invalid", "a stored run summary is invalid") from None
+
+
+    def run_summaries(self, run_ids: Sequence[RunId]) -> dict[str, RunSummary]:
+        ids = sorted({str(r) for r in run_ids})
+        if not ids:
+            return {}
+
+        def query(conn: sqlite3.Connection) -> list[tuple[str, str, int, str, int]]:
+            rows: list[tuple[str, str, int, str, int]] = []
+            for k in range(0, len(ids), 500):
+                chunk = ids[k : k + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += conn.execute(
+                    "SELECT run_id, op_id, started_ms, phase, head_seq FROM runs"
+                    f" WHERE run_id IN ({marks}) AND head_seq > 0",
+                    chunk,
+                ).fetchall()
+            return rows
+
+        rows = self._read("run_summaries", query)
+        try:
+            return {
+                rid: RunSummary(
+                    run_id=RunId(rid),
+                    op_id=op_id,
+                    started_ms=started,
+                    phase=RunPhase(phase),
+                    head_seq=head,
+                )
+                for rid, op_id, started, phase, head in rows
+            }
+        except (ValueError, ValidationError):
+            raise Corruption("sqlite_run_row_invalid", "a stored run summary is invalid") from None
+
+    # --- journals --------------------------------------------------------------------------
+
+    @staticmethod
+    def _journal_head(conn: sqlite3.Connection, journal: str) -> int:
+        row = conn.execute(
+            "SELECT head_seq FROM journals WHERE journal = ?", (journal,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def journal_head(self, journal: str) -> int:
+        check_journal_id(journal)
+        if self._no_journals:
+            return 0
+        return self._read("journal_head", lambda c: self._journal_head(c, journal))
+
+    def journal_append(
+        self, journal: str, expected_seq: int, drafts: Sequence[JournalDraft]
+    ) -> list[JournalEntry]:
+        items = check_drafts(journal, drafts)
+        with self._write("journal_append") as conn:
+            head = self._journal_head(conn, journal)
+            if head != expected_seq:
+                raise stale_journal(journal, expected_seq, head)
+            entries = [d.at(journal, head + i) for i, d in enumerate(items, start=1)]
+            if not entries:
+                return []
+            conn.executemany(
+                "INSERT INTO journal_entries (journal, seq, body) VALUES (?, ?, ?)",
+                [(journal, e.seq, e.stored_bytes()) for e in entries],
+            )
+            conn.execute(
+                "INSERT INTO journals (journal, head_seq, created_ms, updated_ms)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (journal) DO UPDATE SET"
+                " head_seq = excluded.head_seq, updated_ms = excluded.updated_ms",
+                (journal, entries[-1].seq, entries[0].ts_millis, entries[-1].ts_millis),
+            )
+            return entries
+
+    def journal_read(
+        self, journal: str, from_seq: int = 1, to_seq: int | None = None
+    ) -> list[JournalEntry]:
+        check_journal_id(journal)
+        lo = max(from_seq, 1)
+        if self._no_journals or (to_seq is not None and to_seq < lo):
+            return []
+        hi = to_seq if to_seq is not None else -1
+
+        def query(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
+            return conn.execute(
+                "SELECT seq, body FROM journal_entries WHERE journal = ? AND seq >= ?"
+                " AND (? < 0 OR seq <= ?) ORDER BY seq",
+                (journal, lo, hi, hi),
+            ).fetchall()
+
+        rows = self._read("journal_read", query)
+        return [JournalEntry.from_stored(journal, int(seq), body) for seq, body in rows]
+
+    def list_journals(self, namespace: str) -> list[JournalSummary]:
+        check_namespace(namespace)
+        if self._no_journals:
+            return []
+        low, high = namespace + "/", namespace + "0"  # '0' is the character after '/'
+
+        def query(conn: sqlite3.Connection) -> list[tuple[str, int, int, int]]:
+            return conn.execute(
+                "SELECT journal, head_seq, created_ms, updated_ms FROM journals"
+                " WHERE journal >= ? AND journal < ? ORDER BY created_ms DESC, journal DESC",
+                (low, high),
+            ).fetchall()
+
+        return [
+            JournalSummary(journal=j, head_seq=h, created_ms=c, updated_ms=u)
+            for j, h, c, u in self._read("list_journals", query)
+        ]
 
 
 def _empty_database() -> sqlite3.Connection:
