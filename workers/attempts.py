@@ -121,8 +121,11 @@ def execute_attempt(
     except Exception as exc:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         if code == LEASE_LOST:
-            # Someone else owns the attempt now; it is not ours to release or record.
+            # Someone else owns the attempt now (or the run was cancelled and its lease
+            # taken away); it is not ours to release or record.
             log.warning("run %s: %s attempt %d lost its lease; stopped", run_id, sid, attempt)
+            for thread in stop.abandoned:
+                retire_if_stuck(thread)
             return "superseded"
         if is_permanent_storage_fault(exc):
             if not append.entered:

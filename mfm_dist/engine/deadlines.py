@@ -61,6 +61,8 @@ class StopSignal:
         self._lock = threading.Lock()
         self._reason: MfmError | None = None
         self._waiters: set[threading.Event] = set()
+        self.abandoned: list[threading.Thread] = []
+        """Handler threads left running when the signal stopped their attempts."""
 
     @property
     def reason(self) -> MfmError | None:
@@ -136,6 +138,8 @@ class HandlerRun:
         self._cancel()
         reason = stop.reason if stop is not None else None
         if reason is not None:
+            assert stop is not None
+            stop.abandoned.append(self.thread)
             raise reason
         assert timeout_ms is not None
         raise StateTimeout(timeout_ms)
