@@ -124,11 +124,13 @@ def positive_duration(value: Duration | None, what: str) -> Duration | None:
 class RunConfig(OptionalExtensions):
     """How a run executes. Part of the manifest, so it is hashed into the manifest id.
 
-    `state_timeout` (the timeout of states that declare none) extends the reference shape;
-    it is left out of the JSON while unset, so existing manifest ids hold."""
+    `state_timeout` (the timeout of states that declare none) and `run_timeout` (the run's
+    overall deadline, counted from `RunStarted`; past it the run is cancelled with reason
+    `run_deadline_exceeded`) extend the reference shape; they are left out of the JSON while
+    unset, so existing manifest ids hold (docs/deadlines.md)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("state_timeout",)
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("state_timeout", "run_timeout")
 
     io_mode: IoMode = IoMode.LIVE
     retry_policy: RetryPolicy = RetryPolicy()
@@ -139,8 +141,9 @@ class RunConfig(OptionalExtensions):
     skip_tags: list[str] = Field(default_factory=list)
     nix_flake_allowlist: list[str] = Field(default_factory=list)
     state_timeout: Duration | None = None
+    run_timeout: Duration | None = None
 
-    @field_validator("state_timeout")
+    @field_validator("state_timeout", "run_timeout")
     @classmethod
     def _positive(cls, value: Duration | None, info: ValidationInfo) -> Duration | None:
         return positive_duration(value, str(info.field_name))
@@ -150,6 +153,10 @@ class RunConfig(OptionalExtensions):
         """1 in sequential mode; the configured bound in fan-out mode."""
         mode = self.execution_mode
         return mode.max_concurrency if isinstance(mode, FanOutJoin) else 1
+
+    @property
+    def run_timeout_ms(self) -> int | None:
+        return None if self.run_timeout is None else self.run_timeout.total_millis
 
     @property
     def is_fan_out(self) -> bool:

@@ -17,6 +17,7 @@ from mfm_dist.tagged import TaggedModel, tag_discriminator
 class RunStatus(str, Enum):
     COMPLETED = "Completed"
     FAILED = "Failed"
+    CANCELLED = "Cancelled"
 
 
 class RunStarted(TaggedModel):
@@ -84,6 +85,16 @@ Event = Annotated[
 ]
 
 FACT_RECORDED = "fact_recorded"
+RUN_CANCEL_REQUESTED = "run_cancel_requested"
+"""A run-level domain event: the run must stop (docs/cancellation.md). The stores guard it:
+appended at most once, and no attempt may be entered after it."""
+
+
+def is_cancel_request(event: object, state_id: object) -> bool:
+    """Is this (event, envelope state) the run's cancel request? Only a run-level one counts."""
+    return (
+        state_id is None and isinstance(event, DomainEvent) and event.name == RUN_CANCEL_REQUESTED
+    )
 
 
 class EventEnvelope(BaseModel):

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mfm_dist.artifacts import ArtifactStore, get_json
 from mfm_dist.config import RunConfig
+from mfm_dist.engine.cancellation import CANCELLED_CODE
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import aborted_error, load_run
 from mfm_dist.engine.merge import compute_delta
@@ -200,6 +201,7 @@ def _check_bases_and_final(
     # A run ended by the coordinator for a fault that can never heal (its code recorded in
     # `run_aborted`) may end with nothing failed and states left that could have run.
     aborted = aborted_error(history) is not None
+    _check_cancellation(history, found)
     failed = history.completed.status == RunStatus.FAILED
     if failed and not aborted and progress.failure() == (None, None):
         found.append(
@@ -222,6 +224,27 @@ def _check_bases_and_final(
                 seq=history.head,
             )
         )
+
+
+def _check_cancellation(history: RunHistory, found: list[Violation]) -> None:
+    """`run_cancelled` closes only attempts that were open when the cancel was requested.
+    (The event guards, re-checked when the history is read, already hold the rest: one
+    request, nothing entered after it, `Cancelled` if and only if requested.)"""
+    requested_at = history.cancel_seq
+    for state_id, record in history.states.items():
+        for att in record.attempts:
+            if att.error is None or att.error.code != CANCELLED_CODE:
+                continue
+            if requested_at is None or att.entered_seq > requested_at:
+                found.append(
+                    Violation(
+                        code="verify_cancel_unrequested",
+                        message=f"{state_id} attempt {att.attempt} was closed as cancelled "
+                        "without an earlier cancel request",
+                        seq=att.entered_seq,
+                        state_id=state_id,
+                    )
+                )
 
 
 def _check_ended_early(progress: RunProgress, history: RunHistory, found: list[Violation]) -> None:

@@ -198,6 +198,43 @@ LATE_CALL: list[bool] = []
 LATE_RESULTS: list[str] = []
 
 
+class CancelDemo(Operation):
+    """`cancel_demo` — three independent states and a join: `stuck` blocks in plain Python
+    (ignoring cancellation) until `CANCEL_RELEASE` is set, `plain` sets a value, `flaky`
+    fails retryably on attempt 0; the run config gives the backoff."""
+
+    op_id = "cancel_demo"
+    op_version = "1"
+
+    def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        async def stuck(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            STUCK_ENTERED.append(rec.attempt)
+            while not CANCEL_RELEASE:
+                time.sleep(0.02)
+            ctx.set("stuck", True)
+
+        async def plain(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            ctx.set("plain", True)
+
+        async def flaky(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            if rec.attempt == 0:
+                raise StateError("upstream_unavailable", "try again", retryable=True)
+            ctx.set("flaky", True)
+
+        async def join(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            ctx.set("joined", True)
+
+        graph = StateGraph()
+        end = graph.add(f"{op_path}.join", FnState(join))
+        for name, fn in (("stuck", stuck), ("plain", plain), ("flaky", flaky)):
+            graph.edge(graph.add(f"{op_path}.{name}", FnState(fn)), end)
+        return graph
+
+
+STUCK_ENTERED: list[int] = []
+CANCEL_RELEASE: list[bool] = []
+
+
 class BackoffDemo(Operation):
     """`backoff_demo` — one state failing retryably on attempt 0 (the run config gives the
     retry policy and backoff)."""
@@ -223,6 +260,7 @@ def register_operations(registry: OperationRegistry) -> None:
     registry.register(CountedCalls())
     registry.register(HangDemo())
     registry.register(BackoffDemo())
+    registry.register(CancelDemo())
 
 
 def register_transports(transports: TransportRegistry) -> None:

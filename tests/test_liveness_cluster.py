@@ -158,3 +158,51 @@ def test_hung_handler_on_the_cluster_is_failed_by_its_timeout_and_retried(
     while "retiring this pool process" not in cluster.logs():
         assert time.monotonic() < deadline, cluster.logs()
         time.sleep(0.2)
+
+
+def test_cancel_on_the_cluster_stops_a_handler_that_ignores_it(
+    cluster: LocalCluster, rt: Runtime
+) -> None:
+    """`mfm cancel --cluster`: the run ends Cancelled within the bound although its handler
+    blocks in plain Python; the worker's pool process holding it is replaced; nothing in
+    backoff or queued runs afterwards (docs/cancellation.md)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mfm_dist.cli.main import cli
+    from mfm_dist.config import Duration, FixedBackoff
+    from mfm_dist.verify import verify_run
+
+    config = RunConfig(
+        execution_mode=FanOutJoin(max_concurrency=4),
+        retry_policy=RetryPolicy(max_attempts=3, backoff=FixedBackoff(delay=Duration(secs=30))),
+    )
+    retired_before = cluster.logs().count("retiring this pool process")
+    run_id = submit_run("cancel_demo", {}, config, runtime=rt)
+    deadline = time.monotonic() + 60
+    while not any(
+        isinstance(e.event, StateFailed) and "flaky" in str(e.state_id)
+        for e in events_of(rt, run_id)
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    asked = time.monotonic()
+    out = CliRunner().invoke(
+        cli, ["cancel", str(run_id), "--cluster", "--reason", "stop it", "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["phase"] == "Cancelled"
+    assert time.monotonic() - asked < BOUND_S
+    envelopes = events_of(rt, run_id)
+    closed = [e.event for e in envelopes if isinstance(e.event, StateFailed)]
+    assert [f.error.code for f in closed] == ["upstream_unavailable", "run_cancelled"]
+    assert verify_run(rt.events, rt.artifacts, rt.registry, str(run_id)).ok
+    deadline = time.monotonic() + 20
+    while cluster.logs().count("retiring this pool process") <= retired_before:
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert len(events_of(rt, run_id)) == len(envelopes)  # nothing after the end
+    after = submit_run("hang_demo", {"hang_attempts": 0}, RunConfig(), runtime=rt)
+    assert finished(cluster, after, rt).phase == RunPhase.COMPLETED

@@ -34,6 +34,7 @@ from mfm_dist.errors import (
     StorageError,
 )
 from mfm_dist.events import (
+    RUN_CANCEL_REQUESTED,
     DomainEvent,
     EventDraft,
     EventEnvelope,
@@ -191,6 +192,11 @@ def d_raw_fact(
     """A `fact_recorded` event with an arbitrary (usually malformed) payload."""
     event = DomainEvent(name="fact_recorded", payload=payload, payload_ref=payload_ref)
     return EventDraft(event=event, ts_millis=2_600, state_id=state, attempt=0 if state else None)
+
+
+def d_cancel(reason: str = "stop") -> EventDraft:
+    event = DomainEvent(name=RUN_CANCEL_REQUESTED, payload={"reason": reason})
+    return EventDraft(event=event, ts_millis=4_000)
 
 
 def d_run_completed(status: RunStatus = RunStatus.COMPLETED) -> EventDraft:
@@ -418,6 +424,23 @@ GUARD_CASES: list[tuple[str, list[EventDraft], list[EventDraft], str]] = [
      "fact_malformed"),
     ("malformed_fact_after_valid_ones", [d_started()],
      [d_fact(K1, SNAP), d_raw_fact({"key": K2})], "fact_malformed"),
+    # cancellation (docs/cancellation.md)
+    ("second_cancel_request", [d_started(), d_cancel()], [d_cancel("again")],
+     "cancel_already_requested"),
+    ("two_cancel_requests_in_one_batch", [d_started()], [d_cancel(), d_cancel("again")],
+     "cancel_already_requested"),
+    ("entered_after_cancel", [d_started(), d_cancel()], [d_entered(A, 0)],
+     "run_cancel_requested"),
+    ("entered_after_cancel_in_one_batch", [d_started()], [d_cancel(), d_entered(A, 0)],
+     "run_cancel_requested"),
+    ("completed_after_cancel", [d_started(), d_cancel()], [d_run_completed()],
+     "run_cancel_requested"),
+    ("failed_after_cancel", [d_started(), d_cancel()], [d_run_completed(RunStatus.FAILED)],
+     "run_cancel_requested"),
+    ("cancelled_without_request", [d_started()], [d_run_completed(RunStatus.CANCELLED)],
+     "cancel_not_requested"),
+    ("cancel_after_run_completed", [d_started(), d_run_completed()], [d_cancel()],
+     "after_run_completed"),
 ]
 
 
@@ -492,6 +515,30 @@ def test_guard_accepts_a_valid_parallel_history(event_store: EventStore) -> None
         else:
             write(event_store, run, [draft])
     assert [e.seq for e in event_store.read_range(run)] == list(range(1, len(history) + 1))
+
+
+def test_cancel_lets_open_attempts_close_and_ends_cancelled(event_store: EventStore) -> None:
+    """After the request, running attempts may still finish or fail; nothing new enters;
+    a state-level event named like the request is an ordinary domain event."""
+    run = RunId.mint()
+    state_level = EventDraft(
+        event=DomainEvent(name=RUN_CANCEL_REQUESTED, payload={"reason": "x"}),
+        ts_millis=2_100,
+        state_id=A,
+        attempt=0,
+    )
+    event_store.append_next(
+        run, [d_started(), d_entered(A, 0), d_entered(B, 0), state_level, d_cancel()]
+    )
+    event_store.append_next(run, [d_completed(A, 0)])
+    event_store.append_next(run, [d_failed(B, 0)])
+    with pytest.raises(GuardViolation) as caught:
+        event_store.append_next(run, [d_entered(B, 1)])
+    assert caught.value.rule == "run_cancel_requested"
+    event_store.append_next(run, [d_run_completed(RunStatus.CANCELLED)])
+    assert event_store.head_seq(run) == 8
+    [summary] = [r for r in event_store.list_runs() if r.run_id == run]
+    assert summary.phase == RunPhase.CANCELLED
 
 
 def test_state_completes_once_and_other_states_are_unaffected(event_store: EventStore) -> None:

@@ -16,11 +16,13 @@ from collections.abc import Callable, Sequence
 import redis
 
 from mfm_dist.engine.attempt import AttemptEnv, now_millis, run_attempt
+from mfm_dist.engine.deadlines import StopSignal
 from mfm_dist.errors import ErrorCategory, ErrorInfo, MfmError
 from mfm_dist.events import EventDraft, EventEnvelope, StateEntered, StateFailed
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.stores.guards import GuardViolation
 from workers.faults import LEASE_LOST, is_permanent_storage_fault
+from workers.leases import lease_lost_error
 from workers.runtime import Runtime, retire_if_stuck
 
 log = logging.getLogger("mfm.worker")
@@ -64,7 +66,7 @@ def execute_attempt(
     sent_ms: int = 0,
 ) -> str:
     """Run one attempt; returns completed | failed:<code> | skipped | duplicate |
-    superseded | plan_mismatch | error:<code>. Never raises for expected races."""
+    superseded | cancelled | plan_mismatch | error:<code>. Never raises for expected races."""
     if sent_ms:
         rt.timings.add("broker", max(0, now_millis() - sent_ms) / 1000.0)
     rid, sid = RunId(run_id), StateId(state_id)
@@ -82,7 +84,10 @@ def execute_attempt(
         lease = rt.coord.acquire_lease(run_id, state_id, attempt, ttl_ms)
     if lease is None:
         return "duplicate"
-    rt.keeper.hold(run_id, state_id, lease)
+    # Losing the lease (e.g. the run was cancelled: the coordinator took it away) stops the
+    # attempt at once, even while its handler is busy in code that never checks its IO.
+    stop = StopSignal()
+    rt.keeper.hold(run_id, state_id, lease, lambda: stop.stop(lease_lost_error(state_id)))
     append = _TrackedAppend(rt, rid)
     release = True
     try:
@@ -98,6 +103,7 @@ def execute_attempt(
             append=append,
             fence=lambda: rt.keeper.fence(run_id, state_id, lease),
             max_state_timeout_ms=rt.settings.max_state_timeout_ms,
+            stop=stop,
         )
         state = ctx.plan.compiled.states[ctx.plan.compiled.position[state_id]]
         with rt.timings.phase("attempt_total"):
@@ -115,8 +121,11 @@ def execute_attempt(
     except Exception as exc:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         if code == LEASE_LOST:
-            # Someone else owns the attempt now; it is not ours to release or record.
+            # Someone else owns the attempt now (or the run was cancelled and its lease
+            # taken away); it is not ours to release or record.
             log.warning("run %s: %s attempt %d lost its lease; stopped", run_id, sid, attempt)
+            for thread in stop.abandoned:
+                retire_if_stuck(thread)
             return "superseded"
         if is_permanent_storage_fault(exc):
             if not append.entered:
@@ -141,6 +150,9 @@ def execute_attempt(
         rt.flush_timings()
     if outcome.abandoned is not None:
         retire_if_stuck(outcome.abandoned.thread)
+    if not outcome.entered:
+        log.info("run %s: %s attempt %d dropped: the run was cancelled", run_id, sid, attempt)
+        return "cancelled"
     if outcome.skipped:
         return "skipped"
     if outcome.completed:

@@ -32,11 +32,19 @@ import redis
 
 from mfm_dist.canonical import JsonValue
 from mfm_dist.engine.attempt import now_millis
+from mfm_dist.engine.cancellation import (
+    RUN_DEADLINE_REASON,
+    CancelRequest,
+    cancel_drafts,
+    make_request,
+    run_deadline_ms,
+)
 from mfm_dist.engine.coordination import Decision, Dispatch, Finish, decide
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import (
     CONFLICT_EVENT,
     abort_drafts,
+    open_in_entry_order,
     result_from_history,
     submission_of,
 )
@@ -104,6 +112,9 @@ class Dispatcher(Protocol):
         """`task(message)` on `queue`, with the given task id (a run's `on_complete`)."""
 
 
+COORDINATOR_REQUESTER = "mfm coordinator (run deadline)"
+
+
 class LockLost(Exception):
     """The coordinator lock expired under a long advance; someone else may coordinate."""
 
@@ -154,8 +165,9 @@ class Coordinator:
     # -- entry point ----------------------------------------------------------------------------
     def advance(self, run_id: str, *, watchdog: object = None, join: bool = False) -> str:
         """Returns a short status: busy, finished, aborted:<code>, dispatched:N, waiting,
-        idle, joined, lock_lost or finish_rejected:<rule>. (`watchdog` is accepted and
-        ignored: wake-up messages of older versions carried a token.)
+        idle, joined, cancelled, cancelling, lock_lost or finish_rejected:<rule>.
+        (`watchdog` is accepted and ignored: wake-up messages of older versions carried a
+        token.)
 
         `join`: a chord's join — skipped (`joined`) when the run's log has not grown since
         the last look, which inline continuation usually has taken already."""
@@ -308,6 +320,19 @@ class Coordinator:
                 "recorded; deploy the code the run was submitted with",
                 details={"local": run.ctx.fingerprint},
             )
+        run, request = self._cancel_request(rid, run)
+        if request is not None:
+            return self._cancel(rid, run, request)
+        step = self._step(rid, run, lock)
+        deadline = run_deadline_ms(
+            run.history.started_ms, run.ctx.manifest.run_config.run_timeout_ms
+        )
+        if deadline is not None and step.wake_ms is not None:
+            step.wake_ms = min(step.wake_ms, deadline)
+        return step
+
+    def _step(self, rid: str, run: CachedRun, lock: _Lock) -> Step:
+        """Settle orphans and reservations, then dispatch what may start or finish the run."""
         wake = self._watchdog_due()
         for _ in range(MAX_ROUNDS):
             decision, wake = self._decide(rid, run, lock)
@@ -321,6 +346,8 @@ class Coordinator:
                 status = self._finish(rid, run, decision.finish)
                 if status == "notifying":
                     return Step(status, now_millis() + TRANSIENT_RETRY_MS)
+                if status.startswith("finish_rejected"):
+                    return Step(status, now_millis())  # e.g. a cancel landed: look again now
                 return Step(status, None if status == "finished" else wake, run.history.head)
             if decision.dispatch:
                 sent, due = self._dispatch(rid, run, decision.dispatch, lock)
@@ -328,6 +355,56 @@ class Coordinator:
                 return Step(status, min(wake, due), run.history.head)
             return Step("waiting" if decision.in_flight else "idle", wake, run.history.head)
         return Step("waiting", wake, run.history.head)
+
+    # -- cancellation (docs/cancellation.md) -----------------------------------------------------
+    def _cancel_request(
+        self, rid: str, run: CachedRun
+    ) -> tuple[CachedRun, CancelRequest | None]:
+        """The run's cancel request; records the run deadline's request once it is due."""
+        history = run.history
+        deadline = run_deadline_ms(history.started_ms, run.ctx.manifest.run_config.run_timeout_ms)
+        if history.cancel is None and deadline is not None and now_millis() >= deadline:
+            request = make_request(RUN_DEADLINE_REASON, COORDINATOR_REQUESTER)
+            try:
+                self.rt.events.append_next(RunId(rid), [request.draft(now_millis())])
+                log.info("run %s: past its run deadline; cancelling", rid)
+            except GuardViolation as exc:
+                if exc.rule not in ("cancel_already_requested", "after_run_completed"):
+                    raise
+            run = self._load(rid)
+        return run, run.history.cancel
+
+    def _cancel(self, rid: str, run: CachedRun, request: CancelRequest) -> Step:
+        """End a run whose cancel was requested: close every open attempt with
+        `run_cancelled`, write `RunCompleted{Cancelled}` (one append), then take the
+        attempts' leases away so their workers stop them at the next renewal."""
+        revoked: list[str] = []
+        for _ in range(MAX_ROUNDS):
+            history = run.history
+            if history.completed is not None:
+                break
+            open_now = open_in_entry_order(history)
+            drafts = cancel_drafts(open_now, request, run.progress.final_snapshot())
+            try:
+                self.rt.events.append_next(RunId(rid), drafts)
+            except GuardViolation as exc:
+                if exc.rule == "after_run_completed":
+                    break
+                # An attempt closed itself meanwhile: look at the log again.
+                log.info("run %s: cancel raced an attempt (%s); again", rid, exc.rule)
+                run = self._load(rid)
+                continue
+            revoked = [state_id for state_id, _ in open_now]
+            log.info("run %s: cancelled (%d attempts stopped)", rid, len(revoked))
+            break
+        else:
+            return Step("cancelling", now_millis(), run.history.head)
+        self.rt.coord.revoke_leases(rid, revoked)
+        run = self._load(rid)
+        if not self._notify(rid, run):
+            return Step("notifying", now_millis() + TRANSIENT_RETRY_MS)
+        self._forget(rid)
+        return Step("cancelled", None)
 
     def _decide(self, rid: str, run: CachedRun, lock: _Lock) -> tuple[Decision, int]:
         """Settle the reservations (drop the stale and the lost, send the due), then decide.

@@ -47,10 +47,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import redis
+
+from mfm_dist.errors import MfmError, StorageError
 
 TIMERS_KEY = "mfm:timers"
 NOTIFIED_TTL_S = 7 * 24 * 3600
@@ -377,6 +379,13 @@ class Coordination:
             )
         )
 
+    def revoke_leases(self, run_id: str, state_ids: Iterable[str]) -> None:
+        """Take the leases of these states away (their attempts were closed for them): each
+        holder's next renewal fails, and its `LeaseKeeper` stops the attempt."""
+        keys = [lease_key(run_id, s) for s in state_ids]
+        if keys:
+            self.client.delete(*keys)
+
     def clear_reservations(self, run_id: str, state_ids: Iterable[str]) -> None:
         ids = list(state_ids)
         if ids:
@@ -433,6 +442,13 @@ class Coordination:
         pipe.execute()
 
 
+def lease_lost_error(state_id: str) -> MfmError:
+    return StorageError(
+        "attempt_lease_lost",
+        f"the lease of {state_id} is no longer held by this worker; the attempt stops",
+    )
+
+
 class LeaseKeeper:
     """One daemon thread per process that renews every lease this process holds (TTL/3).
 
@@ -440,7 +456,9 @@ class LeaseKeeper:
     have failed (Redis unreachable) for half a TTL: by then the holder can no longer
     tell whether someone else took over, so `fence` refuses to let the attempt act.
     Lost marks are per lease value (unique per acquisition), so a stale renewal of an
-    earlier hold never marks a later re-hold of the same state lost.
+    earlier hold never marks a later re-hold of the same state lost. A lease taken away
+    on purpose (the coordinator cancelled the run: `revoke_leases`) is lost the same way;
+    the holder's `on_lost` callback then stops the attempt at once.
     """
 
     def __init__(self, coordination: Coordination, ttl_ms: int) -> None:
@@ -449,15 +467,26 @@ class LeaseKeeper:
         self._held: dict[str, str] = {}
         self._confirmed: dict[str, float] = {}
         self._lost: set[str] = set()
+        self._on_lost: dict[str, Callable[[], None]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
 
-    def hold(self, run_id: str, state_id: str, value: str) -> None:
+    def hold(
+        self,
+        run_id: str,
+        state_id: str,
+        value: str,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        """Renew this lease until `drop`; `on_lost` runs (once, on the keeper's or the
+        fencing thread) when the lease turns out lost."""
         key = lease_key(run_id, state_id)
         with self._lock:
             self._held[key] = value
             self._confirmed[value] = time.monotonic()
+            if on_lost is not None:
+                self._on_lost[value] = on_lost
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="mfm-lease-keeper", daemon=True
@@ -471,6 +500,7 @@ class LeaseKeeper:
             if self._held.get(key) == value:
                 del self._held[key]
             self._confirmed.pop(value, None)
+            self._on_lost.pop(value, None)
             lost = value in self._lost
             self._lost.discard(value)
         return not lost
@@ -481,8 +511,14 @@ class LeaseKeeper:
 
     def mark_lost(self, value: str) -> None:
         with self._lock:
-            if value in self._confirmed:
-                self._lost.add(value)
+            callback = self._lost_locked(value) if value in self._confirmed else None
+        if callback is not None:
+            callback()
+
+    def _lost_locked(self, value: str) -> Callable[[], None] | None:
+        """Mark `value` lost (caller holds the lock); its callback, to call after unlocking."""
+        self._lost.add(value)
+        return self._on_lost.pop(value, None)
 
     def confirm(self, value: str) -> None:
         with self._lock:
@@ -491,12 +527,7 @@ class LeaseKeeper:
 
     def fence(self, run_id: str, state_id: str, value: str) -> None:
         """Raise `attempt_lease_lost` unless this process still holds the lease (renews it)."""
-        from mfm_dist.errors import StorageError
-
-        lost = StorageError(
-            "attempt_lease_lost",
-            f"the lease of {state_id} is no longer held by this worker; the attempt stops",
-        )
+        lost = lease_lost_error(state_id)
         if self.is_lost(value):
             raise lost
         try:
@@ -520,6 +551,7 @@ class LeaseKeeper:
             with self._lock:
                 held = list(self._held.items())
             for key, value in held:
+                callback: Callable[[], None] | None = None
                 try:
                     ok = self._coord.renew_lease(key, value, self._ttl_ms)
                 except redis.RedisError:
@@ -528,12 +560,14 @@ class LeaseKeeper:
                     with self._lock:
                         since = self._confirmed.get(value)
                         if since is not None and (time.monotonic() - since > self._ttl_ms / 2000.0):
-                            self._lost.add(value)
-                    continue
-                with self._lock:
-                    if value not in self._confirmed:
-                        continue  # dropped (or re-held with a new value) meanwhile
-                    if ok:
-                        self._confirmed[value] = time.monotonic()
-                    elif self._held.get(key) == value:
-                        self._lost.add(value)
+                            callback = self._lost_locked(value)
+                else:
+                    with self._lock:
+                        if value not in self._confirmed:
+                            continue  # dropped (or re-held with a new value) meanwhile
+                        if ok:
+                            self._confirmed[value] = time.monotonic()
+                        elif self._held.get(key) == value:
+                            callback = self._lost_locked(value)
+                if callback is not None:
+                    callback()

@@ -327,8 +327,8 @@ def mark_pool_child() -> None:
 
 
 def retire_if_stuck(thread: threading.Thread | None) -> None:
-    """A timed-out handler's thread still runs after its attempt was recorded: the only way
-    to stop blocking Python code is to end its process. A prefork pool child exits once the
+    """A timed-out (or cancelled) handler's thread still runs after its attempt ended: the
+    only way to stop blocking Python code is to end its process. A prefork pool child exits once the
     handler has had `RETIRE_GRACE_S` more (time for the task's result to reach the parent);
     Celery replaces it. Elsewhere (solo/threads pools, tests) the thread is left behind."""
     if thread is None or not _pool_child:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,15 +20,19 @@ from mfm_dist.artifacts import ArtifactStore, OtherArtifactKind
 from mfm_dist.canonical import JsonValue, canonical_bytes
 from mfm_dist.config import RunConfig
 from mfm_dist.context import StagedContext
+from mfm_dist.engine.cancellation import CANCELLED_CODE
 from mfm_dist.engine.deadlines import (
     STATE_TIMEOUT_CODE,
     HandlerRun,
     StateTimeout,
+    StopSignal,
     effective_timeout_ms,
 )
+from mfm_dist.engine.drafts import now_millis as now_millis  # re-exported: callers time attempts
 from mfm_dist.engine.merge import Delta, compute_delta
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import (
+    ErrorCategory,
     ErrorInfo,
     InvalidInput,
     IoError,
@@ -40,6 +43,7 @@ from mfm_dist.errors import (
 )
 from mfm_dist.events import (
     FACT_RECORDED,
+    RUN_CANCEL_REQUESTED,
     DomainEvent,
     EventDraft,
     EventEnvelope,
@@ -56,17 +60,25 @@ from mfm_dist.stores.guards import GuardViolation
 Append = Callable[[Sequence[EventDraft]], list[EventEnvelope]]
 INLINE_PAYLOAD_LIMIT = 64 * 1024
 RESERVED_EVENT_NAMES = frozenset(
-    {FACT_RECORDED, "context_merge_conflict", "run_submitted", "run_aborted"}
+    {
+        FACT_RECORDED,
+        "context_merge_conflict",
+        "run_submitted",
+        "run_aborted",
+        RUN_CANCEL_REQUESTED,
+    }
 )
 RESERVED_ERROR_CODES = frozenset(
-    {"orphan_attempt_recovered", "plan_mismatch", "context_merge_conflict", STATE_TIMEOUT_CODE}
+    {
+        "orphan_attempt_recovered",
+        "plan_mismatch",
+        "context_merge_conflict",
+        STATE_TIMEOUT_CODE,
+        CANCELLED_CODE,
+    }
 )
 """Codes only the engine writes; a handler raising one is recorded as `handler_reserved_code`,
 so engine decisions keyed on them (e.g. orphan retries) cannot be triggered by a handler."""
-
-
-def now_millis() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -84,6 +96,8 @@ class AttemptEnv:
     """See `AttemptScope.fence`: the distributed worker's lease check."""
     max_state_timeout_ms: int | None = None
     """The deployment's cap on any state's timeout (None: no cap; see `deadlines`)."""
+    stop: StopSignal | None = None
+    """Fired from outside to stop running attempts (run cancelled, lease lost)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,18 @@ class AttemptOutcome:
     """The unredacted error, for in-process diagnostics only (replay); never persisted."""
     abandoned: HandlerRun | None = None
     """A timed-out handler whose thread was still running when the attempt was recorded."""
+    entered: bool = True
+    """False when the store refused `StateEntered` because the run's cancel was requested
+    (nothing of the attempt was recorded)."""
+
+
+def refused_by_cancel() -> ErrorInfo:
+    return ErrorInfo(
+        code=CANCELLED_CODE,
+        category=ErrorCategory.UNKNOWN,
+        retryable=False,
+        message="the run was cancelled before this attempt started",
+    )
 
 
 class DomainEventInvalid(InvalidInput):
@@ -177,12 +203,16 @@ def _fact_binder(
 
 
 def _attempt_fence(
-    stopped: threading.Event, outer: Callable[[], None] | None
+    stopped: threading.Event, stop: StopSignal | None, outer: Callable[[], None] | None
 ) -> Callable[[], None]:
     """Checked before every transport call, fact binding and domain event: refuses once
-    the attempt was given up (timeout), then asks the backend (the worker's lease)."""
+    the attempt was stopped from outside (cancel) or given up (timeout), then asks the
+    backend (the worker's lease)."""
 
     def fence() -> None:
+        reason = stop.reason if stop is not None else None
+        if reason is not None:
+            raise reason
         if stopped.is_set():
             raise StateError(
                 STATE_TIMEOUT_CODE, "the attempt was stopped at its deadline", retryable=True
@@ -191,6 +221,22 @@ def _attempt_fence(
             outer()
 
     return fence
+
+
+def _enter(env: AttemptEnv, drafts: list[EventDraft]) -> bool:
+    """Append the attempt's opening batch; False if the run's cancel forbids it."""
+    try:
+        env.append(drafts)
+    except GuardViolation as exc:
+        if exc.rule == "run_cancel_requested":
+            return False
+        raise
+    return True
+
+
+def _refused(state_id: StateId, attempt: int, base_snapshot_id: str) -> AttemptOutcome:
+    error = refused_by_cancel()
+    return AttemptOutcome(state_id, attempt, base_snapshot_id, False, error=error, entered=False)
 
 
 def run_attempt(
@@ -216,14 +262,16 @@ def run_attempt(
             state_id,
             attempt,
         )
-        env.append([entered, done])
+        if not _enter(env, [entered, done]):
+            return _refused(state_id, attempt, base_snapshot_id)
         return AttemptOutcome(
             state_id, attempt, base_snapshot_id, True, base_snapshot_id, Delta(), skipped=True
         )
-    env.append([entered])
+    if not _enter(env, [entered]):
+        return _refused(state_id, attempt, base_snapshot_id)
     ctx = StagedContext(base)
     stopped = threading.Event()
-    fence = _attempt_fence(stopped, env.fence)
+    fence = _attempt_fence(stopped, env.stop, env.fence)
     scope = AttemptScope(
         run_id=env.run_id,
         state_id=state_id,
@@ -242,10 +290,10 @@ def run_attempt(
         recorder = AttemptRecorder(env, state_id, attempt, fence)
         handler = HandlerRun(state.handle(ctx, io, recorder))
         try:
-            if timeout_ms is None:
+            if timeout_ms is None and env.stop is None:
                 result = handler.run_here()
             else:
-                result = handler.run_with_timeout(timeout_ms, stopped.set)
+                result = handler.run_limited(timeout_ms, env.stop, stopped.set)
         except StateTimeout as exc:
             timed_out = exc
             raise
@@ -257,7 +305,8 @@ def run_attempt(
         raise
     except (Exception, asyncio.CancelledError) as exc:
         cause = error_info_from_exception(exc)
-        if cause.code in RESERVED_ERROR_CODES and exc is not timed_out:
+        own = exc is timed_out or (env.stop is not None and exc is env.stop.reason)
+        if cause.code in RESERVED_ERROR_CODES and not own:
             cause = cause.model_copy(update={"code": "handler_reserved_code"})
         info = cause.redacted()
         env.append(

@@ -51,6 +51,45 @@ def effective_timeout_ms(
     return timeout
 
 
+class StopSignal:
+    """Stops running attempts from outside: their run was cancelled (the embedded engine),
+    or the worker lost the attempt's lease (a cluster worker). An attempt whose handler is
+    running waits on it, so a handler that never looks at its IO is still abandoned at once,
+    exactly as at its deadline; `reason` is what the attempt then raises."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reason: MfmError | None = None
+        self._waiters: set[threading.Event] = set()
+        self.abandoned: list[threading.Thread] = []
+        """Handler threads left running when the signal stopped their attempts."""
+
+    @property
+    def reason(self) -> MfmError | None:
+        return self._reason
+
+    def stop(self, reason: MfmError) -> None:
+        """Fire once (later calls keep the first reason) and wake every waiting attempt."""
+        with self._lock:
+            if self._reason is not None:
+                return
+            self._reason = reason
+            waiters = list(self._waiters)
+        for event in waiters:
+            event.set()
+
+    def watch(self, event: threading.Event) -> None:
+        with self._lock:
+            if self._reason is None:
+                self._waiters.add(event)
+                return
+        event.set()
+
+    def unwatch(self, event: threading.Event) -> None:
+        with self._lock:
+            self._waiters.discard(event)
+
+
 class HandlerRun:
     """One handler coroutine on a fresh event loop, on the calling thread or a daemon one."""
 
@@ -65,9 +104,12 @@ class HandlerRun:
         """Run to completion on this thread (no timeout)."""
         return run_coroutine(self._coro, self._started)
 
-    def run_with_timeout(self, timeout_ms: int, on_timeout: Callable[[], None]) -> Any:
-        """Run on a daemon thread; past `timeout_ms` call `on_timeout`, cancel the handler's
-        task and raise `StateTimeout` (the thread is left to end by itself)."""
+    def run_limited(
+        self, timeout_ms: int | None, stop: StopSignal | None, on_stop: Callable[[], None]
+    ) -> Any:
+        """Run on a daemon thread until it returns, `timeout_ms` passes or `stop` fires;
+        then call `on_stop`, cancel the handler's task and raise `StateTimeout` (or the
+        stop's reason). The thread is left to end by itself."""
         box: dict[str, Any] = {}
         done = threading.Event()
 
@@ -81,13 +123,26 @@ class HandlerRun:
 
         self.thread = threading.Thread(target=target, name="mfm-handler", daemon=True)
         self.thread.start()
-        if not done.wait(timeout_ms / 1000.0):
-            on_timeout()
-            self._cancel()
-            raise StateTimeout(timeout_ms)
+        if stop is not None:
+            stop.watch(done)
+        try:
+            done.wait(None if timeout_ms is None else timeout_ms / 1000.0)
+        finally:
+            if stop is not None:
+                stop.unwatch(done)
         if "error" in box:
             raise box["error"]
-        return box.get("value")
+        if "value" in box:
+            return box["value"]
+        on_stop()
+        self._cancel()
+        reason = stop.reason if stop is not None else None
+        if reason is not None:
+            assert stop is not None
+            stop.abandoned.append(self.thread)
+            raise reason
+        assert timeout_ms is not None
+        raise StateTimeout(timeout_ms)
 
     @property
     def abandoned(self) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from mfm_dist.engine.cancellation import CancelRequest, request_of
 from mfm_dist.errors import Corruption, ErrorInfo, NotFound
 from mfm_dist.events import (
     FACT_RECORDED,
@@ -87,6 +88,9 @@ class RunHistory:
     states: dict[str, StateRecord]
     facts: dict[str, ArtifactId]
     domain_events: int = 0
+    cancel: CancelRequest | None = None
+    """The run's cancel request, once recorded (docs/cancellation.md)."""
+    cancel_seq: int | None = None
     _guard: DictGuardView = field(default_factory=DictGuardView, repr=False)
 
     @property
@@ -173,6 +177,10 @@ class RunHistory:
                 self.completed = ev
             elif isinstance(ev, DomainEvent):
                 self.domain_events += 1
+                if self.cancel is None:
+                    request = request_of(env)
+                    if request is not None:
+                        self.cancel, self.cancel_seq = request, env.seq
         self.envelopes.extend(envelopes)
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from mfm_dist.artifacts import ArtifactKind, ArtifactStore, get_json
 from mfm_dist.canonical import JsonValue, artifact_id_of_bytes, canonical_bytes
 from mfm_dist.config import RunConfig
-from mfm_dist.engine.attempt import now_millis
+from mfm_dist.engine.cancellation import CancelRequest, cancelled_error
+from mfm_dist.engine.drafts import failed_drafts, now_millis
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.merge import MergeConflict
 from mfm_dist.engine.snapshots import SnapshotStore
@@ -30,9 +31,8 @@ from mfm_dist.events import (
     RunCompleted,
     RunStarted,
     RunStatus,
-    StateFailed,
 )
-from mfm_dist.ids import ArtifactId, RunId, StateId
+from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.manifest import BuildInfo, RunManifest, current_build_info
 from mfm_dist.operations import OperationRegistry, Pipeline, input_params_for
 from mfm_dist.plan import ExecutionPlan
@@ -170,18 +170,15 @@ def submission_of(envelopes: Sequence[EventEnvelope]) -> SubmissionRecord | None
     return None
 
 
+def open_in_entry_order(history: RunHistory) -> list[tuple[str, int]]:
+    """The run's open attempts as `(state_id, attempt)`, in the order they were entered."""
+    rows = sorted(history.open_attempts(), key=lambda row: row[1].entered_seq)
+    return [(state_id, att.attempt) for state_id, att in rows]
+
+
 def close_open_attempts(history: RunHistory, error: ErrorInfo) -> list[EventDraft]:
     """`StateFailed{error}` for every open attempt, in the order they were entered."""
-    ts = now_millis()
-    return [
-        EventDraft(
-            event=StateFailed(state_id=StateId(state_id), error=error, failure_snapshot_id=None),
-            ts_millis=ts,
-            state_id=StateId(state_id),
-            attempt=att.attempt,
-        )
-        for state_id, att in sorted(history.open_attempts(), key=lambda row: row[1].entered_seq)
-    ]
+    return failed_drafts(open_in_entry_order(history), error)
 
 
 def abort_drafts(
@@ -264,6 +261,14 @@ def result_from_history(
             run_id=history.run_id,
             phase=RunPhase.COMPLETED,
             final_snapshot_id=completed.final_snapshot_id,
+        )
+    if completed.status == RunStatus.CANCELLED:
+        request = history.cancel or CancelRequest(reason="(no cancel request recorded)")
+        return RunResult(
+            run_id=history.run_id,
+            phase=RunPhase.CANCELLED,
+            final_snapshot_id=completed.final_snapshot_id,
+            error=cancelled_error(request),
         )
     aborted = aborted_error(history)
     if aborted is not None:

@@ -23,6 +23,17 @@ from mfm_dist.canonical import JsonValue
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.attempt import AttemptEnv, AttemptOutcome, now_millis, run_attempt
 from mfm_dist.engine.base import ExecutionEngine
+from mfm_dist.engine.cancellation import (
+    RUN_DEADLINE_REASON,
+    CancelRequest,
+    RunCancelled,
+    cancel_drafts,
+    cancelled_error,
+    make_request,
+    request_of,
+    run_deadline_ms,
+)
+from mfm_dist.engine.deadlines import StopSignal
 from mfm_dist.engine.lifecycle import (
     CONFLICT_EVENT,
     load_run,
@@ -32,7 +43,7 @@ from mfm_dist.engine.lifecycle import (
 )
 from mfm_dist.engine.progress import ORPHAN_CODE, RunProgress
 from mfm_dist.engine.snapshots import SnapshotStore
-from mfm_dist.errors import ErrorCategory, ErrorInfo
+from mfm_dist.errors import ConcurrencyError, ErrorCategory, ErrorInfo
 from mfm_dist.events import (
     DomainEvent,
     EventDraft,
@@ -73,7 +84,12 @@ class RunWriter:
     """
 
     def __init__(
-        self, events: EventStore, run_id: RunId, head: int, listener: EventListener | None = None
+        self,
+        events: EventStore,
+        run_id: RunId,
+        head: int,
+        listener: EventListener | None = None,
+        on_cancel: Callable[[CancelRequest], None] | None = None,
     ) -> None:
         self._events = events
         self._run_id = run_id
@@ -82,6 +98,17 @@ class RunWriter:
         self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._listener = listener
+        self._on_cancel = on_cancel
+
+    @property
+    def head(self) -> int:
+        return self._head
+
+    def poll(self) -> None:
+        """Take in a cancel request another process appended (docs/cancellation.md)."""
+        with self._commit:
+            if self._events.head_seq(self._run_id) > self._head:
+                self._absorb()
 
     def append(self, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
         ticket = _Ticket(drafts)
@@ -117,6 +144,37 @@ class RunWriter:
             _fail(batch, exc)
 
     def _append(self, batch: list[_Ticket]) -> None:
+        try:
+            self._append_at_head(batch)
+        except ConcurrencyError as exc:
+            # The only event another process may add to a run this writer drives is its
+            # cancel request: take it in and write after it (the guards then decide).
+            if exc.info.code != "expected_seq_mismatch" or not self._absorb():
+                raise
+            self._append_at_head(batch)
+
+    def _absorb(self) -> bool:
+        """Move the head past a foreign cancel request; False if anything else was found."""
+        new = self._events.read_range(self._run_id, self._head + 1, None)
+        if not new or any(request_of(env) is None for env in new):
+            return False
+        self._head = new[-1].seq
+        self._published(new)
+        return True
+
+    def _published(self, envelopes: list[EventEnvelope]) -> None:
+        """Tell the listener (in seq order: called under the commit lock) and the engine."""
+        for env in envelopes:
+            if self._listener is not None:
+                try:
+                    self._listener(env)
+                except Exception:  # a display must never fail the run it displays
+                    log.exception("event listener failed on seq %s", env.seq)
+            request = request_of(env)
+            if request is not None and self._on_cancel is not None:
+                self._on_cancel(request)
+
+    def _append_at_head(self, batch: list[_Ticket]) -> None:
         envelopes: list[EventEnvelope] = []
         for ticket in batch:
             start = self._head + len(envelopes)
@@ -126,12 +184,7 @@ class RunWriter:
             envelopes.extend(ticket.envelopes)
         self._events.append(self._run_id, self._head, envelopes)
         self._head += len(envelopes)
-        if self._listener is not None:  # under the commit lock: listeners see seq order
-            for env in envelopes:
-                try:
-                    self._listener(env)
-                except Exception:  # a display must never fail the run it displays
-                    log.exception("event listener failed on seq %s", env.seq)
+        self._published(envelopes)
 
 
 def _fail(batch: list[_Ticket], exc: BaseException) -> None:
@@ -147,6 +200,52 @@ def orphan_error() -> ErrorInfo:
         retryable=True,
         message="attempt was open when the run was resumed; closed and retried",
     )
+
+
+POLL_S = 0.2
+"""How often a driving engine looks for a cancel request from another process."""
+
+
+class _RunControl:
+    """What the engine watches besides its attempts while a run executes: a cancel request,
+    made by another process (`mfm cancel`) or by this one when the run's deadline passes.
+    Once it is seen, running attempts are stopped through `stop` and nothing new starts."""
+
+    def __init__(self, deadline_ms: int | None) -> None:
+        self.stop = StopSignal()
+        self.request: CancelRequest | None = None
+        self.deadline_ms = deadline_ms
+        self.writer: RunWriter | None = None
+        self._polled = 0.0
+
+    def cancelled(self, request: CancelRequest) -> None:
+        if self.request is None:
+            self.request = request
+        self.stop.stop(RunCancelled(request))
+
+    def poll(self) -> None:
+        """At most every `POLL_S`: record the deadline's cancel, or take in a foreign one."""
+        now = time.monotonic()
+        if self.request is not None or self.writer is None or now - self._polled < POLL_S:
+            return
+        self._polled = now
+        if self.deadline_ms is not None and now_millis() >= self.deadline_ms:
+            request = make_request(RUN_DEADLINE_REASON, ENGINE_REQUESTER)
+            try:
+                self.writer.append([request.draft(now_millis())])
+            except GuardViolation as exc:
+                if exc.rule != "cancel_already_requested":
+                    raise
+            return
+        self.writer.poll()
+
+    def bound(self, timeout: float | None) -> float:
+        """A wait of at most `timeout` that still lets the next `poll` happen on time."""
+        limit = POLL_S if timeout is None else min(timeout, POLL_S)
+        return max(0.0, limit)
+
+
+ENGINE_REQUESTER = "mfm-engine (run deadline)"
 
 
 @dataclass(order=True)
@@ -220,12 +319,14 @@ class LocalEngine(ExecutionEngine):
             initial_snapshot=initial,
             run_id=run_id,
         )
+        first = self.events.read_range(rid, 1, 1)
         if self.listener is not None:
-            for env in self.events.read_range(rid, 1, 1):
+            for env in first:
                 self.listener(env)
         progress = RunProgress(plan.compiled, run_config, self.snapshots, str(initial_id))
-        writer = RunWriter(self.events, rid, 1, self.listener)
-        return self._drive(rid, progress, writer, FactIndex(), io_factory)
+        control = _RunControl(run_deadline_ms(first[0].ts_millis, run_config.run_timeout_ms))
+        writer = RunWriter(self.events, rid, 1, self.listener, control.cancelled)
+        return self._drive(rid, progress, writer, control, FactIndex(), io_factory)
 
     def resume(self, run_id: RunId) -> RunResult:
         if self.registry is None:
@@ -247,9 +348,19 @@ class LocalEngine(ExecutionEngine):
                     }
                 )
             return result
+        control = _RunControl(run_deadline_ms(history.started_ms, run_config.run_timeout_ms))
+        writer = RunWriter(
+            self.events, history.run_id, history.head, self.listener, control.cancelled
+        )
+        if history.cancel is not None:
+            # Cancelled while no driver was running: close what was open, end it Cancelled.
+            control.cancelled(history.cancel)
+            open_now = [(sid, att.attempt) for sid, att in history.open_attempts()]
+            final_id = progress.final_snapshot()
+            writer.append(cancel_drafts(open_now, history.cancel, final_id))
+            return _cancelled_result(history.run_id, history.cancel, final_id)
         facts = FactIndex(history.facts)
         io_factory = self.io_factory
-        writer = RunWriter(self.events, history.run_id, history.head, self.listener)
         orphans = history.open_attempts()
         if orphans:
             writer.append(
@@ -267,7 +378,7 @@ class LocalEngine(ExecutionEngine):
             )
             for sid, _ in orphans:
                 progress.record_failed(progress.index(sid), orphan_error(), now_millis())
-        return self._drive(history.run_id, progress, writer, facts, io_factory)
+        return self._drive(history.run_id, progress, writer, control, facts, io_factory)
 
     # -- execution ----------------------------------------------------------------------------
     def _drive(
@@ -275,9 +386,11 @@ class LocalEngine(ExecutionEngine):
         run_id: RunId,
         progress: RunProgress,
         writer: RunWriter,
+        control: _RunControl,
         facts: FactIndex,
         io_factory: IoFactory,
     ) -> RunResult:
+        control.writer = writer
         env = AttemptEnv(
             run_id=run_id,
             run_config=progress.run_config,
@@ -287,15 +400,17 @@ class LocalEngine(ExecutionEngine):
             io_factory=io_factory,
             append=writer.append,
             max_state_timeout_ms=self.max_state_timeout_ms,
+            stop=control.stop,
         )
-        self._execute(env, progress)
-        return self._finish(run_id, progress, writer)
+        self._execute(env, progress, control)
+        return self._finish(run_id, progress, writer, control)
 
-    def _execute(self, env: AttemptEnv, progress: RunProgress) -> None:
+    def _execute(self, env: AttemptEnv, progress: RunProgress, control: _RunControl) -> None:
         """Run attempts until no state can run. Sequential runs stop at the first failure;
         fan-out runs keep running every state that does not depend on a failure or a merge
         conflict, so what completes never depends on timing. Infrastructure errors
-        propagate once in-flight attempts have settled (their attempts stay open)."""
+        propagate once in-flight attempts have settled (their attempts stay open). A cancel
+        request stops the running attempts and starts nothing new."""
         plan = progress.plan
         max_conc = progress.run_config.max_concurrency
         ready: list[int] = []
@@ -320,10 +435,12 @@ class LocalEngine(ExecutionEngine):
         pool = ThreadPoolExecutor(max_workers=max_conc, thread_name_prefix="mfm-attempt")
         try:
             while True:
+                control.poll()
+                cancelled = control.request is not None
                 now_ms, now = now_millis(), time.monotonic()
                 while delayed and delayed[0].ready_at <= now:
                     heapq.heappush(ready, heapq.heappop(delayed).index)
-                while infra is None and ready and len(running) < max_conc:
+                while infra is None and not cancelled and ready and len(running) < max_conc:
                     i = heapq.heappop(ready)
                     if not progress.runnable(i):
                         continue
@@ -334,21 +451,27 @@ class LocalEngine(ExecutionEngine):
                         run_attempt, env, plan.order[i], plan.states[i], attempt, base_id, base
                     )
                     running[fut] = i
-                if not running and (infra is not None or (not ready and not delayed)):
+                if not running and (
+                    infra is not None or cancelled or (not ready and not delayed)
+                ):
                     break
                 timeout = None
                 if delayed and infra is None:
                     timeout = max(0.0, delayed[0].ready_at - time.monotonic())
                 if not running:
-                    self._sleep(timeout or 0.0)
+                    self._sleep(control.bound(timeout))
                     continue
-                done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
+                done, _ = wait(
+                    list(running), timeout=control.bound(timeout), return_when=FIRST_COMPLETED
+                )
                 for fut in done:
                     i = running.pop(fut)
                     try:
                         outcome = fut.result()
                     except BaseException as exc:
                         infra = infra or exc
+                        continue
+                    if not outcome.entered:  # refused: the run's cancel was requested
                         continue
                     if outcome.completed:
                         assert outcome.snapshot_id is not None and outcome.delta is not None
@@ -362,14 +485,29 @@ class LocalEngine(ExecutionEngine):
                         continue
                     assert outcome.error is not None
                     progress.record_failed(i, outcome.error, now_millis())
-                    if progress.retry_allowed(i):
+                    if progress.retry_allowed(i) and control.request is None:
                         schedule(i)
         finally:
             pool.shutdown(wait=True)
         if infra is not None:
             raise infra
 
-    def _finish(self, run_id: RunId, progress: RunProgress, writer: RunWriter) -> RunResult:
+    def _finish(
+        self, run_id: RunId, progress: RunProgress, writer: RunWriter, control: _RunControl
+    ) -> RunResult:
+        if control.request is None:
+            try:
+                return self._complete(run_id, progress, writer)
+            except GuardViolation as exc:
+                # A cancel request landed just before RunCompleted: the run ends Cancelled.
+                if exc.rule != "run_cancel_requested" or control.request is None:
+                    raise
+        request = control.request
+        final_id = progress.final_snapshot()
+        writer.append(cancel_drafts([], request, final_id))
+        return _cancelled_result(run_id, request, final_id)
+
+    def _complete(self, run_id: RunId, progress: RunProgress, writer: RunWriter) -> RunResult:
         failed, error = progress.failure()
         ok = error is None and progress.is_done()
         final_id = progress.final_snapshot()
@@ -402,3 +540,12 @@ class LocalEngine(ExecutionEngine):
             failed_state=failed_state,
             error=error,
         )
+
+
+def _cancelled_result(run_id: RunId, request: CancelRequest, final_id: str) -> RunResult:
+    return RunResult(
+        run_id=run_id,
+        phase=RunPhase.CANCELLED,
+        final_snapshot_id=ArtifactId(final_id),
+        error=cancelled_error(request),
+    )

@@ -11,12 +11,14 @@
 --       then 9 fields per event:
 --         kind ('RS' RunStarted, 'SE' StateEntered, 'SC' StateCompleted, 'SF' StateFailed,
 --               'RC' RunCompleted, 'D' domain event, 'F' fact_recorded domain event,
---               'FM' malformed fact_recorded — classified by guards.fact_binding_of),
+--               'FM' malformed fact_recorded — classified by guards.fact_binding_of,
+--               'C' the run-level run_cancel_requested domain event),
 --         ev_state, ev_attempt, env_state, env_attempt ('' when absent),
 --         a1, a2 (RS: op_id, '' | RC: status, '' | F: fact key, payload id),
 --         ts_millis, body (canonical envelope without run_id and seq)
--- Guard hash fields: head, started, completed, open_count, open:<state>,
---   next:<state>, done:<state> ('1' once the state's last attempt completed).
+-- Guard hash fields: head, started, completed, cancel ('1' once a cancel was requested),
+--   open_count, open:<state>, next:<state>, done:<state> ('1' once the state's last
+--   attempt completed).
 -- Reply: {'ok', first_seq, n} | {'dup', first_seq, n} (batch already appended) |
 --        {'stale', head} | {'position', head} | {'guard', rule, seq, message}
 
@@ -49,6 +51,8 @@ end
 
 local started = redis.call('HGET', guard, 'started') == '1'
 local completed = redis.call('HGET', guard, 'completed') == '1'
+local cancelled = redis.call('HGET', guard, 'cancel') == '1'
+local cancel_new = false
 local open_count = tonumber(redis.call('HGET', guard, 'open_count') or '0')
 
 local open_now, open_loaded, next_now, next_loaded = {}, {}, {}, {}
@@ -114,6 +118,9 @@ for i = 1, n do
     return violation('run_not_started', seq, 'first event must be RunStarted')
   elseif kind == 'SE' then
     local attempt = tonumber(ev_attempt)
+    if cancelled then
+      return violation('run_cancel_requested', seq, "the run's cancellation was requested")
+    end
     if open_of(ev_state) then
       return violation('attempt_already_open', seq, ev_state .. ' already has an open attempt')
     end
@@ -156,6 +163,14 @@ for i = 1, n do
     if open_count + open_delta > 0 then
       return violation('run_completed_with_open_attempt', seq, 'an attempt is still open')
     end
+    if cancelled and a1 ~= 'Cancelled' then
+      return violation('run_cancel_requested', seq,
+        'a run whose cancel was requested can only end Cancelled')
+    end
+    if (not cancelled) and a1 == 'Cancelled' then
+      return violation('cancel_not_requested', seq,
+        'a run ends Cancelled only after its cancel request')
+    end
     completed = true
     final_status = a1
   else
@@ -168,6 +183,13 @@ for i = 1, n do
         return violation('domain_event_outside_attempt', seq,
           'no open attempt ' .. shown .. ' of ' .. env_state)
       end
+    end
+    if kind == 'C' then
+      if cancelled then
+        return violation('cancel_already_requested', seq, 'cancellation already requested')
+      end
+      cancelled = true
+      cancel_new = true
     end
     if kind == 'FM' then
       return violation('fact_malformed', seq, 'fact_recorded payload must be {key, payload_id, meta}')
@@ -197,6 +219,10 @@ if started then
 end
 if completed then
   table.insert(updates, 'completed')
+  table.insert(updates, '1')
+end
+if cancel_new then
+  table.insert(updates, 'cancel')
   table.insert(updates, '1')
 end
 for state, _ in pairs(open_changed) do

@@ -5,10 +5,15 @@ the same transaction, so a duplicate or late delivery can never corrupt a
 history. The Redis backend enforces the same rules in its Lua script; the store
 contract suite holds them to one behaviour.
 
-Beyond the attempt envelope, two run-level invariants are guarded here because
+Beyond the attempt envelope, three run-level invariants are guarded here because
 only the store can enforce them across distributed writers: a state completes at
-most once per run (`state_already_completed`), and fact keys are single
-assignment (`fact_conflict`; a binding that cannot be read is `fact_malformed`).
+most once per run (`state_already_completed`), fact keys are single
+assignment (`fact_conflict`; a binding that cannot be read is `fact_malformed`),
+and a run's cancel request is recorded once (`cancel_already_requested`), after
+which no attempt may be entered and the run may only end `Cancelled`
+(`run_cancel_requested`; `Cancelled` without a request is `cancel_not_requested`) — so
+a queued attempt that arrives after a cancel is dropped by the store itself, and a
+cancel racing the run's completion has one outcome (docs/cancellation.md).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from mfm_dist.events import (
     EventEnvelope,
     RunCompleted,
     RunStarted,
+    RunStatus,
     StateCompleted,
     StateEntered,
     StateFailed,
+    is_cancel_request,
 )
 
 
@@ -54,6 +61,7 @@ class GuardView(Protocol):
     def open_count(self) -> int: ...
     def state_completed(self, state_id: str) -> bool: ...
     def fact_binding(self, key: str) -> str | None: ...
+    def cancel_requested(self) -> bool: ...
 
 
 @dataclass
@@ -67,8 +75,13 @@ class GuardChanges:
     next_after: dict[str, int] = field(default_factory=dict)  # state -> next attempt number
     completed_states: set[str] = field(default_factory=set)  # states completed by this batch
     facts: dict[str, str] = field(default_factory=dict)  # new bindings: key -> payload id
+    cancel_requested: bool = False  # this batch records the run's cancel request
 
 
+_RC_CANCEL_MESSAGES = {
+    "run_cancel_requested": "a run whose cancel was requested can only end Cancelled",
+    "cancel_not_requested": "a run ends Cancelled only after its cancel request",
+}
 FACT_MALFORMED_MESSAGE = "fact_recorded payload must be {key, payload_id, meta}"
 FACT_CONFLICT_MESSAGE = "fact key is already bound to a different payload"
 _ARTIFACT_ID = re.compile(r"[0-9a-f]{64}")
@@ -103,6 +116,7 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
     changes = GuardChanges()
     started = view.started()
     completed = view.completed()
+    cancelled = view.cancel_requested()
     open_now: dict[str, int | None] = {}
     next_now: dict[str, int] = {}
     done_now: dict[str, bool] = {}
@@ -145,6 +159,10 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
             raise GuardViolation("run_not_started", "first event must be RunStarted", seq=env.seq)
         if isinstance(ev, StateEntered):
             state = str(ev.state_id)
+            if cancelled:
+                raise GuardViolation(
+                    "run_cancel_requested", "the run's cancellation was requested", seq=env.seq
+                )
             if open_of(state) is not None:
                 raise GuardViolation(
                     "attempt_already_open", f"{state} already has an open attempt", seq=env.seq
@@ -184,6 +202,9 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
                 raise GuardViolation(
                     "run_completed_with_open_attempt", "an attempt is still open", seq=env.seq
                 )
+            if cancelled != (ev.status == RunStatus.CANCELLED):
+                rule = "run_cancel_requested" if cancelled else "cancel_not_requested"
+                raise GuardViolation(rule, _RC_CANCEL_MESSAGES[rule], seq=env.seq)
             completed = True
             changes.completed = True
             changes.completed_status = ev.status.value
@@ -196,7 +217,14 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
                     f"no open attempt {env.attempt} of {env.state_id}",
                     seq=env.seq,
                 )
-            if ev.name == FACT_RECORDED:
+            if is_cancel_request(ev, env.state_id):
+                if cancelled:
+                    raise GuardViolation(
+                        "cancel_already_requested", "cancellation already requested", seq=env.seq
+                    )
+                cancelled = True
+                changes.cancel_requested = True
+            elif ev.name == FACT_RECORDED:
                 binding = fact_binding_of(ev)
                 if binding is None:
                     raise GuardViolation("fact_malformed", FACT_MALFORMED_MESSAGE, seq=env.seq)
@@ -230,6 +258,7 @@ class DictGuardView:
     next: dict[str, int] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     facts: dict[str, str] = field(default_factory=dict)
+    is_cancel_requested: bool = False
 
     def started(self) -> bool:
         return self.is_started
@@ -252,9 +281,13 @@ class DictGuardView:
     def fact_binding(self, key: str) -> str | None:
         return self.facts.get(key)
 
+    def cancel_requested(self) -> bool:
+        return self.is_cancel_requested
+
     def apply(self, changes: GuardChanges) -> None:
         self.is_started = self.is_started or changes.started
         self.is_completed = self.is_completed or changes.completed
+        self.is_cancel_requested = self.is_cancel_requested or changes.cancel_requested
         for state, attempt in changes.open_after.items():
             if attempt is None:
                 self.open.pop(state, None)

@@ -4,7 +4,7 @@ Layout (all keys of a run share the hash tag `{<run_id>}`):
 
 * `mfm:{rid}:events` — the run's stream; entry id `<seq>-1`, fields `seq` and
   `body` (the canonical envelope without `run_id`/`seq`). Never trimmed or expired.
-* `mfm:{rid}:guard` — guard state: `head`, `started`, `completed`, `open_count`,
+* `mfm:{rid}:guard` — guard state: `head`, `started`, `completed`, `cancel`, `open_count`,
   `open:<state>` (the open attempt), `next:<state>` (the next attempt number),
   `done:<state>` (`1` once the state completed; it may not be entered again).
 * `mfm:{rid}:facts` — fact bindings `key -> payload_id` (single assignment);
@@ -15,7 +15,8 @@ Layout (all keys of a run share the hash tag `{<run_id>}`):
 
 `append` and `append_next` are each ONE call of `append.lua`, which checks the
 head (positional appends), enforces the guards of `stores/guards.py` (envelope,
-`state_already_completed`, `fact_conflict`, `fact_malformed`), and XADDs the
+`state_already_completed`, `fact_conflict`, `fact_malformed`, the cancel rules), and
+XADDs the
 whole batch — all or nothing. `append_next` lets the script assign the next
 seqs, so parallel writers never race on positions.
 
@@ -69,6 +70,7 @@ from mfm_dist.events import (
     StateCompleted,
     StateEntered,
     StateFailed,
+    is_cancel_request,
 )
 from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.journal import (
@@ -186,6 +188,8 @@ def _guard_fields(event: Any, state_id: str | None, attempt: int | None) -> list
         if binding is None:
             return ["FM", "", "", env_state, env_attempt, "", ""]
         return ["F", "", "", env_state, env_attempt, binding[0], binding[1]]
+    if is_cancel_request(event, state_id):
+        return ["C", "", "", env_state, env_attempt, "", ""]
     return ["D", "", "", env_state, env_attempt, "", ""]
 
 

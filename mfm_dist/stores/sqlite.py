@@ -17,8 +17,9 @@ state has completed) and `facts` (single-assignment fact bindings).
 A store object used after `fork()` reopens its connection in the child.
 
 Schema versions (`PRAGMA user_version`): 2 added `attempts.completed` and the
-`facts` table. Opening a version-1 file adds the column and rebuilds both from
-the stored events, once, inside the schema transaction.
+`facts` table; 3 added `runs.cancel_requested` (the cancel guard). Opening an older
+file adds what is missing and rebuilds it from the stored events, once, inside the
+schema transaction.
 
 Read-only mode (`read_only=True`, what the CLI's read commands use): the file is
 opened with `mode=ro` and nothing is ever created — no directory, no database, no
@@ -74,7 +75,7 @@ from mfm_dist.stores.guards import GuardChanges, check_batch, fact_binding_of
 Synchronous = Literal["FULL", "NORMAL"]
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 T = TypeVar("T")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _FORK_ORPHANS: list[sqlite3.Connection] = []
 # A read-only open failing with one of these may succeed as `immutable` (it needs no -shm).
 _NEEDS_IMMUTABLE = ("SQLITE_READONLY", "SQLITE_CANTOPEN")  # and SQLITE_READONLY_* variants
@@ -93,7 +94,8 @@ _SCHEMA = (
         phase TEXT NOT NULL DEFAULT 'Running',
         head_seq INTEGER NOT NULL DEFAULT 0,
         started INTEGER NOT NULL DEFAULT 0,
-        completed INTEGER NOT NULL DEFAULT 0
+        completed INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_ms DESC, run_id DESC)",
     """CREATE TABLE IF NOT EXISTS attempts (
@@ -132,10 +134,15 @@ def _migrate(conn: sqlite3.Connection) -> None:
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version >= SCHEMA_VERSION:
         return
-    columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(attempts)")}
-    if "completed" not in columns:
-        conn.execute("ALTER TABLE attempts ADD COLUMN completed INTEGER NOT NULL DEFAULT 0")
-    _rebuild_completions_and_facts(conn)
+    if version < 2:
+        columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(attempts)")}
+        if "completed" not in columns:
+            conn.execute("ALTER TABLE attempts ADD COLUMN completed INTEGER NOT NULL DEFAULT 0")
+        _rebuild_completions_and_facts(conn)
+    columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(runs)")}
+    if "cancel_requested" not in columns:
+        # No earlier version wrote a run-level cancel request: nothing to rebuild.
+        conn.execute("ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -195,10 +202,11 @@ class _SqlGuardView:
         self._conn = conn
         self._run_id = run_id
         row = conn.execute(
-            "SELECT started, completed FROM runs WHERE run_id = ?", (run_id,)
+            "SELECT started, completed, cancel_requested FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
         self._started = bool(row and row[0])
         self._completed = bool(row and row[1])
+        self._cancel_requested = bool(row and row[2])
 
     def started(self) -> bool:
         return self._started
@@ -235,6 +243,9 @@ class _SqlGuardView:
 
     def fact_binding(self, key: str) -> str | None:
         return _fact_binding(self._conn, self._run_id, key)
+
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
 
 
 def _fact_binding(conn: sqlite3.Connection, run_id: str, key: str) -> str | None:
@@ -489,6 +500,8 @@ class SqliteEventStore(EventStore):
             conn.execute("UPDATE runs SET started = 1 WHERE run_id = ?", (rid,))
         if changes.completed:
             conn.execute("UPDATE runs SET completed = 1 WHERE run_id = ?", (rid,))
+        if changes.cancel_requested:
+            conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (rid,))
         states = set(changes.open_after) | set(changes.next_after) | changes.completed_states
         for state in sorted(states):
             conn.execute(

@@ -1,0 +1,161 @@
+"""`mfm cancel`: record a run's cancel request and see the run end (docs/cancellation.md).
+
+The request goes into the run's own log first; whoever drives the run then stops it. On
+the embedded backend that is the process running it (it notices within a fraction of a
+second); a run whose driver is gone (an interrupted `mfm run`) is closed here, at once.
+With `--cluster` the run's coordinator is woken and ends it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import time
+from dataclasses import dataclass
+
+import click
+
+from mfm_dist.cli.app import App, cli, json_flag, pass_app
+from mfm_dist.cli.drivers import DrivenElsewhere, DriverLock
+from mfm_dist.cli.errors import CliError, ExitCode
+from mfm_dist.cli.running import (
+    _broker_errors,
+    _distributed_unavailable,
+    _export_store_urls,
+    timeout_option,
+)
+from mfm_dist.engine.cancellation import CancelOutcome, request_cancel
+from mfm_dist.engine.local import LocalEngine
+from mfm_dist.events import RunCompleted
+from mfm_dist.ids import RunId
+
+WAIT_POLL_S = 0.1
+
+
+def default_requester() -> str:
+    """`user@host`: who asked, as recorded in the request."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass
+class _Cancelled:
+    outcome: CancelOutcome
+    phase: str | None  # the run's phase when we stopped looking (None: still running)
+
+
+@cli.command()
+@click.argument("run_ids", metavar="RUN...", nargs=-1, required=True)
+@click.option("--reason", default="cancelled by user", show_default=True, help="Why (recorded).")
+@click.option(
+    "--cluster", is_flag=True, help="The runs are on the Celery cluster: wake their coordinators."
+)
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until each run has ended Cancelled.",
+)
+@timeout_option("Stop waiting after this many seconds (exit 3).")
+@json_flag
+@pass_app
+def cancel(
+    app: App,
+    run_ids: tuple[str, ...],
+    reason: str,
+    cluster: bool,
+    wait: bool,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Cancel RUN...: nothing new starts, running attempts are stopped, the run ends
+    Cancelled. Idempotent; a run that already finished is left as it is (exit 1)."""
+    ids = [RunId(r) for r in run_ids]
+    requester = default_requester()
+    if cluster:
+        _export_store_urls(app)
+        try:
+            from workers.cancel import cancel_run
+            from workers.runtime import get_runtime
+        except ImportError as exc:
+            raise _distributed_unavailable(exc) from None
+        rt = get_runtime()
+        with _broker_errors():
+            outcomes = [cancel_run(rt, str(rid), reason, requester) for rid in ids]
+    else:
+        outcomes = [request_cancel(app.events, rid, reason, requester) for rid in ids]
+        for outcome in outcomes:
+            if outcome.status != "finished":
+                _close_if_undriven(app, RunId(outcome.run_id))
+    deadline = time.monotonic() + timeout_s if wait else 0.0
+    results = [_Cancelled(o, _phase_when_ended(app, o, deadline)) for o in outcomes]
+    _report(results, as_json)
+    if any(r.outcome.status == "finished" for r in results):
+        finished = [r.outcome.run_id for r in results if r.outcome.status == "finished"]
+        raise CliError(
+            "run_already_finished",
+            f"{len(finished)} run(s) had already finished and were left as they are: "
+            + ", ".join(finished),
+            ExitCode.FAILED,
+        )
+    if wait and any(r.phase is None for r in results):
+        raise CliError(
+            "run_wait_timeout",
+            f"the cancel is recorded, but a run had not ended after {timeout_s:g} s; "
+            "follow it with `mfm status`",
+            ExitCode.INFRASTRUCTURE,
+        )
+
+
+def _close_if_undriven(app: App, rid: RunId) -> None:
+    """A run nobody is driving (its `mfm run` was interrupted) is ended here: resume sees
+    the request, closes what was open with `run_cancelled` and ends it Cancelled."""
+    try:
+        lock = DriverLock.acquire(app.events, str(rid))
+    except DrivenElsewhere:
+        return  # its live driver notices the request by itself
+    if lock is None:
+        return  # no local driver records (e.g. a shared store): the driver must notice
+    try:
+        LocalEngine(app.events, app.artifacts, app.registry()).resume(rid)
+    finally:
+        lock.release(finished=True)
+
+
+def _phase_when_ended(app: App, outcome: CancelOutcome, deadline: float) -> str | None:
+    """The run's final phase, polling its log until `deadline` (monotonic)."""
+    rid = RunId(outcome.run_id)
+    while True:
+        head = app.events.head_seq(rid)
+        last = app.events.read_range(rid, head, head)
+        if last and isinstance(last[0].event, RunCompleted):
+            return last[0].event.status.value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(WAIT_POLL_S)
+
+
+_SAID = {
+    "requested": "cancel requested",
+    "already_requested": "cancel was already requested",
+    "finished": "already finished; left as it is",
+}
+
+
+def _report(results: list[_Cancelled], as_json: bool) -> None:
+    for r in results:
+        if as_json:
+            body = {
+                "run_id": r.outcome.run_id,
+                "request": r.outcome.status,
+                "request_seq": r.outcome.seq,
+                "phase": r.phase or "Running",
+            }
+            click.echo(json.dumps(body, sort_keys=True))
+        else:
+            ended = f" — {r.phase}" if r.phase else " — still running"
+            click.echo(f"{r.outcome.run_id}: {_SAID[r.outcome.status]}{ended}")
