@@ -266,12 +266,15 @@ class BackfillDriver:
         n_settled: int,
     ) -> StepOutcome:
         assert state.issue is not None and state.cancel is not None
-        if running and self.canceller is not None:
-            for i in running:
+        for i in running:
+            if self.canceller is not None:
                 try:
                     self.canceller.cancel(ids[i], state.cancel.reason)
                 except MfmError as exc:
                     log.info("backfill %s: cancel of %s: %s", self.name, ids[i], exc.code)
+            # Something must drive the run to its end (embedded: an interrupted run is
+            # resumed, which only records the cancellation).
+            self.starter.ensure(plan, i, state.parts[i].generation, ids[i])
         if not self._append(state, records):
             return StepOutcome("stale", 0.0, self.refresh())
         state = self._state or state

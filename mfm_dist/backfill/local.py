@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 
 from mfm_dist.artifacts import ArtifactStore
-from mfm_dist.backfill.model import BackfillPlan, partition_labels
+from mfm_dist.backfill.model import BackfillPlan, partition_request
 from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.lifecycle import (
     prepare_run,
@@ -52,19 +52,6 @@ live process drives the run (then it is left alone)."""
 @contextlib.contextmanager
 def _no_lock(run_id: str) -> Iterator[bool]:
     yield True
-
-
-def partition_request(plan: BackfillPlan, index: int, generation: int) -> SubmitRequest:
-    """The submission of a partition's run (the same on every backend)."""
-    part = plan.partitions[index]
-    return SubmitRequest(
-        op=plan.op,
-        version=plan.version,
-        input=part.input,
-        config=plan.config,
-        idempotency_key=plan.key(index, generation),
-        labels=partition_labels(plan.name, part.value),
-    )
 
 
 def accept_locally(
@@ -212,3 +199,19 @@ class LocalPool:
 
     def shutdown(self, *, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+class LocalCanceller:
+    """Embedded: records each run's cancel request; the process driving the run (this
+    pool, or another live `mfm` process) stops it within a fraction of a second."""
+
+    def __init__(self, events: EventStore, name: str, requested_by: str) -> None:
+        self.events = events
+        self.requested_by = f"backfill {name} ({requested_by})"[:200]
+
+    def cancel(self, run_id: str, reason: str | None) -> None:
+        from mfm_dist.engine.cancellation import request_cancel
+
+        request_cancel(
+            self.events, RunId(run_id), reason or "backfill cancelled", self.requested_by
+        )

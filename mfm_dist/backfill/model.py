@@ -25,7 +25,7 @@ from mfm_dist.ids import ArtifactId
 from mfm_dist.journal import JournalRecord, RecordCodec, journal_id
 from mfm_dist.run import RunPhase
 from mfm_dist.secrets import is_secret_string
-from mfm_dist.submission import MAX_LABEL_VALUE, run_id_for_key
+from mfm_dist.submission import MAX_LABEL_VALUE, SubmitRequest, run_id_for_key
 
 JOURNAL_NAMESPACE = "backfill"
 PLAN_KIND = OtherArtifactKind(value="BackfillPlan")
@@ -142,6 +142,19 @@ class BackfillPlan(BaseModel):
 
     def key(self, index: int, generation: int) -> str:
         return idempotency_key(self.name, self.op, self.partitions[index].value, generation)
+
+
+def partition_request(plan: BackfillPlan, index: int, generation: int) -> SubmitRequest:
+    """The submission of a partition's run (the same on every backend)."""
+    part = plan.partitions[index]
+    return SubmitRequest(
+        op=plan.op,
+        version=plan.version,
+        input=part.input,
+        config=plan.config,
+        idempotency_key=plan.key(index, generation),
+        labels=partition_labels(plan.name, part.value),
+    )
 
 
 class Rate(BaseModel):
