@@ -422,6 +422,7 @@ def _drive_local(app: App, name: str, as_json: bool) -> None:
             ExitCode.INTERRUPTED,
         )
     _print_status(app, name, as_json, follow=False)
+    _exit_by(app, name)
 
 
 def _loop(driver: BackfillDriver, pool: LocalPool, stop: _Stop) -> StepOutcome:
@@ -504,6 +505,17 @@ def _report(app: App, name: str) -> tuple[BackfillState, BackfillReport]:
     return state, build_report(state, plan)
 
 
+def _exit_by(app: App, name: str) -> None:
+    """After driving or following a backfill to its end: exit 1 unless every partition
+    completed."""
+    state = load_state(app.events, name)
+    if state.finished is None:
+        return
+    counts = state.counts()
+    if counts["completed"] != len(state.parts):
+        raise click.exceptions.Exit(ExitCode.FAILED)
+
+
 def _print_status(app: App, name: str, as_json: bool, *, follow: bool) -> None:
     state, report = _report(app, name)
     if follow and not as_json and stderr_console().is_terminal and state.finished is None:
@@ -578,6 +590,7 @@ def _follow(app: App, name: str, as_json: bool) -> None:
         while load_state(app.events, name).finished is None:
             time.sleep(FOLLOW_POLL_S)
     _print_status(app, name, as_json, follow=False)
+    _exit_by(app, name)
 
 
 @backfill.command("list")
