@@ -31,7 +31,7 @@ from rich.text import Text
 
 from mfm_dist.backfill import partitions as sources
 from mfm_dist.backfill.driver import BackfillDriver, StepOutcome
-from mfm_dist.backfill.local import LocalCanceller, LocalPool
+from mfm_dist.backfill.local import LocalCanceller, LocalPool, RunLock
 from mfm_dist.backfill.model import (
     BackfillError,
     BackfillPlan,
@@ -69,6 +69,7 @@ from mfm_dist.cli.running import (
 )
 from mfm_dist.ids import RunId
 from mfm_dist.run import RunPhase
+from mfm_dist.stores.base import EventStore
 
 LOCAL_POLL_S = 0.1
 FOLLOW_POLL_S = 0.5
@@ -332,11 +333,18 @@ def _backfill_lock(app: App, name: str) -> Iterator[DriverLock | None]:
             lock.release(finished=load_state(app.events, name).finished is not None)
 
 
-def _run_lock(app: App) -> Any:
+def _run_lock(app: App) -> RunLock:
+    return run_driver_lock(app.events)
+
+
+def run_driver_lock(events: EventStore) -> RunLock:
+    """The pool's run lock: the run's driver record (`mfm runs` shows who drives it; a
+    run another live process drives is left to it)."""
+
     @contextlib.contextmanager
     def lock(run_id: str) -> Iterator[bool]:
         try:
-            held = DriverLock.acquire(app.events, run_id)
+            held = DriverLock.acquire(events, run_id)
         except DrivenElsewhere:
             yield False
             return
@@ -344,7 +352,7 @@ def _run_lock(app: App) -> Any:
             yield True
         finally:
             if held is not None:
-                summary = app.events.run_summaries([RunId(run_id)]).get(run_id)
+                summary = events.run_summaries([RunId(run_id)]).get(run_id)
                 held.release(finished=summary is not None and summary.phase != RunPhase.RUNNING)
 
     return lock
