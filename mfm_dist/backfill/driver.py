@@ -197,6 +197,7 @@ class BackfillDriver:
             if new:
                 entries = [(i, state.parts[i].generation) for i in new]
                 records.append(Claimed(issue=issue.issue, entries=entries))
+                wake = self.poll_s  # their runs are in flight now
             if len(pending) > n:
                 if n == self.max_claims_per_step and free > n and allowance > n:
                     wake = 0.0  # more to claim right away
