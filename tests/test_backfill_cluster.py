@@ -53,6 +53,18 @@ def runs_of(name: str) -> Counter[str]:
     return seen
 
 
+def _explain(store: EventStore, name: str) -> list[object]:
+    from mfm_dist.events import event_name
+
+    out: list[object] = []
+    for summary in store.list_runs():
+        envs = store.read_range(summary.run_id)
+        record = submission_of(envs[:2])
+        if record is not None and record.labels.get("backfill") == name:
+            out.append((summary.phase.value, [(e.ts_millis, event_name(e.event)) for e in envs]))
+    return out
+
+
 def wait_for(check: object, what: str, timeout_s: float = TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():  # type: ignore[operator]
@@ -107,7 +119,8 @@ def test_cancel_on_the_cluster_ends_every_run(cluster: LocalCluster) -> None:
     assert result.exit_code == 0, result.output + cluster.logs()
     state = load_state(store, name)
     assert state.phase is Phase.CANCELLED
-    assert state.counts()["cancelled"] == 3 and state.counts()["not_started"] == 7
+    assert state.counts()["cancelled"] == 3 and state.counts()["not_started"] == 7, (
+        state.counts(), _explain(store, name))
     mine = [s for s in store.list_runs() if s.op_id == OP and s.phase is not RunPhase.COMPLETED]
     assert len(mine) == 3 and all(s.phase is RunPhase.CANCELLED for s in mine)
     assert elapsed < 30
