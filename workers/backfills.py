@@ -33,6 +33,7 @@ from mfm_dist.backfill.model import (
     partition_request,
 )
 from mfm_dist.errors import MfmError
+from mfm_dist.manifest import current_build_info
 from workers.leases import _POP_DUE, Coordination
 from workers.runtime import Runtime
 
@@ -110,11 +111,18 @@ class ClusterStarter:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self._build = current_build_info()  # once: it spawns `git` (see mfm_dist.manifest)
 
     def start(self, plan: BackfillPlan, index: int, generation: int) -> str:
         from workers.submit import accept
 
-        return accept(self.rt, partition_request(plan, index, generation)).run_id
+        inline: Callable[[str], object] | None = None
+        if self.rt.settings.inline_coordination:
+            from workers.tasks import coordinate_now
+
+            inline = coordinate_now  # this control worker takes the run's first step
+        request = partition_request(plan, index, generation)
+        return accept(self.rt, request, coordinate=inline, build=self._build).run_id
 
     def ensure(self, plan: BackfillPlan, index: int, generation: int, run_id: str) -> None:
         """Running runs are the coordinators' (their own timers keep them alive)."""
