@@ -31,7 +31,7 @@ from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
 from mfm_dist.io.base import fact_recorded_event
 from mfm_dist.run import RunPhase
 from mfm_dist.stores.guards import GuardViolation
-from mfm_dist.stores.sqlite import SqliteEventStore
+from mfm_dist.stores.sqlite import SCHEMA_VERSION, SqliteEventStore
 from mfm_dist.stores.urls import open_event_store
 
 SNAP = ArtifactId("c" * 64)
@@ -197,7 +197,7 @@ def test_version_1_file_is_migrated_from_its_events(db: Path) -> None:
 
     migrated = SqliteEventStore(db)
     with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = {row[1] for row in raw.execute("PRAGMA table_info(attempts)")}
         completed = raw.execute(
             "SELECT run_id, state_id FROM attempts WHERE completed = 1 ORDER BY run_id, state_id"
@@ -224,7 +224,7 @@ def test_version_1_file_is_migrated_from_its_events(db: Path) -> None:
     assert caught.value.rule == "state_already_completed"
     migrated.close()
 
-    # The upgraded file opens as an ordinary version-2 file.
+    # The upgraded file opens as an ordinary file of the current version.
     again = SqliteEventStore(db)
     assert again.fact_binding(run, "k") == SNAP
     assert again.head_seq(run) == 12

@@ -49,6 +49,7 @@ from mfm_dist.plan import ExecutionPlan
 from mfm_dist.run import RunPhase, RunResult
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.guards import GuardViolation
+from mfm_dist.submission import SubmissionRecord
 
 EventListener = Callable[[EventEnvelope], None]
 log = logging.getLogger("mfm.engine")
@@ -201,7 +202,10 @@ class LocalEngine(ExecutionEngine):
         manifest_id: str,
         initial_context: Mapping[str, JsonValue],
         run_id: RunId | None = None,
+        submission: SubmissionRecord | None = None,
     ) -> RunResult:
+        """`submission`: recorded as the run's `run_submitted` event (seq 2, in the same
+        append as `RunStarted`) — its labels, never part of the manifest."""
         initial = validate_start(
             self.artifacts,
             registry=self.registry,
@@ -219,12 +223,13 @@ class LocalEngine(ExecutionEngine):
             manifest_id=manifest_id,
             initial_snapshot=initial,
             run_id=run_id,
+            submission=submission,
         )
         if self.listener is not None:
             for env in self.events.read_range(rid, 1, 1):
                 self.listener(env)
         progress = RunProgress(plan.compiled, run_config, self.snapshots, str(initial_id))
-        writer = RunWriter(self.events, rid, 1, self.listener)
+        writer = RunWriter(self.events, rid, 1 if submission is None else 2, self.listener)
         return self._drive(rid, progress, writer, FactIndex(), io_factory)
 
     def resume(self, run_id: RunId) -> RunResult:
