@@ -268,7 +268,8 @@ def test_every_run_command_takes_a_unique_prefix(home: Path) -> None:
     prefix = TWIN_A[:8]
     by_prefix = report(home, prefix)
     assert by_prefix == full
-    assert mfm(home, "events", prefix, "--json").stdout == mfm(home, "events", TWIN_A, "--json").stdout
+    events = mfm(home, "events", prefix, "--json").stdout
+    assert events == mfm(home, "events", TWIN_A, "--json").stdout
     assert mfm(home, "context", prefix).stdout == mfm(home, "context", TWIN_A).stdout
     one = mfm(home, "context", prefix, "--state", "item_0001")
     assert one.exit_code == 0 and "item_0001" in one.stdout

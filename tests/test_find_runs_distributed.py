@@ -142,9 +142,12 @@ def test_ctrl_c_while_following_a_cluster_run_leaves_it_running(
     monkeypatch.setattr(cli_running.time, "sleep", real_sleep)
     assert result.exit_code == 130, result.output + result.stderr
     first, last = result.stderr.splitlines()[0], result.stderr.splitlines()[-1]
-    assert first.startswith("started run ") and first.endswith(" (chain_demo, 2 states) on the cluster")
+    assert first.startswith("started run ")
+    assert first.endswith(" (chain_demo, 2 states) on the cluster")
     rid = first.split()[2]
-    assert last.startswith(f"error[interrupted]: stopped following run {rid}; it continues on the cluster")
+    assert last.startswith(
+        f"error[interrupted]: stopped following run {rid}; it continues on the cluster"
+    )
     assert last.endswith(f" wait {rid}")
     (row,) = listing("--label", "team=data")
     assert row["run_id"] == rid and row["phase"] == "Running"

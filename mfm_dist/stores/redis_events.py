@@ -650,6 +650,7 @@ class RedisEventStore(EventStore):
 
         replies = self._call("XRANGE", read)
         derived: dict[str, Derived] = {}
+        calls: list[tuple[list[bytes], list[Any]]] = []
         for i, rid in enumerate(run_ids):
             second, last = replies[2 * i], replies[2 * i + 1]
             labels = None
@@ -667,11 +668,16 @@ class RedisEventStore(EventStore):
                 _labels_json(labels) if labels is not None else b"",
                 str(ended) if ended is not None else "",
             ]
-            self._run_index_script(keys, args)
-        return derived
+            calls.append((keys, args))
 
-    def _run_index_script(self, keys: list[bytes], args: list[Any]) -> None:
-        self._call("index", lambda: self._index_script(keys=keys, args=args))
+        def index() -> None:  # idempotent: a retry after an ambiguous failure is harmless
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in calls:
+                self._index_script(keys=keys, args=args, client=pipe)
+            pipe.execute()
+
+        self._call("index", index)
+        return derived
 
     def close(self) -> None:
         self._client.close()
