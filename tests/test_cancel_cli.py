@@ -11,7 +11,7 @@ from pathlib import Path
 
 from test_cli_interrupt import Mfm, children, mfm, spawn  # noqa: F401 - fixture
 
-from mfm_dist.events import RunCompleted, RunStatus, StateFailed
+from mfm_dist.events import RunCompleted, RunStatus, StateEntered, StateFailed
 from mfm_dist.stores.urls import open_stores
 
 SLOW = '{"items": 6, "sleep_ms": 20000}'
@@ -32,6 +32,10 @@ def test_cancel_ends_a_live_embedded_run(tmp_path: Path, children: list[Mfm]) ->
         "run", "slow_fanout", "--input", SLOW, "--fan-out", "2",
     )  # fmt: skip
     run_id = child.next_line().split()[2]
+    deadline = time.monotonic() + 30
+    while sum(isinstance(e.event, StateEntered) for e in _events(home, run_id)) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     asked = time.monotonic()
     out = mfm(home, "cancel", run_id, "--reason", "wrong input", "--json")
     assert out.exit_code == 0, out.output

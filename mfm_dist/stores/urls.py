@@ -8,7 +8,8 @@ only when their scheme is used, so the core needs no Redis or S3 client.
 
 `read_only=True` opens the embedded backends (SQLite, files) without creating or
 changing anything, for commands that only read; the other backends are opened as
-usual (a reader never writes to them).
+usual (a reader writes nothing to them, except that the first Redis listing after an
+upgrade indexes the runs an earlier version recorded — once; see `redis_events`).
 """
 
 from __future__ import annotations
