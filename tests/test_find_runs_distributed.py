@@ -134,6 +134,9 @@ def test_ctrl_c_while_following_a_cluster_run_leaves_it_running(
             raise KeyboardInterrupt
         real_sleep(seconds)
 
+    # `time.sleep` is patched process-wide: nothing else may sleep on the main thread first
+    # (the manifest's build info would wait for a `git` subprocess).
+    monkeypatch.setenv("MFM_GIT_COMMIT", "0" * 40)
     monkeypatch.setattr(cli_running.time, "sleep", interrupted)
     result = mfm(
         "run", "chain_demo", "--input", '{"states": 2}', "--backend", "celery",
