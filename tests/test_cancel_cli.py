@@ -37,9 +37,9 @@ def test_cancel_ends_a_live_embedded_run(tmp_path: Path, children: list[Mfm]) ->
         assert time.monotonic() < deadline
         time.sleep(0.02)
     asked = time.monotonic()
-    out = mfm(home, "cancel", run_id, "--reason", "wrong input", "--json")
+    out = mfm(home, "cancel", run_id[:8], "--reason", "wrong input", "--json")
     assert out.exit_code == 0, out.output
-    row = json.loads(out.stdout)
+    (row,) = json.loads(out.stdout)
     assert row["run_id"] == run_id and row["request"] == "requested"
     assert row["phase"] == "Cancelled"
     code, stdout, err = child.finish(timeout=30)
@@ -91,3 +91,29 @@ def test_cancel_refuses_unknown_runs_and_secret_reasons(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and missing.stderr.startswith("error[run_not_found]")
     leaked = mfm(home, "cancel", run_id, "--reason", "password=hunter2")
     assert leaked.exit_code == 2 and "hunter2" not in leaked.output
+
+
+def test_cancel_selects_running_runs_by_label(tmp_path: Path, children: list[Mfm]) -> None:  # noqa: F811
+    home = tmp_path / "home"
+    done = mfm(home, "run", "slow_fanout", "--input", '{"items": 1, "sleep_ms": 1}',
+               "--label", "batch=b1")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    live = [
+        spawn(
+            children, tmp_path, "--home", str(home), "--ops", "slow_ops", "run", "slow_fanout",
+            "--input", SLOW, "--fan-out", "2", "--label", f"batch={batch}",
+        )  # fmt: skip
+        for batch in ("b1", "b2")
+    ]
+    ids = [child.next_line().split()[2] for child in live]
+    out = mfm(home, "cancel", "--label", "batch=b1", "--json")
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert [(r["run_id"], r["phase"]) for r in rows] == [(ids[0], "Cancelled")]
+    none = mfm(home, "cancel", "--label", "batch=b3", "--json")
+    assert none.exit_code == 0 and json.loads(none.stdout) == []
+    usage = mfm(home, "cancel")
+    assert usage.exit_code == 2 and usage.stderr.startswith("error[usage]")
+    b2 = json.loads(mfm(home, "runs", "--label", "batch=b2", "--json").stdout)
+    assert [r["phase"] for r in b2] == ["Running"]
+    assert mfm(home, "cancel", ids[1]).exit_code == 0
