@@ -117,3 +117,18 @@ def test_cancel_selects_running_runs_by_label(tmp_path: Path, children: list[Mfm
     b2 = json.loads(mfm(home, "runs", "--label", "batch=b2", "--json").stdout)
     assert [r["phase"] for r in b2] == ["Running"]
     assert mfm(home, "cancel", ids[1]).exit_code == 0
+
+
+def test_run_timeout_option_cancels_the_run(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    started = time.monotonic()
+    out = mfm(home, "run", "slow_fanout", "--input", SLOW, "--fan-out", "2",
+              "--run-timeout", "0.3", "--json")  # fmt: skip
+    assert time.monotonic() - started < 10
+    assert out.exit_code == 1, out.output
+    result = json.loads(out.stdout)
+    assert result["phase"] == "Cancelled"
+    assert result["error"]["code"] == "run_cancelled"
+    assert "run_deadline_exceeded" in result["error"]["message"]
+    bad = mfm(home, "run", "slow_fanout", "--run-timeout", "0")
+    assert bad.exit_code == 2

@@ -64,6 +64,8 @@ def build_run_config(
     profile: str = "normal",
     max_attempts: int = 1,
     backoff_ms: int = 0,
+    state_timeout_s: float | None = None,
+    run_timeout_s: float | None = None,
     replay: bool = False,
 ) -> RunConfig:
     """The `RunConfig` the `run` options describe (defaults equal `RunConfig()`)."""
@@ -79,7 +81,13 @@ def build_run_config(
         event_profile=PROFILES[profile],
         execution_mode=FanOutJoin(max_concurrency=fan_out) if fan_out is not None else "Sequential",
         skip_tags=tags,
+        state_timeout=_duration(state_timeout_s),
+        run_timeout=_duration(run_timeout_s),
     )
+
+
+def _duration(seconds: float | None) -> Duration | None:
+    return None if seconds is None else Duration.from_millis(max(1, round(seconds * 1000)))
 
 
 def parse_labels(values: tuple[str, ...] | list[str], option: str = "--label") -> dict[str, str]:

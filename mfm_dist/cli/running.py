@@ -303,6 +303,8 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         profile: str,
         max_attempts: int,
         backoff_ms: int,
+        state_timeout_s: float | None,
+        run_timeout_s: float | None,
         replay: bool,
         raw_labels: tuple[str, ...],
         **kwargs: Any,
@@ -318,6 +320,8 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 profile=profile,
                 max_attempts=max_attempts,
                 backoff_ms=backoff_ms,
+                state_timeout_s=state_timeout_s,
+                run_timeout_s=run_timeout_s,
                 replay=replay,
             ),
             labels=parse_labels(raw_labels),
@@ -348,6 +352,22 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
         ),
         click.option("--backoff-ms", type=click.IntRange(0, None), default=0, show_default=True),
+        click.option(
+            "--state-timeout",
+            "state_timeout_s",
+            type=click.FloatRange(0.001, None),
+            metavar="S",
+            help="Timeout of states that declare none (seconds): past it, a retryable "
+            "state_timeout.",
+        ),
+        click.option(
+            "--run-timeout",
+            "run_timeout_s",
+            type=click.FloatRange(0.001, None),
+            metavar="S",
+            help="The run's overall deadline (seconds from its start): past it, it is "
+            "cancelled (run_deadline_exceeded).",
+        ),
         click.option(
             "--replay", is_flag=True, help="Replay recorded facts instead of doing live IO."
         ),
