@@ -41,10 +41,10 @@ from mfm_dist.cli.output import (
 )
 from mfm_dist.cli.progress import LiveProgress, ProgressTracker
 from mfm_dist.config import RunConfig
-from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import (
     PreparedRun,
+    labelled_submission,
     load_run,
     prepare_run,
     result_from_history,
@@ -61,7 +61,6 @@ from mfm_dist.operations import Pipeline
 from mfm_dist.plan import ExecutionPlan
 from mfm_dist.run import RunPhase, RunResult
 from mfm_dist.secrets import redact_url
-from mfm_dist.submission import SubmissionRecord, fingerprint
 
 # -- run / resume ---------------------------------------------------------------------------------
 
@@ -428,21 +427,6 @@ def run(
     _run_here(app, spec, as_json)
 
 
-def _submission_record(spec: RunSpec, prepared: PreparedRun) -> SubmissionRecord | None:
-    """The `run_submitted` record of a labelled run started here (None without labels: the
-    history then starts exactly as it always did)."""
-    if not spec.labels:
-        return None
-    manifest = prepared.manifest
-    return SubmissionRecord(
-        fingerprint=fingerprint(
-            str(manifest.op_id), manifest.op_version, spec.run_input, spec.run_config
-        ),
-        labels=spec.labels,
-        submitted_ms=now_millis(),
-    )
-
-
 def _run_here(
     app: App,
     spec: RunSpec,
@@ -458,7 +442,7 @@ def _run_here(
             registry, spec.op, spec.run_input, spec.run_config, version=spec.version
         )
     manifest_id = store_manifest(app.artifacts, prepared.manifest)
-    submission = _submission_record(spec, prepared)
+    submission = labelled_submission(prepared, spec.run_input, spec.labels)
     show = _wants_progress(as_json)
     console = stderr_console()
     label, total = str(prepared.plan.op_id), len(prepared.plan.compiled)

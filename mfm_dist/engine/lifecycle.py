@@ -38,7 +38,12 @@ from mfm_dist.operations import OperationRegistry, Pipeline, input_params_for
 from mfm_dist.plan import ExecutionPlan
 from mfm_dist.run import RunPhase, RunResult
 from mfm_dist.stores.base import EventStore
-from mfm_dist.submission import RUN_SUBMITTED_EVENT, SubmissionRecord
+from mfm_dist.submission import (
+    RUN_SUBMITTED_EVENT,
+    SubmissionRecord,
+    check_labels,
+    fingerprint,
+)
 
 CONFLICT_EVENT = "context_merge_conflict"
 RUN_ABORTED_EVENT = "run_aborted"
@@ -158,6 +163,23 @@ def record_run_start(
         batch.append(EventDraft(event=submission.event(), ts_millis=ts).at(rid, 2))
     events.append(rid, 0, batch)
     return rid, initial_id
+
+
+def labelled_submission(
+    prepared: PreparedRun, run_input: JsonValue, labels: Mapping[str, str]
+) -> SubmissionRecord | None:
+    """The `run_submitted` record of a labelled run started in-process (None without
+    labels: the history then starts exactly as it always did). Labels are checked."""
+    if not labels:
+        return None
+    manifest = prepared.manifest
+    return SubmissionRecord(
+        fingerprint=fingerprint(
+            str(manifest.op_id), manifest.op_version, run_input, prepared.run_config
+        ),
+        labels=check_labels(dict(labels)),
+        submitted_ms=now_millis(),
+    )
 
 
 def submission_of(envelopes: Sequence[EventEnvelope]) -> SubmissionRecord | None:
