@@ -1,4 +1,7 @@
-"""Content-addressed artifacts (CONTRACT §2, §10): kinds, the store interface, verified IO."""
+"""Content-addressed artifacts: kinds, the store interface, verified IO.
+
+Specified in docs/canonical-json.md and docs/storage.md.
+"""
 
 from __future__ import annotations
 

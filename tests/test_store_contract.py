@@ -1,4 +1,4 @@
-"""The store contract (CONTRACT §2, §6, §10): one suite, run against every backend.
+"""The store contract (docs/canonical-json.md, docs/events.md, docs/storage.md): one suite, run against every backend.
 
 To add a backend, add one entry to `EVENT_BACKENDS` or `ARTIFACT_BACKENDS`. A
 factory gets the pytest `request` (to pull in server fixtures, e.g.

@@ -246,7 +246,7 @@ def _binary_stdout() -> BinaryIO:
 
 
 def _refuse_secret_bytes(data: bytes) -> None:
-    """Secret payloads are stored but never shown (CONTRACT §9)."""
+    """Secret payloads are stored but never shown (docs/secrets.md)."""
     text = data.decode("utf-8", errors="replace")
     if is_secret_string(text):
         raise CliError("secret_output_refused", "artifact content is secret-shaped; not shown")

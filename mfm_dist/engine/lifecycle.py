@@ -1,5 +1,5 @@
 """Run lifecycle steps every engine shares: preparing, validating and recording a start,
-and loading a run for resume with every check of CONTRACT §7.3 done before any append.
+and loading a run for resume with every check of docs/execution.md#resume done before any append.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def validate_start(
     initial_context: Mapping[str, JsonValue],
     manifest_just_stored: bool = False,
 ) -> bytes:
-    """Every check of CONTRACT §7.1 that precedes a write; returns the initial snapshot bytes.
+    """Every check before a write (docs/plans.md#starting-a-run); returns the initial
+    snapshot bytes.
 
     `manifest_just_stored`: the caller has just put these very bytes (a create-only put
     that verifies an existing object), so reading them back is skipped."""
@@ -243,7 +244,7 @@ class LoadedRun:
 def load_run(
     events: EventStore, artifacts: ArtifactStore, registry: OperationRegistry, run_id: RunId
 ) -> LoadedRun:
-    """Read, decode and check a whole run (CONTRACT §7.3) without appending anything."""
+    """Read, decode and check a whole run (docs/execution.md#resume) without appending anything."""
     history = RunHistory.load(events, run_id)
     manifest_id = str(history.started.manifest_id)
     try:

@@ -1,4 +1,4 @@
-"""The embedded engine: sequential and fan-out/join execution in one process (CONTRACT §7).
+"""The embedded engine: sequential and fan-out/join execution in one process (docs/execution.md).
 
 Attempts run on worker threads, each with its own event loop, so a handler that
 blocks (CPU work, a synchronous library) never holds up other branches. At most

@@ -1,6 +1,6 @@
 -- mfm-dist: guarded, all-or-nothing append of one batch to a run's event stream.
 --
--- The same rules as mfm_dist/stores/guards.py (CONTRACT §6, §10), checked and
+-- The same rules as mfm_dist/stores/guards.py (docs/events.md, docs/storage.md), checked and
 -- applied in one atomic script so a duplicate or late delivery can never corrupt
 -- a history. Nothing is written unless every event of the batch passes.
 --
@@ -95,7 +95,7 @@ local function violation(rule, seq, message)
 end
 
 -- Envelope attribution must agree with the event's own state and attempt.
--- Attempt events must carry their state and attempt in the envelope (CONTRACT §3).
+-- Attempt events must carry their state and attempt in the envelope (docs/events.md#serialized-shapes).
 local function attribution_ok(env_state, env_attempt, state, attempt)
   return env_state == state and env_attempt == tostring(attempt)
 end

@@ -1,4 +1,4 @@
-"""The event store interface (CONTRACT §6, §10).
+"""The event store interface (docs/events.md, docs/storage.md).
 
 Every backend stores 1-indexed, contiguous, immutable envelopes per run and
 enforces the envelope guards atomically with the append. Two ways to write:

@@ -1,4 +1,4 @@
-"""The embedded artifact store: content-addressed files under one root (CONTRACT §2, §10).
+"""The embedded artifact store: content-addressed files under one root (docs/storage.md).
 
 Layout: `<root>/<id[:2]>/<id>`, one immutable file per artifact. A put writes a
 temp file in the object's directory, fsyncs it, then creates the final name

@@ -1,4 +1,4 @@
-"""Redis Streams event store (CONTRACT §10).
+"""Redis Streams event store (docs/storage.md).
 
 Layout (all keys of a run share the hash tag `{<run_id>}`):
 

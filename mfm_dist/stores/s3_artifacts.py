@@ -1,4 +1,4 @@
-"""S3 / MinIO artifact store (CONTRACT §10) on the `minio` client.
+"""S3 / MinIO artifact store (docs/storage.md) on the `minio` client.
 
 URL: `s3://bucket/prefix?endpoint=http://host:9000&region=us-east-1&create_bucket=1`
 (`endpoint` defaults to AWS, `https://s3.amazonaws.com`). Objects live at

@@ -1,4 +1,4 @@
-"""The embedded event store: one SQLite file, safe for threads and processes (CONTRACT §6, §10).
+"""The embedded event store: one SQLite file, safe for threads and processes (docs/storage.md).
 
 Durability: the database runs in WAL mode with `synchronous=FULL` by default, so
 an `append` that returned survives a power loss — the run history is the audit

@@ -1,4 +1,4 @@
-"""Choose store backends by URL (CONTRACT §10), never by editing code.
+"""Choose store backends by URL (docs/storage.md), never by editing code.
 
 Events: `memory://`, `sqlite:///path/to/events.sqlite3`, `redis://host:port/db`.
 Artifacts: `memory://`, `file:///path/to/dir`, `s3://bucket/prefix?endpoint=http://host:9000`.
