@@ -20,8 +20,8 @@ class RunPhase(str, Enum):
 class RunResult(BaseModel):
     """What `start`/`resume` return. A failed run is a result, not an exception.
 
-    `error` and `failed_state` explain a `Failed` phase (null otherwise); they are
-    mfm-dist additions to the reference shape.
+    `error` and `failed_state` explain a `Failed` phase, `error` (`run_cancelled`) a
+    `Cancelled` one (null otherwise); they are mfm-dist additions to the reference shape.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

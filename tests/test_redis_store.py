@@ -631,3 +631,31 @@ def test_out_of_memory_is_a_retryable_storage_error(redis_factory: Callable[...,
     raw.config_set("maxmemory", "0")
     store.append_next(run, [entered(StateId("m.main.a"), 0)])
     assert store.head_seq(run) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "seq_field", "code"),
+    [
+        (b"{not json", b"2", "event_decode_failed"),
+        (b'{"event": {"Kernel": {"Nope": {}}}, "ts_millis": 1}', b"2", "event_decode_failed"),
+        (None, b"7", "event_position_mismatch"),
+    ],
+)
+def test_undecodable_or_misplaced_stream_entries_are_corruption(
+    redis_url: str, body: bytes | None, seq_field: bytes, code: str
+) -> None:
+    """A stream entry written behind the store's back reads as `Corruption` with the codes
+    the SQLite store uses, never as a raw decoding exception."""
+    from mfm_dist.errors import Corruption
+
+    store = RedisEventStore.from_url(redis_url)
+    run = new_run()
+    store.append_next(run, [started()])
+    raw = redis.Redis.from_url(redis_url)
+    good = raw.xrange(f"mfm:{{{run}}}:events")[0][1][b"body"]
+    raw.xadd(f"mfm:{{{run}}}:events", {"seq": seq_field, "body": body or good}, id="2-1")
+    with pytest.raises(Corruption) as caught:
+        store.read_range(run)
+    assert caught.value.info.code == code
+    assert caught.value.info.details == {"run_id": str(run), "seq": 2}
+    store.close()

@@ -71,7 +71,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mfm_dist.canonical import canonical_bytes_unchecked
-from mfm_dist.errors import ConcurrencyError, InvalidInput, StorageError, StorageUnavailable
+from mfm_dist.errors import (
+    ConcurrencyError,
+    Corruption,
+    InvalidInput,
+    StorageError,
+    StorageUnavailable,
+)
 from mfm_dist.events import (
     FACT_RECORDED,
     DomainEvent,
@@ -467,7 +473,7 @@ class RedisEventStore(EventStore):
         stream = _run_keys(rid)[0]
         end = "+" if to_seq is None else f"{to_seq}-1"
         entries = self._call("XRANGE", lambda: self._client.xrange(stream, f"{start}-1", end))
-        return [_envelope(rid, fields) for _entry_id, fields in entries]
+        return [_checked_envelope(rid, entry_id, fields) for entry_id, fields in entries]
 
     def fact_binding(self, run_id: RunId, key: str) -> ArtifactId | None:
         facts = _run_keys(str(run_id))[2]
@@ -692,6 +698,27 @@ def _envelope(run_id: str, fields: dict[bytes, bytes]) -> EventEnvelope:
     data["run_id"] = run_id
     data["seq"] = int(fields[b"seq"])
     return EventEnvelope.model_validate(data)
+
+
+def _checked_envelope(run_id: str, entry_id: bytes, fields: dict[bytes, bytes]) -> EventEnvelope:
+    """A stream entry as an envelope, with the codes the SQLite store uses for bad data."""
+    seq_text = entry_id.decode(errors="replace").split("-", 1)[0]
+    details = {"run_id": run_id, "seq": int(seq_text) if seq_text.isdigit() else seq_text}
+    try:
+        env = _envelope(run_id, fields)
+    except (ValueError, KeyError, TypeError):
+        raise Corruption(
+            "event_decode_failed",
+            f"stored event {seq_text} of run {run_id} cannot be decoded",
+            details=details,
+        ) from None
+    if str(env.seq) != seq_text:
+        raise Corruption(
+            "event_position_mismatch",
+            f"stored event {seq_text} of run {run_id} names another position",
+            details=details,
+        )
+    return env
 
 
 def _decode_entry(run_id: str, fields: dict[bytes, bytes]) -> EventEnvelope | None:
