@@ -25,13 +25,18 @@ def _events(home: Path, run_id: str) -> list:  # type: ignore[type-arg]
         stores.close()
 
 
-def test_cancel_ends_a_live_embedded_run(tmp_path: Path, children: list[Mfm]) -> None:  # noqa: F811
-    home = tmp_path / "home"
+def _slow_run(children: list[Mfm], tmp_path: Path, home: Path, *extra: str) -> tuple[Mfm, str]:  # noqa: F811
+    """`mfm run` of a slow fan-out in a child process; returns it and the run id it said."""
     child = spawn(
         children, tmp_path, "--home", str(home), "--ops", "slow_ops",
-        "run", "slow_fanout", "--input", SLOW, "--fan-out", "2",
+        "run", "slow_fanout", "--input", SLOW, "--fan-out", "2", *extra,
     )  # fmt: skip
-    run_id = child.next_line().split()[2]
+    return child, child.next_line().split()[2]
+
+
+def test_cancel_ends_a_live_embedded_run(tmp_path: Path, children: list[Mfm]) -> None:  # noqa: F811
+    home = tmp_path / "home"
+    child, run_id = _slow_run(children, tmp_path, home)
     deadline = time.monotonic() + 30
     while sum(isinstance(e.event, StateEntered) for e in _events(home, run_id)) < 2:
         assert time.monotonic() < deadline
@@ -62,11 +67,7 @@ def test_cancel_ends_a_live_embedded_run(tmp_path: Path, children: list[Mfm]) ->
 
 def test_cancel_closes_an_interrupted_run_at_once(tmp_path: Path, children: list[Mfm]) -> None:  # noqa: F811
     home = tmp_path / "home"
-    child = spawn(
-        children, tmp_path, "--home", str(home), "--ops", "slow_ops",
-        "run", "slow_fanout", "--input", SLOW, "--fan-out", "2",
-    )  # fmt: skip
-    run_id = child.next_line().split()[2]
+    child, run_id = _slow_run(children, tmp_path, home)
     child.proc.send_signal(signal.SIGINT)
     child.proc.send_signal(signal.SIGINT)  # the second one stops at once
     code, _, _ = child.finish(timeout=30)
@@ -98,14 +99,7 @@ def test_cancel_selects_running_runs_by_label(tmp_path: Path, children: list[Mfm
     done = mfm(home, "run", "slow_fanout", "--input", '{"items": 1, "sleep_ms": 1}',
                "--label", "batch=b1")  # fmt: skip
     assert done.exit_code == 0, done.output
-    live = [
-        spawn(
-            children, tmp_path, "--home", str(home), "--ops", "slow_ops", "run", "slow_fanout",
-            "--input", SLOW, "--fan-out", "2", "--label", f"batch={batch}",
-        )  # fmt: skip
-        for batch in ("b1", "b2")
-    ]
-    ids = [child.next_line().split()[2] for child in live]
+    ids = [_slow_run(children, tmp_path, home, "--label", f"batch={b}")[1] for b in ("b1", "b2")]
     out = mfm(home, "cancel", "--label", "batch=b1", "--json")
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)
