@@ -1,6 +1,6 @@
 """mfm-dist: reproducible, auditable workflow runs — embedded, or scaled out on Celery.
 
-The public API mirrors the reference runtime's names (CONTRACT §0); everything a
+The public API mirrors the reference runtime's names (docs/README.md#reference-names); everything a
 user needs to define operations and run them is importable from here.
 """
 

@@ -1,4 +1,7 @@
-"""Content-addressed artifacts (CONTRACT §2, §10): kinds, the store interface, verified IO."""
+"""Content-addressed artifacts: kinds, the store interface, verified IO.
+
+Specified in docs/canonical-json.md and docs/storage.md.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Annotated
 from pydantic import Tag
 
 from mfm_dist.canonical import JsonValue, artifact_id_of_bytes, canonical_bytes, parse_canonical
-from mfm_dist.errors import Corruption
+from mfm_dist.errors import Corruption, StorageError
 from mfm_dist.ids import ArtifactId
 from mfm_dist.tagged import NewtypeVariant, tag_discriminator
 
@@ -87,6 +90,19 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def exists(self, artifact_id: str) -> bool: ...
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[ArtifactId]:
+        """Ids of stored artifacts starting with `prefix`, ascending, at most `limit`.
+
+        Backends answer from a listing of the one shard (directory, key prefix) the
+        prefix names; a store that cannot list says so."""
+        inner = getattr(self, "inner", None)
+        if isinstance(inner, ArtifactStore):  # a wrapper (timing, caching): ask the store
+            return inner.ids_with_prefix(prefix, limit)
+        raise StorageError(
+            "id_prefix_unsupported",
+            f"the artifact store {self.url or type(self).__name__} cannot look up id prefixes",
+        )
 
     @abstractmethod
     def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:

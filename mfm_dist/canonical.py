@@ -1,4 +1,4 @@
-"""Canonical JSON (RFC 8785) and content addresses (CONTRACT §2).
+"""Canonical JSON (RFC 8785) and content addresses (docs/canonical-json.md).
 
 `canonical_bytes` is the only way structured data becomes hashed or persisted
 bytes: it runs the secrets scan, rejects floats and integers outside ±(2^53−1),

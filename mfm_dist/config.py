@@ -1,4 +1,7 @@
-"""Run configuration (CONTRACT §3): `RunConfig` and its parts, in the reference's JSON shapes."""
+"""Run configuration: `RunConfig` and its parts, in the reference's JSON shapes.
+
+Specified in docs/plans.md#run-configuration.
+"""
 
 from __future__ import annotations
 

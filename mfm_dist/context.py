@@ -1,4 +1,4 @@
-"""The staged context a handler sees (CONTRACT §7.2.3).
+"""The staged context a handler sees (docs/execution.md#staged-context).
 
 Reads see the overlay, then the base; writes and deletes go to the overlay;
 deleting a missing key is fine. Values are validated when written, so a float or

@@ -1,4 +1,4 @@
-"""Structured errors (CONTRACT §4).
+"""Structured errors (docs/errors.md).
 
 Every error carries an `ErrorInfo` whose `code` is stable API (see the README's
 error-code list). Exceptions are for invalid input and infrastructure faults; a

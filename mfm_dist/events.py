@@ -1,4 +1,4 @@
-"""Kernel and domain events and their envelope (CONTRACT §3, §6)."""
+"""Kernel and domain events and their envelope (docs/events.md)."""
 
 from __future__ import annotations
 

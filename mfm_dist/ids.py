@@ -1,4 +1,4 @@
-"""Identifiers (CONTRACT §1): validated on construction and on deserialization.
+"""Identifiers (docs/ids.md): validated on construction and on deserialization.
 
 Each id is a `str` subclass, so it is cheap to pass around and serializes as a
 plain JSON string, while `StateId("bad")` and pydantic decoding both reject bad

@@ -1,4 +1,4 @@
-"""Run manifests (CONTRACT §3, §5): what was asked for, and by which build.
+"""Run manifests: what was asked for, and by which build (docs/plans.md#manifests).
 
 The `build` field keeps the reference's field names; for Python they hold:
 

@@ -1,4 +1,4 @@
-"""Operations, pipelines and the flattening planner (CONTRACT §5).
+"""Operations, pipelines and the flattening planner (docs/plans.md).
 
 An `Operation` expands deterministically, without IO, into a `StateGraph` whose
 state ids start with the op path it was given. A `Pipeline` flattens its steps

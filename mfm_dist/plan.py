@@ -1,4 +1,4 @@
-"""Execution plans: a DAG of states, its validation and its canonical order (CONTRACT §5)."""
+"""Execution plans: a DAG of states, its validation and its canonical order (docs/plans.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The secrets policy (CONTRACT §9): recognise secret-shaped strings and JSON.
+"""The secrets policy (docs/secrets.md): recognise secret-shaped strings and JSON.
 
 Nothing secret-shaped may be persisted or echoed. The scan is deliberately
 conservative: a false positive costs a rejected input, a false negative leaks.

@@ -1,4 +1,4 @@
-"""States: the unit of work of a plan (CONTRACT §5)."""
+"""States: the unit of work of a plan (docs/plans.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Externally tagged enums in the reference's serde shape (CONTRACT §3).
+"""Externally tagged enums in the reference's serde shape (docs/events.md#serialized-shapes).
 
 A variant with fields serializes as `{"Tag": {...fields}}` (or nested, e.g.
 `{"Kernel": {"StateEntered": {...}}}`); a unit variant is a plain string. Each

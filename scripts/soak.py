@@ -26,7 +26,8 @@ with `--seed S --first-trial K --trials 1`; only the timing varies between runs:
   `mfm resume --cluster --wait` processes next to a `wake` + `wait_for_run`, a submission
   delivered twice (the same `submission_id`, at once or one after the other), and a
   lease-then-death (`DIST_OPS_FAULTS`: the next process to take a lease is SIGKILLed right
-  after, alone or with its whole worker). Whatever is killed is restarted: workers by the
+  after, alone or with its whole worker), and a cancel request (`mfm cancel --cluster`'s
+  `cancel_run`) racing the run's own progress. Whatever is killed is restarted: workers by the
   supervisor, redis by `restart_redis`; a fault counts as *healed* once everything is back
   (every worker alive and logged ready, S3 resumed).
 
@@ -37,7 +38,10 @@ run (when the workload is meant to complete: its plans are conflict-free, see RE
 "Execution modes"), with the same set of completed states; no state completed twice; gapless
 attempt numbers per state; exactly one `RunCompleted`, last; a duplicated submission started
 one run; concurrent resumes returned the run's result; and the recovery time is within the
-bound.
+bound. A trial whose cancel request landed before the run ended must end `Cancelled` instead
+(the designed outcome and the embedded references then do not apply), with nothing entered
+after the request and `RunCompleted` within the bound of the request; one refused because the
+run had finished keeps every usual check.
 
 Recovery time of a fault: from its heal to the later of (a) the next `StateCompleted` or
 `RunCompleted` and (b) the final event of every state that had an open attempt at the heal.
@@ -121,6 +125,7 @@ FAULT_KINDS: dict[str, float] = {
     "concurrent_resume": 0.8,
     "dup_submit": 0.7,
     "lease_death": 1.0,
+    "cancel": 0.6,
 }
 EXAMPLES = ("fanout_demo", "chain_demo", "etl_demo")
 ETL_STATES = 4
@@ -314,6 +319,8 @@ def _fault(rng: random.Random, kind: str, workload: Workload) -> FaultPlan:
         params = {"concurrent": rng.random() < 0.5}
     elif kind == "lease_death":
         params = {"mode": rng.choice(["child", "worker"])}
+    elif kind == "cancel":
+        params = {"reason": "soak"}
     return FaultPlan(kind, trigger, rng.randint(0, 300), params)
 
 
@@ -675,6 +682,11 @@ class Soak:
             return self._concurrent_resume(st, int(f.params["resumes"]))
         if kind == "lease_death":
             return self._lease_death(st, str(f.params["mode"]), rec)
+        if kind == "cancel":
+            from workers.cancel import cancel_run
+
+            rec["status"] = cancel_run(self.rt, st.run_id, str(f.params["reason"])).status
+            return _now()
         raise ValueError(f"unknown fault {kind}")
 
     def _restarts(self) -> dict[str, int]:
@@ -883,8 +895,15 @@ class Soak:
                 time.sleep(0.2)
         end_ms = next((e.ts_millis for e in envelopes if isinstance(e.event, RunCompleted)), None)
         phase = result.phase.value if result is not None else "Running"
-        checks["phase"] = phase == w.expect_phase
-        if w.expect_phase == RunPhase.FAILED.value and result is not None:
+        cancel = next(
+            (r for r in st.records if r["kind"] == "cancel" and r.get("status") == "requested"),
+            None,
+        )
+        if cancel is not None:
+            checks.update(self._check_cancelled(phase, envelopes, end_ms, cancel, w))
+        else:
+            checks["phase"] = phase == w.expect_phase
+        if cancel is None and w.expect_phase == RunPhase.FAILED.value and result is not None:
             checks["failed_state"] = str(result.failed_state) == w.expect_failed_state
             checks["error_code"] = (result.error.code if result.error else None) == w.expect_code
         # history shape
@@ -907,7 +926,7 @@ class Soak:
         same = references.get("same")
         seq = references.get("sequential")
         final = str(result.final_snapshot_id) if result and result.final_snapshot_id else None
-        if isinstance(same, Reference):
+        if isinstance(same, Reference) and cancel is None:
             checks["design_matches_embedded"] = (
                 same.phase == w.expect_phase
                 and same.failed_state == w.expect_failed_state
@@ -915,7 +934,11 @@ class Soak:
             )
             checks["final_eq_embedded_same_mode"] = final == same.final
             checks["completed_states_eq_embedded"] = sorted(completions) == same.completed
-        if isinstance(seq, Reference) and w.expect_phase == RunPhase.COMPLETED.value:
+        if (
+            isinstance(seq, Reference)
+            and w.expect_phase == RunPhase.COMPLETED.value
+            and cancel is None
+        ):
             checks["final_eq_embedded_sequential"] = final == seq.final
         # mfm verify, in a subprocess
         checks["verify_cli"] = self._verify_cli(st.run_id)
@@ -967,6 +990,30 @@ class Soak:
             "checks": checks,
             "ok": ok,
         }
+
+    def _check_cancelled(
+        self,
+        phase: str,
+        envelopes: list[EventEnvelope],
+        end_ms: int | None,
+        cancel: dict[str, Any],
+        w: Workload,
+    ) -> dict[str, Any]:
+        """A run whose cancel request was recorded: Cancelled, nothing entered after the
+        request, and ended within the bound of the request (docs/cancellation.md)."""
+        from mfm_dist.engine.cancellation import request_of
+
+        checks: dict[str, Any] = {"phase": phase == RunPhase.CANCELLED.value}
+        at = next((e.seq for e in envelopes if request_of(e) is not None), None)
+        checks["cancel_recorded"] = at is not None
+        if at is not None:
+            checks["nothing_entered_after_cancel"] = not any(
+                isinstance(e.event, StateEntered) for e in envelopes[at:]
+            )
+        if end_ms is not None:
+            cancel["cancel_to_end_s"] = round(max(0.0, end_ms / 1000.0 - cancel["_at"]), 3)
+            checks["cancel_within_bound"] = cancel["cancel_to_end_s"] <= self.bound_s(w)
+        return checks
 
     def _verify_cli(self, run_id: str) -> bool | str:
         try:

@@ -1,4 +1,4 @@
-"""Canonical JSON, hashing, the secrets policy and identifier grammar (CONTRACT §1, §2, §9)."""
+"""Canonical JSON, hashing, the secrets policy and identifier grammar (docs/ids.md, docs/canonical-json.md, docs/secrets.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Distributed execution end to end: real redis-server (AOF), a real S3 server (SeaweedFS) and
-real Celery worker processes (CONTRACT §7.4, §11)."""
+real Celery worker processes (docs/merge.md, docs/cluster.md)."""
 
 from __future__ import annotations
 

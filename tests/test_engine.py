@@ -1,4 +1,4 @@
-"""LocalEngine semantics (CONTRACT §7.1–7.3) on the in-memory stores."""
+"""LocalEngine semantics (docs/plans.md#starting-a-run, docs/execution.md#one-attempt, docs/execution.md#resume) on the in-memory stores."""
 
 from __future__ import annotations
 

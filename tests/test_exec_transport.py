@@ -1,4 +1,4 @@
-"""The `exec` transport (CONTRACT §8): allow-list, caps, one deadline, safe errors."""
+"""The `exec` transport (docs/io-and-replay.md): allow-list, caps, one deadline, safe errors."""
 
 from __future__ import annotations
 

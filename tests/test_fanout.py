@@ -1,4 +1,4 @@
-"""Fan-out/join semantics (CONTRACT §7.4) on the embedded engine."""
+"""Fan-out/join semantics (docs/merge.md) on the embedded engine."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Resume checks the whole history before appending anything (CONTRACT §7.3)."""
+"""Resume checks the whole history before appending anything (docs/execution.md#resume)."""
 
 from __future__ import annotations
 

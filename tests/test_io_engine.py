@@ -1,4 +1,4 @@
-"""Facts, replay and effectively-once side effects through the engine (CONTRACT §8)."""
+"""Facts, replay and effectively-once side effects through the engine (docs/io-and-replay.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LiveIo, ReplayIo, the transport registry and the default factory (CONTRACT §8)."""
+"""LiveIo, ReplayIo, the transport registry and the default factory (docs/io-and-replay.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plan validation, canonical order and pipeline flattening (CONTRACT §5)."""
+"""Plan validation, canonical order and pipeline flattening (docs/plans.md)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
 from mfm_dist.io.base import fact_recorded_event
-from mfm_dist.run import RunPhase
+from mfm_dist.run import RunPhase, RunQuery
 from mfm_dist.stores.guards import DictGuardView, GuardViolation, check_batch
 from mfm_dist.stores.memory import InMemoryEventStore
 from mfm_dist.stores.redis_events import RedisEventStore
@@ -401,6 +401,103 @@ def test_read_range_and_list_runs(redis_url: str) -> None:
     assert [r.run_id for r in store.list_runs(limit=1)] == [second]
 
 
+def submitted(labels: dict[str, str], ts: int = 1_000) -> EventDraft:
+    payload = {"fingerprint": "f" * 64, "idempotency_key": None, "labels": labels,
+               "on_complete": None, "submitted_ms": ts}  # fmt: skip
+    return EventDraft(event=DomainEvent(name="run_submitted", payload=payload), ts_millis=ts)
+
+
+def command_calls(client: Any) -> Counter[str]:
+    """Calls per command since the last CONFIG RESETSTAT (the server's own count)."""
+    stats = client.info("commandstats")
+    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+
+
+def test_filtered_listing_walks_the_smallest_index_and_reads_no_stream(redis_url: str) -> None:
+    store = RedisEventStore.from_url(redis_url)
+    client = store.client
+    wanted = []
+    for i in range(300):
+        rid = new_run()
+        labels = {"backfill": "b7", "part": f"{i:03d}"} if i % 60 == 0 else {"team": "x"}
+        store.append_next(rid, [started(ts=10_000 + i, op="alpha"), submitted(labels)])
+        if i % 60 == 0:
+            wanted.append(rid)
+        if i % 2 == 0:
+            store.append_next(rid, [completed()])
+    store.list_runs(limit=1)  # the index-version marker is read once per store object
+    client.config_resetstat()
+    rows = store.list_runs(
+        query=RunQuery(op_id="alpha", phase=RunPhase.COMPLETED, labels={"backfill": "b7"})
+    )
+    assert [r.run_id for r in rows] == list(reversed(wanted))
+    assert all(r.labels["backfill"] == "b7" and r.ended_ms == 9_000 for r in rows)
+    calls = command_calls(client)
+    assert calls["hgetall"] == len(wanted)  # only the runs of the smallest index (5 of 300)
+    assert calls["xrange"] == calls["xrevrange"] == 0  # no stream was read
+    client.config_resetstat()
+    windowed = store.list_runs(limit=10, query=RunQuery(since_ms=10_100, until_ms=10_150))
+    assert [r.started_ms for r in windowed] == list(range(10_149, 10_139, -1))
+    assert command_calls(client)["hgetall"] == 10
+    store.close()
+
+
+def _strip_listing(client: Any) -> None:
+    """Make the store look as an earlier version left it: no listing indexes, no labels or
+    end times in the meta hashes, no index-version marker."""
+    for key in client.scan_iter(match="mfm:runs:*"):
+        client.delete(key)
+    for key in client.scan_iter(match="mfm:{*}:meta"):
+        client.hdel(key, "ix", "labels", "ended_ms")
+
+
+def test_runs_of_an_earlier_version_are_indexed_by_the_first_listing(redis_url: str) -> None:
+    store = RedisEventStore.from_url(redis_url)
+    old_done, old_running, old_plain = new_run(), new_run(), new_run()
+    store.append_next(old_done, [started(ts=1_000, op="alpha"), submitted({"team": "data"})])
+    store.append_next(old_done, [completed(RunStatus.FAILED)])
+    store.append_next(old_running, [started(ts=2_000, op="beta"), submitted({"team": "data"})])
+    store.append_next(old_plain, [started(ts=3_000, op="alpha")])
+    expected = store.list_runs()
+    _strip_listing(store.client)
+    store.close()
+
+    upgraded = RedisEventStore.from_url(redis_url)
+    # The old running run completes under the new version before anything is listed.
+    upgraded.append_next(old_running, [completed()])
+    assert upgraded.runs_with_prefix(str(old_done)[:8]) == [old_done]
+    by_id = {r.run_id: r for r in upgraded.list_runs()}
+    assert by_id[old_done] == expected[2]
+    assert by_id[old_done].labels == {"team": "data"} and by_id[old_done].ended_ms == 9_000
+    assert by_id[old_running].phase is RunPhase.COMPLETED
+    assert by_id[old_running].labels == {"team": "data"} and by_id[old_running].ended_ms == 9_000
+    assert by_id[old_plain] == expected[0]
+
+    def ids(query: RunQuery) -> list[RunId]:
+        return [r.run_id for r in upgraded.list_runs(query=query)]
+
+    assert ids(RunQuery(labels={"team": "data"})) == [old_running, old_done]
+    assert ids(RunQuery(phase=RunPhase.RUNNING)) == [old_plain]
+    assert ids(RunQuery(phase=RunPhase.COMPLETED)) == [old_running]
+    assert ids(RunQuery(op_id="alpha", phase=RunPhase.FAILED)) == [old_done]
+    assert upgraded.client.get("mfm:runs:index_version") == b"1"
+    upgraded.close()
+
+    # A run an earlier-version writer records after that is indexed when a listing meets it.
+    late = new_run()
+    again = RedisEventStore.from_url(redis_url)
+    again.append_next(late, [started(ts=4_000, op="alpha"), submitted({"team": "late"})])
+    _meta = f"mfm:{{{late}}}:meta"
+    again.client.hdel(_meta, "ix", "labels")
+    for key in again.client.scan_iter(match="mfm:runs:*", _type="zset"):
+        again.client.zrem(key, str(late))
+    assert [r.run_id for r in again.list_runs(query=RunQuery(labels={"team": "late"}))] == []
+    [row] = again.list_runs(limit=1)
+    assert row.run_id == late and row.labels == {"team": "late"}
+    assert [r.run_id for r in again.list_runs(query=RunQuery(labels={"team": "late"}))] == [late]
+    again.close()
+
+
 def test_url_credentials_redacted(redis_server: RedisServer) -> None:
     store = RedisEventStore.from_url(f"redis://user:s3cr3t@127.0.0.1:{redis_server.port}/0")
     assert "s3cr3t" not in store.url
@@ -534,3 +631,31 @@ def test_out_of_memory_is_a_retryable_storage_error(redis_factory: Callable[...,
     raw.config_set("maxmemory", "0")
     store.append_next(run, [entered(StateId("m.main.a"), 0)])
     assert store.head_seq(run) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "seq_field", "code"),
+    [
+        (b"{not json", b"2", "event_decode_failed"),
+        (b'{"event": {"Kernel": {"Nope": {}}}, "ts_millis": 1}', b"2", "event_decode_failed"),
+        (None, b"7", "event_position_mismatch"),
+    ],
+)
+def test_undecodable_or_misplaced_stream_entries_are_corruption(
+    redis_url: str, body: bytes | None, seq_field: bytes, code: str
+) -> None:
+    """A stream entry written behind the store's back reads as `Corruption` with the codes
+    the SQLite store uses, never as a raw decoding exception."""
+    from mfm_dist.errors import Corruption
+
+    store = RedisEventStore.from_url(redis_url)
+    run = new_run()
+    store.append_next(run, [started()])
+    raw = redis.Redis.from_url(redis_url)
+    good = raw.xrange(f"mfm:{{{run}}}:events")[0][1][b"body"]
+    raw.xadd(f"mfm:{{{run}}}:events", {"seq": seq_field, "body": body or good}, id="2-1")
+    with pytest.raises(Corruption) as caught:
+        store.read_range(run)
+    assert caught.value.info.code == code
+    assert caught.value.info.details == {"run_id": str(run), "seq": 2}
+    store.close()

@@ -1,4 +1,4 @@
-"""No secret ever reaches a stored byte (CONTRACT §9), on the embedded SQLite + file stores."""
+"""No secret ever reaches a stored byte (docs/secrets.md), on the embedded SQLite + file stores."""
 
 from __future__ import annotations
 

@@ -29,9 +29,9 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
 from mfm_dist.io.base import fact_recorded_event
-from mfm_dist.run import RunPhase
+from mfm_dist.run import RunPhase, RunQuery
 from mfm_dist.stores.guards import GuardViolation
-from mfm_dist.stores.sqlite import SqliteEventStore
+from mfm_dist.stores.sqlite import SCHEMA_VERSION, SqliteEventStore
 from mfm_dist.stores.urls import open_event_store
 
 SNAP = ArtifactId("c" * 64)
@@ -197,7 +197,7 @@ def test_version_1_file_is_migrated_from_its_events(db: Path) -> None:
 
     migrated = SqliteEventStore(db)
     with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = {row[1] for row in raw.execute("PRAGMA table_info(attempts)")}
         completed = raw.execute(
             "SELECT run_id, state_id FROM attempts WHERE completed = 1 ORDER BY run_id, state_id"
@@ -224,11 +224,79 @@ def test_version_1_file_is_migrated_from_its_events(db: Path) -> None:
     assert caught.value.rule == "state_already_completed"
     migrated.close()
 
-    # The upgraded file opens as an ordinary version-2 file.
+    # The upgraded file opens as an ordinary file of the current version.
     again = SqliteEventStore(db)
     assert again.fact_binding(run, "k") == SNAP
     assert again.head_seq(run) == 12
     again.close()
+
+
+def submitted(labels: dict[str, str]) -> EventDraft:
+    payload = {"fingerprint": "f" * 64, "idempotency_key": None, "labels": labels,
+               "on_complete": None, "submitted_ms": 1_000}  # fmt: skip
+    return EventDraft(event=DomainEvent(name="run_submitted", payload=payload), ts_millis=1_000)
+
+
+def _downgrade_to_v2(path: Path) -> None:
+    """Reshape a file into the version-2 schema: no end times, labels or listing indexes."""
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP INDEX runs_by_op")
+        raw.execute("DROP INDEX runs_by_phase")
+        raw.execute("DROP TABLE run_labels")
+        raw.execute("ALTER TABLE runs DROP COLUMN ended_ms")
+        raw.execute("PRAGMA user_version = 2")
+    raw.close()
+
+
+def test_version_2_file_lists_read_only_and_is_migrated_from_its_events(db: Path) -> None:
+    store = SqliteEventStore(db)
+    jan, feb, plain = RunId.mint(), RunId.mint(), RunId.mint()
+    store.append_next(jan, [started(ts=1_000), submitted({"backfill": "jan", "part": "01"})])
+    store.append_next(jan, [done()])
+    store.append_next(feb, [started(ts=2_000), submitted({"backfill": "feb"})])
+    store.append_next(plain, [started(ts=3_000)])
+    store.append_next(plain, [done()])
+    expected = store.list_runs()
+    assert [r.run_id for r in expected] == [plain, feb, jan]
+    assert expected[2].labels == {"backfill": "jan", "part": "01"} and expected[2].ended_ms == 3_000
+    store.close()
+    _downgrade_to_v2(db)
+
+    def ids(store: SqliteEventStore, **query: object) -> list[RunId]:
+        return [r.run_id for r in store.list_runs(query=RunQuery.model_validate(query))]
+
+    # A read-only reader (the CLI's read commands) changes nothing and still answers.
+    reader = SqliteEventStore(db, read_only=True)
+    assert reader.list_runs() == expected
+    assert ids(reader, labels={"backfill": "jan"}) == [jan]
+    assert ids(reader, phase=RunPhase.COMPLETED, since_ms=2_000) == [plain]
+    assert reader.list_runs(limit=1, query=RunQuery(labels={"backfill": "feb"}))[0].run_id == feb
+    assert reader.runs_with_prefix(str(feb)[:8]) == [feb]
+    reader.close()
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    raw.close()
+
+    migrated = SqliteEventStore(db)
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        labels = raw.execute("SELECT run_id, key, value FROM run_labels ORDER BY 1, 2").fetchall()
+        ended = dict(raw.execute("SELECT run_id, ended_ms FROM runs").fetchall())
+        plan = raw.execute(
+            "EXPLAIN QUERY PLAN SELECT run_id FROM runs WHERE run_id IN"
+            " (SELECT run_id FROM run_labels WHERE key = 'backfill' AND value = 'jan')"
+        ).fetchall()
+    raw.close()
+    assert sorted(labels) == sorted(
+        [(str(jan), "backfill", "jan"), (str(jan), "part", "01"), (str(feb), "backfill", "feb")]
+    )
+    assert ended == {str(jan): 3_000, str(feb): None, str(plain): 3_000}
+    assert any("run_labels_by_value" in str(row[-1]) for row in plan)
+    assert migrated.list_runs() == expected
+    assert ids(migrated, labels={"backfill": "feb"}, phase=RunPhase.RUNNING) == [feb]
+    migrated.append_next(feb, [done()])
+    assert ids(migrated, phase=RunPhase.COMPLETED, labels={"backfill": "feb"}) == [feb]
+    migrated.close()
 
 
 def test_schema_stores_canonical_envelope_bytes(db: Path) -> None:

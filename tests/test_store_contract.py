@@ -1,4 +1,4 @@
-"""The store contract (CONTRACT §2, §6, §10): one suite, run against every backend.
+"""The store contract (docs/canonical-json.md, docs/events.md, docs/storage.md): one suite, run against every backend.
 
 To add a backend, add one entry to `EVENT_BACKENDS` or `ARTIFACT_BACKENDS`. A
 factory gets the pytest `request` (to pull in server fixtures, e.g.
@@ -47,7 +47,7 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
 from mfm_dist.journal import JournalDraft, JournalRecord, RecordCodec
-from mfm_dist.run import RunPhase
+from mfm_dist.run import RunPhase, RunQuery
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.guards import GuardViolation
@@ -864,6 +864,124 @@ def test_typed_records_round_trip_and_undecodable_ones_are_corruption(
         with pytest.raises(Corruption) as err:
             codec.decode(bad)
         assert err.value.code == "journal_record_invalid"
+def d_submitted(labels: Any, ts: int = 1_000, state: StateId | None = None) -> EventDraft:
+    """A `run_submitted` record as `record_run_start` writes it (seq 2 with RunStarted)."""
+    payload = {"fingerprint": "f" * 64, "idempotency_key": None, "labels": labels,
+               "on_complete": None, "submitted_ms": ts}  # fmt: skip
+    event = DomainEvent(name="run_submitted", payload=payload)
+    return EventDraft(event=event, ts_millis=ts, state_id=state, attempt=0 if state else None)
+
+
+def d_completed_at(ts: int, status: RunStatus = RunStatus.COMPLETED) -> EventDraft:
+    return EventDraft(event=RunCompleted(status=status, final_snapshot_id=SNAP), ts_millis=ts)
+
+
+def test_list_runs_labels_and_end_time_come_from_the_run_log(event_store: EventStore) -> None:
+    labelled, plain = RunId.mint(), RunId.mint()
+    event_store.append_next(
+        labelled, [d_started(ts=1_000), d_submitted({"team": "data", "backfill": "jan"})]
+    )
+    write(event_store, plain, [d_started(ts=2_000)])
+    by_id = {r.run_id: r for r in event_store.list_runs()}
+    assert by_id[labelled].labels == {"backfill": "jan", "team": "data"}
+    assert list(by_id[labelled].labels) == ["backfill", "team"]  # sorted by key
+    assert by_id[plain].labels == {}
+    assert by_id[labelled].ended_ms is None and by_id[labelled].duration_ms is None
+
+    write(event_store, labelled, [d_completed_at(4_500)])
+    event_store.append_next(plain, [d_completed_at(2_250, RunStatus.FAILED)])
+    by_id = {r.run_id: r for r in event_store.list_runs()}
+    assert (by_id[labelled].ended_ms, by_id[labelled].duration_ms) == (4_500, 3_500)
+    assert (by_id[plain].ended_ms, by_id[plain].duration_ms) == (2_250, 250)
+    assert by_id[labelled].labels == {"backfill": "jan", "team": "data"}
+
+
+def test_only_the_seq_2_submission_record_labels_a_run(event_store: EventStore) -> None:
+    late, attributed, invalid = RunId.mint(), RunId.mint(), RunId.mint()
+    event_store.append_next(late, [d_started(), d_domain(), d_submitted({"team": "x"})])
+    event_store.append_next(attributed, [d_started(), d_entered(A, 0)])
+    event_store.append_next(attributed, [d_submitted({"team": "x"}, state=A)])
+    event_store.append_next(invalid, [d_started(), d_submitted({"Team": "x", "k": "v"})])
+    assert {str(r.run_id): r.labels for r in event_store.list_runs()} == {
+        late: {}, attributed: {}, invalid: {}
+    }
+    assert event_store.list_runs(query=RunQuery(labels={"team": "x"})) == []
+
+
+def _fleet(store: EventStore) -> dict[str, RunId]:
+    """Seven runs over three ops, three phases, two backfills and four start times."""
+    runs = {name: RunId.mint() for name in ("a1", "a2", "a3", "b1", "b2", "c1", "c2")}
+    plan = [  # name, started, op, labels, final status (None: still running)
+        ("a1", 1_000, "alpha", {"backfill": "jan", "part": "01"}, RunStatus.COMPLETED),
+        ("a2", 2_000, "alpha", {"backfill": "jan", "part": "02"}, RunStatus.FAILED),
+        ("a3", 3_000, "alpha", {"backfill": "feb", "part": "01"}, None),
+        ("b1", 4_000, "beta", {"backfill": "jan", "part": "03"}, RunStatus.COMPLETED),
+        ("b2", 4_000, "beta", {}, RunStatus.FAILED),
+        ("c1", 5_000, "gamma", {"team": "ml"}, None),
+        ("c2", 6_000, "gamma", None, RunStatus.COMPLETED),  # no submission record at all
+    ]
+    for name, started, op, labels, status in plan:
+        drafts = [d_started(ts=started, op=op)]
+        if labels is not None:
+            drafts.append(d_submitted(labels, ts=started))
+        store.append_next(runs[name], drafts)
+        if status is not None:
+            store.append_next(runs[name], [d_completed_at(started + 100, status)])
+    return runs
+
+
+def test_list_runs_filters_alone_and_combined(event_store: EventStore) -> None:
+    runs = _fleet(event_store)
+
+    def names(query: RunQuery, limit: int | None = None) -> list[str]:
+        by_id = {v: k for k, v in runs.items()}
+        return [by_id[r.run_id] for r in event_store.list_runs(limit=limit, query=query)]
+
+    b_first = ["b2", "b1"] if runs["b2"] > runs["b1"] else ["b1", "b2"]  # same start: by id
+    assert names(RunQuery()) == ["c2", "c1", *b_first, "a3", "a2", "a1"]
+    assert names(RunQuery(op_id="alpha")) == ["a3", "a2", "a1"]
+    assert names(RunQuery(op_id="delta")) == []
+    assert names(RunQuery(phase=RunPhase.FAILED)) == ["b2", "a2"]
+    assert names(RunQuery(phase=RunPhase.RUNNING)) == ["c1", "a3"]
+    assert names(RunQuery(phase=RunPhase.COMPLETED)) == ["c2", "b1", "a1"]
+    assert names(RunQuery(labels={"backfill": "jan"})) == ["b1", "a2", "a1"]
+    assert names(RunQuery(labels={"part": "01"})) == ["a3", "a1"]
+    assert names(RunQuery(labels={"backfill": "jan", "part": "01"})) == ["a1"]
+    assert names(RunQuery(labels={"backfill": "jan", "part": "04"})) == []
+    assert names(RunQuery(since_ms=4_000)) == ["c2", "c1", *b_first]
+    assert names(RunQuery(until_ms=4_000)) == ["a3", "a2", "a1"]
+    assert names(RunQuery(since_ms=2_000, until_ms=5_000)) == [*b_first, "a3", "a2"]
+    assert names(RunQuery(op_id="alpha", phase=RunPhase.COMPLETED)) == ["a1"]
+    assert names(RunQuery(op_id="alpha", labels={"backfill": "jan"}, since_ms=1_500)) == ["a2"]
+    assert names(RunQuery(phase=RunPhase.COMPLETED, labels={"backfill": "jan"})) == ["b1", "a1"]
+    assert names(RunQuery(op_id="beta", phase=RunPhase.FAILED, until_ms=4_001)) == ["b2"]
+    assert names(RunQuery(labels={"backfill": "jan"}), limit=2) == ["b1", "a2"]
+    assert names(RunQuery(), limit=1) == ["c2"]
+    # A run that completes moves from one phase to the other in every index.
+    event_store.append_next(runs["c1"], [d_completed_at(5_500, RunStatus.FAILED)])
+    assert names(RunQuery(phase=RunPhase.RUNNING)) == ["a3"]
+    assert names(RunQuery(phase=RunPhase.FAILED, labels={"team": "ml"})) == ["c1"]
+    [c1] = event_store.list_runs(query=RunQuery(labels={"team": "ml"}))
+    assert (c1.ended_ms, c1.duration_ms, c1.op_id) == (5_500, 500, "gamma")
+
+
+def test_runs_with_prefix_is_an_ordered_range(event_store: EventStore) -> None:
+    ids = [
+        RunId("abcdef01-0000-4000-8000-000000000002"),
+        RunId("abcdef01-0000-4000-8000-000000000001"),
+        RunId("abcdef02-0000-4000-8000-000000000001"),
+        RunId("abcdef0f-0000-4000-8000-000000000001"),
+        RunId("abcdef10-0000-4000-8000-000000000001"),
+    ]
+    for rid in ids:
+        event_store.append_next(rid, [d_started()])
+    assert event_store.runs_with_prefix("abcdef01") == sorted(ids[:2])
+    assert event_store.runs_with_prefix("abcdef01-0000-4000-8000-000000000001") == [ids[1]]
+    assert event_store.runs_with_prefix("abcdef0") == sorted(ids[:4])
+    assert event_store.runs_with_prefix("abcdef0", limit=3) == sorted(ids[:4])[:3]
+    assert event_store.runs_with_prefix("abcdef") == sorted(ids)
+    assert event_store.runs_with_prefix("abcdef03") == []
+    assert event_store.runs_with_prefix("bbbbbbbb") == []
 
 
 # --- artifact store ---------------------------------------------------------------------------
@@ -879,6 +997,25 @@ def test_put_get_exists(artifact_store: Artifacts) -> None:
     assert isinstance(artifact_id, ArtifactId)
     assert store.exists(artifact_id)
     assert store.get(artifact_id) == data
+
+
+def test_ids_with_prefix_lists_one_shard(artifact_store: Artifacts) -> None:
+    store = artifact_store.store
+    ids = sorted(store.put(ArtifactKind.OUTPUT, f"blob {i}".encode()) for i in range(40))
+    one = max(ids, key=lambda i: sum(j[0] == i[0] for j in ids))  # shares its first digit
+    assert store.ids_with_prefix(one[:8]) == [one]
+    assert store.ids_with_prefix(one[:12]) == [one]
+    assert store.ids_with_prefix(one) == [one]
+    first_char = [i for i in ids if i[0] == one[0]]
+    assert len(first_char) > 1
+    assert store.ids_with_prefix(one[0], limit=100) == first_char
+    assert store.ids_with_prefix(one[0], limit=1) == first_char[:1]
+    shard = [i for i in ids if i[:2] == one[:2]]
+    assert store.ids_with_prefix(one[:2], limit=100) == shard
+    taken = {i[:8] for i in ids}
+    absent = next(p for p in (f"{n:08x}" for n in range(99)) if p not in taken)
+    assert store.ids_with_prefix(absent) == []
+    assert store.ids_with_prefix("not hex!") == []
 
 
 def test_empty_artifact(artifact_store: Artifacts) -> None:

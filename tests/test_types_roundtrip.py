@@ -1,4 +1,4 @@
-"""Persisted JSON shapes (CONTRACT §3): every shape round-trips to literal expected text."""
+"""Persisted JSON shapes (docs/events.md#serialized-shapes): every shape round-trips to literal expected text."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Distributed execution of mfm-dist runs on Celery workers (CONTRACT §11).
+"""Distributed execution of mfm-dist runs on Celery workers (docs/cluster.md).
 
 Everything Celery- and Redis-specific lives here; the engine core (`mfm_dist`)
 stays free of both. Entry points: `workers.app` (the Celery app, for

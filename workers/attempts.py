@@ -1,4 +1,4 @@
-"""`execute_attempt`: run exactly one state attempt on a worker (CONTRACT §7.2, §11).
+"""`execute_attempt`: run exactly one state attempt on a worker (docs/cluster.md).
 
 Order matters for at-least-once delivery: the lease is taken *before* `StateEntered`
 is appended, so a second delivery of the same task finds the lease held and returns

@@ -1,4 +1,4 @@
-"""`advance(run_id)`: look at a run's log and do what comes next (CONTRACT §7.4, §11).
+"""`advance(run_id)`: look at a run's log and do what comes next (docs/merge.md, docs/cluster.md).
 
 One coordinator at a time per run (a Redis lock); an `advance` that finds the lock busy
 marks the run dirty and returns, and the holder runs one more round before it lets go,

@@ -15,6 +15,8 @@ import click
 from mfm_dist.artifacts import ArtifactStore
 from mfm_dist.cli.errors import ExitCode, report
 from mfm_dist.errors import NotFound
+from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.lookup import resolve_artifact_id, resolve_run_id
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.secrets import redact_url
 from mfm_dist.stores.base import EventStore
@@ -62,6 +64,15 @@ class App:
     @property
     def artifacts(self) -> ArtifactStore:
         return self.stores().artifacts
+
+    def run_id(self, text: str) -> RunId:
+        """The run `text` names: a full run id, or a unique prefix (≥ 8 characters) of one."""
+        return resolve_run_id(self.events, text)
+
+    def artifact_id(self, text: str) -> ArtifactId:
+        """The artifact `text` names: a full id, or a unique prefix (≥ 8 characters), such
+        as the 12-character snapshot ids `mfm status` prints."""
+        return resolve_artifact_id(self.artifacts, text)
 
     def events_location(self) -> str:
         """The event store URL in force, safe to print."""

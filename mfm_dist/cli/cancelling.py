@@ -19,6 +19,7 @@ import click
 from mfm_dist.cli.app import App, cli, json_flag, pass_app
 from mfm_dist.cli.drivers import DrivenElsewhere, DriverLock
 from mfm_dist.cli.errors import CliError, ExitCode
+from mfm_dist.cli.inspection import run_query
 from mfm_dist.cli.running import (
     _broker_errors,
     _distributed_unavailable,
@@ -29,6 +30,7 @@ from mfm_dist.engine.cancellation import CancelOutcome, request_cancel
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.events import RunCompleted
 from mfm_dist.ids import RunId
+from mfm_dist.run import RunPhase
 
 WAIT_POLL_S = 0.1
 
@@ -49,7 +51,16 @@ class _Cancelled:
 
 
 @cli.command()
-@click.argument("run_ids", metavar="RUN...", nargs=-1, required=True)
+@click.argument("run_ids", metavar="[RUN]...", nargs=-1)
+@click.option("--op", metavar="OP", help="Also every running run of this operation.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Also every running run with this label (repeatable: all of them).",
+)
+@click.option("--backfill", metavar="NAME", help="Also every running run of this backfill.")
 @click.option("--reason", default="cancelled by user", show_default=True, help="Why (recorded).")
 @click.option(
     "--cluster", is_flag=True, help="The runs are on the Celery cluster: wake their coordinators."
@@ -66,15 +77,22 @@ class _Cancelled:
 def cancel(
     app: App,
     run_ids: tuple[str, ...],
+    op: str | None,
+    labels: tuple[str, ...],
+    backfill: str | None,
     reason: str,
     cluster: bool,
     wait: bool,
     timeout_s: float,
     as_json: bool,
 ) -> None:
-    """Cancel RUN...: nothing new starts, running attempts are stopped, the run ends
-    Cancelled. Idempotent; a run that already finished is left as it is (exit 1)."""
-    ids = [RunId(r) for r in run_ids]
+    """Cancel RUN... (ids or unique prefixes), and every running run the filters select:
+    nothing new starts, running attempts are stopped, the run ends Cancelled. Idempotent; a
+    named run that already finished is left as it is (exit 1)."""
+    ids = _selected(app, run_ids, op, labels, backfill)
+    if not ids:
+        click.echo("[]" if as_json else "no running run matches", err=not as_json)
+        return
     requester = default_requester()
     if cluster:
         _export_store_urls(app)
@@ -109,6 +127,32 @@ def cancel(
             "follow it with `mfm status`",
             ExitCode.INFRASTRUCTURE,
         )
+
+
+def _selected(
+    app: App,
+    run_ids: tuple[str, ...],
+    op: str | None,
+    labels: tuple[str, ...],
+    backfill: str | None,
+) -> list[RunId]:
+    """The named runs, then the running runs the filters select (each once, in order)."""
+    ids = [app.run_id(text) for text in run_ids]
+    filtered = op is not None or bool(labels) or backfill is not None
+    if not ids and not filtered:
+        raise CliError("usage", "name a RUN, or select runs with --op, --label or --backfill")
+    if filtered:
+        query = run_query(
+            op=op,
+            phase=RunPhase.RUNNING.value,
+            labels=labels,
+            backfill=backfill,
+            since=None,
+            until=None,
+            now_ms=int(time.time() * 1000),
+        )
+        ids.extend(s.run_id for s in app.events.list_runs(query=query))
+    return list(dict.fromkeys(ids))
 
 
 def _close_if_undriven(app: App, rid: RunId) -> None:
@@ -147,15 +191,18 @@ _SAID = {
 
 
 def _report(results: list[_Cancelled], as_json: bool) -> None:
-    for r in results:
-        if as_json:
-            body = {
+    if as_json:
+        rows = [
+            {
                 "run_id": r.outcome.run_id,
                 "request": r.outcome.status,
                 "request_seq": r.outcome.seq,
                 "phase": r.phase or "Running",
             }
-            click.echo(json.dumps(body, sort_keys=True))
-        else:
-            ended = f" — {r.phase}" if r.phase else " — still running"
-            click.echo(f"{r.outcome.run_id}: {_SAID[r.outcome.status]}{ended}")
+            for r in results
+        ]
+        click.echo(json.dumps(rows, sort_keys=True))
+        return
+    for r in results:
+        ended = f" — {r.phase}" if r.phase else " — still running"
+        click.echo(f"{r.outcome.run_id}: {_SAID[r.outcome.status]}{ended}")

@@ -67,7 +67,7 @@ def submissions(app: App, rejected: bool, limit: int, as_json: bool) -> None:
 def wait(app: App, run_id: str, timeout_s: float, as_json: bool) -> None:
     """Wait until RUN has finished (any backend); print its result. Exit 0 completed,
     1 failed or cancelled, 3 on timeout."""
-    result = wait_for_result(app.events, run_id, timeout_s)
+    result = wait_for_result(app.events, app.run_id(run_id), timeout_s)
     if as_json:
         click.echo(result.model_dump_json())
     else:

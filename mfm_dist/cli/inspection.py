@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -15,7 +16,7 @@ from mfm_dist.cli.app import App, cli, input_option, json_flag, pass_reader
 from mfm_dist.cli.drivers import DriverStatus, driver_status
 from mfm_dist.cli.errors import CliError, ExitCode
 from mfm_dist.cli.graph import FORMATS, render_plan
-from mfm_dist.cli.options import parse_input
+from mfm_dist.cli.options import parse_input, parse_labels, parse_time
 from mfm_dist.cli.output import (
     pretty_json,
     render_events,
@@ -28,10 +29,10 @@ from mfm_dist.config import RunConfig
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import load_run, prepare_run
 from mfm_dist.engine.snapshots import SnapshotStore
-from mfm_dist.errors import MfmError, NotFound
-from mfm_dist.ids import ArtifactId, RunId, StateId
+from mfm_dist.errors import InvalidInput, MfmError, NotFound
+from mfm_dist.ids import RunId, StateId
 from mfm_dist.inspect import RunReport, run_report
-from mfm_dist.run import RunPhase
+from mfm_dist.run import RunPhase, RunQuery, RunSummary
 from mfm_dist.secrets import contains_secret, is_secret_string
 
 # -- inspection -----------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def _report_for(app: App, rid: RunId) -> RunReport:
 def status(app: App, run_id: str, as_json: bool) -> None:
     """Phase of RUN and, per state, status, attempts, snapshot and last error; for a running
     embedded run, whether the process driving it is alive (or it was interrupted)."""
-    result = _report_for(app, RunId(run_id))
+    result = _report_for(app, app.run_id(run_id))
     driver = _driver_of(app, result.run_id, result.phase)
     if as_json:
         click.echo(_json_with_driver(result.model_dump(mode="json"), driver))
@@ -99,7 +100,70 @@ def _json_with_driver(row: dict[str, Any], driver: DriverStatus | None) -> str:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
 
 
+BACKFILL_LABEL = "backfill"
+"""The label every run of a backfill carries (`backfill=<name>`): what `--backfill` filters."""
+
+
+def run_query(
+    *,
+    op: str | None,
+    phase: str | None,
+    labels: tuple[str, ...],
+    backfill: str | None,
+    since: str | None,
+    until: str | None,
+    now_ms: int,
+) -> RunQuery:
+    """The `mfm runs` filters as a store query (every condition must hold)."""
+    wanted = parse_labels(labels)
+    if backfill is not None:
+        if wanted.get(BACKFILL_LABEL, backfill) != backfill:
+            raise InvalidInput(
+                "label_invalid", "--backfill NAME is the label backfill=NAME, given otherwise too"
+            )
+        wanted = parse_labels(
+            [f"{k}={v}" for k, v in {**wanted, BACKFILL_LABEL: backfill}.items()], "--backfill"
+        )
+    since_ms = parse_time(since, now_ms, "--since") if since is not None else None
+    until_ms = parse_time(until, now_ms, "--until") if until is not None else None
+    if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+        raise InvalidInput("time_invalid", "--since must be before --until")
+    return RunQuery(
+        op_id=op,
+        phase=RunPhase(phase) if phase is not None else None,
+        labels=wanted,
+        since_ms=since_ms,
+        until_ms=until_ms,
+    )
+
+
+def _run_row(summary: RunSummary, driver: DriverStatus | None) -> str:
+    row = summary.model_dump(mode="json")
+    row["duration_ms"] = summary.duration_ms
+    return _json_with_driver(row, driver)
+
+
 @cli.command()
+@click.option("--op", metavar="OP", help="Only runs of this operation (or pipeline).")
+@click.option(
+    "--phase",
+    type=click.Choice([p.value for p in RunPhase], case_sensitive=False),
+    help="Only runs in this phase.",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only runs with this label (repeatable: all of them).",
+)
+@click.option(
+    "--backfill", metavar="NAME", help="Only runs of this backfill (the label backfill=NAME)."
+)
+@click.option(
+    "--since", metavar="TIME", help="Started at or after TIME (2026-01-31, …T12:00Z, 2h, 3d)."
+)
+@click.option("--until", metavar="TIME", help="Started before TIME (same forms as --since).")
 @click.option(
     "--limit",
     type=click.IntRange(0, None),
@@ -109,25 +173,50 @@ def _json_with_driver(row: dict[str, Any], driver: DriverStatus | None) -> str:
 )
 @json_flag
 @pass_reader
-def runs(app: App, limit: int, as_json: bool) -> None:
-    """Runs in the event store, newest first."""
-    summaries = app.events.list_runs(limit=limit or None)
+def runs(
+    app: App,
+    op: str | None,
+    phase: str | None,
+    labels: tuple[str, ...],
+    backfill: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Runs in the event store, newest first, with their duration and labels; the filters
+    combine (every one must hold)."""
+    now_ms = int(time.time() * 1000)
+    query = run_query(
+        op=op,
+        phase=phase,
+        labels=labels,
+        backfill=backfill,
+        since=since,
+        until=until,
+        now_ms=now_ms,
+    )
+    summaries = app.events.list_runs(limit=limit or None, query=query)
     drivers = {
         str(s.run_id): d
         for s in summaries
         if (d := _driver_of(app, str(s.run_id), s.phase)) is not None
     }
     if as_json:
-        rows = [
-            _json_with_driver(s.model_dump(mode="json"), drivers.get(str(s.run_id)))
-            for s in summaries
-        ]
+        rows = [_run_row(s, drivers.get(str(s.run_id))) for s in summaries]
         click.echo("[" + ",".join(rows) + "]")
     else:
         where = app.events_location()
         if getattr(app.events, "missing", False):
             where += " (no event store there yet)"
-        render_runs(stdout_console(), summaries, where, drivers)
+        render_runs(
+            stdout_console(),
+            summaries,
+            where,
+            drivers,
+            now_ms=now_ms,
+            filtered=not query.is_empty,
+        )
 
 
 @cli.command()
@@ -138,7 +227,7 @@ def runs(app: App, limit: int, as_json: bool) -> None:
 @pass_reader
 def events(app: App, run_id: str, as_json: bool) -> None:
     """The event stream of RUN."""
-    rid = RunId(run_id)
+    rid = app.run_id(run_id)
     envelopes = app.events.read_range(rid, 1, None)
     if not envelopes:
         raise NotFound(f"run {rid} not found", code="run_not_found")
@@ -157,7 +246,7 @@ def _binary_stdout() -> BinaryIO:
 
 
 def _refuse_secret_bytes(data: bytes) -> None:
-    """Secret payloads are stored but never shown (CONTRACT §9)."""
+    """Secret payloads are stored but never shown (docs/secrets.md)."""
     text = data.decode("utf-8", errors="replace")
     if is_secret_string(text):
         raise CliError("secret_output_refused", "artifact content is secret-shaped; not shown")
@@ -170,11 +259,15 @@ def _refuse_secret_bytes(data: bytes) -> None:
 )
 @pass_reader
 def artifact(app: App, artifact_id: str, output: str | None) -> None:
-    """The raw, hash-verified bytes of artifact ID."""
+    """The raw, hash-verified bytes of artifact ID (or of the one artifact whose id starts
+    with ID: at least 8 characters, such as the snapshot ids `mfm status` prints)."""
+    where = app.artifacts.url or "the artifact store"
     try:
-        data = app.artifacts.get(ArtifactId(artifact_id))
-    except NotFound:
-        raise CliError("artifact_not_found", f"no artifact {artifact_id} in the store") from None
+        data = app.artifacts.get(app.artifact_id(artifact_id))
+    except NotFound as exc:
+        if exc.code != "artifact_not_found":
+            raise
+        raise CliError("artifact_not_found", f"no artifact {artifact_id} in {where}") from None
     _refuse_secret_bytes(data)
     if output is None:
         out = _binary_stdout()
@@ -216,7 +309,7 @@ def _resolve_state(history: RunHistory, given: str) -> str:
 @pass_reader
 def context(app: App, run_id: str, state_id: str | None) -> None:
     """The final context snapshot of RUN (or of one state) as JSON."""
-    history = RunHistory.load(app.events, RunId(run_id))
+    history = RunHistory.load(app.events, app.run_id(run_id))
     if state_id is not None:
         sid = _resolve_state(history, state_id)
         record = history.states.get(sid)
@@ -282,9 +375,10 @@ def verify(app: App, run_id: str, as_json: bool) -> None:
     """Re-check RUN's history, hashes and snapshots; exit 1 unless it verifies."""
     from mfm_dist.verify import verify_run
 
-    result = verify_run(app.events, app.artifacts, app.registry(), RunId(run_id))
+    rid = app.run_id(run_id)
+    result = verify_run(app.events, app.artifacts, app.registry(), rid)
     if any(v.code == "run_not_found" for v in result.violations):
-        raise NotFound(f"run {run_id} not found", code="run_not_found")
+        raise NotFound(f"run {rid} not found", code="run_not_found")
     if as_json:
         click.echo(result.model_dump_json())
     elif result.ok:
@@ -316,7 +410,7 @@ def replay(app: App, run_id: str, as_json: bool) -> None:
     every state's snapshot; exit 1 on the first divergence."""
     from mfm_dist.replay import replay_run
 
-    result = replay_run(app.events, app.artifacts, app.registry(), RunId(run_id))
+    result = replay_run(app.events, app.artifacts, app.registry(), app.run_id(run_id))
     if as_json:
         click.echo(result.model_dump_json())
     else:

@@ -68,6 +68,33 @@ def format_ms(ts_millis: int) -> str:
     return datetime.fromtimestamp(ts_millis / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+def format_duration(ms: int) -> str:
+    """`850ms`, `12.3s`, `5m 03s`, `2h 05m`, `3d 04h`."""
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f}s"
+    seconds = ms // 1000
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86_400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86_400}d {seconds % 86_400 // 3600:02d}h"
+
+
+def run_duration(summary: RunSummary, now_ms: int) -> str:
+    """A finished run's duration; a running one's time so far, marked `+`."""
+    if summary.ended_ms is not None:
+        return format_duration(max(summary.ended_ms - summary.started_ms, 0))
+    if summary.phase == RunPhase.RUNNING:
+        return format_duration(max(now_ms - summary.started_ms, 0)) + "+"
+    return "-"
+
+
+def format_labels(labels: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def compact_json(value: JsonValue, limit: int = 80) -> str:
     """A one-line preview of a (secret-free) JSON payload."""
     if contains_secret(value):
@@ -155,15 +182,20 @@ def render_runs(
     runs: list[RunSummary],
     where: str,
     drivers: Mapping[str, DriverStatus] | None = None,
+    *,
+    now_ms: int = 0,
+    filtered: bool = False,
 ) -> None:
     """`mfm runs`; a running run with a driver record says whether its driver is alive."""
+    matching = " matching the filters" if filtered else ""
     if not runs:
-        console.print(f"no runs in {escape(where)}")
+        console.print(f"no runs{matching} in {escape(where)}")
         return
     drivers = drivers or {}
-    table = Table(title=f"runs in {escape(where)} (newest first)", show_edge=False, pad_edge=False)
-    for column in ("run", "op", "started (UTC)", "phase", "events"):
-        table.add_column(column, no_wrap=column != "phase")
+    title = f"runs{matching} in {escape(where)} (newest first)"
+    table = Table(title=title, show_edge=False, pad_edge=False)
+    for column in ("run", "op", "started (UTC)", "duration", "phase", "events", "labels"):
+        table.add_column(column, no_wrap=column not in ("phase", "labels"))
     for summary in runs:
         style = PHASE_STYLE.get(summary.phase, "")
         phase = f"[{style}]{summary.phase.value}[/]"
@@ -174,8 +206,10 @@ def render_runs(
             str(summary.run_id),
             escape(summary.op_id),
             format_ms(summary.started_ms),
+            run_duration(summary, now_ms),
             phase,
             str(summary.head_seq),
+            escape(format_labels(summary.labels)),
         )
     console.print(table)
 

@@ -1,9 +1,10 @@
-"""`mfm run`, `submit`, `resume` and `worker`: starting and continuing runs, here or on the
-Celery cluster."""
+"""`mfm run`, `submit`, `rerun`, `resume` and `worker`: starting and continuing runs, here or
+on the Celery cluster."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -20,6 +21,7 @@ import click
 from pydantic import ValidationError
 from rich.console import Console
 
+from mfm_dist.artifacts import get_json
 from mfm_dist.cli.app import (
     MAX_ATTEMPTS_LIMIT,
     MAX_FAN_OUT,
@@ -31,7 +33,7 @@ from mfm_dist.cli.app import (
 )
 from mfm_dist.cli.drivers import DrivenElsewhere, Driver, DriverLock
 from mfm_dist.cli.errors import CliError, ExitCode
-from mfm_dist.cli.options import PROFILES, build_run_config, parse_input
+from mfm_dist.cli.options import PROFILES, build_run_config, parse_input, parse_labels
 from mfm_dist.cli.output import (
     format_ms,
     result_lines,
@@ -40,12 +42,22 @@ from mfm_dist.cli.output import (
 from mfm_dist.cli.progress import LiveProgress, ProgressTracker
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.history import RunHistory
-from mfm_dist.engine.lifecycle import load_run, prepare_run, result_from_history, store_manifest
+from mfm_dist.engine.lifecycle import (
+    PreparedRun,
+    labelled_submission,
+    load_run,
+    prepare_run,
+    result_from_history,
+    store_manifest,
+    submission_of,
+)
 from mfm_dist.engine.local import EventListener, LocalEngine
-from mfm_dist.errors import ConcurrencyError, InvalidInput, MfmError
+from mfm_dist.errors import ConcurrencyError, Corruption, InvalidInput, MfmError, RunError
 from mfm_dist.events import EventEnvelope, RunStarted
 from mfm_dist.ids import RunId
 from mfm_dist.inspect import StateStatus, run_report
+from mfm_dist.manifest import RunManifest
+from mfm_dist.operations import Pipeline
 from mfm_dist.plan import ExecutionPlan
 from mfm_dist.run import RunPhase, RunResult
 from mfm_dist.secrets import redact_url
@@ -197,6 +209,7 @@ class _Announcer:
     console: Console | None  # None: quiet (--json keeps stderr for errors only)
     label: str
     total: int
+    note: str = ""  # e.g. "; rerun of <id>"
 
     def __call__(self, env: EventEnvelope) -> None:
         if not isinstance(env.event, RunStarted) or self.drive.started:
@@ -204,7 +217,7 @@ class _Announcer:
         self.drive.started = True
         if self.console is not None:
             self.console.print(
-                f"started run {env.run_id} ({self.label}, {self.total} states)",
+                f"started run {env.run_id} ({self.label}, {self.total} states{self.note})",
                 soft_wrap=True,
                 markup=False,
                 highlight=False,
@@ -260,6 +273,17 @@ class RunSpec:
     version: str | None
     run_input: Any
     run_config: RunConfig
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+label_option = click.option(
+    "--label",
+    "raw_labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Label the run (repeatable); kept with it for `mfm runs --label`, never in its "
+    "manifest (snapshot ids do not change).",
+)
 
 
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -278,7 +302,10 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         profile: str,
         max_attempts: int,
         backoff_ms: int,
+        state_timeout_s: float | None,
+        run_timeout_s: float | None,
         replay: bool,
+        raw_labels: tuple[str, ...],
         **kwargs: Any,
     ) -> Any:
         spec = RunSpec(
@@ -292,8 +319,11 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 profile=profile,
                 max_attempts=max_attempts,
                 backoff_ms=backoff_ms,
+                state_timeout_s=state_timeout_s,
+                run_timeout_s=run_timeout_s,
                 replay=replay,
             ),
+            labels=parse_labels(raw_labels),
         )
         return fn(*args, spec=spec, **kwargs)
 
@@ -322,8 +352,25 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--backoff-ms", type=click.IntRange(0, None), default=0, show_default=True),
         click.option(
+            "--state-timeout",
+            "state_timeout_s",
+            type=click.FloatRange(0.001, None),
+            metavar="S",
+            help="Timeout of states that declare none (seconds): past it, a retryable "
+            "state_timeout.",
+        ),
+        click.option(
+            "--run-timeout",
+            "run_timeout_s",
+            type=click.FloatRange(0.001, None),
+            metavar="S",
+            help="The run's overall deadline (seconds from its start): past it, it is "
+            "cancelled (run_deadline_exceeded).",
+        ),
+        click.option(
             "--replay", is_flag=True, help="Replay recorded facts instead of doing live IO."
         ),
+        label_option,
     ]
     decorated: Callable[..., Any] = wrapper
     for option in reversed(options):
@@ -350,9 +397,7 @@ def _run_config(**options: Any) -> RunConfig:
         raise InvalidInput("run_config_invalid", f"invalid run configuration: {fields}") from None
 
 
-@cli.command()
-@run_options
-@click.option(
+backend_option = click.option(
     "--backend",
     type=click.Choice(["local", "celery"]),
     default="local",
@@ -360,7 +405,15 @@ def _run_config(**options: Any) -> RunConfig:
     show_default=True,
     help="local: execute here; celery: submit to the cluster and follow the run.",
 )
-@click.option("--detach", is_flag=True, help="With --backend celery: print the run id and return.")
+detach_option = click.option(
+    "--detach", is_flag=True, help="With --backend celery: print the run id and return."
+)
+
+
+@cli.command()
+@run_options
+@backend_option
+@detach_option
 @timeout_option("With --backend celery: stop following after this many seconds (exit 3).")
 @json_flag
 @pass_app
@@ -371,17 +424,32 @@ def run(
     if backend == "celery":
         _run_on_cluster(app, spec, detach, timeout_s, as_json)
         return
+    _run_here(app, spec, as_json)
+
+
+def _run_here(
+    app: App,
+    spec: RunSpec,
+    as_json: bool,
+    *,
+    prepared: PreparedRun | None = None,
+    note: str = "",
+) -> None:
+    """Execute a new run in this process (it says its id at once; Ctrl-C: see `_driving`)."""
     registry = app.registry()
-    op, op_version, run_input, run_config = spec.op, spec.version, spec.run_input, spec.run_config
-    prepared = prepare_run(registry, op, run_input, run_config, version=op_version)
+    if prepared is None:
+        prepared = prepare_run(
+            registry, spec.op, spec.run_input, spec.run_config, version=spec.version
+        )
     manifest_id = store_manifest(app.artifacts, prepared.manifest)
+    submission = labelled_submission(prepared, spec.run_input, spec.labels)
     show = _wants_progress(as_json)
     console = stderr_console()
     label, total = str(prepared.plan.op_id), len(prepared.plan.compiled)
     tracker = ProgressTracker(total=total)
     run_id = RunId.mint()
     with _driving(app, run_id, started=False) as drive:
-        announcer = _Announcer(drive, None if as_json else console, label, total)
+        announcer = _Announcer(drive, None if as_json else console, label, total, note)
         listener = _listeners(announcer, tracker if show else None)
         engine = LocalEngine(app.events, app.artifacts, registry, listener=listener)
         with _progress(show, label, tracker, console):
@@ -392,13 +460,17 @@ def run(
                 manifest_id=manifest_id,
                 initial_context=prepared.initial_context,
                 run_id=run_id,
+                submission=submission,
             )
         drive.finished = True
     _finish(app, result, as_json, prepared.plan, prepared.run_config)
 
 
-def _run_on_cluster(app: App, spec: RunSpec, detach: bool, timeout_s: float, as_json: bool) -> None:
-    """Submit to the cluster; then either return the run id or follow the run live."""
+def _run_on_cluster(
+    app: App, spec: RunSpec, detach: bool, timeout_s: float, as_json: bool, note: str = ""
+) -> None:
+    """Submit to the cluster; then either return the run id or follow the run live (it
+    says its id at once; Ctrl-C stops following, and the run continues on the cluster)."""
     _export_store_urls(app)
     try:
         from workers.submit import submit_run
@@ -408,13 +480,32 @@ def _run_on_cluster(app: App, spec: RunSpec, detach: bool, timeout_s: float, as_
         app.registry(), spec.op, spec.run_input, spec.run_config, version=spec.version
     )
     with _broker_errors():
-        run_id = submit_run(spec.op, spec.run_input, spec.run_config, version=spec.version)
+        run_id = submit_run(
+            spec.op, spec.run_input, spec.run_config, version=spec.version, labels=spec.labels
+        )
     if detach:
         click.echo(json.dumps({"run_id": str(run_id)}) if as_json else f"submitted run {run_id}")
         return
     show = _wants_progress(as_json)
-    tracker = ProgressTracker(total=len(prepared.plan.compiled))
-    history = _follow(app, run_id, tracker, show, str(prepared.plan.op_id), timeout_s)
+    label, total = str(prepared.plan.op_id), len(prepared.plan.compiled)
+    if not as_json:
+        stderr_console().print(
+            f"started run {run_id} ({label}, {total} states{note}) on the cluster",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+    tracker = ProgressTracker(total=total)
+    try:
+        history = _follow(app, run_id, tracker, show, label, timeout_s)
+    except KeyboardInterrupt:
+        wait_command = shlex.join(["mfm", *app.global_options(), "wait", str(run_id)])
+        raise CliError(
+            "interrupted",
+            f"stopped following run {run_id}; it continues on the cluster — follow it with: "
+            f"{wait_command}",
+            ExitCode.INTERRUPTED,
+        ) from None
     result = result_from_history(history, prepared.plan.compiled.position)
     _finish(app, result, as_json, prepared.plan, prepared.run_config)
 
@@ -490,6 +581,102 @@ def submit(app: App, spec: RunSpec, wait: bool, timeout_s: float, as_json: bool)
     _run_on_cluster(app, spec, not wait, timeout_s, as_json)
 
 
+RERUN_LABEL = "rerun_of"
+"""The label of a run started by `mfm rerun`: the id of the run it repeats."""
+
+
+def rerun_spec(app: App, rid: RunId) -> tuple[RunSpec, PreparedRun]:
+    """What run `rid` ran — op, version, input and config from its manifest, and its labels
+    — as the spec of a new run, with that run prepared by the current code. The new run's
+    manifest equals the original's except for the build record (this process's); a
+    registered pipeline that no longer expands as it did is refused (`rerun_plan_changed`)."""
+    history = RunHistory.load(app.events, rid)
+    manifest_id = str(history.started.manifest_id)
+    try:
+        manifest = RunManifest.model_validate(get_json(app.artifacts, manifest_id, "manifest"))
+        pipeline = Pipeline.model_validate(_input_params(manifest)["pipeline"])
+    except MfmError:
+        raise
+    except (ValueError, KeyError, TypeError):
+        raise Corruption(
+            "manifest_invalid", f"the manifest of run {rid} does not decode"
+        ) from None
+    run_input = _input_params(manifest)["input"]
+    steps = pipeline.steps
+    single = (
+        len(steps) == 1
+        and str(steps[0].step_id) == "main"
+        and str(steps[0].op_id) == str(pipeline.machine_id)
+        and steps[0].op_version == pipeline.pipeline_version
+        and steps[0].op_config == run_input
+    )
+    record = submission_of(history.envelopes)
+    spec = RunSpec(
+        op=str(pipeline.machine_id),
+        version=pipeline.pipeline_version if single else None,
+        run_input=run_input,
+        run_config=manifest.run_config,
+        labels=dict(record.labels) if record is not None else {},
+    )
+    prepared = prepare_run(
+        app.registry(), spec.op, spec.run_input, spec.run_config, version=spec.version
+    )
+    if prepared.manifest.input_params != manifest.input_params:
+        raise RunError(
+            "rerun_plan_changed",
+            f"pipeline {spec.op} is now registered with other steps than run {rid} ran; "
+            "it cannot be repeated as it was",
+        )
+    return spec, prepared
+
+
+def _input_params(manifest: RunManifest) -> dict[str, Any]:
+    params = manifest.input_params
+    if not isinstance(params, dict) or "pipeline" not in params or "input" not in params:
+        raise Corruption("manifest_input_params_invalid", "manifest input_params are incomplete")
+    return params
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "--label",
+    "raw_labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Add or change a label of the new run (repeatable).",
+)
+@backend_option
+@detach_option
+@timeout_option("With --backend celery: stop following after this many seconds (exit 3).")
+@json_flag
+@pass_app
+def rerun(
+    app: App,
+    run_id: str,
+    raw_labels: tuple[str, ...],
+    backend: str,
+    detach: bool,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Start a new run of what RUN ran (same op, version, input and config), labelled
+    rerun_of=RUN plus RUN's labels; here, or with --backend celery on the cluster."""
+    rid = app.run_id(run_id)
+    spec, prepared = rerun_spec(app, rid)
+    extra = parse_labels(raw_labels)
+    labels = parse_labels(
+        [f"{k}={v}" for k, v in {**spec.labels, **extra, RERUN_LABEL: str(rid)}.items()],
+        "the labels of the new run",
+    )
+    spec = dataclasses.replace(spec, labels=labels)
+    note = f"; rerun of {rid}"
+    if backend == "celery":
+        _run_on_cluster(app, spec, detach, timeout_s, as_json, note)
+        return
+    _run_here(app, spec, as_json, prepared=prepared, note=note)
+
+
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 @click.option(
@@ -520,7 +707,7 @@ def resume(
     Without --cluster the remaining states execute in this process; with --cluster the
     cluster's coordinator recovers orphans (respecting live leases) and continues.
     """
-    rid = RunId(run_id)
+    rid = app.run_id(run_id)
     registry = app.registry()
     loaded = load_run(app.events, app.artifacts, registry, rid)
     if cluster:

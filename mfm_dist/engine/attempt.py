@@ -1,4 +1,5 @@
-"""One state attempt (CONTRACT §7.2), shared by the embedded engine and the Celery worker.
+"""One state attempt, shared by the embedded engine and the Celery worker
+(docs/execution.md#one-attempt).
 
 The caller decides *which* attempt to run and from which base; this module runs
 it and records it: `StateEntered` first, then the handler against a staged

@@ -1,4 +1,4 @@
-"""The engine interface: start and resume runs, returning results (CONTRACT §4, §7)."""
+"""The engine interface: start and resume runs, returning results (docs/execution.md)."""
 
 from __future__ import annotations
 

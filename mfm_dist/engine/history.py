@@ -1,4 +1,4 @@
-"""Decode and check a run's event stream (CONTRACT §6, §7.3).
+"""Decode and check a run's event stream (docs/events.md, docs/execution.md#resume).
 
 `RunHistory.load` reads the whole stream and verifies it before an engine acts
 on it: contiguous 1-indexed seqs, the attempt-envelope rules, at most one

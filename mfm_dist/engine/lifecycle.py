@@ -1,5 +1,5 @@
 """Run lifecycle steps every engine shares: preparing, validating and recording a start,
-and loading a run for resume with every check of CONTRACT §7.3 done before any append.
+and loading a run for resume with every check of docs/execution.md#resume done before any append.
 """
 
 from __future__ import annotations
@@ -38,7 +38,12 @@ from mfm_dist.operations import OperationRegistry, Pipeline, input_params_for
 from mfm_dist.plan import ExecutionPlan
 from mfm_dist.run import RunPhase, RunResult
 from mfm_dist.stores.base import EventStore
-from mfm_dist.submission import RUN_SUBMITTED_EVENT, SubmissionRecord
+from mfm_dist.submission import (
+    RUN_SUBMITTED_EVENT,
+    SubmissionRecord,
+    check_labels,
+    fingerprint,
+)
 
 CONFLICT_EVENT = "context_merge_conflict"
 RUN_ABORTED_EVENT = "run_aborted"
@@ -102,7 +107,8 @@ def validate_start(
     initial_context: Mapping[str, JsonValue],
     manifest_just_stored: bool = False,
 ) -> bytes:
-    """Every check of CONTRACT §7.1 that precedes a write; returns the initial snapshot bytes.
+    """Every check before a write (docs/plans.md#starting-a-run); returns the initial
+    snapshot bytes.
 
     `manifest_just_stored`: the caller has just put these very bytes (a create-only put
     that verifies an existing object), so reading them back is skipped."""
@@ -158,6 +164,23 @@ def record_run_start(
         batch.append(EventDraft(event=submission.event(), ts_millis=ts).at(rid, 2))
     events.append(rid, 0, batch)
     return rid, initial_id
+
+
+def labelled_submission(
+    prepared: PreparedRun, run_input: JsonValue, labels: Mapping[str, str]
+) -> SubmissionRecord | None:
+    """The `run_submitted` record of a labelled run started in-process (None without
+    labels: the history then starts exactly as it always did). Labels are checked."""
+    if not labels:
+        return None
+    manifest = prepared.manifest
+    return SubmissionRecord(
+        fingerprint=fingerprint(
+            str(manifest.op_id), manifest.op_version, run_input, prepared.run_config
+        ),
+        labels=check_labels(dict(labels)),
+        submitted_ms=now_millis(),
+    )
 
 
 def submission_of(envelopes: Sequence[EventEnvelope]) -> SubmissionRecord | None:
@@ -221,7 +244,7 @@ class LoadedRun:
 def load_run(
     events: EventStore, artifacts: ArtifactStore, registry: OperationRegistry, run_id: RunId
 ) -> LoadedRun:
-    """Read, decode and check a whole run (CONTRACT §7.3) without appending anything."""
+    """Read, decode and check a whole run (docs/execution.md#resume) without appending anything."""
     history = RunHistory.load(events, run_id)
     manifest_id = str(history.started.manifest_id)
     try:

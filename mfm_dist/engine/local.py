@@ -1,4 +1,4 @@
-"""The embedded engine: sequential and fan-out/join execution in one process (CONTRACT §7).
+"""The embedded engine: sequential and fan-out/join execution in one process (docs/execution.md).
 
 Attempts run on worker threads, each with its own event loop, so a handler that
 blocks (CPU work, a synchronous library) never holds up other branches. At most
@@ -60,6 +60,7 @@ from mfm_dist.plan import ExecutionPlan
 from mfm_dist.run import RunPhase, RunResult
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.guards import GuardViolation
+from mfm_dist.submission import SubmissionRecord
 
 EventListener = Callable[[EventEnvelope], None]
 log = logging.getLogger("mfm.engine")
@@ -300,7 +301,10 @@ class LocalEngine(ExecutionEngine):
         manifest_id: str,
         initial_context: Mapping[str, JsonValue],
         run_id: RunId | None = None,
+        submission: SubmissionRecord | None = None,
     ) -> RunResult:
+        """`submission`: recorded as the run's `run_submitted` event (seq 2, in the same
+        append as `RunStarted`) — its labels, never part of the manifest."""
         initial = validate_start(
             self.artifacts,
             registry=self.registry,
@@ -318,6 +322,7 @@ class LocalEngine(ExecutionEngine):
             manifest_id=manifest_id,
             initial_snapshot=initial,
             run_id=run_id,
+            submission=submission,
         )
         first = self.events.read_range(rid, 1, 1)
         if self.listener is not None:
@@ -325,7 +330,8 @@ class LocalEngine(ExecutionEngine):
                 self.listener(env)
         progress = RunProgress(plan.compiled, run_config, self.snapshots, str(initial_id))
         control = _RunControl(run_deadline_ms(first[0].ts_millis, run_config.run_timeout_ms))
-        writer = RunWriter(self.events, rid, 1, self.listener, control.cancelled)
+        head = 1 if submission is None else 2
+        writer = RunWriter(self.events, rid, head, self.listener, control.cancelled)
         return self._drive(rid, progress, writer, control, FactIndex(), io_factory)
 
     def resume(self, run_id: RunId) -> RunResult:

@@ -1,4 +1,4 @@
-"""Delta-based context flow for fan-out/join (CONTRACT §7.4).
+"""Delta-based context flow for fan-out/join (docs/merge.md).
 
 The delta of a completed state is the set of keys whose value it changed or
 removed relative to its base. The base of a state is the initial snapshot with

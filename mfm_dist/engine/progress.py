@@ -3,7 +3,7 @@
 Both engines keep one `RunProgress` per run: the embedded engine updates it as
 attempts finish, the distributed coordinator rebuilds it from the event log.
 Sequential runs thread the context through states in canonical order; fan-out
-runs give each state the merge of its ancestors' deltas (CONTRACT §7.4).
+runs give each state the merge of its ancestors' deltas (docs/merge.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The IO seam (CONTRACT §8): what handlers may use instead of ambient IO.
+"""The IO seam (docs/io-and-replay.md): what handlers may use instead of ambient IO.
 
 One `IoProvider` is built per attempt by an `IoFactory` from an `AttemptScope`,
 which is all a provider needs: the run and attempt identity, the run config,

@@ -1,4 +1,4 @@
-"""Reading and recording facts (CONTRACT §8), shared by `LiveIo` and `ReplayIo`.
+"""Reading and recording facts (docs/io-and-replay.md), shared by `LiveIo` and `ReplayIo`.
 
 Facts are single-assignment per run. Every read goes through the verified
 readers (`get_json` for JSON facts: hash, canonical form, no floats, no secrets;

@@ -1,4 +1,4 @@
-"""`LiveIo`: the provider for `io_mode = Live` (CONTRACT §8).
+"""`LiveIo`: the provider for `io_mode = Live` (docs/io-and-replay.md).
 
 A keyed call is recorded once per run: the first response is canonicalized,
 stored as a `FactPayload` and bound; every later call with that key (a retry,

@@ -1,4 +1,4 @@
-"""`ReplayIo`: the provider for `io_mode = Replay` (CONTRACT §8).
+"""`ReplayIo`: the provider for `io_mode = Replay` (docs/io-and-replay.md).
 
 It serves only what the run recorded and never constructs or touches a
 transport, so replaying a run cannot reach the outside world. Time and

@@ -1,4 +1,4 @@
-"""Transports and namespace routing (CONTRACT §8).
+"""Transports and namespace routing (docs/io-and-replay.md).
 
 A transport is anything with `call(request) -> response` (sync or async). The
 registry maps dotted groups to transports; a namespace is served by the longest

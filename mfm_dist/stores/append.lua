@@ -1,20 +1,24 @@
 -- mfm-dist: guarded, all-or-nothing append of one batch to a run's event stream.
 --
--- The same rules as mfm_dist/stores/guards.py (CONTRACT §6, §10), checked and
+-- The same rules as mfm_dist/stores/guards.py (docs/events.md, docs/storage.md), checked and
 -- applied in one atomic script so a duplicate or late delivery can never corrupt
 -- a history. Nothing is written unless every event of the batch passes.
 --
 -- KEYS: 1 stream, 2 guard hash, 3 facts hash, 4 batches hash, 5 run meta hash,
---       6 global run index (sorted set by started_ms)
+--       6 global run index (sorted set by started_ms); the listing indexes are named
+--       after it (see redis_events.py): <6>:ids (run ids, score 0, for prefix lookups),
+--       <6>:op:<op_id>, <6>:phase:<phase>, <6>:label:<key>=<value> (by started_ms)
 -- ARGV: 1 mode ('append' | 'next'), 2 expected_seq ('' for 'next'),
 --       3 positions_ok ('1' | '0'), 4 batch_id, 5 run_id, 6 n,
 --       then 9 fields per event:
 --         kind ('RS' RunStarted, 'SE' StateEntered, 'SC' StateCompleted, 'SF' StateFailed,
 --               'RC' RunCompleted, 'D' domain event, 'F' fact_recorded domain event,
 --               'FM' malformed fact_recorded — classified by guards.fact_binding_of,
---               'C' the run-level run_cancel_requested domain event),
+--               'C' the run-level run_cancel_requested domain event,
+--               'L' run-level run_submitted with valid labels — stores.base),
 --         ev_state, ev_attempt, env_state, env_attempt ('' when absent),
---         a1, a2 (RS: op_id, '' | RC: status, '' | F: fact key, payload id),
+--         a1, a2 (RS: op_id, '' | RC: status, '' | F: fact key, payload id |
+--                 L: the labels as a JSON object, ''),
 --         ts_millis, body (canonical envelope without run_id and seq)
 -- Guard hash fields: head, started, completed, cancel ('1' once a cancel was requested),
 --   open_count, open:<state>, next:<state>, done:<state> ('1' once the state's last
@@ -91,12 +95,12 @@ local function violation(rule, seq, message)
 end
 
 -- Envelope attribution must agree with the event's own state and attempt.
--- Attempt events must carry their state and attempt in the envelope (CONTRACT §3).
+-- Attempt events must carry their state and attempt in the envelope (docs/events.md#serialized-shapes).
 local function attribution_ok(env_state, env_attempt, state, attempt)
   return env_state == state and env_attempt == tostring(attempt)
 end
 
-local op_id, started_ms, final_status = nil, nil, nil
+local op_id, started_ms, final_status, ended_ms, labels_json = nil, nil, nil, nil, nil
 
 for i = 1, n do
   local b = 6 + (i - 1) * FIELDS
@@ -173,6 +177,7 @@ for i = 1, n do
     end
     completed = true
     final_status = a1
+    ended_ms = ts
   else
     -- Domain event ('D', 'F' or 'FM').
     if env_state ~= '' then
@@ -200,6 +205,9 @@ for i = 1, n do
         return violation('fact_conflict', seq, 'fact key is already bound to a different payload')
       end
       new_facts[a1] = a2
+    end
+    if kind == 'L' and seq == 2 and env_state == '' then
+      labels_json = a1  -- the run's submission labels (only its seq-2 record counts)
     end
   end
 end
@@ -257,12 +265,27 @@ else
   redis.call('HSET', batches, batch_id, first .. ':' .. tostring(n))
 end
 
+-- The run listing: the meta hash and the indexes (ix = 1: indexed by this script).
 if op_id then
-  redis.call('HSET', meta, 'op_id', op_id, 'started_ms', started_ms, 'phase', 'Running')
+  redis.call('HSET', meta, 'op_id', op_id, 'started_ms', started_ms, 'phase', 'Running', 'ix', '1')
   redis.call('ZADD', runs, started_ms, run_id)
+  redis.call('ZADD', runs .. ':ids', 0, run_id)
+  redis.call('ZADD', runs .. ':op:' .. op_id, started_ms, run_id)
+  redis.call('ZADD', runs .. ':phase:Running', started_ms, run_id)
 end
-if final_status then
-  redis.call('HSET', meta, 'phase', final_status)
+if labels_json or final_status then
+  local score = started_ms or redis.call('HGET', meta, 'started_ms') or '0'
+  if labels_json then
+    redis.call('HSET', meta, 'labels', labels_json)
+    for key, value in pairs(cjson.decode(labels_json)) do
+      redis.call('ZADD', runs .. ':label:' .. key .. '=' .. value, score, run_id)
+    end
+  end
+  if final_status then
+    redis.call('HSET', meta, 'phase', final_status, 'ended_ms', ended_ms)
+    redis.call('ZREM', runs .. ':phase:Running', run_id)
+    redis.call('ZADD', runs .. ':phase:' .. final_status, score, run_id)
+  end
 end
 redis.call('HSET', meta, 'head', tostring(new_head))
 

@@ -1,4 +1,4 @@
-"""The event store interface (CONTRACT §6, §10).
+"""The event store interface (docs/events.md, docs/storage.md).
 
 Every backend stores 1-indexed, contiguous, immutable envelopes per run and
 enforces the envelope guards atomically with the append. Two ways to write:
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from mfm_dist.errors import ConcurrencyError
 from mfm_dist.events import (
@@ -26,8 +28,12 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.journal import JournalDraft, JournalEntry, JournalSummary
-from mfm_dist.run import RunPhase, RunSummary
+from mfm_dist.run import RunPhase, RunQuery, RunSummary
 from mfm_dist.stores.guards import fact_binding_of
+from mfm_dist.submission import RUN_SUBMITTED_EVENT, check_labels
+
+SUBMISSION_SEQ = 2
+"""`run_submitted` is recorded with `RunStarted`, at seq 2; only there does it label a run."""
 
 
 def stale_head(run_id: str, expected: int, head: int) -> ConcurrencyError:
@@ -56,19 +62,66 @@ def check_positions(run_id: str, expected_seq: int, envelopes: Sequence[EventEnv
             )
 
 
-def summary_updates(
-    envelopes: Sequence[EventEnvelope],
-) -> tuple[str | None, int | None, RunPhase | None]:
-    """(op_id, started_ms, phase) changes implied by a batch, for run listings."""
+def labels_of_submission(payload: Any) -> dict[str, str] | None:
+    """The labels of a `run_submitted` payload, if they follow the label rules (sorted by
+    key); None otherwise. Every store derives its listing from this one function."""
+    if not isinstance(payload, dict):
+        return None
+    labels = payload.get("labels")
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        return None
+    try:
+        return check_labels(labels)
+    except ValueError:
+        return None
+
+
+def submission_labels(env: EventEnvelope) -> dict[str, str] | None:
+    """The labels a run gets from `env`: only its `run_submitted` record (run-level, seq 2)."""
+    ev = env.event
+    if (
+        env.seq != SUBMISSION_SEQ
+        or env.state_id is not None
+        or not isinstance(ev, DomainEvent)
+        or ev.name != RUN_SUBMITTED_EVENT
+    ):
+        return None
+    return labels_of_submission(ev.payload)
+
+
+@dataclass
+class SummaryChanges:
+    """What one appended batch changes in its run's listing row (None: unchanged)."""
+
     op_id: str | None = None
-    started: int | None = None
+    started_ms: int | None = None
     phase: RunPhase | None = None
+    ended_ms: int | None = None
+    labels: dict[str, str] | None = field(default=None)
+
+
+def summary_changes(envelopes: Sequence[EventEnvelope]) -> SummaryChanges:
+    """The listing changes implied by a batch (op, start, phase, end time, labels)."""
+    changes = SummaryChanges()
     for env in envelopes:
         if isinstance(env.event, RunStarted):
-            op_id, started, phase = str(env.event.op_id), env.ts_millis, RunPhase.RUNNING
+            changes.op_id, changes.started_ms = str(env.event.op_id), env.ts_millis
+            changes.phase = RunPhase.RUNNING
         elif isinstance(env.event, RunCompleted):
-            phase = RunPhase(env.event.status.value)
-    return op_id, started, phase
+            changes.phase = RunPhase(env.event.status.value)
+            changes.ended_ms = env.ts_millis
+        else:
+            labels = submission_labels(env)
+            if labels is not None:
+                changes.labels = labels
+    return changes
+
+
+def prefix_upper_bound(prefix: str) -> str:
+    """The smallest string greater than every string starting with `prefix` (non-empty)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 class EventStore(ABC):
@@ -95,8 +148,18 @@ class EventStore(ABC):
         """Envelopes with `from_seq <= seq <= to_seq` (to the head when `to_seq` is None)."""
 
     @abstractmethod
-    def list_runs(self, limit: int | None = None) -> list[RunSummary]:
-        """Runs, newest first."""
+    def list_runs(
+        self, limit: int | None = None, query: RunQuery | None = None
+    ) -> list[RunSummary]:
+        """Runs matching `query` (all runs when None), newest first (`started_ms`, then run
+        id, descending); at most `limit`. Backends answer filters from their indexes."""
+
+    def runs_with_prefix(self, prefix: str, limit: int = 10) -> list[RunId]:
+        """Run ids starting with `prefix`, ascending, at most `limit`.
+
+        This default scans the listing; backends override it with an indexed range."""
+        found = sorted(s.run_id for s in self.list_runs() if str(s.run_id).startswith(prefix))
+        return found[: max(limit, 0)]
 
     def run_summaries(self, run_ids: Sequence[RunId]) -> dict[str, RunSummary]:
         """The listing rows of the given runs that exist (by run id), in one look.

@@ -1,4 +1,4 @@
-"""The embedded artifact store: content-addressed files under one root (CONTRACT §2, §10).
+"""The embedded artifact store: content-addressed files under one root (docs/storage.md).
 
 Layout: `<root>/<id[:2]>/<id>`, one immutable file per artifact. A put writes a
 temp file in the object's directory, fsyncs it, then creates the final name
@@ -28,6 +28,17 @@ TEMP_PREFIX = ".tmp-"
 _OBJECT_MODE = 0o444  # artifacts are immutable
 # errnos meaning "this filesystem cannot hard-link": fall back to a no-overwrite rename.
 _NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_hex_prefix(text: str) -> bool:
+    return 0 < len(text) <= 64 and set(text) <= _HEX
+
+
+def _is_artifact_name(name: str) -> bool:
+    return len(name) == 64 and set(name) <= _HEX
 
 
 def _fsync_dir(path: Path) -> None:
@@ -69,6 +80,32 @@ class FileArtifactStore(ArtifactStore):
         except InvalidId:
             return False
         return path.is_file()
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[ArtifactId]:
+        """A listing of the one shard directory the prefix names (`<root>/<prefix[:2]>`)."""
+        if limit <= 0 or not _is_hex_prefix(prefix):
+            return []
+        try:
+            if len(prefix) >= 2:
+                shards = [self.root / prefix[:2]]
+            else:
+                shards = sorted(
+                    d for d in self.root.iterdir() if d.name.startswith(prefix) and d.is_dir()
+                )
+            found: list[str] = []
+            for shard in shards:
+                try:
+                    names = os.listdir(shard)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                found.extend(n for n in names if n.startswith(prefix) and _is_artifact_name(n))
+        except FileNotFoundError:
+            return []  # no store here yet (read-only): nothing stored
+        except OSError:
+            raise StorageError(
+                "artifact_read_failed", f"cannot list the artifact store {self.url}"
+            ) from None
+        return [ArtifactId(n) for n in sorted(found)[:limit]]
 
     def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         if self.read_only:

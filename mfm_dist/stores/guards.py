@@ -1,4 +1,4 @@
-"""Envelope guards (CONTRACT §6, §10) shared by the Python-side event stores.
+"""Envelope guards (docs/events.md, docs/storage.md) shared by the Python-side event stores.
 
 A store checks each batch against its run's guard view before appending, inside
 the same transaction, so a duplicate or late delivery can never corrupt a
@@ -239,7 +239,7 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
 
 
 def _check_attribution(env: EventEnvelope, state: str, attempt: int) -> None:
-    """Attempt events must carry their state and attempt in the envelope (CONTRACT §3)."""
+    """Attempt events carry their state and attempt in the envelope (docs/events.md#envelopes)."""
     if str(env.state_id) != state or env.attempt != attempt:
         raise GuardViolation(
             "envelope_attribution_mismatch",

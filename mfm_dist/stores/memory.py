@@ -18,13 +18,13 @@ from mfm_dist.journal import (
     check_journal_id,
     check_namespace,
 )
-from mfm_dist.run import RunPhase, RunSummary
+from mfm_dist.run import RunPhase, RunQuery, RunSummary
 from mfm_dist.stores.base import (
     EventStore,
     check_positions,
     stale_head,
     stale_journal,
-    summary_updates,
+    summary_changes,
 )
 from mfm_dist.stores.guards import DictGuardView, check_batch
 
@@ -36,6 +36,8 @@ class _Run:
     op_id: str = ""
     started_ms: int = 0
     phase: RunPhase = RunPhase.RUNNING
+    ended_ms: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class InMemoryEventStore(EventStore):
@@ -74,11 +76,15 @@ class InMemoryEventStore(EventStore):
         changes = check_batch(run.guard, envelopes)
         run.guard.apply(changes)
         run.events.extend(envelopes)
-        op_id, started, phase = summary_updates(envelopes)
-        if op_id is not None and started is not None:
-            run.op_id, run.started_ms = op_id, started
-        if phase is not None:
-            run.phase = phase
+        listing = summary_changes(envelopes)
+        if listing.op_id is not None and listing.started_ms is not None:
+            run.op_id, run.started_ms = listing.op_id, listing.started_ms
+        if listing.phase is not None:
+            run.phase = listing.phase
+        if listing.ended_ms is not None:
+            run.ended_ms = listing.ended_ms
+        if listing.labels is not None:
+            run.labels = dict(listing.labels)
         self._runs[str(run_id)] = run
 
     def read_range(
@@ -97,11 +103,20 @@ class InMemoryEventStore(EventStore):
             bound = run.guard.fact_binding(key) if run is not None else None
         return None if bound is None else ArtifactId(bound)
 
-    def list_runs(self, limit: int | None = None) -> list[RunSummary]:
+    def list_runs(
+        self, limit: int | None = None, query: RunQuery | None = None
+    ) -> list[RunSummary]:
         with self._lock:
             rows = [self._summary(rid, run) for rid, run in self._runs.items()]
+        if query is not None:
+            rows = [r for r in rows if query.matches(r)]
         rows.sort(key=lambda r: (r.started_ms, r.run_id), reverse=True)
-        return rows[:limit] if limit is not None else rows
+        return rows[: max(limit, 0)] if limit is not None else rows
+
+    def runs_with_prefix(self, prefix: str, limit: int = 10) -> list[RunId]:
+        with self._lock:
+            found = sorted(rid for rid in self._runs if rid.startswith(prefix))
+        return [RunId(rid) for rid in found[: max(limit, 0)]]
 
     @staticmethod
     def _summary(rid: str, run: _Run) -> RunSummary:
@@ -111,6 +126,8 @@ class InMemoryEventStore(EventStore):
             started_ms=run.started_ms,
             phase=run.phase,
             head_seq=len(run.events),
+            labels=dict(run.labels),
+            ended_ms=run.ended_ms,
         )
 
     def run_summaries(self, run_ids: Sequence[RunId]) -> dict[str, RunSummary]:
@@ -191,6 +208,11 @@ class InMemoryArtifactStore(ArtifactStore):
         if entry is None:
             raise NotFound(f"artifact {artifact_id} not found", code="artifact_not_found")
         return entry[1]
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[ArtifactId]:
+        with self._lock:
+            found = sorted(aid for aid in self._blobs if aid.startswith(prefix))
+        return [ArtifactId(aid) for aid in found[: max(limit, 0)]]
 
     def tamper(self, artifact_id: str, data: bytes) -> None:
         """Overwrite stored bytes (tests of corruption detection only)."""

@@ -1,4 +1,4 @@
-"""Redis Streams event store (CONTRACT §10).
+"""Redis Streams event store (docs/storage.md).
 
 Layout (all keys of a run share the hash tag `{<run_id>}`):
 
@@ -11,7 +11,20 @@ Layout (all keys of a run share the hash tag `{<run_id>}`):
   `fact_binding` is one HGET on it.
 * `mfm:{rid}:batches` — `batch_id -> "<first_seq>:<count>"` of every committed call.
 * `mfm:{rid}:meta` and the global sorted set `mfm:runs` (by `started_ms`) — the
-  run listing (`op_id`, `started_ms`, `phase`, `head`).
+  run listing (`op_id`, `started_ms`, `phase`, `head`, and `labels` (JSON, from the
+  run's `run_submitted` record), `ended_ms` (of `RunCompleted`), `ix` (`1`: indexed)).
+* The listing indexes, sorted sets kept by the same script: `mfm:runs:op:<op_id>`,
+  `mfm:runs:phase:<phase>` (a run moves from `Running` to its final phase) and
+  `mfm:runs:label:<key>=<value>`, each scored by `started_ms`, and `mfm:runs:ids`
+  (every run id, score 0) for id-prefix lookups (`ZRANGEBYLEX`).
+
+Listing (`list_runs(limit, query)`): the smallest index the query names (by `ZCARD`)
+is walked newest first within the start window (`ZREVRANGEBYSCORE`), and the other
+conditions are checked on each run's meta hash, fetched a page at a time in one
+pipeline — a listing never reads a stream. Runs recorded by an earlier version (no
+`ix`) are indexed once, by the first listing or prefix lookup that finds the
+`mfm:runs:index_version` marker missing (`index.lua`, reading each such run's seq 2
+and last event), so every writer of a store must run this version or a later one.
 
 `append` and `append_next` are each ONE call of `append.lua`, which checks the
 head (positional appends), enforces the guards of `stores/guards.py` (envelope,
@@ -44,7 +57,6 @@ always redacted.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 import uuid
@@ -59,7 +71,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mfm_dist.canonical import canonical_bytes_unchecked
-from mfm_dist.errors import ConcurrencyError, InvalidInput, StorageError, StorageUnavailable
+from mfm_dist.errors import (
+    ConcurrencyError,
+    Corruption,
+    InvalidInput,
+    StorageError,
+    StorageUnavailable,
+)
 from mfm_dist.events import (
     FACT_RECORDED,
     DomainEvent,
@@ -81,15 +99,28 @@ from mfm_dist.journal import (
     check_journal_id,
     check_namespace,
 )
-from mfm_dist.run import RunPhase, RunSummary
+from mfm_dist.run import RunPhase, RunQuery, RunSummary
 from mfm_dist.secrets import redact_url
-from mfm_dist.stores.base import EventStore, stale_head, stale_journal
+from mfm_dist.stores.base import (
+    EventStore,
+    labels_of_submission,
+    prefix_upper_bound,
+    stale_head,
+    stale_journal,
+    submission_labels,
+)
 from mfm_dist.stores.guards import GuardViolation, fact_binding_of
+from mfm_dist.submission import RUN_SUBMITTED_EVENT
 
 T = TypeVar("T")
 
 RUN_INDEX_KEY = b"mfm:runs"
 JOURNAL_INDEX_KEY = b"mfm:journals"
+RUN_IDS_KEY = b"mfm:runs:ids"
+INDEX_VERSION_KEY = b"mfm:runs:index_version"
+INDEX_VERSION = b"1"
+LISTING_PAGE = 500
+Derived = tuple[dict[str, str] | None, int | None]  # (labels, ended_ms) read from a stream
 WAITAOF_MIN_VERSION = (7, 2)
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 _OWN_QUERY_KEYS = ("durable", "durable_timeout_ms")
@@ -132,6 +163,22 @@ def auth_failed(where: str, what: str, exc: BaseException) -> StorageError:
 
 def _load_script(name: str = "append.lua") -> str:
     return resources.files("mfm_dist.stores").joinpath(name).read_text(encoding="utf-8")
+
+
+def _op_index(op_id: str) -> bytes:
+    return RUN_INDEX_KEY + b":op:" + op_id.encode()
+
+
+def _phase_index(phase: RunPhase) -> bytes:
+    return RUN_INDEX_KEY + b":phase:" + phase.value.encode()
+
+
+def _label_index(key: str, value: str) -> bytes:
+    return RUN_INDEX_KEY + b":label:" + f"{key}={value}".encode()
+
+
+def _labels_json(labels: dict[str, str]) -> bytes:
+    return orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)
 
 
 def journal_keys(journal: str) -> list[bytes]:
@@ -190,6 +237,10 @@ def _guard_fields(event: Any, state_id: str | None, attempt: int | None) -> list
         return ["F", "", "", env_state, env_attempt, binding[0], binding[1]]
     if is_cancel_request(event, state_id):
         return ["C", "", "", env_state, env_attempt, "", ""]
+    if isinstance(event, DomainEvent) and event.name == RUN_SUBMITTED_EVENT and state_id is None:
+        labels = labels_of_submission(event.payload)  # the script keeps them only at seq 2
+        if labels is not None:
+            return ["L", "", "", env_state, env_attempt, _labels_json(labels).decode(), ""]
     return ["D", "", "", env_state, env_attempt, "", ""]
 
 
@@ -230,6 +281,8 @@ class RedisEventStore(EventStore):
         self._backoff_s = backoff_s
         self._script = client.register_script(_load_script())
         self._journal_script = client.register_script(_load_script("journal.lua"))
+        self._index_script = client.register_script(_load_script("index.lua"))
+        self._indexed = False  # the index-version marker was seen (no old runs to index)
         if durable:
             self._check_durable_support()
 
@@ -437,25 +490,94 @@ class RedisEventStore(EventStore):
         stream = _run_keys(rid)[0]
         end = "+" if to_seq is None else f"{to_seq}-1"
         entries = self._call("XRANGE", lambda: self._client.xrange(stream, f"{start}-1", end))
-        out: list[EventEnvelope] = []
-        for _entry_id, fields in entries:
-            data = orjson.loads(fields[b"body"])
-            data["run_id"] = rid
-            data["seq"] = int(fields[b"seq"])
-            out.append(EventEnvelope.model_validate(data))
-        return out
+        return [_checked_envelope(rid, entry_id, fields) for entry_id, fields in entries]
 
     def fact_binding(self, run_id: RunId, key: str) -> ArtifactId | None:
         facts = _run_keys(str(run_id))[2]
         value = self._call("HGET", lambda: self._client.hget(facts, key))
         return None if value is None else ArtifactId(value.decode())
 
-    def list_runs(self, limit: int | None = None) -> list[RunSummary]:
-        stop = -1 if limit is None else limit - 1
+    # --- listings ------------------------------------------------------------------------------
+
+    def list_runs(
+        self, limit: int | None = None, query: RunQuery | None = None
+    ) -> list[RunSummary]:
         if limit is not None and limit <= 0:
             return []
-        members = self._call("ZREVRANGE", lambda: self._client.zrevrange(RUN_INDEX_KEY, 0, stop))
-        run_ids = [m.decode() for m in members]
+        self._ensure_indexed()
+        q = query or RunQuery()
+        driver = self._driver_index(q)
+        if driver is None:
+            return []
+        windowed = q.since_ms is not None or q.until_ms is not None
+        low = "-inf" if q.since_ms is None else str(q.since_ms)
+        high = "+inf" if q.until_ms is None else f"({q.until_ms}"
+        # With at most one index named, the walk itself answers the query: fetch no more
+        # than asked; otherwise over-fetch, as some runs of the walk fail the other tests.
+        named = (q.op_id is not None) + (q.phase is not None) + len(q.labels)
+        floor = 1 if named <= 1 else 50
+        page = LISTING_PAGE if limit is None else min(max(limit, floor), LISTING_PAGE)
+        out: list[RunSummary] = []
+        seen: set[str] = set()
+        offset = 0
+        while True:
+            members = self._page(driver, windowed, high, low, offset, page)
+            if not members:
+                return out
+            offset += len(members)
+            run_ids = [m.decode() for m in members if m.decode() not in seen]
+            seen.update(run_ids)
+            for summary in self._summaries(run_ids):
+                if q.matches(summary):
+                    out.append(summary)
+                    if limit is not None and len(out) >= limit:
+                        return out
+            if len(members) < page:
+                return out
+
+    def _page(
+        self, key: bytes, windowed: bool, high: str, low: str, start: int, count: int
+    ) -> list[bytes]:
+        """Members of an index, newest first, from `start` (by start window if `windowed`)."""
+        if windowed or key != RUN_INDEX_KEY:
+            return list(
+                self._call(
+                    "ZREVRANGEBYSCORE",
+                    lambda: self._client.zrevrangebyscore(key, high, low, start=start, num=count),
+                )
+            )
+        return list(
+            self._call("ZREVRANGE", lambda: self._client.zrevrange(key, start, start + count - 1))
+        )
+
+    def _driver_index(self, q: RunQuery) -> bytes | None:
+        """The smallest index the query names (None: one of them is empty: no run matches)."""
+        keys: list[bytes] = []
+        if q.op_id is not None:
+            keys.append(_op_index(q.op_id))
+        if q.phase is not None:
+            keys.append(_phase_index(q.phase))
+        keys += [_label_index(k, v) for k, v in q.labels.items()]
+        if not keys:
+            return RUN_INDEX_KEY
+        if len(keys) == 1:
+            return keys[0]
+
+        def sizes() -> list[int]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.zcard(key)
+            return [int(n) for n in pipe.execute()]
+
+        cards = self._call("ZCARD", sizes)
+        smallest = min(range(len(keys)), key=lambda i: cards[i])
+        return keys[smallest] if cards[smallest] > 0 else None
+
+    def _summaries(self, run_ids: list[str]) -> list[RunSummary]:
+        """The listing rows of `run_ids` from their meta hashes (one pipeline); a run not
+        yet indexed (recorded by an earlier version) is indexed now."""
+        if not run_ids:
+            return []
 
         def fetch() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
@@ -463,11 +585,21 @@ class RedisEventStore(EventStore):
                 pipe.hgetall(_run_keys(rid)[4])
             return list(pipe.execute())
 
-        metas = self._call("HGETALL", fetch) if run_ids else []
+        metas = dict(zip(run_ids, self._call("HGETALL", fetch), strict=True))
+        stale = [rid for rid, meta in metas.items() if meta and meta.get(b"ix") != b"1"]
+        derived = self._index_runs(stale) if stale else {}
         rows = []
-        for rid, meta in zip(run_ids, metas, strict=True):
+        for rid in run_ids:
+            meta = metas[rid]
             if not meta:
                 continue
+            labels: dict[str, str] = {}
+            if b"labels" in meta:
+                labels = dict(orjson.loads(meta[b"labels"]))
+            ended = int(meta[b"ended_ms"]) if b"ended_ms" in meta else None
+            if rid in derived:
+                labels = derived[rid][0] or labels
+                ended = ended if ended is not None else derived[rid][1]
             rows.append(
                 RunSummary(
                     run_id=RunId(rid),
@@ -475,27 +607,111 @@ class RedisEventStore(EventStore):
                     started_ms=int(meta[b"started_ms"]),
                     phase=RunPhase(meta[b"phase"].decode()),
                     head_seq=int(meta[b"head"]),
+                    labels=labels,
+                    ended_ms=ended,
                 )
             )
         return rows
 
+    def runs_with_prefix(self, prefix: str, limit: int = 10) -> list[RunId]:
+        if not prefix or limit <= 0:
+            return []
+        self._ensure_indexed()
+        low = b"[" + prefix.encode()
+        high = b"(" + prefix_upper_bound(prefix).encode()
+        members = self._call(
+            "ZRANGEBYLEX",
+            lambda: self._client.zrangebylex(RUN_IDS_KEY, low, high, start=0, num=limit),
+        )
+        return [RunId(m.decode()) for m in members]
+
+    # --- indexing runs recorded before the listing indexes ---------------------------------------
+
+    def _ensure_indexed(self) -> None:
+        """Index every run an earlier version recorded, once per store (see the module doc)."""
+        if self._indexed:
+            return
+        marker = self._call("GET", lambda: self._client.get(INDEX_VERSION_KEY))
+        if marker != INDEX_VERSION:
+            offset = 0
+            while True:
+                members = self._ascending(offset)
+                if not members:
+                    break
+                offset += len(members)
+                run_ids = [m.decode() for m in members]
+
+                def flags(ids: list[str] = run_ids) -> list[Any]:
+                    pipe = self._client.pipeline(transaction=False)
+                    for rid in ids:
+                        pipe.hget(_run_keys(rid)[4], "ix")
+                    return list(pipe.execute())
+
+                marks = self._call("HGET", flags)
+                stale = [rid for rid, ix in zip(run_ids, marks, strict=True) if ix != b"1"]
+                if stale:
+                    self._index_runs(stale)
+            self._call("SET", lambda: self._client.set(INDEX_VERSION_KEY, INDEX_VERSION))
+        self._indexed = True
+
+    def _ascending(self, start: int) -> list[bytes]:
+        """A page of every run id, oldest first (the indexing pass)."""
+        return list(
+            self._call(
+                "ZRANGE",
+                lambda: self._client.zrange(RUN_INDEX_KEY, start, start + LISTING_PAGE - 1),
+            )
+        )
+
+    def _index_runs(self, run_ids: list[str]) -> dict[str, Derived]:
+        """Derive labels and end time of runs from their streams (seq 2 and the last event)
+        and index them (`index.lua`); returns what was derived."""
+
+        def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for rid in run_ids:
+                stream = _run_keys(rid)[0]
+                pipe.xrange(stream, "2-1", "2-1")
+                pipe.xrevrange(stream, "+", "-", count=1)
+            return list(pipe.execute())
+
+        replies = self._call("XRANGE", read)
+        derived: dict[str, Derived] = {}
+        calls: list[tuple[list[bytes], list[Any]]] = []
+        for i, rid in enumerate(run_ids):
+            second, last = replies[2 * i], replies[2 * i + 1]
+            labels = None
+            env = _decode_entry(rid, second[0][1]) if second else None
+            if env is not None:
+                labels = submission_labels(env)
+            ended = None
+            env = _decode_entry(rid, last[0][1]) if last else None
+            if env is not None and isinstance(env.event, RunCompleted):
+                ended = env.ts_millis
+            derived[rid] = (labels, ended)
+            keys = [_run_keys(rid)[4], RUN_INDEX_KEY]
+            args = [
+                rid,
+                _labels_json(labels) if labels is not None else b"",
+                str(ended) if ended is not None else "",
+            ]
+            calls.append((keys, args))
+
+        def index() -> None:  # idempotent: a retry after an ambiguous failure is harmless
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in calls:
+                self._index_script(keys=keys, args=args, client=pipe)
+            pipe.execute()
+
+        self._call("index", index)
+        return derived
+
     def run_summaries(self, run_ids: Sequence[RunId]) -> dict[str, RunSummary]:
         ids = sorted({str(r) for r in run_ids})
-        if not ids:
-            return {}
         out: dict[str, RunSummary] = {}
         for k in range(0, len(ids), 1000):
-            chunk = ids[k : k + 1000]
-            metas = self._call("HGETALL", functools.partial(_fetch_metas, self._client, chunk))
-            for rid, meta in zip(chunk, metas, strict=True):
-                if meta and b"op_id" in meta:
-                    out[rid] = RunSummary(
-                        run_id=RunId(rid),
-                        op_id=meta[b"op_id"].decode(),
-                        started_ms=int(meta[b"started_ms"]),
-                        phase=RunPhase(meta[b"phase"].decode()),
-                        head_seq=int(meta[b"head"]),
-                    )
+            for row in self._summaries(ids[k : k + 1000]):
+                out[str(row.run_id)] = row
         return out
 
     # --- journals ------------------------------------------------------------------------------
@@ -573,8 +789,37 @@ class RedisEventStore(EventStore):
         self._client.close()
 
 
-def _fetch_metas(client: Any, run_ids: list[str]) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
-    for rid in run_ids:
-        pipe.hgetall(_run_keys(rid)[4])
-    return list(pipe.execute())
+def _envelope(run_id: str, fields: dict[bytes, bytes]) -> EventEnvelope:
+    data = orjson.loads(fields[b"body"])
+    data["run_id"] = run_id
+    data["seq"] = int(fields[b"seq"])
+    return EventEnvelope.model_validate(data)
+
+
+def _checked_envelope(run_id: str, entry_id: bytes, fields: dict[bytes, bytes]) -> EventEnvelope:
+    """A stream entry as an envelope, with the codes the SQLite store uses for bad data."""
+    seq_text = entry_id.decode(errors="replace").split("-", 1)[0]
+    details = {"run_id": run_id, "seq": int(seq_text) if seq_text.isdigit() else seq_text}
+    try:
+        env = _envelope(run_id, fields)
+    except (ValueError, KeyError, TypeError):
+        raise Corruption(
+            "event_decode_failed",
+            f"stored event {seq_text} of run {run_id} cannot be decoded",
+            details=details,
+        ) from None
+    if str(env.seq) != seq_text:
+        raise Corruption(
+            "event_position_mismatch",
+            f"stored event {seq_text} of run {run_id} names another position",
+            details=details,
+        )
+    return env
+
+
+def _decode_entry(run_id: str, fields: dict[bytes, bytes]) -> EventEnvelope | None:
+    """A stream entry as an envelope, or None if it does not decode (indexing skips it)."""
+    try:
+        return _envelope(run_id, fields)
+    except (ValueError, KeyError):
+        return None

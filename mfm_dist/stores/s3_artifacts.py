@@ -1,4 +1,4 @@
-"""S3 / MinIO artifact store (CONTRACT §10) on the `minio` client.
+"""S3 / MinIO artifact store (docs/storage.md) on the `minio` client.
 
 URL: `s3://bucket/prefix?endpoint=http://host:9000&region=us-east-1&create_bucket=1`
 (`endpoint` defaults to AWS, `https://s3.amazonaws.com`). Objects live at
@@ -57,6 +57,7 @@ _TRANSIENT_CODES = {
 }
 _EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 _MISSING_CODES = {"NoSuchKey", "NoSuchObject", "NotFound"}
+_HEX = frozenset("0123456789abcdef")
 
 
 def _env_credentials() -> tuple[str | None, str | None, str | None]:
@@ -286,6 +287,29 @@ class S3ArtifactStore(ArtifactStore):
         except InvalidId:
             return False  # not an artifact id: nothing can be stored under it
         return self._stat(str(aid)) is not None
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[ArtifactId]:
+        """One LIST request with `Prefix=<prefix>/<id[:2]>/<id prefix>` (paged by S3)."""
+        if limit <= 0 or not (0 < len(prefix) <= 64 and set(prefix) <= _HEX):
+            return []
+        base = f"{self._prefix}/" if self._prefix else ""
+        key_prefix = base + (f"{prefix[:2]}/{prefix}" if len(prefix) >= 2 else prefix)
+
+        def listing() -> list[str]:
+            names: list[str] = []
+            for obj in self._client.list_objects(self._bucket, prefix=key_prefix, recursive=True):
+                name = str(obj.object_name).rsplit("/", 1)[-1]
+                if name.startswith(prefix) and len(name) == 64 and set(name) <= _HEX:
+                    names.append(name)
+                    if len(names) >= limit and len(prefix) >= 2:
+                        break  # one shard is listed in key order: these are the first
+            return names
+
+        try:
+            found = self._call("list", listing)
+        except S3Error as exc:
+            raise self._failed("list", exc) from None
+        return [ArtifactId(n) for n in sorted(found)[:limit]]
 
     def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         aid = str(artifact_id)

@@ -1,4 +1,4 @@
-"""The embedded event store: one SQLite file, safe for threads and processes (CONTRACT §6, §10).
+"""The embedded event store: one SQLite file, safe for threads and processes (docs/storage.md).
 
 Durability: the database runs in WAL mode with `synchronous=FULL` by default, so
 an `append` that returned survives a power loss — the run history is the audit
@@ -17,9 +17,20 @@ state has completed) and `facts` (single-assignment fact bindings).
 A store object used after `fork()` reopens its connection in the child.
 
 Schema versions (`PRAGMA user_version`): 2 added `attempts.completed` and the
-`facts` table; 3 added `runs.cancel_requested` (the cancel guard). Opening an older
-file adds what is missing and rebuilds it from the stored events, once, inside the
-schema transaction.
+`facts` table. Opening a version-1 file adds the column and rebuilds both from
+the stored events, once, inside the schema transaction. 3 added the listing
+columns and indexes: `runs.ended_ms` (the time of `RunCompleted`), the side table
+`run_labels` (a run's submission labels, indexed by `(key, value)`) and the
+indexes `runs_by_op` and `runs_by_phase` (each ordered by start time, like
+`runs_by_start`), so `list_runs` filters by op, phase, labels and start window
+without reading events; and `runs.cancel_requested` (the cancel guard; no earlier
+version wrote a cancel request, so it starts at 0). Opening a version-2 file adds them
+and fills the listing from each run's `run_submitted` (seq 2) and last event: two
+primary-key reads per run.
+
+Run listings: `list_runs(limit, query)` is one SQL query over `runs` (driven by the
+index that fits the filter) with the labels of the returned rows in one more;
+`runs_with_prefix` is a range on the `runs` primary key.
 
 Read-only mode (`read_only=True`, what the CLI's read commands use): the file is
 opened with `mode=ro` and nothing is ever created — no directory, no database, no
@@ -49,6 +60,7 @@ from mfm_dist.events import (
     DomainEvent,
     EventDraft,
     EventEnvelope,
+    RunCompleted,
     StateCompleted,
     StateEntered,
     StateFailed,
@@ -62,13 +74,16 @@ from mfm_dist.journal import (
     check_journal_id,
     check_namespace,
 )
-from mfm_dist.run import RunPhase, RunSummary
+from mfm_dist.run import RunPhase, RunQuery, RunSummary
 from mfm_dist.stores.base import (
+    SUBMISSION_SEQ,
     EventStore,
     check_positions,
+    prefix_upper_bound,
     stale_head,
     stale_journal,
-    summary_updates,
+    submission_labels,
+    summary_changes,
 )
 from mfm_dist.stores.guards import GuardChanges, check_batch, fact_binding_of
 
@@ -76,6 +91,8 @@ Synchronous = Literal["FULL", "NORMAL"]
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 T = TypeVar("T")
 SCHEMA_VERSION = 3
+LISTING_VERSION = 3  # the version that added ended_ms, run_labels and the listing indexes
+_SQL_CHUNK = 500  # bound parameters per IN (...) list
 _FORK_ORPHANS: list[sqlite3.Connection] = []
 # A read-only open failing with one of these may succeed as `immutable` (it needs no -shm).
 _NEEDS_IMMUTABLE = ("SQLITE_READONLY", "SQLITE_CANTOPEN")  # and SQLITE_READONLY_* variants
@@ -95,9 +112,19 @@ _SCHEMA = (
         head_seq INTEGER NOT NULL DEFAULT 0,
         started INTEGER NOT NULL DEFAULT 0,
         completed INTEGER NOT NULL DEFAULT 0,
-        cancel_requested INTEGER NOT NULL DEFAULT 0
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        ended_ms INTEGER
     )""",
     "CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_ms DESC, run_id DESC)",
+    "CREATE INDEX IF NOT EXISTS runs_by_op ON runs (op_id, started_ms DESC, run_id DESC)",
+    "CREATE INDEX IF NOT EXISTS runs_by_phase ON runs (phase, started_ms DESC, run_id DESC)",
+    """CREATE TABLE IF NOT EXISTS run_labels (
+        run_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (run_id, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS run_labels_by_value ON run_labels (key, value, run_id)",
     """CREATE TABLE IF NOT EXISTS attempts (
         run_id TEXT NOT NULL,
         state_id TEXT NOT NULL,
@@ -139,11 +166,47 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if "completed" not in columns:
             conn.execute("ALTER TABLE attempts ADD COLUMN completed INTEGER NOT NULL DEFAULT 0")
         _rebuild_completions_and_facts(conn)
-    columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(runs)")}
-    if "cancel_requested" not in columns:
-        # No earlier version wrote a run-level cancel request: nothing to rebuild.
-        conn.execute("ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+    if version < LISTING_VERSION:
+        columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(runs)")}
+        if "ended_ms" not in columns:
+            conn.execute("ALTER TABLE runs ADD COLUMN ended_ms INTEGER")
+        if "cancel_requested" not in columns:
+            conn.execute("ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+        _fill_listing(conn)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _envelope_or_none(body: bytes) -> EventEnvelope | None:
+    try:
+        return EventEnvelope.from_bytes(body)
+    except (ValueError, ValidationError):
+        return None  # read_range reports undecodable rows; nothing to derive from them
+
+
+def _fill_listing(conn: sqlite3.Connection) -> None:
+    """Derive the version-3 listing data of every run from its stored events (at upgrade):
+    labels from `run_submitted` (seq 2), `ended_ms` from `RunCompleted` (the last event)."""
+    labelled = conn.execute(
+        "SELECT r.run_id, e.body FROM runs r JOIN events e ON e.run_id = r.run_id AND e.seq = ?",
+        (SUBMISSION_SEQ,),
+    ).fetchall()
+    rows: list[tuple[str, str, str]] = []
+    for run_id, body in labelled:
+        env = _envelope_or_none(body)
+        labels = submission_labels(env) if env is not None else None
+        rows.extend((run_id, key, value) for key, value in (labels or {}).items())
+    conn.execute("DELETE FROM run_labels")
+    conn.executemany("INSERT INTO run_labels (run_id, key, value) VALUES (?, ?, ?)", rows)
+    ended = conn.execute(
+        "SELECT r.run_id, e.body FROM runs r JOIN events e"
+        " ON e.run_id = r.run_id AND e.seq = r.head_seq WHERE r.completed = 1"
+    ).fetchall()
+    updates = []
+    for run_id, body in ended:
+        env = _envelope_or_none(body)
+        if env is not None and isinstance(env.event, RunCompleted):
+            updates.append((env.ts_millis, run_id))
+    conn.executemany("UPDATE runs SET ended_ms = ? WHERE run_id = ?", updates)
 
 
 def _rebuild_completions_and_facts(conn: sqlite3.Connection) -> None:
@@ -279,6 +342,7 @@ class SqliteEventStore(EventStore):
         self._absent = False  # read-only, no store in the file yet: an empty stand-in
         self._legacy = False  # read-only on a version-1 file: no `facts` table
         self._no_journals = False  # read-only on a file written before journals existed
+        self._legacy_listing = False  # read-only on a file older than LISTING_VERSION
         if not read_only:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -376,7 +440,8 @@ class SqliteEventStore(EventStore):
             conn.close()  # not initialised yet (or not ours): nothing recorded in it so far
             self._absent = True
             return _empty_database()
-        self._legacy = version < SCHEMA_VERSION or "facts" not in tables
+        self._legacy = version < 2 or "facts" not in tables
+        self._legacy_listing = version < LISTING_VERSION or "run_labels" not in tables
         self._no_journals = "journals" not in tables or "journal_entries" not in tables
         return conn
 
@@ -529,14 +594,22 @@ class SqliteEventStore(EventStore):
 
     @staticmethod
     def _update_summary(conn: sqlite3.Connection, rid: str, envelopes: list[EventEnvelope]) -> None:
-        op_id, started_ms, phase = summary_updates(envelopes)
-        if op_id is not None and started_ms is not None:
+        changes = summary_changes(envelopes)
+        if changes.op_id is not None and changes.started_ms is not None:
             conn.execute(
                 "UPDATE runs SET op_id = ?, started_ms = ? WHERE run_id = ?",
-                (op_id, started_ms, rid),
+                (changes.op_id, changes.started_ms, rid),
             )
-        if phase is not None:
-            conn.execute("UPDATE runs SET phase = ? WHERE run_id = ?", (phase.value, rid))
+        if changes.phase is not None:
+            conn.execute("UPDATE runs SET phase = ? WHERE run_id = ?", (changes.phase.value, rid))
+        if changes.ended_ms is not None:
+            conn.execute("UPDATE runs SET ended_ms = ? WHERE run_id = ?", (changes.ended_ms, rid))
+        if changes.labels is not None:
+            conn.execute("DELETE FROM run_labels WHERE run_id = ?", (rid,))
+            conn.executemany(
+                "INSERT INTO run_labels (run_id, key, value) VALUES (?, ?, ?)",
+                [(rid, key, value) for key, value in changes.labels.items()],
+            )
         conn.execute("UPDATE runs SET head_seq = ? WHERE run_id = ?", (envelopes[-1].seq, rid))
 
     def read_range(
@@ -568,61 +641,39 @@ class SqliteEventStore(EventStore):
         bound = self._read("fact_binding", lambda c: _fact_binding(c, str(run_id), key))
         return None if bound is None else ArtifactId(bound)
 
-    def list_runs(self, limit: int | None = None) -> list[RunSummary]:
-        def query(conn: sqlite3.Connection) -> list[tuple[str, str, int, str, int]]:
+    def list_runs(
+        self, limit: int | None = None, query: RunQuery | None = None
+    ) -> list[RunSummary]:
+        q = query or RunQuery()
+        if limit is not None and limit <= 0:
+            return []
+        if self._legacy_listing:
+            return self._read("list_runs", lambda c: _legacy_listing(c, q, limit))
+        return self._read("list_runs", lambda c: _listing(c, q, limit))
+
+    def runs_with_prefix(self, prefix: str, limit: int = 10) -> list[RunId]:
+        if not prefix or limit <= 0:
+            return []
+
+        def query(conn: sqlite3.Connection) -> list[tuple[str]]:
             return conn.execute(
-                "SELECT run_id, op_id, started_ms, phase, head_seq FROM runs"
-                " ORDER BY started_ms DESC, run_id DESC LIMIT ?",
-                (-1 if limit is None else max(limit, 0),),
+                "SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT ?",
+                (prefix, prefix_upper_bound(prefix), limit),
             ).fetchall()
 
-        rows = self._read("list_runs", query)
+        rows = self._read("runs_with_prefix", query)
         try:
-            return [
-                RunSummary(
-                    run_id=RunId(rid),
-                    op_id=op_id,
-                    started_ms=started,
-                    phase=RunPhase(phase),
-                    head_seq=head,
-                )
-                for rid, op_id, started, phase, head in rows
-            ]
-        except (ValueError, ValidationError):
-            raise Corruption("sqlite_run_row_invalid", "a stored run summary is invalid") from None
-
+            return [RunId(row[0]) for row in rows]
+        except ValueError:
+            raise Corruption("sqlite_run_row_invalid", "a stored run id is invalid") from None
 
     def run_summaries(self, run_ids: Sequence[RunId]) -> dict[str, RunSummary]:
         ids = sorted({str(r) for r in run_ids})
         if not ids:
             return {}
-
-        def query(conn: sqlite3.Connection) -> list[tuple[str, str, int, str, int]]:
-            rows: list[tuple[str, str, int, str, int]] = []
-            for k in range(0, len(ids), 500):
-                chunk = ids[k : k + 500]
-                marks = ",".join("?" * len(chunk))
-                rows += conn.execute(
-                    "SELECT run_id, op_id, started_ms, phase, head_seq FROM runs"
-                    f" WHERE run_id IN ({marks}) AND head_seq > 0",
-                    chunk,
-                ).fetchall()
-            return rows
-
-        rows = self._read("run_summaries", query)
-        try:
-            return {
-                rid: RunSummary(
-                    run_id=RunId(rid),
-                    op_id=op_id,
-                    started_ms=started,
-                    phase=RunPhase(phase),
-                    head_seq=head,
-                )
-                for rid, op_id, started, phase, head in rows
-            }
-        except (ValueError, ValidationError):
-            raise Corruption("sqlite_run_row_invalid", "a stored run summary is invalid") from None
+        if self._legacy_listing:
+            return super().run_summaries(run_ids)
+        return self._read("run_summaries", lambda c: _summaries_by_id(c, ids))
 
     # --- journals --------------------------------------------------------------------------
 
@@ -698,6 +749,129 @@ class SqliteEventStore(EventStore):
             JournalSummary(journal=j, head_seq=h, created_ms=c, updated_ms=u)
             for j, h, c, u in self._read("list_journals", query)
         ]
+
+
+_SUMMARY_COLUMNS = "r.run_id, r.op_id, r.started_ms, r.phase, r.head_seq"
+SummaryRow = tuple[str, str, int, str, int]
+
+
+def _where(q: RunQuery) -> tuple[str, list[object]]:
+    """The SQL conditions of `q` on `runs r` (labels through their index)."""
+    clauses: list[str] = []
+    params: list[object] = []
+    if q.op_id is not None:
+        clauses.append("r.op_id = ?")
+        params.append(q.op_id)
+    if q.phase is not None:
+        clauses.append("r.phase = ?")
+        params.append(q.phase.value)
+    if q.since_ms is not None:
+        clauses.append("r.started_ms >= ?")
+        params.append(q.since_ms)
+    if q.until_ms is not None:
+        clauses.append("r.started_ms < ?")
+        params.append(q.until_ms)
+    for key, value in q.labels.items():
+        clauses.append("r.run_id IN (SELECT run_id FROM run_labels WHERE key = ? AND value = ?)")
+        params += [key, value]
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _summary(
+    row: SummaryRow, labels: dict[str, str], ended_ms: int | None
+) -> RunSummary:
+    rid, op_id, started, phase, head = row
+    try:
+        return RunSummary(
+            run_id=RunId(rid),
+            op_id=op_id,
+            started_ms=started,
+            phase=RunPhase(phase),
+            head_seq=head,
+            labels=labels,
+            ended_ms=ended_ms,
+        )
+    except (ValueError, ValidationError):
+        raise Corruption("sqlite_run_row_invalid", "a stored run summary is invalid") from None
+
+
+def _summaries_by_id(conn: sqlite3.Connection, ids: list[str]) -> dict[str, RunSummary]:
+    """The listing rows of the runs `ids` that exist (their labels included)."""
+    rows: list[tuple[str, str, int, str, int, int | None]] = []
+    labels: dict[str, dict[str, str]] = {}
+    for start in range(0, len(ids), _SQL_CHUNK):
+        chunk = ids[start : start + _SQL_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows += conn.execute(
+            f"SELECT {_SUMMARY_COLUMNS}, r.ended_ms FROM runs r"
+            f" WHERE r.run_id IN ({marks}) AND r.head_seq > 0",
+            chunk,
+        ).fetchall()
+        for rid, key, value in conn.execute(
+            f"SELECT run_id, key, value FROM run_labels WHERE run_id IN ({marks})", chunk
+        ):
+            labels.setdefault(rid, {})[key] = value
+    return {
+        row[0]: _summary(row[:5], dict(sorted(labels.get(row[0], {}).items())), row[5])
+        for row in rows
+    }
+
+
+def _listing(conn: sqlite3.Connection, q: RunQuery, limit: int | None) -> list[RunSummary]:
+    where, params = _where(q)
+    rows = conn.execute(
+        f"SELECT {_SUMMARY_COLUMNS}, r.ended_ms FROM runs r{where}"
+        " ORDER BY r.started_ms DESC, r.run_id DESC LIMIT ?",
+        (*params, -1 if limit is None else limit),
+    ).fetchall()
+    labels: dict[str, dict[str, str]] = {}
+    ids = [row[0] for row in rows]
+    for start in range(0, len(ids), _SQL_CHUNK):
+        chunk = ids[start : start + _SQL_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for rid, key, value in conn.execute(
+            f"SELECT run_id, key, value FROM run_labels WHERE run_id IN ({marks})", chunk
+        ):
+            labels.setdefault(rid, {})[key] = value
+    return [
+        _summary(row[:5], dict(sorted(labels.get(row[0], {}).items())), row[5]) for row in rows
+    ]
+
+
+def _legacy_listing(
+    conn: sqlite3.Connection, q: RunQuery, limit: int | None
+) -> list[RunSummary]:
+    """A read-only file from before LISTING_VERSION: labels and end times come from each
+    listed run's events (seq 2 and its last), the label filter is applied to them."""
+    where, params = _where(q.model_copy(update={"labels": {}}))
+    cursor = conn.execute(
+        f"SELECT {_SUMMARY_COLUMNS} FROM runs r{where} ORDER BY r.started_ms DESC, r.run_id DESC",
+        params,
+    )
+    out: list[RunSummary] = []
+    for row in cursor.fetchall():
+        rid, _, _, phase, head = row
+        labels: dict[str, str] = {}
+        second = conn.execute(
+            "SELECT body FROM events WHERE run_id = ? AND seq = ?", (rid, SUBMISSION_SEQ)
+        ).fetchone()
+        env = _envelope_or_none(second[0]) if second is not None else None
+        if env is not None:
+            labels = submission_labels(env) or {}
+        if any(labels.get(k) != v for k, v in q.labels.items()):
+            continue
+        ended_ms = None
+        if phase != RunPhase.RUNNING.value:
+            last = conn.execute(
+                "SELECT body FROM events WHERE run_id = ? AND seq = ?", (rid, head)
+            ).fetchone()
+            env = _envelope_or_none(last[0]) if last is not None else None
+            if env is not None and isinstance(env.event, RunCompleted):
+                ended_ms = env.ts_millis
+        out.append(_summary(row, labels, ended_ms))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
 
 
 def _empty_database() -> sqlite3.Connection:

@@ -1,4 +1,4 @@
-"""Choose store backends by URL (CONTRACT §10), never by editing code.
+"""Choose store backends by URL (docs/storage.md), never by editing code.
 
 Events: `memory://`, `sqlite:///path/to/events.sqlite3`, `redis://host:port/db`.
 Artifacts: `memory://`, `file:///path/to/dir`, `s3://bucket/prefix?endpoint=http://host:9000`.
@@ -8,7 +8,8 @@ only when their scheme is used, so the core needs no Redis or S3 client.
 
 `read_only=True` opens the embedded backends (SQLite, files) without creating or
 changing anything, for commands that only read; the other backends are opened as
-usual (a reader never writes to them).
+usual (a reader writes nothing to them, except that the first Redis listing after an
+upgrade indexes the runs an earlier version recorded — once; see `redis_events`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `exec` transport (CONTRACT §8): run an allow-listed program, JSON in, JSON out.
+"""The `exec` transport (docs/io-and-replay.md): run an allow-listed program, JSON in, JSON out.
 
 Request: `{"kind":"run_program_v1", "program_path", "argv", "stdin_json",
 "timeout_ms", "env"}`. `argv` are the arguments after the program (the program
