@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
+import random
+import uuid
+from collections import OrderedDict, namedtuple
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import orjson
 import pytest
+import rfc8785
 
 from mfm_dist import InMemoryArtifactStore, get_json
+from mfm_dist import canonical as canonical_module
+from mfm_dist import secrets as secrets_module
 from mfm_dist.artifacts import ArtifactKind, verify_content
 from mfm_dist.canonical import (
+    MAX_JSON_DEPTH,
     artifact_id_of_bytes,
     artifact_id_of_json,
     canonical_bytes,
+    canonical_copy,
+    check_json,
     parse_canonical,
 )
-from mfm_dist.errors import CanonicalJsonError, Corruption, InvalidId, SecretsDetected
+from mfm_dist.context import StagedContext
+from mfm_dist.errors import CanonicalJsonError, Corruption, InvalidId, MfmError, SecretsDetected
 from mfm_dist.ids import ArtifactId, OpId, OpPath, RunId, StateId
-from mfm_dist.secrets import contains_secret, is_secret_string, redact_url
+from mfm_dist.secrets import SECRET_MARKERS, contains_secret, is_secret_string, redact_url
 
 
 @pytest.mark.parametrize(
@@ -210,10 +224,6 @@ def test_minted_run_ids_are_uuid4() -> None:
 def test_fast_encoder_matches_rfc8785_reference() -> None:
     """`canonical_bytes` uses orjson where it provably writes JCS; compare with `rfc8785` on
     random structures full of escapes, BMP edge characters and astral keys."""
-    import random
-
-    import rfc8785
-
     rng = random.Random(8785)
     alphabet = [chr(i) for i in range(0x80)] + [
         "\u00e9", "\u2028", "\u2029", "\ufeff", "\ud7ff", "\ue000", "\uffff", "\U0001f600",
@@ -246,24 +256,6 @@ def test_fast_encoder_matches_rfc8785_reference() -> None:
 # compiled pass and hand everything else to the pure-Python reference, which picks every error.
 # The pass must be sound (what it clears, the reference accepts), complete on exact JSON types
 # (else the fast path is never taken) and, for the secret rule, exactly `is_secret_string`.
-
-import enum  # noqa: E402
-import random  # noqa: E402
-import uuid  # noqa: E402
-from collections import OrderedDict, namedtuple  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from typing import Any  # noqa: E402
-
-import orjson  # noqa: E402
-import rfc8785  # noqa: E402
-
-from mfm_dist import canonical as canonical_module  # noqa: E402
-from mfm_dist import secrets as secrets_module  # noqa: E402
-from mfm_dist.canonical import MAX_JSON_DEPTH, canonical_copy, check_json  # noqa: E402
-from mfm_dist.context import StagedContext  # noqa: E402
-from mfm_dist.errors import MfmError  # noqa: E402
-from mfm_dist.secrets import SECRET_MARKERS  # noqa: E402
 
 scan_module = canonical_module._jsonscan
 
