@@ -34,8 +34,9 @@ static unsigned char marker_text[MAX_MARKERS][MAX_MARKER_LEN];
 static Py_ssize_t marker_len[MAX_MARKERS];
 static int n_markers = 0;
 static Py_ssize_t min_marker_len = 2;
-static unsigned char first_char[256];
-static uint8_t bigram[65536 / 8];
+static unsigned char n_by_first[256];          /* markers starting with a byte */
+static unsigned char by_first[256][MAX_MARKERS]; /* their indices */
+static uint8_t SHIFT[65536]; /* Wu-Manber shifts by lowered byte pair */
 static int max_depth = 512;
 static long long max_int = 9007199254740991LL;
 static Py_ssize_t mnemonic_min = 12;
@@ -45,39 +46,62 @@ static int limits_configured = 0;
 /* find_secret gives up (undecided) below this many levels; the Python reference walks on. */
 #define FIND_DEPTH_CAP 1000
 
-/* 1 if a marker occurs in s[0:n] compared through LOWER (ASCII case folding), else 0. */
-static int
-marker_scan(const unsigned char *s, Py_ssize_t n)
-{
-    if (n < min_marker_len) {
-        return 0;
+/* Marker search, Wu-Manber with blocks of two characters: a window of min_marker_len
+ * characters ends at `pos`; the projected pair ending there says how far the window may move
+ * without skipping a marker that could start in it (SHIFT, built by configure_secrets); at
+ * shift 0 the markers beginning at the window's start are compared in full. Ordinary text
+ * moves by the maximum most of the time, so few characters are looked at.
+ *
+ * PROJ maps a character to the byte it is compared as: its ASCII lowercase, or 0xFF (a byte
+ * no marker holds) for anything without an ASCII lowercase form. */
+#define DEFINE_MARKER_SCAN(NAME, T, PROJ)                                                     \
+    static int NAME(const T *s, Py_ssize_t n)                                                 \
+    {                                                                                         \
+        Py_ssize_t m = min_marker_len;                                                        \
+        if (n < m) {                                                                          \
+            return 0;                                                                         \
+        }                                                                                     \
+        Py_ssize_t pos = m - 1;                                                               \
+        while (pos < n) {                                                                     \
+            unsigned shift = SHIFT[(PROJ(s[pos - 1]) << 8) | PROJ(s[pos])];                   \
+            if (shift) {                                                                      \
+                pos += shift;                                                                 \
+                continue;                                                                     \
+            }                                                                                 \
+            Py_ssize_t i = pos - m + 1;                                                       \
+            unsigned c0 = PROJ(s[i]);                                                         \
+            for (int j = 0; j < n_by_first[c0]; j++) {                                        \
+                int mk = by_first[c0][j];                                                     \
+                Py_ssize_t len = marker_len[mk];                                              \
+                if (i + len > n) {                                                            \
+                    continue;                                                                 \
+                }                                                                             \
+                Py_ssize_t k = 1;                                                             \
+                while (k < len && PROJ(s[i + k]) == marker_text[mk][k]) {                    \
+                    k++;                                                                      \
+                }                                                                             \
+                if (k == len) {                                                               \
+                    return 1;                                                                 \
+                }                                                                             \
+            }                                                                                 \
+            pos++;                                                                            \
+        }                                                                                     \
+        return 0;                                                                             \
     }
-    Py_ssize_t last = n - min_marker_len;
-    for (Py_ssize_t i = 0; i <= last; i++) {
-        unsigned c0 = LOWER[s[i]];
-        if (!first_char[c0]) {
-            continue;
-        }
-        unsigned idx = (c0 << 8) | LOWER[s[i + 1]];
-        if (!(bigram[idx >> 3] & (1u << (idx & 7)))) {
-            continue;
-        }
-        for (int m = 0; m < n_markers; m++) {
-            Py_ssize_t len = marker_len[m];
-            if (marker_text[m][0] != c0 || i + len > n) {
-                continue;
-            }
-            Py_ssize_t k = 1;
-            while (k < len && LOWER[s[i + k]] == marker_text[m][k]) {
-                k++;
-            }
-            if (k == len) {
-                return 1;
-            }
-        }
-    }
-    return 0;
-}
+
+/* Below U+0100, lower() maps only 'A'-'Z' to ASCII, one character each. */
+#define PROJ_UCS1(c) ((unsigned)LOWER[(c)])
+/* Wider: `str.lower()` maps exactly two non-ASCII code points to anything ASCII (checked
+ * over every code point by tests/test_canonical.py): U+212A KELVIN SIGN to "k", and U+0130
+ * to "i" + U+0307. Projecting U+0130 to "i" alone can only add matches (the U+0307 that
+ * follows in the lowered text is a breaker), so a match in a string holding U+0130 is
+ * re-checked on the exact projection (`dotted_i_markers`). */
+#define PROJ_WIDE(c)                                                                          \
+    ((unsigned)((c) < 0x80 ? LOWER[(c)] : (c) == 0x212A ? 'k' : (c) == 0x130 ? 'i' : 0xFF))
+
+DEFINE_MARKER_SCAN(marker_scan, unsigned char, PROJ_UCS1)
+DEFINE_MARKER_SCAN(marker_scan_ucs2, Py_UCS2, PROJ_WIDE)
+DEFINE_MARKER_SCAN(marker_scan_ucs4, Py_UCS4, PROJ_WIDE)
 
 /* secrets._looks_like_mnemonic: str.split() gives mnemonic_min..mnemonic_max words, each
  * matching ^[a-z]+$. `space` tells whether a code point is Py_UNICODE_ISSPACE. */
@@ -120,47 +144,48 @@ mnemonic_wide(int kind, const void *d, Py_ssize_t n)
     MNEMONIC_LOOP(PyUnicode_READ(kind, d, i));
 }
 
-/* Markers in a string wider than one byte per character. `str.lower()` maps exactly two
- * non-ASCII code points to anything ASCII: U+212A KELVIN SIGN to "k" and U+0130 to
- * "i" + U+0307 (tests/test_canonical.py checks this over every code point). So the ASCII
- * projection of the lowered text -- ASCII kept, those two mapped, every other character a
- * byte no marker contains -- holds a marker exactly when the lowered text does. */
+/* Markers in the exact ASCII projection of the lowered text of a string holding U+0130:
+ * U+0130 becomes "i" and a breaker byte. -1 on error (exception set). */
 static int
-wide_markers(int kind, const void *d, Py_ssize_t n)
+dotted_i_markers(int kind, const void *data, Py_ssize_t n)
 {
-    if (n < min_marker_len) {
-        return 0; /* each marker character needs a character of its own */
-    }
-    unsigned char small[512] = {0};
-    unsigned char *buf = small;
-    Py_ssize_t cap = 2 * n;
-    if (cap > (Py_ssize_t)sizeof small) {
-        buf = PyMem_Malloc((size_t)cap);
-        if (buf == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
+    unsigned char *buf = PyMem_Malloc((size_t)(2 * n + 1));
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
     }
     Py_ssize_t len = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_UCS4 c = PyUnicode_READ(kind, d, i);
-        if (c < 0x80) {
-            buf[len++] = (unsigned char)c;
-        }
-        else if (c == 0x212A) {
-            buf[len++] = 'k';
-        }
-        else if (c == 0x130) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c == 0x130) {
             buf[len++] = 'i';
             buf[len++] = 0xFF;
         }
         else {
-            buf[len++] = 0xFF;
+            buf[len++] = (unsigned char)PROJ_WIDE(c);
         }
     }
     int found = marker_scan(buf, len);
-    if (buf != small) {
-        PyMem_Free(buf);
+    PyMem_Free(buf);
+    return found;
+}
+
+static int
+wide_markers(int kind, const void *data, Py_ssize_t n)
+{
+    int found;
+    if (kind == PyUnicode_2BYTE_KIND) {
+        found = marker_scan_ucs2((const Py_UCS2 *)data, n);
+    }
+    else {
+        found = marker_scan_ucs4((const Py_UCS4 *)data, n);
+    }
+    if (found) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (PyUnicode_READ(kind, data, i) == 0x130) {
+                return dotted_i_markers(kind, data, n);
+            }
+        }
     }
     return found;
 }
@@ -424,8 +449,7 @@ jsonscan_configure_secrets(PyObject *self, PyObject *args)
         return NULL;
     }
     secrets_configured = 0;
-    memset(first_char, 0, sizeof first_char);
-    memset(bigram, 0, sizeof bigram);
+    memset(n_by_first, 0, sizeof n_by_first);
     min_marker_len = MAX_MARKER_LEN;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *m = PySequence_Fast_GET_ITEM(seq, i);
@@ -447,16 +471,26 @@ jsonscan_configure_secrets(PyObject *self, PyObject *args)
         }
         memcpy(marker_text[i], text, (size_t)len);
         marker_len[i] = len;
-        unsigned c0 = (unsigned char)text[0], c1 = (unsigned char)text[1];
-        first_char[c0] = 1;
-        unsigned idx = (c0 << 8) | c1;
-        bigram[idx >> 3] |= (uint8_t)(1u << (idx & 7));
+        unsigned c0 = (unsigned char)text[0];
+        by_first[c0][n_by_first[c0]++] = (unsigned char)i;
         if (len < min_marker_len) {
             min_marker_len = len;
         }
     }
     Py_DECREF(seq);
     n_markers = (int)count;
+    /* A pair ending at offset j of some marker's first min_marker_len bytes allows a shift of
+     * at most min_marker_len - 1 - j; a pair in no marker's prefix, min_marker_len - 1. */
+    memset(SHIFT, (int)(min_marker_len - 1), sizeof SHIFT);
+    for (int i = 0; i < n_markers; i++) {
+        for (Py_ssize_t j = 1; j < min_marker_len; j++) {
+            unsigned pair = ((unsigned)marker_text[i][j - 1] << 8) | marker_text[i][j];
+            uint8_t shift = (uint8_t)(min_marker_len - 1 - j);
+            if (shift < SHIFT[pair]) {
+                SHIFT[pair] = shift;
+            }
+        }
+    }
     for (int c = 0; c < 256; c++) {
         LOWER[c] = (unsigned char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
         SPACE1[c] = (unsigned char)(Py_UNICODE_ISSPACE((Py_UCS4)c) ? 1 : 0);
