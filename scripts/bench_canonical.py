@@ -104,15 +104,21 @@ SHAPES: dict[str, Callable[[random.Random], Any]] = {
 }
 
 
-def best_seconds(fn: Callable[[], object], budget: float, min_rounds: int = 3) -> float:
-    fn()  # warm up
-    best = float("inf")
+def best_seconds(
+    fns: dict[str, Callable[[], object]], budget: float, min_rounds: int = 3
+) -> dict[str, float]:
+    """Best time of each function, run round-robin (one call of each per round) so that a
+    change of load on the shared machine hits every function of the group alike."""
+    for fn in fns.values():
+        fn()  # warm up
+    best = dict.fromkeys(fns, float("inf"))
     rounds = 0
     start = time.perf_counter()
-    while rounds < min_rounds or (time.perf_counter() - start < budget and rounds < 50):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+    while rounds < min_rounds or (time.perf_counter() - start < budget and rounds < 200):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
         rounds += 1
     return best
 
@@ -154,8 +160,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter rounds")
     parser.add_argument("--no-python", action="store_true", help="skip the pure-Python path")
     args = parser.parse_args()
-    budget = 0.4 if args.quick else 1.5
-    slow_budget = 0.1 if args.quick else 0.5
+    budget = 1.0 if args.quick else 4.0
+    slow_budget = 0.5 if args.quick else 2.0
     before = load_canonical_at(args.before) if args.before else None
     if canonical._jsonscan is None:
         print("NOTE: mfm_dist._jsonscan is not built; 'now' runs the pure-Python path")
@@ -167,56 +173,51 @@ def main() -> None:
         assert data == rfc8785.dumps(value), name
         assert canonical.artifact_id_of_json(value) == hashlib.sha256(data).hexdigest()
         mb = len(data) / 1e6
-        ref_hash = best_seconds(
-            lambda v=value: hashlib.sha256(rfc8785.dumps(v)).hexdigest(), slow_budget
-        )
-        orj_hash = best_seconds(
-            lambda v=value: hashlib.sha256(orjson.dumps(v, option=SORTED)).hexdigest(), budget
-        )
-        orj_load = best_seconds(lambda d=data: orjson.loads(d), budget)
-        cases: list[tuple[str, str, Callable[[], object], float, float]] = []
-        for label, mod in [("now", canonical), ("before", before)]:
-            if mod is None:
-                continue
-            m: Any = mod
-            cases += [
-                ("hash", label, lambda m=m, v=value: m.artifact_id_of_json(v), ref_hash, orj_hash),
-                ("read", label, lambda m=m, d=data: m.parse_canonical(d), 0.0, orj_load),
-                ("check", label, lambda m=m, v=value: m.check_json(v), 0.0, 0.0),
-            ]
+        # Fast group: this checkout's functions and the orjson baselines, interleaved.
+        fast: dict[str, Callable[[], object]] = {
+            "orjson+sha": lambda v=value: hashlib.sha256(
+                orjson.dumps(v, option=SORTED)
+            ).hexdigest(),
+            "orjson.loads": lambda d=data: orjson.loads(d),
+            "hash now": lambda v=value: canonical.artifact_id_of_json(v),
+            "read now": lambda d=data: canonical.parse_canonical(d),
+            "check now": lambda v=value: canonical.check_json(v),
+        }
+        # Slow group: the reference encoder and the pure-Python paths.
+        slow: dict[str, Callable[[], object]] = {
+            "rfc8785+sha": lambda v=value: hashlib.sha256(rfc8785.dumps(v)).hexdigest(),
+        }
+        if before is not None:
+            m: Any = before
+            slow |= {
+                "hash before": lambda m=m, v=value: m.artifact_id_of_json(v),
+                "read before": lambda m=m, d=data: m.parse_canonical(d),
+                "check before": lambda m=m, v=value: m.check_json(v),
+            }
         if not args.no_python:
-            cases += [
-                (
-                    "hash",
-                    "py",
-                    python_only(lambda v=value: canonical.artifact_id_of_json(v)),
-                    ref_hash,
-                    orj_hash,
-                ),
-                (
-                    "read",
-                    "py",
-                    python_only(lambda d=data: canonical.parse_canonical(d)),
-                    0.0,
-                    orj_load,
-                ),
-                ("check", "py", python_only(lambda v=value: canonical.check_json(v)), 0.0, 0.0),
-            ]
-        for what, label, fn, ref_s, orj_s in cases:
-            secs = best_seconds(fn, budget if label == "now" else slow_budget)
-            rows.append(
-                (
-                    name,
-                    what,
-                    label,
-                    mb / secs,
-                    ref_s / secs if ref_s else 0.0,
-                    orj_s / secs if orj_s else 0.0,
-                )
-            )
+            slow |= {
+                "hash py": python_only(lambda v=value: canonical.artifact_id_of_json(v)),
+                "read py": python_only(lambda d=data: canonical.parse_canonical(d)),
+                "check py": python_only(lambda v=value: canonical.check_json(v)),
+            }
+        secs = best_seconds(fast, budget) | best_seconds(slow, slow_budget, min_rounds=2)
+        for label in ("now", "before", "py"):
+            for what, base_ref, base_orj in [
+                ("hash", "rfc8785+sha", "orjson+sha"),
+                ("read", "", "orjson.loads"),
+                ("check", "", ""),
+            ]:
+                key = f"{what} {label}"
+                if key not in secs:
+                    continue
+                s = secs[key]
+                vs_ref = secs[base_ref] / s if base_ref else 0.0
+                vs_orj = secs[base_orj] / s if base_orj else 0.0
+                rows.append((name, what, label, mb / s, vs_ref, vs_orj))
         print(
-            f"# {name}: {mb:.2f} MB canonical; rfc8785+sha256 {mb / ref_hash:.1f} MB/s, "
-            f"orjson sorted+sha256 {mb / orj_hash:.0f} MB/s, orjson.loads {mb / orj_load:.0f} MB/s",
+            f"# {name}: {mb:.2f} MB canonical; rfc8785+sha256 {mb / secs['rfc8785+sha']:.1f} MB/s,"
+            f" orjson sorted+sha256 {mb / secs['orjson+sha']:.0f} MB/s,"
+            f" orjson.loads {mb / secs['orjson.loads']:.0f} MB/s",
             flush=True,
         )
 
