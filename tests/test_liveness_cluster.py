@@ -184,7 +184,9 @@ def test_cancel_on_the_cluster_stops_a_handler_that_ignores_it(
 
     def stuck_running_and_flaky_failed() -> bool:
         envelopes = events_of(rt, run_id)
-        failed = any(isinstance(e.event, StateFailed) and "flaky" in str(e.state_id) for e in envelopes)
+        failed = any(
+            isinstance(e.event, StateFailed) and "flaky" in str(e.state_id) for e in envelopes
+        )
         entered = any(
             isinstance(e.event, StateEntered) and "stuck" in str(e.state_id) for e in envelopes
         )
