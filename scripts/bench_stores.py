@@ -46,11 +46,10 @@ from mfm_dist.artifacts import ArtifactKind  # noqa: E402
 from mfm_dist.events import DomainEvent, EventDraft, RunStarted, StateEntered  # noqa: E402
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId  # noqa: E402
 from mfm_dist.stores.redis_events import (  # noqa: E402
-    RUN_INDEX_KEY,
     RedisEventStore,
+    _append_keys,
     _body,
     _event_args,
-    _run_keys,
 )
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore  # noqa: E402
 
@@ -104,11 +103,11 @@ def redis_client_loop(url: str, run_id: str, mode: str, ops: int) -> list[float]
         # The guarded script alone, arguments prebuilt: the server-side cost of the guards.
         store = RedisEventStore.from_url(url)
         d = draft(0)
-        keys = [*_run_keys(run_id), RUN_INDEX_KEY]
+        keys = _append_keys(run_id)
         fields = _event_args(d.event, d.ts_millis, d.state_id, d.attempt)
         script = store._script
         for _ in range(ops):
-            args = ["next", "", "1", uuid.uuid4().hex, run_id, "1", *fields]
+            args = [os.urandom(16).hex(), *fields]  # a fresh batch id, as append_next sends
             t0 = time.perf_counter()
             script(keys=keys, args=args)
             latencies.append(time.perf_counter() - t0)
