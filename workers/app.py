@@ -17,7 +17,7 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from workers.settings import Settings
 
-CONTROL_TASKS = ("mfm.advance",)
+CONTROL_TASKS = ("mfm.advance", "mfm.backfill_tick")
 SUBMIT_TASKS = ("mfm.submit", "mfm.submit_batch")
 ATTEMPT_TASK = "mfm.execute_attempt"
 
