@@ -107,7 +107,7 @@ def redis_client_loop(url: str, run_id: str, mode: str, ops: int) -> list[float]
         fields = _event_args(d.event, d.ts_millis, d.state_id, d.attempt)
         script = store._script
         for _ in range(ops):
-            args = [os.urandom(16).hex(), *fields]  # a fresh batch id, as append_next sends
+            args = ["batch:" + os.urandom(16).hex(), *fields]  # a fresh batch id per call
             t0 = time.perf_counter()
             script(keys=keys, args=args)
             latencies.append(time.perf_counter() - t0)

@@ -220,7 +220,9 @@ def _body(event: Any, ts_millis: int, state_id: str | None, attempt: int | None)
         {
             "event": event.model_dump(mode="json"),
             "ts_millis": ts_millis,
-            "state_id": state_id,
+            # A plain str: the compiled canonical pass clears exact JSON types only (an id's
+            # str subclass would send the whole envelope down the slower reference path).
+            "state_id": None if state_id is None else str(state_id),
             "attempt": attempt,
         }
     )
@@ -426,7 +428,7 @@ class RedisEventStore(EventStore):
         per event (`_event_args`)."""
         keys = _append_keys(run_id)
         # A fresh batch id per call (not per attempt): a retry finds its committed batch.
-        call = os.urandom(16).hex()
+        call = "batch:" + os.urandom(16).hex()
         if expected_seq is not None:
             call += f"{'=' if positions_ok else '!'}{expected_seq}"
         args = [call, *event_args]
@@ -488,19 +490,7 @@ class RedisEventStore(EventStore):
             raise StorageError(
                 "redis_script_reply_invalid", f"append reply covers {count} of {len(drafts)} events"
             )
-        # The drafts are validated models and the run id is a RunId: `draft.at` would only
-        # validate them again.
-        return [
-            EventEnvelope.model_construct(
-                run_id=rid,
-                seq=first + i,
-                ts_millis=draft.ts_millis,
-                event=draft.event,
-                state_id=draft.state_id,
-                attempt=draft.attempt,
-            )
-            for i, draft in enumerate(drafts)
-        ]
+        return [draft.at(rid, first + i) for i, draft in enumerate(drafts)]
 
     def read_range(
         self, run_id: RunId, from_seq: int = 1, to_seq: int | None = None
