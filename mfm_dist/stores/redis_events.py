@@ -6,13 +6,16 @@ Layout (all keys of a run share the hash tag `{<run_id>}`):
   `body` (the canonical envelope without `run_id`/`seq`). Never trimmed or expired.
 * `mfm:{rid}:guard` — guard state: `head`, `started`, `completed`, `cancel`, `open_count`,
   `open:<state>` (the open attempt), `next:<state>` (the next attempt number),
-  `done:<state>` (`1` once the state completed; it may not be entered again).
+  `done:<state>` (`1` once the state completed; it may not be entered again), and
+  `batch:<batch_id> -> "<first_seq>:<count>"` of every committed call. Once the run
+  completes only the run-level fields are kept.
 * `mfm:{rid}:facts` — fact bindings `key -> payload_id` (single assignment);
   `fact_binding` is one HGET on it.
-* `mfm:{rid}:batches` — `batch_id -> "<first_seq>:<count>"` of every committed call.
+* `mfm:{rid}:batches` — where earlier versions kept the batch ids (deleted at completion).
 * `mfm:{rid}:meta` and the global sorted set `mfm:runs` (by `started_ms`) — the
-  run listing (`op_id`, `started_ms`, `phase`, `head`, and `labels` (JSON, from the
-  run's `run_submitted` record), `ended_ms` (of `RunCompleted`), `ix` (`1`: indexed)).
+  run listing (`op_id`, `started_ms`, `phase`, and `labels` (JSON, from the
+  run's `run_submitted` record), `ended_ms` (of `RunCompleted`), `ix` (`1`: indexed),
+  `head` (written with those; listings read the current head from the guard hash)).
 * The listing indexes, sorted sets kept by the same script: `mfm:runs:op:<op_id>`,
   `mfm:runs:phase:<phase>` (a run moves from `Running` to its final phase) and
   `mfm:runs:label:<key>=<value>`, each scored by `started_ms`, and `mfm:runs:ids`
@@ -31,7 +34,8 @@ head (positional appends), enforces the guards of `stores/guards.py` (envelope,
 `state_already_completed`, `fact_conflict`, `fact_malformed`, the cancel rules), and
 XADDs the
 whole batch — all or nothing. `append_next` lets the script assign the next
-seqs, so parallel writers never race on positions.
+seqs, so parallel writers never race on positions. Per event the script gets two
+arguments: the guard fields packed in one string (`_guard_info`) and the stored body.
 
 Retries: connection errors and timeouts are retried with bounded backoff, then
 `StorageUnavailable` (retryable). Refused credentials or permissions (a wrong or
