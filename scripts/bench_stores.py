@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -46,11 +47,10 @@ from mfm_dist.artifacts import ArtifactKind  # noqa: E402
 from mfm_dist.events import DomainEvent, EventDraft, RunStarted, StateEntered  # noqa: E402
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId  # noqa: E402
 from mfm_dist.stores.redis_events import (  # noqa: E402
-    RUN_INDEX_KEY,
     RedisEventStore,
+    _append_keys,
     _body,
     _event_args,
-    _run_keys,
 )
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore  # noqa: E402
 
@@ -88,82 +88,205 @@ def prepare_run(url: str) -> str:
     return str(rid)
 
 
-def redis_client_loop(url: str, run_id: str, mode: str, ops: int) -> list[float]:
-    """One client: `ops` appends, returns per-op latencies (seconds)."""
-    latencies: list[float] = []
-    if mode == "guarded":
-        store = RedisEventStore.from_url(url)
-        rid = RunId(run_id)
-        drafts = [draft(i) for i in range(ops)]
-        for d in drafts:
-            t0 = time.perf_counter()
-            store.append_next(rid, [d])
-            latencies.append(time.perf_counter() - t0)
-        store.close()
-    elif mode == "lua":
-        # The guarded script alone, arguments prebuilt: the server-side cost of the guards.
-        store = RedisEventStore.from_url(url)
+class RedisClient:
+    """One client appending in one mode; its connection and prebuilt inputs are kept across
+    the rounds of a benchmark (built by the warm-up, so no round pays for them)."""
+
+    def __init__(self, url: str, run_id: str, mode: str, ops: int) -> None:
+        self.mode = mode
+        self.run_id = run_id
         d = draft(0)
-        keys = [*_run_keys(run_id), RUN_INDEX_KEY]
-        fields = _event_args(d.event, d.ts_millis, d.state_id, d.attempt)
-        script = store._script
-        for _ in range(ops):
-            args = ["next", "", "1", uuid.uuid4().hex, run_id, "1", *fields]
-            t0 = time.perf_counter()
-            script(keys=keys, args=args)
-            latencies.append(time.perf_counter() - t0)
-        store.close()
-    else:
-        client = redis.Redis.from_url(url)
-        stream = f"bench:{{{run_id}}}:plain"
-        d = draft(0)
-        body = _body(d.event, d.ts_millis, d.state_id, d.attempt)
-        for i in range(ops):
-            t0 = time.perf_counter()
-            client.xadd(stream, {"seq": str(i), "body": body})
-            latencies.append(time.perf_counter() - t0)
-        client.close()
-    return latencies
+        if mode == "guarded":
+            self.store = RedisEventStore.from_url(url)
+            self.drafts = [draft(i) for i in range(ops)]
+        elif mode == "lua":
+            # The guarded script alone, arguments prebuilt: the server-side cost of the guards
+            # (what append_next sends for this event, with a fresh batch id per call).
+            self.store = RedisEventStore.from_url(url)
+            self.keys = _append_keys(run_id)
+            self.fields = _event_args(d.event, d.ts_millis, d.state_id, d.attempt)
+        else:
+            self.client = redis.Redis.from_url(url)
+            self.stream = f"bench:{{{run_id}}}:plain"
+            self.body = _body(d.event, d.ts_millis, d.state_id, d.attempt)
+        self.done = 0
+
+    def run(self, ops: int) -> list[float]:
+        """`ops` appends; per-op latencies (seconds)."""
+        latencies: list[float] = []
+        clock = time.perf_counter
+        if self.mode == "guarded":
+            rid = RunId(self.run_id)
+            store = self.store
+            while len(self.drafts) < self.done + ops:
+                self.drafts.append(draft(len(self.drafts)))
+            for d in self.drafts[self.done : self.done + ops]:
+                t0 = clock()
+                store.append_next(rid, [d])
+                latencies.append(clock() - t0)
+        elif self.mode == "lua":
+            script, keys, fields = self.store._script, self.keys, self.fields
+            for _ in range(ops):
+                args = ["batch:" + os.urandom(16).hex(), *fields]
+                t0 = clock()
+                script(keys=keys, args=args)
+                latencies.append(clock() - t0)
+        else:
+            client, stream, body = self.client, self.stream, self.body
+            for i in range(self.done, self.done + ops):
+                t0 = clock()
+                client.xadd(stream, {"seq": str(i), "body": body})
+                latencies.append(clock() - t0)
+        self.done += ops
+        return latencies
+
+
+_CLIENTS: dict[tuple[str, str, str], RedisClient] = {}
+
+
+def redis_chunk(url: str, run_id: str, mode: str, ops: int, total: int) -> list[float]:
+    """`ops` appends by this process's client for (run, mode), created on first use."""
+    key = (url, run_id, mode)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = RedisClient(url, run_id, mode, total)
+    return _CLIENTS[key].run(ops)
 
 
 Row = tuple[str, str, float, float, float]
 MODES = ("plain", "lua", "guarded")
+COMMAND = {"plain": "xadd", "lua": "evalsha", "guarded": "evalsha"}
 
 
-def bench_redis(ops_single: int, ops_each: int, procs: int) -> tuple[str, list[Row]]:
+class ServerMeter:
+    """What the server spent on a chunk of appends: its own latency tracking of the mode's
+    command (p50 and mean, µs per call; nested script commands are inside the script's
+    figure) and its process CPU per append (user + sys, µs: everything — parsing, the
+    script, AOF propagation, the event loop). Stats are reset before each chunk."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        try:
+            self.client.config_set("latency-tracking-info-percentiles", "50 99")
+            self.percentiles = True
+        except redis.ResponseError:  # Redis < 7: no latency tracking
+            self.percentiles = False
+        self.samples: dict[str, list[tuple[float | None, float, float]]] = {}
+
+    def _cpu(self) -> float:
+        info = self.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def start(self) -> None:
+        self.client.config_resetstat()
+        self.cpu0 = self._cpu()
+
+    def stop(self, key: str, mode: str, ops: int) -> None:
+        cpu = (self._cpu() - self.cpu0) / ops * 1e6
+        cmd = COMMAND[mode]
+        stats = self.client.info("commandstats").get(f"cmdstat_{cmd}", {})
+        mean = float(stats.get("usec_per_call", 0.0))
+        p50 = None
+        if self.percentiles:
+            lat = self.client.execute_command("INFO", "latencystats")
+            p50 = float(lat.get(f"latency_percentiles_usec_{cmd}", {}).get("p50", 0.0))
+        self.samples.setdefault(key, []).append((p50, mean, cpu))
+
+    def summary(self, key: str) -> tuple[float | None, float, float]:
+        rows = self.samples[key]
+        p50s = [r[0] for r in rows if r[0] is not None]
+        return (
+            statistics.median(p50s) if p50s else None,
+            statistics.median(r[1] for r in rows),
+            statistics.median(r[2] for r in rows),
+        )
+
+
+def rotations(rounds: int) -> list[tuple[str, ...]]:
+    """The order of the modes in each round, rotated so no mode always runs first or last."""
+    return [MODES[r % len(MODES) :] + MODES[: r % len(MODES)] for r in range(rounds)]
+
+
+def bench_redis(
+    ops_single: int, ops_each: int, procs: int, rounds: int
+) -> tuple[str, list[Row], dict[str, list[float]], ServerMeter]:
+    """Interleaved rounds: each round runs every mode for 1/rounds of its appends, so a
+    change of load on the (shared) machine hits the baseline and the guarded paths alike;
+    throughput is total appends over total time, and each round also gives its own ratio."""
     server = RedisServer(appendonly=True, appendfsync="everysec").start()
     rows: list[Row] = []
+    per_round: dict[str, list[float]] = {}
     try:
         info = redis.Redis.from_url(server.url).info("server")
         version = str(info["redis_version"])
-        for mode in MODES:  # warm-up (script load, connections)
-            redis_client_loop(server.url, prepare_run(server.url), mode, 50)
+        meter = ServerMeter(server.url)
+        # One client: each mode on its own run; the warm-up builds the clients.
+        runs = {mode: prepare_run(server.url) for mode in MODES}
+        chunk = max(ops_single // rounds, 1)
         for mode in MODES:
-            run_id = prepare_run(server.url)
-            t0 = time.perf_counter()
-            lat = redis_client_loop(server.url, run_id, mode, ops_single)
-            wall = time.perf_counter() - t0
-            rows.append(("1 client", mode, len(lat) / wall, pct(lat, 0.5), pct(lat, 0.99)))
-        ctx = multiprocessing.get_context("fork")
-        for mode in MODES:
-            run_id = prepare_run(server.url)
-            with ctx.Pool(procs) as pool:
+            redis_chunk(server.url, runs[mode], mode, 50, chunk * rounds + 50)
+        walls = {mode: 0.0 for mode in MODES}
+        lats: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for order in rotations(rounds):
+            took = {}
+            for mode in order:
+                meter.start()
                 t0 = time.perf_counter()
-                parts = pool.starmap(
-                    redis_client_loop, [(server.url, run_id, mode, ops_each)] * procs
+                lat = redis_chunk(server.url, runs[mode], mode, chunk, chunk * rounds + 50)
+                took[mode] = time.perf_counter() - t0
+                meter.stop(f"1 client/{mode}", mode, chunk)
+                walls[mode] += took[mode]
+                lats[mode] += lat
+            for mode in MODES[1:]:
+                per_round.setdefault(f"1 client/{mode}", []).append(took["plain"] / took[mode])
+        for mode in MODES:
+            lat = lats[mode]
+            rows.append(("1 client", mode, len(lat) / walls[mode], pct(lat, 0.5), pct(lat, 0.99)))
+        _CLIENTS.clear()  # the forked processes below build their own
+
+        # `procs` processes on one run per mode.
+        label = f"{procs} procs"
+        runs = {mode: prepare_run(server.url) for mode in MODES}
+        chunk = max(ops_each // rounds, 1)
+        total = chunk * rounds + 50
+        ctx = multiprocessing.get_context("fork")
+        walls = {mode: 0.0 for mode in MODES}
+        lats = {mode: [] for mode in MODES}
+        with ctx.Pool(procs) as pool:
+            for mode in MODES:  # warm-up: every process builds its client (one task each)
+                pool.starmap(
+                    redis_chunk,
+                    [(server.url, runs[mode], mode, 20, total)] * procs,
+                    chunksize=1,
                 )
-                wall = time.perf_counter() - t0
-            lat = [x for part in parts for x in part]
-            rows.append((f"{procs} procs", mode, len(lat) / wall, pct(lat, 0.5), pct(lat, 0.99)))
-            if mode == "guarded":
-                store = RedisEventStore.from_url(server.url)
-                history = store.read_range(RunId(run_id))
-                assert [e.seq for e in history] == list(range(1, len(history) + 1))
-                assert len(history) == 2 + procs * ops_each
-                store.close()
+            for order in rotations(rounds):
+                took = {}
+                for mode in order:
+                    meter.start()
+                    t0 = time.perf_counter()
+                    parts = pool.starmap(
+                        redis_chunk,
+                        [(server.url, runs[mode], mode, chunk, total)] * procs,
+                        chunksize=1,
+                    )
+                    took[mode] = time.perf_counter() - t0
+                    meter.stop(f"{label}/{mode}", mode, chunk * procs)
+                    walls[mode] += took[mode]
+                    lats[mode] += [x for part in parts for x in part]
+                for mode in MODES[1:]:
+                    per_round.setdefault(f"{label}/{mode}", []).append(
+                        took["plain"] / took[mode]
+                    )
+        for mode in MODES:
+            lat = lats[mode]
+            rows.append((label, mode, len(lat) / walls[mode], pct(lat, 0.5), pct(lat, 0.99)))
+        store = RedisEventStore.from_url(server.url)
+        history = store.read_range(RunId(runs["guarded"]))
+        assert [e.seq for e in history] == list(range(1, len(history) + 1))
+        assert len(history) == 2 + procs * (20 + chunk * rounds)
+        store.close()
     finally:
         server.cleanup()
-    return version, rows
+    return version, rows, per_round, meter
 
 
 def timed(calls: list[Callable[[], object]]) -> list[float]:
@@ -253,19 +376,40 @@ def print_s3(title: str, rows: list[S3Row]) -> None:
         print(f"{row[0]:<7} {row[1]:<13} {fmt_ms(row[2])} {fmt_ms(row[3])}")
 
 
-def print_redis(version: str, redis_rows: list[Row]) -> None:
-    print(f"\nredis-server {version} (AOF everysec) — append of one event; latency in ms")
-    print(f"{'clients':<10} {'mode':<8} {'ops/s':>9} {'p50':>8} {'p99':>8}")
+def print_redis(
+    version: str,
+    redis_rows: list[Row],
+    per_round: dict[str, list[float]],
+    meter: ServerMeter,
+    rounds: int,
+) -> None:
+    print(
+        f"\nredis-server {version} (AOF everysec) — append of one event, {rounds} interleaved "
+        "rounds; client latency in ms, server µs per call (its latency tracking) and server "
+        "CPU µs per append"
+    )
+    print(
+        f"{'clients':<10} {'mode':<8} {'ops/s':>9} {'p50':>8} {'p99':>8} "
+        f"{'srv p50':>8} {'srv mean':>9} {'srv CPU':>8}"
+    )
     by_key = {(r[0], r[1]): r for r in redis_rows}
     for row in redis_rows:
-        print(f"{row[0]:<10} {row[1]:<8} {row[2]:9.0f} {fmt_ms(row[3])} {fmt_ms(row[4])}")
+        p50, mean, cpu = meter.summary(f"{row[0]}/{row[1]}")
+        shown = f"{p50:8.1f}" if p50 is not None else f"{'-':>8}"
+        print(
+            f"{row[0]:<10} {row[1]:<8} {row[2]:9.0f} {fmt_ms(row[3])} {fmt_ms(row[4])} "
+            f"{shown} {mean:9.1f} {cpu:8.1f}"
+        )
     print("\nratios to plain XADD (lua = guarded script alone, guarded = whole append_next)")
     for clients in sorted({r[0] for r in redis_rows}):
         p = by_key[(clients, "plain")]
         for mode in ("lua", "guarded"):
             g = by_key[(clients, mode)]
+            rr = per_round[f"{clients}/{mode}"]
             print(
-                f"{clients:<10} {mode:<8} throughput x{g[2] / p[2]:.2f}   "
+                f"{clients:<10} {mode:<8} throughput x{g[2] / p[2]:.2f} "
+                f"(per round: median x{statistics.median(rr):.2f}, "
+                f"x{min(rr):.2f}–x{max(rr):.2f})   "
                 f"p50 x{g[3] / p[3]:.2f}   p99 x{g[4] / p[4]:.2f}"
             )
 
@@ -275,6 +419,7 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=10000, help="appends for the single client")
     parser.add_argument("--ops-each", type=int, default=2000, help="appends per process")
     parser.add_argument("--procs", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (Redis)")
     parser.add_argument("--only", choices=("all", "redis", "s3"), default="all")
     parser.add_argument(
         "--moto", action="store_true", help="also measure moto's S3 server (for comparison)"
@@ -283,7 +428,10 @@ def main() -> None:
 
     started = time.perf_counter()
     if args.only in ("all", "redis"):
-        print_redis(*bench_redis(args.ops, args.ops_each, args.procs))
+        version, rows, per_round, meter = bench_redis(
+            args.ops, args.ops_each, args.procs, args.rounds
+        )
+        print_redis(version, rows, per_round, meter, args.rounds)
     if args.only in ("all", "s3"):
         os.environ[S3_ACCESS_ENV] = TEST_S3_ACCESS
         os.environ[S3_SECRET_ENV] = TEST_S3_SECRET

@@ -298,6 +298,38 @@ def test_fact_single_assignment(redis_url: str) -> None:
     assert err.value.rule == "state_already_completed"
 
 
+def test_guard_hash_keeps_batch_ids_until_the_run_completes(redis_url: str) -> None:
+    """Batch ids live in the guard hash (read with the guard state in one HMGET); completion
+    keeps only the run-level fields there and drops an earlier version's batches hash."""
+    store = RedisEventStore.from_url(redis_url)
+    client = store.client
+    rid = new_run()
+    a = STATES[0]
+    store.append_next(rid, [started(), entered(a, 0)])
+    store.append_next(rid, [domain(a, 0), terminal(a, 0, ok=False), entered(a, 1)])
+    tag = f"mfm:{{{rid}}}:"
+    client.hset(tag + "batches", "0" * 32, "1:2")  # as an earlier version left it
+    guard = client.hgetall(tag + "guard")
+    assert sorted(v for k, v in guard.items() if k.startswith(b"batch:")) == [b"1:2", b"3:3"]
+    assert (guard[b"head"], guard[b"open_count"]) == (b"5", b"1")
+    assert (guard[f"open:{a}".encode()], guard[f"next:{a}".encode()]) == (b"1", b"1")
+    assert client.hget(tag + "meta", "head") == b"2"  # written with the run's start only
+    assert [r.head_seq for r in store.list_runs() if r.run_id == rid] == [5]
+    store.append_next(rid, [terminal(a, 1, ok=True), completed()])
+    assert client.hgetall(tag + "guard") == {
+        b"head": b"7",
+        b"started": b"1",
+        b"completed": b"1",
+        b"open_count": b"0",
+    }
+    assert client.exists(tag + "batches") == 0
+    assert client.hget(tag + "meta", "head") == b"7"
+    assert store.head_seq(rid) == 7 and store.open_attempt_count(rid) == 0
+    with pytest.raises(GuardViolation) as err:
+        store.append_next(rid, [domain(None, None)])
+    assert err.value.rule == "after_run_completed"
+
+
 FACT_KEYS = ["k1", "k2", "k3"]
 
 

@@ -6,13 +6,16 @@ Layout (all keys of a run share the hash tag `{<run_id>}`):
   `body` (the canonical envelope without `run_id`/`seq`). Never trimmed or expired.
 * `mfm:{rid}:guard` — guard state: `head`, `started`, `completed`, `cancel`, `open_count`,
   `open:<state>` (the open attempt), `next:<state>` (the next attempt number),
-  `done:<state>` (`1` once the state completed; it may not be entered again).
+  `done:<state>` (`1` once the state completed; it may not be entered again), and
+  `batch:<batch_id> -> "<first_seq>:<count>"` of every committed call. Once the run
+  completes only the run-level fields are kept.
 * `mfm:{rid}:facts` — fact bindings `key -> payload_id` (single assignment);
   `fact_binding` is one HGET on it.
-* `mfm:{rid}:batches` — `batch_id -> "<first_seq>:<count>"` of every committed call.
+* `mfm:{rid}:batches` — where earlier versions kept the batch ids (deleted at completion).
 * `mfm:{rid}:meta` and the global sorted set `mfm:runs` (by `started_ms`) — the
-  run listing (`op_id`, `started_ms`, `phase`, `head`, and `labels` (JSON, from the
-  run's `run_submitted` record), `ended_ms` (of `RunCompleted`), `ix` (`1`: indexed)).
+  run listing (`op_id`, `started_ms`, `phase`, and `labels` (JSON, from the
+  run's `run_submitted` record), `ended_ms` (of `RunCompleted`), `ix` (`1`: indexed),
+  `head` (written with those; listings read the current head from the guard hash)).
 * The listing indexes, sorted sets kept by the same script: `mfm:runs:op:<op_id>`,
   `mfm:runs:phase:<phase>` (a run moves from `Running` to its final phase) and
   `mfm:runs:label:<key>=<value>`, each scored by `started_ms`, and `mfm:runs:ids`
@@ -31,7 +34,8 @@ head (positional appends), enforces the guards of `stores/guards.py` (envelope,
 `state_already_completed`, `fact_conflict`, `fact_malformed`, the cancel rules), and
 XADDs the
 whole batch — all or nothing. `append_next` lets the script assign the next
-seqs, so parallel writers never race on positions.
+seqs, so parallel writers never race on positions. Per event the script gets two
+arguments: the guard fields packed in one string (`_guard_info`) and the stored body.
 
 Retries: connection errors and timeouts are retried with bounded backoff, then
 `StorageUnavailable` (retryable). Refused credentials or permissions (a wrong or
@@ -61,6 +65,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -187,9 +192,18 @@ def journal_keys(journal: str) -> list[bytes]:
     return [(tag + part).encode() for part in ("entries", "meta", "batches")]
 
 
-def _run_keys(run_id: str) -> list[bytes]:
-    tag = f"mfm:{{{run_id}}}:"
-    return [(tag + part).encode() for part in ("events", "guard", "facts", "batches", "meta")]
+@lru_cache(maxsize=4096)
+def _run_keys(run_id: str) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """events, guard, facts, batches, meta of a run (`batches`: earlier versions only)."""
+    tag = f"mfm:{{{run_id}}}:".encode()
+    return (tag + b"events", tag + b"guard", tag + b"facts", tag + b"batches", tag + b"meta")
+
+
+@lru_cache(maxsize=4096)
+def _append_keys(run_id: str) -> tuple[bytes, bytes, bytes]:
+    """The KEYS of append.lua: the run's stream and guard hash, and the global run index."""
+    keys = _run_keys(run_id)
+    return (keys[0], keys[1], RUN_INDEX_KEY)
 
 
 def _truthy(value: str) -> bool:
@@ -210,45 +224,53 @@ def _body(event: Any, ts_millis: int, state_id: str | None, attempt: int | None)
         {
             "event": event.model_dump(mode="json"),
             "ts_millis": ts_millis,
-            "state_id": state_id,
+            # A plain str: the compiled canonical pass clears exact JSON types only (an id's
+            # str subclass would send the whole envelope down the slower reference path).
+            "state_id": None if state_id is None else str(state_id),
             "attempt": attempt,
         }
     )
 
 
-def _guard_fields(event: Any, state_id: str | None, attempt: int | None) -> list[str]:
-    """kind, ev_state, ev_attempt, env_state, env_attempt, a1, a2 for the script."""
-    env_state = "" if state_id is None else str(state_id)
-    env_attempt = "" if attempt is None else str(attempt)
-    if isinstance(event, RunStarted):
-        return ["RS", "", "", env_state, env_attempt, str(event.op_id), ""]
+def _guard_info(event: Any, ts_millis: int, state_id: str | None, attempt: int | None) -> str:
+    """The script's guard fields of one event, as one string (see the header of append.lua):
+    `<kind> <env_state> <env_attempt> <rest>`; ids and numbers hold no space, and the only
+    free text (a fact key, the labels JSON) comes last."""
+    env = f"{'' if state_id is None else state_id} {'' if attempt is None else attempt}"
+    if isinstance(event, DomainEvent):
+        if event.name == FACT_RECORDED:
+            binding = fact_binding_of(event)
+            if binding is None:
+                return f"FM {env} "
+            return f"F {env} {binding[1]} {binding[0]}"
+        if is_cancel_request(event, state_id):
+            return f"C {env} "
+        if event.name == RUN_SUBMITTED_EVENT and state_id is None:
+            labels = labels_of_submission(event.payload)  # the script keeps them only at seq 2
+            if labels is not None:
+                return f"L {env} {_labels_json(labels).decode()}"
+        return f"D {env} "
     if isinstance(event, StateEntered):
-        return ["SE", str(event.state_id), str(event.attempt), env_state, env_attempt, "", ""]
+        return f"SE {env} {event.state_id} {event.attempt}"
     if isinstance(event, StateCompleted):
-        return ["SC", str(event.state_id), "", env_state, env_attempt, "", ""]
+        return f"SC {env} {event.state_id}"
     if isinstance(event, StateFailed):
-        return ["SF", str(event.state_id), "", env_state, env_attempt, "", ""]
+        return f"SF {env} {event.state_id}"
+    if isinstance(event, RunStarted):
+        return f"RS {env} {ts_millis} {event.op_id}"
     if isinstance(event, RunCompleted):
-        return ["RC", "", "", env_state, env_attempt, event.status.value, ""]
-    if isinstance(event, DomainEvent) and event.name == FACT_RECORDED:
-        binding = fact_binding_of(event)
-        if binding is None:
-            return ["FM", "", "", env_state, env_attempt, "", ""]
-        return ["F", "", "", env_state, env_attempt, binding[0], binding[1]]
-    if is_cancel_request(event, state_id):
-        return ["C", "", "", env_state, env_attempt, "", ""]
-    if isinstance(event, DomainEvent) and event.name == RUN_SUBMITTED_EVENT and state_id is None:
-        labels = labels_of_submission(event.payload)  # the script keeps them only at seq 2
-        if labels is not None:
-            return ["L", "", "", env_state, env_attempt, _labels_json(labels).decode(), ""]
-    return ["D", "", "", env_state, env_attempt, "", ""]
+        return f"RC {env} {ts_millis} {event.status.value}"
+    return f"D {env} "
 
 
-def _event_args(event: Any, ts_millis: int, state_id: str | None, attempt: int | None) -> list[Any]:
-    fields: list[Any] = _guard_fields(event, state_id, attempt)
-    fields.append(str(ts_millis))
-    fields.append(_body(event, ts_millis, state_id, attempt))
-    return fields
+def _event_args(
+    event: Any, ts_millis: int, state_id: str | None, attempt: int | None
+) -> tuple[str, bytes]:
+    """The two script arguments of one event: its guard fields and its stored body."""
+    return (
+        _guard_info(event, ts_millis, state_id, attempt),
+        _body(event, ts_millis, state_id, attempt),
+    )
 
 
 def _server_busy(exc: redis.RedisError) -> bool:
@@ -403,33 +425,25 @@ class RedisEventStore(EventStore):
             )
 
     def _run_script(
-        self,
-        run_id: str,
-        mode: str,
-        expected_seq: int | None,
-        positions_ok: bool,
-        event_args: list[Any],
-        count: int,
+        self, run_id: str, expected_seq: int | None, positions_ok: bool, event_args: list[Any]
     ) -> tuple[int, int]:
-        """One guarded append; returns (first_seq, count) or raises the script's verdict."""
-        keys = [*_run_keys(run_id), RUN_INDEX_KEY]
-        batch_id = uuid.uuid4().hex
-        args: list[Any] = [
-            mode,
-            "" if expected_seq is None else str(expected_seq),
-            "1" if positions_ok else "0",
-            batch_id,
-            run_id,
-            str(count),
-            *event_args,
-        ]
+        """One guarded append (positional unless `expected_seq` is None); returns
+        (first_seq, count) or raises the script's verdict. `event_args` holds two arguments
+        per event (`_event_args`)."""
+        keys = _append_keys(run_id)
+        # A fresh batch id per call (not per attempt): a retry finds its committed batch.
+        call = "batch:" + os.urandom(16).hex()
+        if expected_seq is not None:
+            call += f"{'=' if positions_ok else '!'}{expected_seq}"
+        args = [call, *event_args]
         reply = self._call("append", lambda: self._script(keys=keys, args=args))
-        verdict = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
-        status = verdict[0]
-        if status in ("ok", "dup"):
+        status = reply[0]
+        if status == b"ok" or status == b"dup":
             if self._durable:
                 self._wait_aof()
-            return int(verdict[1]), int(verdict[2])
+            return int(reply[1]), int(reply[2])
+        verdict = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+        status = verdict[0]
         if status == "stale":
             raise stale_head(run_id, expected_seq or 0, int(verdict[1]))
         if status == "position":
@@ -464,21 +478,23 @@ class RedisEventStore(EventStore):
         if positions_ok:
             for env in envelopes:
                 args += _event_args(env.event, env.ts_millis, env.state_id, env.attempt)
-        count = len(envelopes) if positions_ok else 0
-        self._run_script(rid, "append", expected_seq, positions_ok, args, count)
+        self._run_script(rid, expected_seq, positions_ok, args)
 
     def append_next(self, run_id: RunId, drafts: Sequence[EventDraft]) -> list[EventEnvelope]:
         if not drafts:
             return []
+        rid = RunId(run_id)
         args: list[Any] = []
         for draft in drafts:
-            args += _event_args(draft.event, draft.ts_millis, draft.state_id, draft.attempt)
-        first, count = self._run_script(str(run_id), "next", None, True, args, len(drafts))
+            ts, state, attempt = draft.ts_millis, draft.state_id, draft.attempt
+            args.append(_guard_info(draft.event, ts, state, attempt))
+            args.append(_body(draft.event, ts, state, attempt))
+        first, count = self._run_script(rid, None, True, args)
         if count != len(drafts):
             raise StorageError(
                 "redis_script_reply_invalid", f"append reply covers {count} of {len(drafts)} events"
             )
-        return [draft.at(run_id, first + i) for i, draft in enumerate(drafts)]
+        return [draft.at(rid, first + i) for i, draft in enumerate(drafts)]
 
     def read_range(
         self, run_id: RunId, from_seq: int = 1, to_seq: int | None = None
@@ -580,12 +596,19 @@ class RedisEventStore(EventStore):
             return []
 
         def fetch() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
+            # One transaction, so each run's meta and head are of the same moment (the
+            # current head is the guard hash's; append.lua writes the meta one only when it
+            # touches the meta hash anyway).
+            pipe = self._client.pipeline(transaction=True)
             for rid in run_ids:
-                pipe.hgetall(_run_keys(rid)[4])
+                keys = _run_keys(rid)
+                pipe.hgetall(keys[4])
+                pipe.hget(keys[1], "head")
             return list(pipe.execute())
 
-        metas = dict(zip(run_ids, self._call("HGETALL", fetch), strict=True))
+        replies = self._call("HGETALL", fetch)
+        metas = dict(zip(run_ids, replies[0::2], strict=True))
+        heads = dict(zip(run_ids, replies[1::2], strict=True))
         stale = [rid for rid, meta in metas.items() if meta and meta.get(b"ix") != b"1"]
         derived = self._index_runs(stale) if stale else {}
         rows = []
@@ -606,7 +629,7 @@ class RedisEventStore(EventStore):
                     op_id=meta[b"op_id"].decode(),
                     started_ms=int(meta[b"started_ms"]),
                     phase=RunPhase(meta[b"phase"].decode()),
-                    head_seq=int(meta[b"head"]),
+                    head_seq=int(heads[rid] or meta.get(b"head") or 0),
                     labels=labels,
                     ended_ms=ended,
                 )
