@@ -8,7 +8,13 @@ exit code (see `mfm_dist.cli.errors`).
 
 from __future__ import annotations
 
-from mfm_dist.cli import cancelling, contract, inspection, running  # noqa: F401 - commands register
+from mfm_dist.cli import (  # noqa: F401 - commands register
+    cancelling,
+    contract,
+    inspection,
+    running,
+    ui,
+)
 from mfm_dist.cli.app import App, cli
 
 __all__ = ["App", "cli", "main"]
