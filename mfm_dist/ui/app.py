@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from urllib.parse import urlencode
 
 import jinja2
 import orjson
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
@@ -271,6 +273,7 @@ def create_app(
         history = view.history
         submission = submission_of(history.envelopes[:2])
         ended = history.envelopes[-1].ts_millis if view.finished else None
+        groups = _groups(view, report)
         return page(
             "run.html",
             request,
@@ -281,7 +284,8 @@ def create_app(
             started_ms=history.started_ms,
             ended_ms=ended,
             duration_ms=(ended if ended is not None else now_ms()) - history.started_ms,
-            groups=_groups(view, report),
+            groups=groups,
+            graph_data=_graph_data(report, groups),
             failed=[s for s in report.states if s.status.value in ("failed", "retrying")],
             cancel=history.cancel,
             letters={s.value: letter for s, letter in STATUS_LETTERS.items()},
@@ -393,22 +397,42 @@ def create_app(
     )
 
 
-def _groups(view: RunView, report: Any) -> list[tuple[str, list[tuple[int, str, str, str]]]]:
-    """The graph's cells — (index, state id, status letter, tooltip) — one group per
+@dataclass(frozen=True)
+class CellGroup:
+    letters: list[str]
+    indices: list[int]
+
+
+def _groups(view: RunView, report: Any) -> list[tuple[str, CellGroup]]:
+    """The graph's cells — status letters, and the canonical index of each — one group per
     dependency level, or one group in canonical order for deep plans."""
-    cells: list[tuple[int, str, str, str]] = []
-    for i, state in enumerate(report.states):
-        letter = STATUS_LETTERS[state.status]
-        tip = f"{state.state_id} — {state.status.value}"
-        if state.last_error_code and state.status.value in ("failed", "retrying"):
-            tip += f": {state.last_error_code}"
-        cells.append((i, state.state_id, letter, tip))
-    depth = max(view.levels, default=0) + 1 if len(view.levels) == len(cells) else 0
-    if not cells:
+    letters = [STATUS_LETTERS[s.status] for s in report.states]
+    if not letters:
         return []
-    if 0 < depth <= LEVELED_MAX:
-        rows: list[list[tuple[int, str, str, str]]] = [[] for _ in range(depth)]
-        for cell in cells:
-            rows[view.levels[cell[0]]].append(cell)
-        return [(f"level {k}", row) for k, row in enumerate(rows) if row]
-    return [("canonical order", cells)]
+    depth = max(view.levels, default=0) + 1 if len(view.levels) == len(letters) else 0
+    if not 0 < depth <= LEVELED_MAX:
+        return [("canonical order", CellGroup(letters, list(range(len(letters)))))]
+    rows: list[CellGroup] = [CellGroup([], []) for _ in range(depth)]
+    for i, letter in enumerate(letters):
+        row = rows[view.levels[i]]
+        row.letters.append(letter)
+        row.indices.append(i)
+    return [(f"level {k}", row) for k, row in enumerate(rows) if row.letters]
+
+
+def _graph_data(report: Any, groups: list[tuple[str, CellGroup]]) -> Markup:
+    """What the page's script needs to map cells to states: ids in canonical order, each
+    group's indices, and the error code of failed or retrying states (JSON, safe to
+    embed in a <script> element)."""
+    codes = {
+        str(i): s.last_error_code
+        for i, s in enumerate(report.states)
+        if s.last_error_code is not None and s.status.value in ("failed", "retrying")
+    }
+    data = {
+        "ids": [s.state_id for s in report.states],
+        "groups": [g.indices for _, g in groups],
+        "codes": codes,
+    }
+    text = orjson.dumps(scrub(data)).decode()
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))

@@ -5,9 +5,20 @@
   var runId = root.dataset.run;
   var phase = root.dataset.phase;
   var api = "/api/runs/" + encodeURIComponent(runId);
-  var cells = [];
-  document.querySelectorAll("#graph i").forEach(function (el) { cells[+el.dataset.i] = el; });
   var NAMES = { P: "pending", R: "running", T: "retrying", C: "completed", S: "skipped", F: "failed" };
+  var graphData = JSON.parse(document.getElementById("graph-data").textContent);
+  var ids = graphData.ids, codesNow = graphData.codes || {};
+  var cells = [], indexOf = new Map(), selected = null;
+  document.querySelectorAll("#graph .cells").forEach(function (box, g) {
+    var idx = graphData.groups[g], kids = box.children;
+    for (var k = 0; k < kids.length; k++) { cells[idx[k]] = kids[k]; indexOf.set(kids[k], idx[k]); }
+  });
+  /* Tooltips are made on demand: 10,000 title attributes would slow the first render. */
+  document.getElementById("graph").addEventListener("mouseover", function (e) {
+    var c = e.target; if (!indexOf.has(c)) return;
+    var i = indexOf.get(c), letter = c.className.charAt(0);
+    c.title = ids[i] + " — " + NAMES[letter] + (codesNow[i] ? ": " + codesNow[i] : "");
+  });
 
   function el(tag, attrs, text) {
     var e = document.createElement(tag);
@@ -35,15 +46,14 @@
 
   /* -- live graph ------------------------------------------------------------------------ */
   function applyLive(live) {
-    var s = live.statuses, codes = live.error_codes || {};
+    var s = live.statuses;
+    codesNow = live.error_codes || {};
     for (var i = 0; i < s.length && i < cells.length; i++) {
       var c = cells[i]; if (!c) continue;
       var letter = s.charAt(i);
-      if (c.className.charAt(0) !== letter || codes[i]) {
-        var sel = c.classList.contains("sel");
-        c.className = letter + (sel ? " sel" : "");
-        var base = c.title.split(" — ")[0];
-        c.title = base + " — " + NAMES[letter] + (codes[i] ? ": " + codes[i] : "");
+      if (c.className.charAt(0) !== letter) {
+        c.className = letter + (c === selected ? " sel" : "");
+        c.removeAttribute("title");
       }
     }
     Object.keys(live.counts).forEach(function (k) {
@@ -76,7 +86,6 @@
 
   /* -- state detail ---------------------------------------------------------------------- */
   var detail = document.getElementById("detail"), body = document.getElementById("detail-body");
-  var selected = null;
   function showState(stateId, cell) {
     if (selected) selected.classList.remove("sel");
     selected = cell || null; if (selected) selected.classList.add("sel");
@@ -154,15 +163,14 @@
     }
   }
   document.getElementById("graph").addEventListener("click", function (e) {
-    var c = e.target.closest("i[data-i]"); if (!c) return;
-    showState(c.title.split(" — ")[0], c);
+    var c = e.target; if (!indexOf.has(c)) return;
+    showState(ids[indexOf.get(c)], c);
   });
   document.addEventListener("click", function (e) {
     var a = e.target.closest(".state-link"); if (!a) return;
     e.preventDefault();
-    var sid = a.dataset.state, cell = null;
-    cells.forEach(function (c) { if (c && c.title.split(" — ")[0] === sid) cell = c; });
-    showState(sid, cell);
+    var sid = a.dataset.state, i = ids.indexOf(sid);
+    showState(sid, i >= 0 ? cells[i] : null);
   });
   document.getElementById("detail-close").addEventListener("click", function () {
     detail.classList.add("hidden"); if (selected) selected.classList.remove("sel"); selected = null;
@@ -203,7 +211,7 @@
         r.appendChild(el("td", { "class": "num" }, e.attempt == null ? "" : e.attempt));
         var det = s[1], text = det;
         if (s[0] === "StateFailed" && det && det.error) text = det.error.code + ": " + det.error.message;
-        else if (typeof det === "object") text = JSON.stringify(det);
+        else if (typeof det === "object") text = JSON.stringify(det).replace(/([0-9a-f]{12})[0-9a-f]{52}/g, "$1…");
         r.appendChild(el("td", { "class": "details" }, text));
         tb.appendChild(r);
       });
