@@ -2,8 +2,19 @@
 
 `canonical_bytes` is the only way structured data becomes hashed or persisted
 bytes: it runs the secrets scan, rejects floats and integers outside ±(2^53−1),
-then serializes with `rfc8785`. `parse_canonical` is its inverse for reads and
+then serializes to RFC 8785. `parse_canonical` is its inverse for reads and
 insists the stored bytes are exactly canonical.
+
+How this runs at C speed: one compiled pass (`mfm_dist._jsonscan`, built from
+`_jsonscan.c`) answers "would the reference checker accept this value?" for
+values made of exact JSON types; the bytes then come from one `orjson` call with
+sorted keys, which for such values is byte-identical to RFC 8785 (property-tested
+against the reference `rfc8785` package in tests/test_canonical.py). Whatever the
+compiled pass cannot clear — a float, a secret, a subclass, a key beyond U+FFFF,
+any problem at all — goes to the exact pure-Python reference below, which also
+chooses every error code and message. A read re-encodes the parsed value and
+compares bytes. Without a C compiler the package installs without the compiled
+pass and every value takes the reference path (same results, slower).
 """
 
 from __future__ import annotations
@@ -17,6 +28,11 @@ import rfc8785
 from mfm_dist.errors import CanonicalJsonError, Corruption, SecretsDetected
 from mfm_dist.ids import ArtifactId
 from mfm_dist.secrets import is_secret_string
+
+try:
+    from mfm_dist import _jsonscan
+except ImportError:  # built without a C compiler: the reference paths below are used
+    _jsonscan = None  # type: ignore[assignment]
 
 JsonValue: TypeAlias = Any
 """A JSON value: None, bool, int, str, list of JSON values, dict of str to JSON values."""
@@ -41,6 +57,21 @@ class IntegerOutOfRange(CanonicalJsonError):
 
 MAX_JSON_DEPTH = 512
 
+if _jsonscan is not None:
+    _jsonscan.configure_limits(MAX_JSON_DEPTH, MAX_SAFE_INTEGER)
+
+_DIRTY = 1
+"""`_scan` flag: the compiled pass did not clear the value; the Python reference decides."""
+_ASTRAL_KEY = 2
+"""`_scan` flag: a clean value with an object key beyond U+FFFF (JCS orders keys by UTF-16)."""
+
+
+def _scan(value: JsonValue, secrets: bool) -> int:
+    """The compiled pass: 0 (clean), `_DIRTY`, or `_ASTRAL_KEY` (clean otherwise)."""
+    if _jsonscan is None:
+        return _DIRTY
+    return _jsonscan.scan(value, secrets)
+
 
 def _bad_string(text: str) -> bool:
     """Strings RFC 8785 cannot encode: lone surrogates (not valid UTF-8)."""
@@ -56,6 +87,12 @@ def _bad_string(text: str) -> bool:
 def check_json(value: JsonValue, where: str = "value", *, secrets: bool = True) -> None:
     """Validate a JSON-like structure: types, floats, integer range, strings, nesting depth
     (which also stops self-referencing containers) and — first — secrets."""
+    if _scan(value, secrets) & _DIRTY:
+        _check_json_reference(value, where, secrets=secrets)
+
+
+def _check_json_reference(value: JsonValue, where: str, *, secrets: bool = True) -> None:
+    """The rules' reference definition (a Python walk); picks every error code and message."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     found_secret = False
     problem: CanonicalJsonError | None = None
@@ -122,9 +159,18 @@ def check_json(value: JsonValue, where: str = "value", *, secrets: bool = True) 
 
 
 def canonical_bytes(value: JsonValue, where: str = "value") -> bytes:
-    """RFC 8785 bytes of `value` after the secrets, float and range checks."""
-    check_json(value, where)
-    return _jcs(value)
+    """RFC 8785 bytes of `value` after the secrets, float and range checks (one pass)."""
+    flags = _scan(value, True)
+    if flags & _DIRTY:
+        _check_json_reference(value, where)  # raises the precise error, if there is one
+        return _jcs_reference(value)
+    return _encode_clean(value, flags)
+
+
+def canonical_copy(value: JsonValue, where: str = "value") -> JsonValue:
+    """A checked deep copy in JSON form (tuples become lists): what a reader of the
+    canonical bytes of `value` will see. One check and one encoding."""
+    return orjson.loads(canonical_bytes(value, where))
 
 
 def canonical_bytes_unchecked(value: JsonValue) -> bytes:
@@ -149,16 +195,40 @@ def _keys_in_bmp(value: JsonValue) -> bool:
 
 
 def _jcs(value: JsonValue) -> bytes:
-    """RFC 8785 bytes. For validated values (integers only, valid strings) orjson with sorted
-    keys writes exactly the JCS form — same escaping, same numbers — except for key order
-    when a key holds a character beyond U+FFFF (JCS sorts by UTF-16 code units, orjson by
-    code points); those rare values go through the reference `rfc8785` encoder. The
+    """RFC 8785 bytes of a value `check_json` accepts (not checked again here)."""
+    flags = _scan(value, False)
+    if flags & _DIRTY:
+        return _jcs_reference(value)
+    return _encode_clean(value, flags)
+
+
+def _encode_clean(value: JsonValue, flags: int) -> bytes:
+    """RFC 8785 bytes of a value the compiled pass cleared (exact JSON types, integers only,
+    valid strings). For those, orjson with sorted keys writes exactly the JCS form — same
+    escaping, same numbers — except for key order when a key holds a character beyond
+    U+FFFF (JCS sorts by UTF-16 code units, orjson by code points): such values, and values
+    nested deeper than orjson's limit (254), go through the reference `rfc8785` encoder."""
+    if not flags & _ASTRAL_KEY:
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass  # nested deeper than orjson's limit: the reference encoder handles it
+    return _rfc8785(value)
+
+
+def _jcs_reference(value: JsonValue) -> bytes:
+    """RFC 8785 bytes of any value `check_json` accepts (subclasses of str, int, dict, list
+    and tuple included): orjson where it provably writes JCS, else `rfc8785`. The
     equivalence is property-tested against `rfc8785` in tests/test_canonical.py."""
     if _keys_in_bmp(value):
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:
             pass  # nested deeper than orjson's limit (254): the reference encoder handles it
+    return _rfc8785(value)
+
+
+def _rfc8785(value: JsonValue) -> bytes:
     try:
         return rfc8785.dumps(value)
     except rfc8785.CanonicalizationError as exc:  # pragma: no cover - check_json guards this
@@ -183,11 +253,25 @@ def artifact_id_of_json(value: JsonValue, where: str = "value") -> ArtifactId:
 
 
 def parse_canonical(data: bytes, where: str = "artifact") -> JsonValue:
-    """Decode JSON artifact bytes, requiring canonical, float-free, secret-free content."""
+    """Decode JSON artifact bytes, requiring canonical, float-free, secret-free content:
+    one compiled pass over the parsed value, then its re-encoding must equal `data`."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise Corruption("artifact_json_decode_failed", f"{where} is not valid JSON") from None
+    flags = _scan(value, True)
+    if flags & _DIRTY:
+        _read_checks_reference(value, where)
+        encoded = _jcs_reference(value)
+    else:
+        encoded = _encode_clean(value, flags)
+    if encoded != data:
+        raise Corruption("artifact_not_canonical", f"{where} bytes are not canonical JSON")
+    return value
+
+
+def _read_checks_reference(value: JsonValue, where: str) -> None:
+    """The read rules' reference definition: secrets first, then non-integer numbers."""
     stack: list[Any] = [value]
     secret = False
     has_float = False
@@ -210,9 +294,6 @@ def parse_canonical(data: bytes, where: str = "artifact") -> JsonValue:
         raise Corruption("secrets_detected", f"{where} contains secret-shaped content")
     if has_float:
         raise Corruption("artifact_float_not_allowed", f"{where} contains a non-integer number")
-    if _jcs(value) != data:
-        raise Corruption("artifact_not_canonical", f"{where} bytes are not canonical JSON")
-    return value
 
 
 def json_dumps_pretty(value: JsonValue) -> str:

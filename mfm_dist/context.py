@@ -11,7 +11,7 @@ import copy
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from mfm_dist.canonical import JsonValue, check_json, json_copy
+from mfm_dist.canonical import JsonValue, canonical_copy
 from mfm_dist.errors import MissingKey, SecretsDetected
 from mfm_dist.secrets import is_secret_string
 
@@ -50,10 +50,11 @@ class StagedContext:
             raise TypeError("context keys are strings")
         if is_secret_string(key):
             raise SecretsDetected("context key")
-        check_json({key: value}, "context value")
-        # Store the JSON form (tuples become lists, no aliasing with the caller's objects),
-        # so what the handler wrote equals what a reader of the snapshot will see.
-        self._overlay[key] = json_copy(value)
+        # Check once and store the JSON form (tuples become lists, no aliasing with the
+        # caller's objects), so what the handler wrote equals what a reader of the snapshot
+        # will see. The key rides along so its rules (and the nesting depth) apply as in the
+        # snapshot.
+        self._overlay[key] = canonical_copy({key: value}, "context value")[key]
         self._deleted.discard(key)
 
     def __setitem__(self, key: str, value: JsonValue) -> None:

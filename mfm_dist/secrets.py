@@ -37,22 +37,35 @@ SECRET_MARKERS: tuple[str, ...] = (
     "bearer ",
 )
 
+MNEMONIC_MIN_WORDS = 12
+MNEMONIC_MAX_WORDS = 24
 _MNEMONIC_WORD = re.compile(r"^[a-z]+$")
 
 
 def _looks_like_mnemonic(text: str) -> bool:
     words = text.split()
-    if not 12 <= len(words) <= 24:
+    if not MNEMONIC_MIN_WORDS <= len(words) <= MNEMONIC_MAX_WORDS:
         return False
     return all(_MNEMONIC_WORD.match(w) for w in words)
 
 
 def is_secret_string(text: str) -> bool:
-    """True if `text` contains a secret marker or looks like a 12–24 word mnemonic."""
+    """True if `text` contains a secret marker or looks like a 12–24 word mnemonic.
+
+    This is the rule's reference definition; the compiled scan (mfm_dist/_jsonscan.c) applies
+    the same rule to whole JSON values, and tests/test_canonical.py holds the two together."""
     lowered = text.lower()
     if any(marker in lowered for marker in SECRET_MARKERS):
         return True
     return _looks_like_mnemonic(text)
+
+
+try:
+    from mfm_dist import _jsonscan
+except ImportError:  # built without a C compiler: the pure-Python paths below are used
+    _jsonscan = None  # type: ignore[assignment]
+else:
+    _jsonscan.configure_secrets(SECRET_MARKERS, MNEMONIC_MIN_WORDS, MNEMONIC_MAX_WORDS)
 
 
 def contains_mnemonic_run(text: str) -> bool:
@@ -97,6 +110,10 @@ def iter_strings(value: Any) -> Iterator[str]:
 
 def contains_secret(value: Any) -> bool:
     """True if any key or string value of the JSON-like `value` is secret-shaped."""
+    if _jsonscan is not None:
+        found = _jsonscan.find_secret(value)
+        if found != 2:  # 2: a subclass or very deep nesting, which only the walk below decides
+            return found == 1
     return any(is_secret_string(s) for s in iter_strings(value))
 
 

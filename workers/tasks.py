@@ -233,6 +233,31 @@ def noop(*_: Any) -> None:
     return None
 
 
+@app.task(name="mfm.backfill_tick", acks_late=True)  # type: ignore[untyped-decorator]
+def backfill_tick(name: str) -> str:
+    """Drive one backfill for a moment (docs/backfills.md); its Redis timer brings the next
+    tick. Never raises: a fault is logged and the timer looks again."""
+    from workers.backfills import tick
+
+    try:
+        return tick(get_runtime(), name)
+    except MfmError as exc:
+        log.warning("backfill %s: %s; its timer retries", name, exc.info.code)
+        return f"error:{exc.info.code}"
+    except Exception as exc:
+        log.warning("backfill %s: %s; its timer retries", name, type(exc).__name__)
+        return f"error:{type(exc).__name__}"
+
+
+def send_backfill_tick(name: str) -> None:
+    backfill_tick.apply_async(
+        args=(name,),
+        queue=get_runtime().settings.control_queue,
+        retry_policy=WAKE_RETRY_POLICY,
+        ignore_result=True,
+    )
+
+
 _poller: TimerPoller | None = None
 
 
@@ -252,11 +277,18 @@ def _start_timer_poller(sender: Any = None, **_: Any) -> None:
     if rt.settings.control_queue not in queues:
         return
     settings = rt.settings
+    from workers.backfills import poller_hooks
+
+    poll_backfills, arm_backfills = poller_hooks(
+        get_runtime, send_backfill_tick, rearm_ms=int(settings.watchdog_s * 1000)
+    )
     _poller = TimerPoller(
         Coordination(redis_client(settings.events_url)),
         send_advance,
         poll_s=settings.timer_poll_s,
         rearm_ms=int(settings.watchdog_s * 1000),
+        extra_polls=[poll_backfills],
+        on_restart=[arm_backfills],
     )
     _poller.start()
 

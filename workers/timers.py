@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from mfm_dist.run import RunPhase
@@ -95,7 +95,13 @@ class TimerPoller:
         poll_s: float,
         rearm_ms: int,
         batch: int = 500,
+        extra_polls: Sequence[Callable[[], int]] = (),
+        on_restart: Sequence[Callable[[], object]] = (),
     ) -> None:
+        """`extra_polls`: more timer sets polled each period (backfills: each call sends
+        what is due and returns how many); `on_restart`: called with `arm_unscheduled`."""
+        self._extra_polls = tuple(extra_polls)
+        self._on_restart = tuple(on_restart)
         self._coord = coord
         self._send = send
         self._poll_s = poll_s
@@ -124,7 +130,7 @@ class TimerPoller:
         due = self._coord.pop_due(_now_ms(), self._rearm_ms, self._batch)
         for rid in due:
             self._send(rid)
-        return len(due)
+        return len(due) + sum(poll() for poll in self._extra_polls)
 
     def _check_restart(self) -> None:
         """A Redis that restarted may have lost its newest writes (AOF `everysec`): arm
@@ -138,6 +144,8 @@ class TimerPoller:
             if self._redis_run_id is not None:
                 log.warning("redis restarted; checking every running run has a timer")
             arm_unscheduled(self._coord.client)
+            for hook in self._on_restart:
+                hook()
             self._redis_run_id = run_id
 
     def _loop(self) -> None:

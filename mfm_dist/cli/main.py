@@ -9,12 +9,13 @@ exit code (see `mfm_dist.cli.errors`).
 from __future__ import annotations
 
 from mfm_dist.cli import (  # noqa: F401 - commands register
+    backfill,
     cancelling,
     contract,
     inspection,
     running,
-    ui,
 )
+from mfm_dist.cli import ui  # noqa: F401 - `mfm ui` registers (the dashboard)
 from mfm_dist.cli.app import App, cli
 
 __all__ = ["App", "cli", "main"]

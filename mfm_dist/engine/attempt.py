@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from mfm_dist.artifacts import ArtifactStore, OtherArtifactKind
-from mfm_dist.canonical import JsonValue, canonical_bytes
+from mfm_dist.canonical import JsonValue, canonical_bytes, canonical_bytes_unchecked
 from mfm_dist.config import RunConfig
 from mfm_dist.context import StagedContext
 from mfm_dist.engine.cancellation import CANCELLED_CODE
@@ -301,7 +301,9 @@ def run_attempt(
         if result is not None and not isinstance(result, StateOutcome):
             raise TypeError("a state handler returns None or a StateOutcome")
         content = ctx.merged()
-        snapshot_bytes = canonical_bytes(content, "context snapshot")
+        # Not re-checked: the base was verified when it was read, and every value the
+        # handler wrote was checked (and copied) by `ctx.set` (docs/canonical-json.md).
+        snapshot_bytes = canonical_bytes_unchecked(content)
     except StorageError:
         raise
     except (Exception, asyncio.CancelledError) as exc:

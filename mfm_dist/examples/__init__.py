@@ -9,13 +9,16 @@
   side effect (see `mfm_dist.examples.io_demo`).
 * `flaky_demo` — a state that fails retryably on its first attempt; run it with
   `--max-attempts 2` (or more) to watch the retry succeed.
+* `partition_demo` — one partition of a backfill: takes any JSON object (e.g.
+  `{"day": "2026-01-01"}`), records a digest of it; `"fail": true` fails it for good
+  (`partition_failed`), `"sleep_ms": N` makes it take N ms.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from mfm_dist.canonical import JsonValue
+from mfm_dist.canonical import JsonValue, canonical_bytes_unchecked
 from mfm_dist.config import RunConfig
 from mfm_dist.context import StagedContext
 from mfm_dist.errors import InvalidInput, StateError
@@ -209,6 +212,35 @@ class FlakyDemo(Operation):
         return graph
 
 
+MAX_DEMO_SLEEP_MS = 600_000
+
+
+class PartitionDemo(Operation):
+    op_id = "partition_demo"
+    op_version = "1"
+    description = "one backfill partition: digest its input; 'fail': true fails it for good"
+
+    def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        if not isinstance(op_config, dict):
+            raise InvalidInput("op_config_invalid", f"{self.op_id} takes a JSON object as input")
+        fail = op_config.get("fail", False)
+        if not isinstance(fail, bool):
+            raise InvalidInput("op_config_invalid", "'fail' must be true or false")
+        sleep_ms = _int_config(op_config, "sleep_ms", 0, 0, MAX_DEMO_SLEEP_MS)
+
+        async def process(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            if sleep_ms:
+                await io.sleep_ms(sleep_ms)
+            if fail:
+                raise StateError("partition_failed", "the partition asked to fail", retryable=False)
+            digest = hashlib.sha256(canonical_bytes_unchecked(ctx.get("input"))).hexdigest()
+            ctx.set("result", {"digest": digest[:16]})
+
+        graph = StateGraph()
+        graph.add(f"{op_path}.process", FnState(process, StateMeta(tags=["compute"])))
+        return graph
+
+
 ETL_PIPELINE = Pipeline(
     machine_id="etl_demo",
     pipeline_version="1",
@@ -230,6 +262,7 @@ def register_operations(registry: OperationRegistry) -> None:
         SquareNumbers(),
         SummarizeNumbers(),
         FlakyDemo(),
+        PartitionDemo(),
         IoDemo(),
     )
     for op in ops:

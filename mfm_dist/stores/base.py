@@ -27,6 +27,7 @@ from mfm_dist.events import (
     RunStarted,
 )
 from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.journal import JournalDraft, JournalEntry, JournalSummary
 from mfm_dist.run import RunPhase, RunQuery, RunSummary
 from mfm_dist.stores.guards import fact_binding_of
 from mfm_dist.submission import RUN_SUBMITTED_EVENT, check_labels
@@ -38,6 +39,14 @@ SUBMISSION_SEQ = 2
 def stale_head(run_id: str, expected: int, head: int) -> ConcurrencyError:
     return ConcurrencyError(
         f"run {run_id}: expected head {expected}, found {head}",
+        code="expected_seq_mismatch",
+        details={"expected_seq": expected, "head_seq": head},
+    )
+
+
+def stale_journal(journal: str, expected: int, head: int) -> ConcurrencyError:
+    return ConcurrencyError(
+        f"journal {journal}: expected head {expected}, found {head}",
         code="expected_seq_mismatch",
         details={"expected_seq": expected, "head_seq": head},
     )
@@ -151,6 +160,39 @@ class EventStore(ABC):
         This default scans the listing; backends override it with an indexed range."""
         found = sorted(s.run_id for s in self.list_runs() if str(s.run_id).startswith(prefix))
         return found[: max(limit, 0)]
+
+    def run_summaries(self, run_ids: Sequence[RunId]) -> dict[str, RunSummary]:
+        """The listing rows of the given runs that exist (by run id), in one look.
+
+        For callers that track many runs by id (a backfill); this default filters the
+        whole listing, backends override it with a keyed lookup."""
+        wanted = {str(r) for r in run_ids}
+        if not wanted:
+            return {}
+        return {str(s.run_id): s for s in self.list_runs() if str(s.run_id) in wanted}
+
+    # --- journals (mfm_dist.journal) ------------------------------------------------------
+
+    @abstractmethod
+    def journal_head(self, journal: str) -> int:
+        """The last sequence number of the journal (0 when it has no record)."""
+
+    @abstractmethod
+    def journal_append(
+        self, journal: str, expected_seq: int, drafts: Sequence[JournalDraft]
+    ) -> list[JournalEntry]:
+        """Append all of `drafts` iff the journal's head equals `expected_seq`
+        (`expected_seq_mismatch` otherwise, nothing written); returns the entries."""
+
+    @abstractmethod
+    def journal_read(
+        self, journal: str, from_seq: int = 1, to_seq: int | None = None
+    ) -> list[JournalEntry]:
+        """Entries with `from_seq <= seq <= to_seq` (to the head when `to_seq` is None)."""
+
+    @abstractmethod
+    def list_journals(self, namespace: str) -> list[JournalSummary]:
+        """The journals `<namespace>/…`, newest first (by creation)."""
 
     def fact_binding(self, run_id: RunId, key: str) -> ArtifactId | None:
         """The payload id bound to fact `key` in the run, or None if the key is unbound.

@@ -10,8 +10,22 @@ from mfm_dist.artifacts import ArtifactStore, KindLike
 from mfm_dist.errors import NotFound
 from mfm_dist.events import EventDraft, EventEnvelope
 from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.journal import (
+    JournalDraft,
+    JournalEntry,
+    JournalSummary,
+    check_drafts,
+    check_journal_id,
+    check_namespace,
+)
 from mfm_dist.run import RunPhase, RunQuery, RunSummary
-from mfm_dist.stores.base import EventStore, check_positions, stale_head, summary_changes
+from mfm_dist.stores.base import (
+    EventStore,
+    check_positions,
+    stale_head,
+    stale_journal,
+    summary_changes,
+)
 from mfm_dist.stores.guards import DictGuardView, check_batch
 
 
@@ -31,6 +45,7 @@ class InMemoryEventStore(EventStore):
 
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
+        self._journals: dict[str, list[JournalEntry]] = {}
         self._lock = threading.Lock()
 
     def head_seq(self, run_id: RunId) -> int:
@@ -92,18 +107,7 @@ class InMemoryEventStore(EventStore):
         self, limit: int | None = None, query: RunQuery | None = None
     ) -> list[RunSummary]:
         with self._lock:
-            rows = [
-                RunSummary(
-                    run_id=RunId(rid),
-                    op_id=run.op_id,
-                    started_ms=run.started_ms,
-                    phase=run.phase,
-                    head_seq=len(run.events),
-                    labels=dict(run.labels),
-                    ended_ms=run.ended_ms,
-                )
-                for rid, run in self._runs.items()
-            ]
+            rows = [self._summary(rid, run) for rid, run in self._runs.items()]
         if query is not None:
             rows = [r for r in rows if query.matches(r)]
         rows.sort(key=lambda r: (r.started_ms, r.run_id), reverse=True)
@@ -113,6 +117,73 @@ class InMemoryEventStore(EventStore):
         with self._lock:
             found = sorted(rid for rid in self._runs if rid.startswith(prefix))
         return [RunId(rid) for rid in found[: max(limit, 0)]]
+
+    @staticmethod
+    def _summary(rid: str, run: _Run) -> RunSummary:
+        return RunSummary(
+            run_id=RunId(rid),
+            op_id=run.op_id,
+            started_ms=run.started_ms,
+            phase=run.phase,
+            head_seq=len(run.events),
+            labels=dict(run.labels),
+            ended_ms=run.ended_ms,
+        )
+
+    def run_summaries(self, run_ids: Sequence[RunId]) -> dict[str, RunSummary]:
+        with self._lock:
+            return {
+                str(rid): self._summary(str(rid), run)
+                for rid in run_ids
+                if (run := self._runs.get(str(rid))) is not None and run.events
+            }
+
+    # --- journals --------------------------------------------------------------------------
+
+    def journal_head(self, journal: str) -> int:
+        check_journal_id(journal)
+        with self._lock:
+            return len(self._journals.get(journal, ()))
+
+    def journal_append(
+        self, journal: str, expected_seq: int, drafts: Sequence[JournalDraft]
+    ) -> list[JournalEntry]:
+        items = check_drafts(journal, drafts)
+        with self._lock:
+            entries = self._journals.get(journal, [])
+            head = len(entries)
+            if head != expected_seq:
+                raise stale_journal(journal, expected_seq, head)
+            new = [d.at(journal, head + i) for i, d in enumerate(items, start=1)]
+            if new:
+                self._journals[journal] = [*entries, *new]
+            return new
+
+    def journal_read(
+        self, journal: str, from_seq: int = 1, to_seq: int | None = None
+    ) -> list[JournalEntry]:
+        check_journal_id(journal)
+        with self._lock:
+            entries = self._journals.get(journal, [])
+            end = len(entries) if to_seq is None else min(to_seq, len(entries))
+            return entries[max(from_seq, 1) - 1 : end]
+
+    def list_journals(self, namespace: str) -> list[JournalSummary]:
+        check_namespace(namespace)
+        prefix = namespace + "/"
+        with self._lock:
+            rows = [
+                JournalSummary(
+                    journal=name,
+                    head_seq=len(entries),
+                    created_ms=entries[0].ts_millis,
+                    updated_ms=entries[-1].ts_millis,
+                )
+                for name, entries in self._journals.items()
+                if name.startswith(prefix) and entries
+            ]
+        rows.sort(key=lambda r: (r.created_ms, r.journal), reverse=True)
+        return rows
 
 
 class InMemoryArtifactStore(ArtifactStore):

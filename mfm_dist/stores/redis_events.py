@@ -91,6 +91,14 @@ from mfm_dist.events import (
     is_cancel_request,
 )
 from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.journal import (
+    JournalDraft,
+    JournalEntry,
+    JournalSummary,
+    check_drafts,
+    check_journal_id,
+    check_namespace,
+)
 from mfm_dist.run import RunPhase, RunQuery, RunSummary
 from mfm_dist.secrets import redact_url
 from mfm_dist.stores.base import (
@@ -98,6 +106,7 @@ from mfm_dist.stores.base import (
     labels_of_submission,
     prefix_upper_bound,
     stale_head,
+    stale_journal,
     submission_labels,
 )
 from mfm_dist.stores.guards import GuardViolation, fact_binding_of
@@ -106,6 +115,7 @@ from mfm_dist.submission import RUN_SUBMITTED_EVENT
 T = TypeVar("T")
 
 RUN_INDEX_KEY = b"mfm:runs"
+JOURNAL_INDEX_KEY = b"mfm:journals"
 RUN_IDS_KEY = b"mfm:runs:ids"
 INDEX_VERSION_KEY = b"mfm:runs:index_version"
 INDEX_VERSION = b"1"
@@ -169,6 +179,12 @@ def _label_index(key: str, value: str) -> bytes:
 
 def _labels_json(labels: dict[str, str]) -> bytes:
     return orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)
+
+
+def journal_keys(journal: str) -> list[bytes]:
+    """entries stream, meta hash, batches hash of a journal (one hash tag per journal)."""
+    tag = f"mfm:journal:{{{journal}}}:"
+    return [(tag + part).encode() for part in ("entries", "meta", "batches")]
 
 
 def _run_keys(run_id: str) -> list[bytes]:
@@ -264,6 +280,7 @@ class RedisEventStore(EventStore):
         self._retries = max(retries, 0)
         self._backoff_s = backoff_s
         self._script = client.register_script(_load_script())
+        self._journal_script = client.register_script(_load_script("journal.lua"))
         self._index_script = client.register_script(_load_script("index.lua"))
         self._indexed = False  # the index-version marker was seen (no old runs to index)
         if durable:
@@ -688,6 +705,85 @@ class RedisEventStore(EventStore):
 
         self._call("index", index)
         return derived
+
+    def run_summaries(self, run_ids: Sequence[RunId]) -> dict[str, RunSummary]:
+        ids = sorted({str(r) for r in run_ids})
+        out: dict[str, RunSummary] = {}
+        for k in range(0, len(ids), 1000):
+            for row in self._summaries(ids[k : k + 1000]):
+                out[str(row.run_id)] = row
+        return out
+
+    # --- journals ------------------------------------------------------------------------------
+
+    def journal_head(self, journal: str) -> int:
+        meta = journal_keys(check_journal_id(journal))[1]
+        value = self._call("HGET", lambda: self._client.hget(meta, "head"))
+        return int(value) if value is not None else 0
+
+    def journal_append(
+        self, journal: str, expected_seq: int, drafts: Sequence[JournalDraft]
+    ) -> list[JournalEntry]:
+        items = check_drafts(journal, drafts)
+        keys = [*journal_keys(journal), JOURNAL_INDEX_KEY]
+        args: list[Any] = [str(expected_seq), uuid.uuid4().hex, journal, str(len(items))]
+        for draft in items:
+            args += [str(draft.ts_millis), draft.stored_bytes()]
+        reply = self._call(
+            "journal_append", lambda: self._journal_script(keys=keys, args=args)
+        )
+        verdict = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+        if verdict[0] == "stale":
+            raise stale_journal(journal, expected_seq, int(verdict[1]))
+        if verdict[0] not in ("ok", "dup") or int(verdict[2]) != len(items):
+            raise StorageError(
+                "redis_script_reply_invalid", f"unexpected journal append reply {verdict[0]!r}"
+            )
+        first = int(verdict[1])
+        return [d.at(journal, first + i) for i, d in enumerate(items)]
+
+    def journal_read(
+        self, journal: str, from_seq: int = 1, to_seq: int | None = None
+    ) -> list[JournalEntry]:
+        stream = journal_keys(check_journal_id(journal))[0]
+        start = max(from_seq, 1)
+        if to_seq is not None and to_seq < start:
+            return []
+        end = "+" if to_seq is None else f"{to_seq}-1"
+        rows = self._call("XRANGE", lambda: self._client.xrange(stream, f"{start}-1", end))
+        return [
+            JournalEntry.from_stored(journal, int(fields[b"seq"]), fields[b"body"])
+            for _entry_id, fields in rows
+        ]
+
+    def list_journals(self, namespace: str) -> list[JournalSummary]:
+        prefix = check_namespace(namespace) + "/"
+        members = self._call(
+            "ZREVRANGE", lambda: self._client.zrevrange(JOURNAL_INDEX_KEY, 0, -1)
+        )
+        names = sorted(
+            {m.decode() for m in members if m.decode().startswith(prefix)}, reverse=True
+        )
+
+        def fetch() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.hgetall(journal_keys(name)[1])
+            return list(pipe.execute())
+
+        metas = self._call("HGETALL", fetch) if names else []
+        rows = [
+            JournalSummary(
+                journal=name,
+                head_seq=int(meta[b"head"]),
+                created_ms=int(meta[b"created_ms"]),
+                updated_ms=int(meta[b"updated_ms"]),
+            )
+            for name, meta in zip(names, metas, strict=True)
+            if meta
+        ]
+        rows.sort(key=lambda r: (r.created_ms, r.journal), reverse=True)
+        return rows
 
     def close(self) -> None:
         self._client.close()

@@ -66,6 +66,14 @@ from mfm_dist.events import (
     StateFailed,
 )
 from mfm_dist.ids import ArtifactId, RunId
+from mfm_dist.journal import (
+    JournalDraft,
+    JournalEntry,
+    JournalSummary,
+    check_drafts,
+    check_journal_id,
+    check_namespace,
+)
 from mfm_dist.run import RunPhase, RunQuery, RunSummary
 from mfm_dist.stores.base import (
     SUBMISSION_SEQ,
@@ -73,6 +81,7 @@ from mfm_dist.stores.base import (
     check_positions,
     prefix_upper_bound,
     stale_head,
+    stale_journal,
     submission_labels,
     summary_changes,
 )
@@ -130,6 +139,20 @@ _SCHEMA = (
         payload_id TEXT NOT NULL,
         PRIMARY KEY (run_id, key)
     ) WITHOUT ROWID""",
+    # Journals (mfm_dist.journal): created on open like every table here; they need no
+    # data migration, so older files simply gain them (and read as empty until written).
+    """CREATE TABLE IF NOT EXISTS journal_entries (
+        journal TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (journal, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS journals (
+        journal TEXT PRIMARY KEY,
+        head_seq INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    )""",
 )
 
 
@@ -318,6 +341,7 @@ class SqliteEventStore(EventStore):
         self._pid = os.getpid()
         self._absent = False  # read-only, no store in the file yet: an empty stand-in
         self._legacy = False  # read-only on a version-1 file: no `facts` table
+        self._no_journals = False  # read-only on a file written before journals existed
         self._legacy_listing = False  # read-only on a file older than LISTING_VERSION
         if not read_only:
             try:
@@ -418,6 +442,7 @@ class SqliteEventStore(EventStore):
             return _empty_database()
         self._legacy = version < 2 or "facts" not in tables
         self._legacy_listing = version < LISTING_VERSION or "run_labels" not in tables
+        self._no_journals = "journals" not in tables or "journal_entries" not in tables
         return conn
 
     def _connect_read_only(self, *, immutable: bool) -> sqlite3.Connection:
@@ -642,6 +667,89 @@ class SqliteEventStore(EventStore):
         except ValueError:
             raise Corruption("sqlite_run_row_invalid", "a stored run id is invalid") from None
 
+    def run_summaries(self, run_ids: Sequence[RunId]) -> dict[str, RunSummary]:
+        ids = sorted({str(r) for r in run_ids})
+        if not ids:
+            return {}
+        if self._legacy_listing:
+            return super().run_summaries(run_ids)
+        return self._read("run_summaries", lambda c: _summaries_by_id(c, ids))
+
+    # --- journals --------------------------------------------------------------------------
+
+    @staticmethod
+    def _journal_head(conn: sqlite3.Connection, journal: str) -> int:
+        row = conn.execute(
+            "SELECT head_seq FROM journals WHERE journal = ?", (journal,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def journal_head(self, journal: str) -> int:
+        check_journal_id(journal)
+        if self._no_journals:
+            return 0
+        return self._read("journal_head", lambda c: self._journal_head(c, journal))
+
+    def journal_append(
+        self, journal: str, expected_seq: int, drafts: Sequence[JournalDraft]
+    ) -> list[JournalEntry]:
+        items = check_drafts(journal, drafts)
+        with self._write("journal_append") as conn:
+            head = self._journal_head(conn, journal)
+            if head != expected_seq:
+                raise stale_journal(journal, expected_seq, head)
+            entries = [d.at(journal, head + i) for i, d in enumerate(items, start=1)]
+            if not entries:
+                return []
+            conn.executemany(
+                "INSERT INTO journal_entries (journal, seq, body) VALUES (?, ?, ?)",
+                [(journal, e.seq, e.stored_bytes()) for e in entries],
+            )
+            conn.execute(
+                "INSERT INTO journals (journal, head_seq, created_ms, updated_ms)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (journal) DO UPDATE SET"
+                " head_seq = excluded.head_seq, updated_ms = excluded.updated_ms",
+                (journal, entries[-1].seq, entries[0].ts_millis, entries[-1].ts_millis),
+            )
+            return entries
+
+    def journal_read(
+        self, journal: str, from_seq: int = 1, to_seq: int | None = None
+    ) -> list[JournalEntry]:
+        check_journal_id(journal)
+        lo = max(from_seq, 1)
+        if self._no_journals or (to_seq is not None and to_seq < lo):
+            return []
+        hi = to_seq if to_seq is not None else -1
+
+        def query(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
+            return conn.execute(
+                "SELECT seq, body FROM journal_entries WHERE journal = ? AND seq >= ?"
+                " AND (? < 0 OR seq <= ?) ORDER BY seq",
+                (journal, lo, hi, hi),
+            ).fetchall()
+
+        rows = self._read("journal_read", query)
+        return [JournalEntry.from_stored(journal, int(seq), body) for seq, body in rows]
+
+    def list_journals(self, namespace: str) -> list[JournalSummary]:
+        check_namespace(namespace)
+        if self._no_journals:
+            return []
+        low, high = namespace + "/", namespace + "0"  # '0' is the character after '/'
+
+        def query(conn: sqlite3.Connection) -> list[tuple[str, int, int, int]]:
+            return conn.execute(
+                "SELECT journal, head_seq, created_ms, updated_ms FROM journals"
+                " WHERE journal >= ? AND journal < ? ORDER BY created_ms DESC, journal DESC",
+                (low, high),
+            ).fetchall()
+
+        return [
+            JournalSummary(journal=j, head_seq=h, created_ms=c, updated_ms=u)
+            for j, h, c, u in self._read("list_journals", query)
+        ]
+
 
 _SUMMARY_COLUMNS = "r.run_id, r.op_id, r.started_ms, r.phase, r.head_seq"
 SummaryRow = tuple[str, str, int, str, int]
@@ -685,6 +793,28 @@ def _summary(
         )
     except (ValueError, ValidationError):
         raise Corruption("sqlite_run_row_invalid", "a stored run summary is invalid") from None
+
+
+def _summaries_by_id(conn: sqlite3.Connection, ids: list[str]) -> dict[str, RunSummary]:
+    """The listing rows of the runs `ids` that exist (their labels included)."""
+    rows: list[tuple[str, str, int, str, int, int | None]] = []
+    labels: dict[str, dict[str, str]] = {}
+    for start in range(0, len(ids), _SQL_CHUNK):
+        chunk = ids[start : start + _SQL_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows += conn.execute(
+            f"SELECT {_SUMMARY_COLUMNS}, r.ended_ms FROM runs r"
+            f" WHERE r.run_id IN ({marks}) AND r.head_seq > 0",
+            chunk,
+        ).fetchall()
+        for rid, key, value in conn.execute(
+            f"SELECT run_id, key, value FROM run_labels WHERE run_id IN ({marks})", chunk
+        ):
+            labels.setdefault(rid, {})[key] = value
+    return {
+        row[0]: _summary(row[:5], dict(sorted(labels.get(row[0], {}).items())), row[5])
+        for row in rows
+    }
 
 
 def _listing(conn: sqlite3.Connection, q: RunQuery, limit: int | None) -> list[RunSummary]:
