@@ -14,8 +14,8 @@ from mfm_dist.cli import (  # noqa: F401 - commands register
     contract,
     inspection,
     running,
+    ui,
 )
-from mfm_dist.cli import ui  # noqa: F401 - `mfm ui` registers (the dashboard)
 from mfm_dist.cli.app import App, cli
 
 __all__ = ["App", "cli", "main"]
