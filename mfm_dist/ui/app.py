@@ -34,6 +34,7 @@ from mfm_dist.engine.lifecycle import submission_of
 from mfm_dist.errors import ErrorInfo, InvalidId, InvalidInput, MfmError, NotFound
 from mfm_dist.ids import RunId
 from mfm_dist.secrets import contains_secret, is_secret_string
+from mfm_dist.ui.backfills import routes as backfill_routes
 from mfm_dist.ui.data import (
     LEVELED_MAX,
     STATUS_LETTERS,
@@ -59,7 +60,7 @@ class SafeJSON(JSONResponse):
 
 
 def _error_status(exc: MfmError) -> int:
-    if isinstance(exc, NotFound) or exc.code in ("state_not_found", "run_not_found"):
+    if isinstance(exc, NotFound) or exc.code.endswith("_not_found"):
         return 404
     if isinstance(exc, InvalidInput | InvalidId):
         return 400
@@ -200,16 +201,14 @@ def create_app(
     *,
     token: str | None = None,
     queue_depths: Callable[[], dict[str, int]] | None = None,
-    backfills: Any = None,
 ) -> Starlette:
     """The dashboard over `dashboard`'s stores. `queue_depths` (distributed) feeds
-    `mfm_queue_depth`; `backfills` is the backfill reader when backfills exist."""
+    `mfm_queue_depth`."""
     env = _templates()
     ui_metrics = UiMetrics(dashboard, queue_depths)
 
     def page(name: str, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("where", dashboard.where())
-        context["nav_backfills"] = backfills is not None
         context["token_gate"] = token is not None
         html = env.get_template(name).render(request=request, **context)
         return HTMLResponse(html, status_code=status)
@@ -386,8 +385,7 @@ def create_app(
         route("/metrics", "metrics", metrics_endpoint, api=True),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    if backfills is not None:
-        routes.extend(backfills.routes(route, page))
+    routes[-2:-2] = backfill_routes(dashboard, route, page, SafeJSON)
     return Starlette(
         routes=routes,
         middleware=[
