@@ -12,7 +12,7 @@ import pytest
 from ui_helpers import dashboard_for, mfm, mfm_json
 
 with warnings.catch_warnings():  # "install httpx2": the test client works with httpx
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
 from mfm_dist.ui.app import create_app
