@@ -44,7 +44,7 @@ from mfm_dist.ui.data import (
     now_ms,
     short_ids,
 )
-from mfm_dist.ui.safety import scrub, shown
+from mfm_dist.ui.safety import label_pairs, scrub, shown
 
 HERE = Path(__file__).resolve().parent
 TOKEN_COOKIE = "mfm_ui_token"
@@ -64,7 +64,7 @@ def _error_status(exc: MfmError) -> int:
         return 404
     if isinstance(exc, InvalidInput | InvalidId):
         return 400
-    if exc.code == "secret_output_refused":
+    if exc.code in ("secret_output_refused", "secrets_detected"):
         return 403
     if exc.info.retryable:
         return 503
@@ -108,6 +108,7 @@ def _templates() -> jinja2.Environment:
     env.filters["when"] = _fmt_ms
     env.filters["duration"] = _fmt_duration
     env.filters["short"] = lambda text, n=12: str(text)[:n] if text else ""
+    env.filters["label_pairs"] = label_pairs
     return env
 
 

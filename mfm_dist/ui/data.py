@@ -456,6 +456,7 @@ class Dashboard:
         record = view.history.states.get(sid)
         attempts: list[dict[str, Any]] = []
         delta: dict[str, Any] | None = None
+        delta_error: dict[str, Any] | None = None
         if record is not None:
             for att in record.attempts:
                 attempts.append(
@@ -472,17 +473,11 @@ class Dashboard:
                 )
             last = record.last
             if last is not None and last.outcome == "completed" and last.snapshot_id:
-                snapshots = SnapshotStore(self.app.artifacts)
-                base = snapshots.load(last.base_snapshot_id)
-                new = snapshots.load(last.snapshot_id)
-                change = compute_delta(base, new)
-                delta = {
-                    "base_snapshot_id": last.base_snapshot_id,
-                    "snapshot_id": last.snapshot_id,
-                    "writes": {k: _preview(v) for k, v in sorted(change.writes.items())},
-                    "deletes": sorted(change.deletes),
-                    "before": {k: _preview(base[k]) for k in sorted(change.keys) if k in base},
-                }
+                try:
+                    delta = self._delta(last.base_snapshot_id, last.snapshot_id)
+                except MfmError as exc:  # unreadable, or refused (secret-shaped): say why
+                    info = exc.info.redacted()
+                    delta_error = info.model_dump(mode="json", exclude={"details"})
         facts: list[dict[str, Any]] = []
         domain: list[dict[str, Any]] = []
         for env in view.history.envelopes:
@@ -521,8 +516,23 @@ class Dashboard:
             "successors": [view.order[j] for j in view.successors(i)] if i is not None else [],
             "attempts": attempts,
             "delta": delta,
+            "delta_error": delta_error,
             "facts": facts,
             "events": domain,
+        }
+
+    def _delta(self, base_id: str, snapshot_id: str) -> dict[str, Any]:
+        """What a completed attempt changed: the keys it wrote (with their values before
+        and after) and the keys it removed (docs/merge.md: the delta)."""
+        snapshots = SnapshotStore(self.app.artifacts)
+        base = snapshots.load(base_id)
+        change = compute_delta(base, snapshots.load(snapshot_id))
+        return {
+            "base_snapshot_id": base_id,
+            "snapshot_id": snapshot_id,
+            "writes": {k: _preview(v) for k, v in sorted(change.writes.items())},
+            "deletes": sorted(change.deletes),
+            "before": {k: _preview(base[k]) for k in sorted(change.keys) if k in base},
         }
 
     def _fact_payload(self, payload_id: object) -> JsonValue:

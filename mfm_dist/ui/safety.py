@@ -23,8 +23,9 @@ def shown(value: Any) -> Any:
 
 
 def scrub(value: Any) -> Any:
-    """`value` (JSON-like) with every secret-shaped string value replaced by `<redacted>`
-    and every secret-shaped key by `<redacted key N>`."""
+    """`value` (JSON-like) with every secret-shaped string value replaced by `<redacted>`,
+    and every member with a secret-shaped key by `"<redacted key N>": "<redacted>"` (the
+    value of a `password` key is a secret whatever it looks like)."""
     if isinstance(value, str):
         return REDACTED if is_secret_string(value) else value
     if isinstance(value, dict):
@@ -33,9 +34,22 @@ def scrub(value: Any) -> Any:
         for k, v in value.items():
             if isinstance(k, str) and is_secret_string(k):
                 hidden += 1
-                k = f"{REDACTED[:-1]} key {hidden}>"
-            out[k] = scrub(v)
+                out[f"{REDACTED[:-1]} key {hidden}>"] = REDACTED
+            else:
+                out[k] = scrub(v)
         return out
     if isinstance(value, (list, tuple)):
         return [scrub(v) for v in value]
     return value
+
+
+def label_pairs(labels: dict[str, str]) -> list[tuple[str, str, bool]]:
+    """A run's labels to show, sorted: (key, value, shown). A pair with a secret-shaped key
+    or value is shown as `<redacted>=<redacted>` (and not linked)."""
+    out: list[tuple[str, str, bool]] = []
+    for key, value in sorted(labels.items()):
+        if is_secret_string(key) or is_secret_string(value):
+            out.append((REDACTED, REDACTED, False))
+        else:
+            out.append((key, value, True))
+    return out

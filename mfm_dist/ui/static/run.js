@@ -139,7 +139,8 @@
       body.appendChild(t);
     }
     body.appendChild(el("h3", null, "Delta against its base"));
-    if (!d.delta) body.appendChild(el("p", { "class": "muted" }, "no completed attempt"));
+    if (d.delta_error) body.appendChild(el("p", { "class": "warn" }, "not shown: " + d.delta_error.code));
+    else if (!d.delta) body.appendChild(el("p", { "class": "muted" }, "no completed attempt"));
     else {
       var dl = el("p", { "class": "muted" }, "base " + d.delta.base_snapshot_id.slice(0, 12) + " → " + d.delta.snapshot_id.slice(0, 12));
       body.appendChild(dl);
