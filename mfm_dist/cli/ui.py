@@ -59,6 +59,7 @@ def ui(app: App, host: str, port: int, token: str | None) -> None:
     except BindRefused as exc:
         raise CliError(exc.code, exc.message) from None
     app.stores()  # open now: a wrong URL fails here, not on the first page
+    app.registry()  # and load the operations (the run pages re-derive plans with them)
     dashboard = Dashboard(app)
     web = create_app(
         dashboard,

@@ -207,6 +207,8 @@ def create_app(
     `mfm_queue_depth`."""
     env = _templates()
     ui_metrics = UiMetrics(dashboard, queue_depths)
+    for name in env.list_templates():  # compile now, not on someone's first page
+        env.get_template(name)
 
     def page(name: str, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("where", dashboard.where())
