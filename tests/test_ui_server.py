@@ -67,3 +67,37 @@ def test_without_token_loopback_serves_everything(tmp_path: Path) -> None:
         assert httpx.get(url + "/api/runs").json() == []
         assert "No runs in this store yet" in httpx.get(url + "/").text
         assert httpx.get(url + "/login", follow_redirects=False).status_code == 303
+
+
+def test_mfm_ui_serves_until_stopped(tmp_path: Path) -> None:
+    """`mfm ui` itself: a real process on a loopback port, stopped by its pid."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from servers import free_port
+
+    home = tmp_path / ".mfm"
+    assert mfm(["--home", str(home)], "run", "chain_demo", "--input", '{"states": 3}').exit_code == 0
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mfm_dist.cli.main", "--home", str(home), "ui", "--port", str(port)],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "MFM_UI_TOKEN": ""},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                rows = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert [r["op_id"] for r in rows] == ["chain_demo"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert f"on http://127.0.0.1:{port}/" in err.decode()
