@@ -18,9 +18,11 @@ vanish when attempts end, and the dashboard's timeline shows who ran what afterw
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -54,6 +56,13 @@ def prepare_multiprocess() -> str | None:
     if not directory:
         directory = tempfile.mkdtemp(prefix="mfm-metrics-")
         os.environ[MULTIPROC_ENV] = directory
+        creator = os.getpid()
+
+        def remove() -> None:  # forked pool children inherit this: only the creator removes
+            if os.getpid() == creator:
+                shutil.rmtree(directory, ignore_errors=True)
+
+        atexit.register(remove)
     os.makedirs(directory, exist_ok=True)
     with contextlib.suppress(ImportError):
         # If prometheus_client was imported before the variable was set, switch its value
