@@ -198,6 +198,8 @@ def test_live_graph_changes_colour(browser: Any, url: str, home: Path) -> None:
         shot(browser, "dashboard-run-live.png")
         wait_for(lambda: classes() == ["C"] * 13, "every state to turn green", timeout_s=30)
         wait_for(lambda: browser.find_element(By.ID, "phase").text == "Completed", "the phase")
+        # shown in place, no reload: the duration is final
+        wait_for(lambda: not browser.find_element(By.ID, "duration").text.endswith("+"), "end")
     finally:
         thread.join(timeout=60)
     assert done["result"].phase.value == "Completed"

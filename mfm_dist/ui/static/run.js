@@ -67,14 +67,30 @@
   function poll() {
     get(api + "/live").then(function (live) {
       applyLive(live);
-      if (live.phase !== "Running") {
-        phase = live.phase;
-        // Finished: show the final result (error, final snapshot) as a fresh page.
-        setTimeout(function () { location.reload(); }, 300);
-        return;
-      }
+      if (live.phase !== "Running") { finished(live); return; }
       setTimeout(poll, 1000);
     }).catch(function () { setTimeout(poll, 2000); });
+  }
+  function finished(live) {
+    /* The run ended while this page watched it: show its end in place. */
+    phase = live.phase;
+    var durEl = document.getElementById("duration");
+    if (durEl && live.ended_ms) durEl.textContent = dur(live.ended_ms - +durEl.dataset.started);
+    if (live.error && !document.getElementById("run-error")) {
+      var p = el("p", { "class": "run-error", id: "run-error" });
+      if (live.failed_state) {
+        p.appendChild(document.createTextNode("failed at "));
+        p.appendChild(stateLink(live.failed_state));
+        p.appendChild(document.createTextNode(": "));
+      }
+      p.appendChild(el("code", { "class": "code" }, live.error.code));
+      p.appendChild(document.createTextNode(" " + live.error.message));
+      root.appendChild(p);
+    }
+    // Tabs read while the run was running are read again when next shown.
+    var current = document.querySelector("#tabs a.on");
+    loaded = {};
+    if (current && current.dataset.tab !== "graph") showTab(current.dataset.tab);
   }
   if (phase === "Running") setTimeout(poll, 1000);
   var durEl = document.getElementById("duration");
