@@ -10,6 +10,7 @@ cookie the `/login` page sets); without one the server only listens on loopback
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from mfm_dist.ui.data import (
 )
 from mfm_dist.ui.safety import label_pairs, scrub, shown
 
+log = logging.getLogger("mfm.ui")
 HERE = Path(__file__).resolve().parent
 TOKEN_COOKIE = "mfm_ui_token"
 EVENTS_PAGE = 100
@@ -227,7 +229,8 @@ def create_app(
                     response = _error_json(exc.info, status)
                 else:
                     response = page("error.html", request, status, error=exc.info.redacted())
-            except Exception as exc:  # never a traceback to the browser
+            except Exception as exc:  # never a traceback to the browser: to the log
+                log.exception("%s %s failed", request.method, request.url.path)
                 info = MfmError("internal_error", f"internal error ({type(exc).__name__})").info
                 response = (
                     _error_json(info, 500) if api else page("error.html", request, 500, error=info)
