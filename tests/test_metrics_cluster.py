@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from celery import Celery
 from cluster import REPO, TESTS, LocalCluster
 from prometheus_client.parser import text_string_to_metric_families
 from servers import free_port
@@ -70,10 +71,18 @@ def total(name: str, **labels: str) -> float:
     return found
 
 
-def submit(cluster: LocalCluster, **request: Any) -> dict[str, Any]:
-    from workers.app import app
+@pytest.fixture(scope="module")
+def client(cluster: LocalCluster) -> Iterator[Celery]:
+    """A plain Celery client of this cluster (as any other system would submit): its own
+    result-backend connection, not the one an earlier test's cluster left in `workers.app`."""
+    app = Celery(broker=cluster.env["MFM_BROKER_URL"], backend=cluster.env["MFM_RESULT_BACKEND"])
+    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    yield app
+    app.close()
 
-    reply: dict[str, Any] = app.send_task("mfm.submit", kwargs=request).get(timeout=60)
+
+def submit(client: Celery, **request: Any) -> dict[str, Any]:
+    reply: dict[str, Any] = client.send_task("mfm.submit", kwargs=request).get(timeout=60)
     return reply
 
 
@@ -100,9 +109,8 @@ def test_inspect_active_queues_shows_the_bindings(cluster: LocalCluster) -> None
             assert q["routing_key"] == name
 
 
-def test_task_events_reach_a_monitor(cluster: LocalCluster) -> None:
-    from workers.app import app
-
+def test_task_events_reach_a_monitor(cluster: LocalCluster, client: Celery) -> None:
+    app = client
     seen: list[dict[str, Any]] = []
     ready = threading.Event()
     stop = threading.Event()
@@ -123,7 +131,7 @@ def test_task_events_reach_a_monitor(cluster: LocalCluster) -> None:
     thread.start()
     assert ready.wait(20)
     time.sleep(0.5)
-    reply = submit(cluster, op="chain_demo", input={"states": 2})
+    reply = submit(client, op="chain_demo", input={"states": 2})
     assert wait_for_run(reply["run_id"], 60).phase == RunPhase.COMPLETED
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -139,17 +147,19 @@ def test_task_events_reach_a_monitor(cluster: LocalCluster) -> None:
     assert {"mfm.submit", "mfm.advance", "mfm.execute_attempt"} <= received, received
 
 
-def test_metrics_during_and_after_real_runs(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_metrics_during_and_after_real_runs(
+    cluster: LocalCluster, client: Celery, tmp_path: Path
+) -> None:
     rt = get_runtime()
-    fanout = submit(cluster, op="fanout_demo", input={"items": 6},
+    fanout = submit(client, op="fanout_demo", input={"items": 6},
                     config={"execution_mode": {"FanOutJoin": {"max_concurrency": 3}}})  # fmt: skip
     retry = {"max_attempts": 2, "backoff": {"Fixed": {"delay": {"secs": 0, "nanos": 100_000_000}}}}
-    flaky = submit(cluster, op="backoff_demo", input={}, config={"retry_policy": retry})
-    refused = submit(cluster, op="no_such_op", input={})
+    flaky = submit(client, op="backoff_demo", input={}, config={"retry_policy": retry})
+    refused = submit(client, op="no_such_op", input={})
     assert refused["error"]["code"] == "operation_not_found"
     gate = tmp_path / "gate"
     gate.mkdir()
-    gated = submit(cluster, op="gated_demo", input={"items": 1, "gate_dir": str(gate)},
+    gated = submit(client, op="gated_demo", input={"items": 1, "gate_dir": str(gate)},
                    config={"execution_mode": {"FanOutJoin": {"max_concurrency": 4}}})  # fmt: skip
     for reply in (fanout, flaky):
         assert wait_for_run(reply["run_id"], 60).phase == RunPhase.COMPLETED
