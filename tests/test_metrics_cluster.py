@@ -5,6 +5,7 @@ MFM_TASK_EVENTS=1 the workers send task events (what `celery events` and Flower 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -78,6 +79,9 @@ def client(cluster: LocalCluster) -> Iterator[Celery]:
     app = Celery(broker=cluster.env["MFM_BROKER_URL"], backend=cluster.env["MFM_RESULT_BACKEND"])
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
     yield app
+    # Finalize the replies' AsyncResults (kept in reference cycles) while Redis is up: their
+    # __del__ unsubscribes from the result backend.
+    gc.collect()
     app.close()
 
 
