@@ -86,4 +86,4 @@ def test_a_10000_state_run_page_renders_quickly(tmp_path: Path) -> None:
         browser.quit()
     print(f"\n10,000-state run page: first view {cold:.2f} s, cached {warm:.2f} s")
     assert warm < BUDGET_S
-    assert cold < 2 * BUDGET_S + 2  # generous: other tests share the two cores
+    assert cold < 4 * BUDGET_S  # a sanity bound: other test suites share the two cores
