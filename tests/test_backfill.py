@@ -456,9 +456,11 @@ def test_killed_cli_then_resume_completes_with_one_run_per_partition(tmp_path: P
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     events = SqliteEventStore(root / "events.sqlite3", read_only=True)
     deadline = time.monotonic() + 60
-    while len(load_state(events, "kill").indices(PartStatus.COMPLETED)) < 3:
+    while len(load_state(events, "kill").indices(PartStatus.COMPLETED)) < 3 or not [
+        r for r in events.list_runs() if r.phase is RunPhase.RUNNING and r.head_seq >= 3
+    ]:  # killed with runs in flight (each sleeps 400 ms inside its one state)
         assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     state = load_state(events, "kill")

@@ -18,7 +18,7 @@ from cluster import LocalCluster
 from test_distributed import assert_clean_history, embedded_final, events_of, finished
 
 from mfm_dist.config import FanOutJoin, RetryPolicy, RunConfig
-from mfm_dist.events import RunCompleted, StateCompleted, StateFailed
+from mfm_dist.events import RunCompleted, StateCompleted, StateEntered, StateFailed
 from mfm_dist.ids import RunId
 from mfm_dist.run import RunPhase, RunResult
 from workers.runtime import Runtime, get_runtime
@@ -181,10 +181,18 @@ def test_cancel_on_the_cluster_stops_a_handler_that_ignores_it(
     retired_before = cluster.logs().count("retiring this pool process")
     run_id = submit_run("cancel_demo", {}, config, runtime=rt)
     deadline = time.monotonic() + 60
-    while not any(
-        isinstance(e.event, StateFailed) and "flaky" in str(e.state_id)
-        for e in events_of(rt, run_id)
-    ):
+
+    def stuck_running_and_flaky_failed() -> bool:
+        envelopes = events_of(rt, run_id)
+        failed = any(
+            isinstance(e.event, StateFailed) and "flaky" in str(e.state_id) for e in envelopes
+        )
+        entered = any(
+            isinstance(e.event, StateEntered) and "stuck" in str(e.state_id) for e in envelopes
+        )
+        return failed and entered
+
+    while not stuck_running_and_flaky_failed():
         assert time.monotonic() < deadline
         time.sleep(0.05)
     asked = time.monotonic()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import click
 
+from mfm_dist.backfill.planner import load_state
 from mfm_dist.cli.app import App, cli, json_flag, pass_app
 from mfm_dist.cli.drivers import DrivenElsewhere, DriverLock
 from mfm_dist.cli.errors import CliError, ExitCode
@@ -109,6 +110,8 @@ def cancel(
         for outcome in outcomes:
             if outcome.status != "finished":
                 _close_if_undriven(app, RunId(outcome.run_id))
+    if backfill is not None:
+        _warn_if_backfill_active(app, backfill)
     deadline = time.monotonic() + timeout_s if wait else 0.0
     results = [_Cancelled(o, _phase_when_ended(app, o, deadline)) for o in outcomes]
     _report(results, as_json)
@@ -153,6 +156,18 @@ def _selected(
         )
         ids.extend(s.run_id for s in app.events.list_runs(query=query))
     return list(dict.fromkeys(ids))
+
+
+def _warn_if_backfill_active(app: App, name: str) -> None:
+    """`--backfill` selects the backfill's *runs*; the backfill itself goes on starting runs
+    for its remaining partitions unless it is cancelled too (docs/backfills.md)."""
+    state = load_state(app.events, name)
+    if state.exists and state.cancel is None and state.finished is None:
+        click.echo(
+            f"note: backfill {name} is still active and starts runs for its remaining "
+            f"partitions; stop it with: mfm backfill cancel {name}",
+            err=True,
+        )
 
 
 def _close_if_undriven(app: App, rid: RunId) -> None:
