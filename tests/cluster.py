@@ -191,8 +191,10 @@ class LocalCluster:
         extra_env: dict[str, str] | None = None,
         proxy_s3: bool = True,
         artifacts_url: str | None = None,
+        control_env: dict[str, str] | None = None,
     ) -> None:
         self.artifacts_url = artifacts_url
+        self.control_env = control_env
         self.root = root
         self.proxy_s3 = proxy_s3
         self.root.mkdir(parents=True, exist_ok=True)
@@ -227,7 +229,7 @@ class LocalCluster:
         if self.proxy_s3:
             self.s3_proxy = TcpProxy(self.s3.port)
             self.s3_proxy.enable()
-        self.start_worker("control", "control")
+        self.start_worker("control", "control", extra_env=self.control_env)
         for _ in range(self.attempt_workers):
             self.start_worker("attempts")
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)

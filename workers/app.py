@@ -15,7 +15,11 @@ from celery import Celery
 from celery.signals import worker_process_init
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
+from workers import metrics as worker_metrics
 from workers.settings import Settings
+
+# [metrics hook] Multiprocess metrics must be set up before any metric exists.
+worker_metrics.prepare_multiprocess()
 
 CONTROL_TASKS = ("mfm.advance", "mfm.backfill_tick")
 SUBMIT_TASKS = ("mfm.submit", "mfm.submit_batch")
@@ -65,14 +69,16 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_expires=3600,
         task_track_started=False,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        task_send_sent_event=False,
+        # Opt-in (MFM_TASK_EVENTS=1): task events for `celery events` and Flower.
+        worker_send_task_events=s.task_events,
+        task_send_sent_event=s.task_events,
         imports=("workers.tasks",),
     )
     return celery_app
 
 
 app = create_app()
+worker_metrics.connect(app)  # [metrics hook] the exporter of MFM_METRICS_PORT
 
 
 def configure_app(settings: Settings) -> None:
@@ -90,6 +96,8 @@ def configure_app(settings: Settings) -> None:
         task_default_routing_key=fresh.conf.task_default_routing_key,
         task_routes=fresh.conf.task_routes,
         worker_max_tasks_per_child=fresh.conf.worker_max_tasks_per_child,
+        worker_send_task_events=fresh.conf.worker_send_task_events,
+        task_send_sent_event=fresh.conf.task_send_sent_event,
     )
 
 

@@ -30,6 +30,7 @@ from typing import Protocol, cast
 
 import redis
 
+from mfm_dist import metrics
 from mfm_dist.canonical import JsonValue
 from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.cancellation import (
@@ -61,6 +62,7 @@ from mfm_dist.events import (
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.submission import completion_message, completion_task_id
+from workers import metrics as worker_metrics
 from workers.faults import is_transient
 from workers.leases import CLAIMED, DELAYED, SENT, Coordination, Reservation
 from workers.runtime import RunContext, Runtime
@@ -338,7 +340,7 @@ class Coordinator:
             decision, wake = self._decide(rid, run, lock)
             lock.renew()
             if decision.close_orphans:
-                self._close_orphans(rid, decision.close_orphans)
+                self._close_orphans(rid, decision.close_orphans, str(run.history.started.op_id))
                 run = self._load(rid)
                 lock.renew()
                 continue
@@ -396,6 +398,9 @@ class Coordinator:
                 continue
             revoked = [state_id for state_id, _ in open_now]
             log.info("run %s: cancelled (%d attempts stopped)", rid, len(revoked))
+            worker_metrics.run_finished(  # [metrics hook]
+                history, "Cancelled", cancelled_at_ms=now_millis()
+            )
             break
         else:
             return Step("cancelling", now_millis(), run.history.head)
@@ -470,7 +475,7 @@ class Coordinator:
             )
         return decision, wake
 
-    def _close_orphans(self, rid: str, orphans: list[tuple[str, int]]) -> None:
+    def _close_orphans(self, rid: str, orphans: list[tuple[str, int]], op: str = "") -> None:
         for state_id, attempt in orphans:
             draft = EventDraft(
                 event=StateFailed(
@@ -483,6 +488,7 @@ class Coordinator:
             try:
                 self.rt.events.append_next(RunId(rid), [draft])
                 log.info("run %s: closed orphan %s attempt %d", rid, state_id, attempt)
+                metrics.orphans_recovered(op, 1)  # [metrics hook]
             except GuardViolation:
                 pass  # the attempt was closed meanwhile (by its worker or another coordinator)
 
@@ -579,6 +585,7 @@ class Coordinator:
         )
         try:
             self.rt.events.append_next(RunId(rid), drafts)
+            worker_metrics.run_finished(run.history, finish.status.value)  # [metrics hook]
         except GuardViolation as exc:
             if exc.rule != "after_run_completed":
                 # Not finished: something changed under us (e.g. an attempt opened). Keep
@@ -617,6 +624,7 @@ class Coordinator:
             log.error("run %s: ending the run, permanent fault %s", rid, error.code)
             final = cached.progress.final_snapshot() if cached is not None else None
             self.rt.events.append_next(RunId(rid), abort_drafts(history, error, final))
+            worker_metrics.run_finished(history, "Failed")  # [metrics hook]
         self._forget(rid)
         return Step(f"aborted:{error.code}", None)
 

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from mfm_dist import metrics
 from mfm_dist.errors import MfmError, StorageError
 
 TIMERS_KEY = "mfm:timers"
@@ -517,6 +518,8 @@ class LeaseKeeper:
 
     def _lost_locked(self, value: str) -> Callable[[], None] | None:
         """Mark `value` lost (caller holds the lock); its callback, to call after unlocking."""
+        if value not in self._lost:
+            metrics.lease_lost()  # [metrics hook]
         self._lost.add(value)
         return self._on_lost.pop(value, None)
 

@@ -40,6 +40,12 @@
 * `MFM_WORKER_MAX_TASKS_PER_CHILD` (1000): a prefork child is replaced after that many
   tasks, bounding whatever a long-lived process accumulates (`0`: never).
 * `MFM_TIMING` (off): `1` makes processes accumulate per-phase timings in `mfm:timing`.
+* `MFM_TASK_EVENTS` (off): `1` turns on Celery task events (`worker_send_task_events`,
+  `task_send_sent_event`), so `celery -A workers.app events` and Flower show the tasks;
+  each task then costs a few more broker messages.
+* `MFM_METRICS_PORT` (unset: off) / `MFM_METRICS_ADDR` (`127.0.0.1`): the worker's main
+  process serves Prometheus metrics at `http://ADDR:PORT/metrics`, added up over its pool
+  processes (`PROMETHEUS_MULTIPROC_DIR`; see `workers.metrics`, docs/dashboard.md).
 
 Credentials belong in the URLs' environment (`MFM_REDIS_PASSWORD` or a file named by
 `MFM_REDIS_PASSWORD_FILE`, `MFM_REDIS_USERNAME`,
@@ -119,6 +125,7 @@ class Settings:
     timer_poll_s: float = 0.25
     inline_coordination: bool = True
     max_state_timeout_s: float = 3600.0
+    task_events: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -147,6 +154,7 @@ class Settings:
             inline_coordination=env.get("MFM_INLINE_COORDINATION", "1").lower()
             not in ("0", "false", "no", "off"),
             max_state_timeout_s=_float("MFM_MAX_STATE_TIMEOUT_S", 3600.0, zero_ok=True),
+            task_events=env.get("MFM_TASK_EVENTS", "").lower() in ("1", "true", "yes", "on"),
         )
 
     @property

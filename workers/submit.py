@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from mfm_dist import metrics
 from mfm_dist.canonical import JsonValue
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.attempt import now_millis
@@ -158,6 +159,7 @@ def accept(
         if found is None:
             raise
         return found
+    metrics.run_started(str(prepared.plan.op_id))  # [metrics hook]
     if coordinate is not None:
         coordinate(str(rid))  # inline: this process takes the run's first step
     else:
@@ -271,6 +273,7 @@ def _payload(args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
 
 
 def _record(rt: Runtime, outcomes: list[str], rejections: list[tuple[str, str | None]]) -> None:
+    metrics.submissions(outcomes, [code for code, _ in rejections])  # [metrics hook]
     try:
         submission_log.record(rt.redis, outcomes, rejections)
     except Exception as exc:  # statistics never fail a submission

@@ -6,11 +6,13 @@ lives in `coordinator`, `attempts`, `submit`, `timers`.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import chord, group
 from celery.signals import worker_ready, worker_shutdown
 
+from mfm_dist import metrics
 from mfm_dist.errors import MfmError
 from mfm_dist.ids import RunId
 from workers.app import ATTEMPT_TASK, app
@@ -18,6 +20,7 @@ from workers.attempts import execute_attempt as run_one_attempt
 from workers.coordinator import AttemptTask, Coordinator
 from workers.faults import is_transient
 from workers.leases import Coordination
+from workers.metrics import op_of
 from workers.runtime import get_runtime, redis_client
 from workers.timers import TimerPoller
 
@@ -105,8 +108,11 @@ def advance(self: Any, run_id: str, watchdog: object = None, join: bool = False)
     """Coordinate a run one step. A transient fault is logged and left to the run's timer
     (it looks again within one watchdog period); a permanent one ends the run. `join`: a
     chord's join, skipped when nothing was appended since the last look."""
+    started = time.perf_counter()  # [metrics hook]
+    status = "error"
     try:
-        return coordinator().advance(run_id, join=join)
+        status = coordinator().advance(run_id, join=join)
+        return status
     except MfmError as exc:
         if exc.info.code == "run_not_found" or not is_transient(exc):
             log.warning("advance %s: %s", run_id, exc.info.code)
@@ -118,6 +124,10 @@ def advance(self: Any, run_id: str, watchdog: object = None, join: bool = False)
             log.warning("advance %s: %s; its timer retries", run_id, type(exc).__name__)
             return f"retry:{type(exc).__name__}"
         raise
+    finally:
+        metrics.coordinator_step(
+            "join" if join else "wake", status, time.perf_counter() - started
+        )
 
 
 @app.task(name=ATTEMPT_TASK, acks_late=True)  # type: ignore[untyped-decorator]
@@ -132,6 +142,7 @@ def execute_attempt(
 ) -> str:
     """One state attempt; a short status string. Never raises: a failed header task
     would suppress the chord's join (the coordinator's next look)."""
+    started = time.perf_counter()  # [metrics hook]
     try:
         rt = get_runtime()
         status = run_one_attempt(
@@ -147,7 +158,11 @@ def execute_attempt(
     except Exception as exc:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         log.error("run %s: attempt task for %s failed: %s", run_id, state_id, code)
+        metrics.attempt_task(None, attempt, "error", time.perf_counter() - started)
         return f"error:{code}"
+    metrics.attempt_task(  # [metrics hook]
+        op_of(rt, manifest_id), attempt, status, time.perf_counter() - started
+    )
     if (
         rt.settings.inline_coordination
         and (status in FINISHED_ATTEMPT or status.startswith("failed:"))
@@ -181,11 +196,15 @@ def coordinate_now(run_id: str) -> None:
     what became ready without a broker hop. If another process is coordinating the run,
     it is marked dirty and that process looks again; any failure is left to the run's
     timer and to the chord's join."""
+    started = time.perf_counter()  # [metrics hook]
+    status = "error"
     try:
-        coordinator().advance(run_id)
+        status = coordinator().advance(run_id)
     except Exception as exc:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         log.warning("run %s: inline coordination failed (%s); its timer retries", run_id, code)
+    finally:
+        metrics.coordinator_step("inline", status, time.perf_counter() - started)
 
 
 @app.task(name="mfm.submit", bind=True, acks_late=True)  # type: ignore[untyped-decorator]

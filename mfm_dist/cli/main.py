@@ -14,6 +14,7 @@ from mfm_dist.cli import (  # noqa: F401 - commands register
     contract,
     inspection,
     running,
+    ui,
 )
 from mfm_dist.cli.app import App, cli
 
