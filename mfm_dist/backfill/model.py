@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -196,16 +196,7 @@ Decision = Literal[
     "rerun_failed",
     "rerun_cancelled",
 ]
-DECISIONS: tuple[Decision, ...] = (
-    "run",
-    "skip_completed",
-    "skip_failed",
-    "skip_cancelled",
-    "attach",
-    "rerun_completed",
-    "rerun_failed",
-    "rerun_cancelled",
-)
+DECISIONS: tuple[Decision, ...] = get_args(Decision)
 Backend = Literal["local", "cluster"]
 SettledPhase = Literal["Completed", "Failed", "Cancelled"]
 
