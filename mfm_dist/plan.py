@@ -66,10 +66,19 @@ class ExecutionPlan:
         Two processes expand the same plan iff their fingerprints match; distributed
         workers refuse attempts of a plan their code would expand differently.
         """
-        from mfm_dist.canonical import canonical_bytes_unchecked, sha256_hex
+        from mfm_dist.canonical import JsonValue, canonical_bytes_unchecked, sha256_hex
+        from mfm_dist.state import StateMeta
 
         compiled = self.compiled
-        metas = {str(n.id): n.state.meta().model_dump(mode="json") for n in self.graph.states}
+        dumped: dict[int, tuple[object, JsonValue]] = {}  # by meta object: states share metas
+
+        def dump(meta: StateMeta) -> JsonValue:
+            hit = dumped.get(id(meta))
+            if hit is None:  # (the meta is kept alive with its dump, so ids are not reused)
+                hit = dumped[id(meta)] = (meta, meta.model_dump(mode="json"))
+            return hit[1]
+
+        metas = {str(n.id): dump(n.state.meta()) for n in self.graph.states}
         shape = {
             "op_id": str(self.op_id),
             "states": [[str(s), metas[str(s)]] for s in compiled.order],

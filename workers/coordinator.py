@@ -2,8 +2,14 @@
 
 One coordinator at a time per run (a Redis lock); an `advance` that finds the lock busy
 marks the run dirty and returns, and the holder runs one more round before it lets go,
-so no wake-up is lost and nobody spins. The coordinator keeps each run's decoded history
-and progress in process memory and applies only what was appended since its last look.
+so no wake-up is lost and nobody spins. The coordinator keeps each run's history and
+progress in process memory, compactly (per state: its attempts and its packed delta, not
+the decoded envelopes), and applies only what was appended since its last look.
+
+Work per step is bounded: one step dispatches at most `STEP_DISPATCH_LIMIT` attempts (and
+stops sending after `STEP_BUDGET_S`); the rest of a wide wave goes out in the next steps,
+each one `advance` sent to the back of the control queue, so other runs are coordinated in
+between and no step holds a run's lock for long.
 `decide()` (pure, in the core) says what to do: close orphans, dispatch attempts as one
 chord whose join is another `advance`, or finish the run. The event log, not chord
 counters, decides what is complete, so a join that fires twice or early only costs a read.
@@ -40,7 +46,7 @@ from mfm_dist.engine.cancellation import (
     run_deadline_ms,
 )
 from mfm_dist.engine.coordination import Decision, Dispatch, Finish, decide
-from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.history import LOAD_CHUNK, RunHistory, read_chunks
 from mfm_dist.engine.lifecycle import (
     CONFLICT_EVENT,
     abort_drafts,
@@ -49,7 +55,7 @@ from mfm_dist.engine.lifecycle import (
     submission_of,
 )
 from mfm_dist.engine.progress import ORPHAN_CODE, RunProgress
-from mfm_dist.errors import ErrorCategory, ErrorInfo, MfmError, RunError
+from mfm_dist.errors import ErrorCategory, ErrorInfo, MfmError, NotFound, RunError
 from mfm_dist.events import (
     DomainEvent,
     EventDraft,
@@ -63,7 +69,7 @@ from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.submission import completion_message, completion_task_id
 from workers.faults import is_transient
 from workers.leases import CLAIMED, DELAYED, SENT, Coordination, Reservation
-from workers.runtime import RunContext, Runtime
+from workers.runtime import RunContext, Runtime, gc_paused
 
 log = logging.getLogger("mfm.coordinator")
 
@@ -71,9 +77,19 @@ MAX_ROUNDS = 64
 TRANSIENT_RETRY_MS = 1000
 DIRTY_ROUNDS = 8
 RUN_CACHE_SIZE = 256
+RUN_CACHE_STATES = 500_000
+"""The cached runs hold at most this many plan states in all (the run being coordinated is
+always kept): a few runs of 100,000 states fit, 256 of them would not."""
 PREFETCH_THREADS = 8
 DISPATCH_SLICE = 256
 """Attempts per chord: a wide wave goes out in slices, renewing the lock in between."""
+STEP_DISPATCH_LIMIT = 1024
+"""Attempts one step dispatches at most; the rest follows in the next step."""
+STEP_BUDGET_S = 0.75
+"""A step sends no further chord once it has run this long (the rest follows next step)."""
+CONTINUE_SAFETY_MS = 1000
+"""When a step leaves work for the next one, it sends that `advance` at once; the run's
+timer is set this far ahead in case the message is lost."""
 TIME_LIMIT_GRACE_S = 5.0
 PENDING = "p"
 """Reservation kind while its chord is being sent: valid only inside the advance that
@@ -145,6 +161,8 @@ class Step:
     wake_ms: int | None
     head: int | None = None
     """The log head this look had seen (recorded for joins to compare)."""
+    more: bool = False
+    """Work was left for the next step (a wave wider than one step's slice)."""
 
 
 class Coordinator:
@@ -190,15 +208,18 @@ class Coordinator:
                 while True:
                     step = self._advance_locked(rid, lock)
                     rounds += 1
-                    go_on = step.wake_ms is not None and rounds < DIRTY_ROUNDS
+                    # A step that left work for the next one lets go: the next slice queues
+                    # behind other runs' advances instead of holding the worker.
+                    go_on = step.wake_ms is not None and rounds < DIRTY_ROUNDS and not step.more
                     if step.wake_ms is not None:
                         coord.schedule(rid, step.wake_ms)
                     head = step.head if step.wake_ms is not None else None
                     again = coord.unlock(rid, token, head=head, go_on=go_on)
                     if again != 2:
                         token = ""  # released
-                        if again == 1 and step.wake_ms is not None:
-                            # A wake-up arrived after our last look: one more (no spin).
+                        if (again == 1 or step.more) and step.wake_ms is not None:
+                            # A wake-up arrived after our last look, or work is left: one
+                            # more look (no spin).
                             self.dispatcher.send_advance(rid)
                         return step.status
         except LockLost:
@@ -241,50 +262,80 @@ class Coordinator:
                 self._runs.move_to_end(rid)
         if cached is not None:
             try:
-                new = self._refresh(cached.history)
-                if new is not None:
-                    if new:
-                        self._prefetch(cached.history, new)
-                        cached.progress.observe(cached.history, new)
+                if self._refresh(cached):
                     return cached
                 log.warning("run %s: the log no longer continues the cached history", rid)
             except MfmError as exc:
                 log.warning("run %s: rebuilding cached state (%s)", rid, exc.info.code)
             self._drop(rid)
-        history = RunHistory.load(self.rt.events, RunId(rid))
-        ctx = self.rt.run_context(str(history.started.manifest_id))
-        for state_id in history.states:
-            if state_id not in ctx.plan.compiled.position:
-                raise RunError(
-                    "recovery_state_not_in_plan",
-                    f"history names state {state_id}, which the plan does not have",
-                    details={"state_id": state_id},
-                )
-        self._prefetch(history, history.envelopes)
-        progress = RunProgress.from_history(
-            history, ctx.plan.compiled, ctx.manifest.run_config, self.rt.snapshots
-        )
-        run = CachedRun(ctx, history, progress)
+        with gc_paused():
+            run = self._build(rid)
         with self._cache_lock:
             self._runs[rid] = run
-            while len(self._runs) > RUN_CACHE_SIZE:
-                self._runs.popitem(last=False)
+            states = sum(len(r.progress.plan) for r in self._runs.values())
+            while len(self._runs) > 1 and (
+                len(self._runs) > RUN_CACHE_SIZE or states > RUN_CACHE_STATES
+            ):
+                _, dropped = self._runs.popitem(last=False)
+                states -= len(dropped.progress.plan)
         return run
 
-    def _refresh(self, history: RunHistory) -> list[EventEnvelope] | None:
-        """Apply what was appended since the cached head; None if the log does not continue
-        the cache any more (Redis lost a tail of the log and maybe took new appends since):
-        then the cache is ahead of the truth and must be rebuilt from the log.
+    def _build(self, rid: str) -> CachedRun:
+        """Read the run's log in chunks, folding each into a compact history and the
+        progress, so no more than one chunk of decoded envelopes is held at a time."""
+        run_id = RunId(rid)
+        run: CachedRun | None = None
+        for chunk in read_chunks(self.rt.events, run_id, 1, LOAD_CHUNK):
+            if run is None:
+                history = RunHistory.from_envelopes(run_id, chunk, compact=True)
+                ctx = self.rt.run_context(str(history.started.manifest_id))
+                progress = RunProgress(
+                    ctx.plan.compiled,
+                    ctx.manifest.run_config,
+                    self.rt.snapshots,
+                    str(history.started.initial_snapshot_id),
+                )
+                run = CachedRun(ctx, history, progress)
+            else:
+                run.history.extend(chunk)
+            self._apply(run, chunk)
+        if run is None:
+            raise NotFound(f"run {rid} not found", code="run_not_found")
+        return run
 
-        Re-reads the last cached envelope along with the new ones (one round trip)."""
+    def _apply(self, run: CachedRun, envelopes: list[EventEnvelope]) -> None:
+        """Bring the progress up to date with envelopes just applied to the history."""
+        position = run.ctx.plan.compiled.position
+        for env in envelopes:
+            if env.state_id is not None and str(env.state_id) not in position:
+                raise RunError(
+                    "recovery_state_not_in_plan",
+                    f"history names state {env.state_id}, which the plan does not have",
+                    details={"state_id": str(env.state_id)},
+                )
+        self._prefetch(run.history, envelopes)
+        run.progress.observe(run.history, envelopes)
+
+    def _refresh(self, run: CachedRun) -> bool:
+        """Apply what was appended since the cached head (in chunks); False if the log does
+        not continue the cache any more (Redis lost a tail of the log and maybe took new
+        appends since): then the cache is ahead of the truth and must be rebuilt.
+
+        Re-reads the last cached envelope along with the first new ones (one round trip)."""
+        history = run.history
         head = history.head
-        envelopes = self.rt.events.read_range(history.run_id, head, None)
-        if not envelopes or envelopes[0] != history.envelopes[-1]:
-            return None
+        envelopes = self.rt.events.read_range(history.run_id, head, head + LOAD_CHUNK)
+        if not envelopes or envelopes[0] != history.last:
+            return False
         new = envelopes[1:]
-        if new:
+        while new:
             history.extend(new)
-        return new
+            self._apply(run, new)
+            if len(new) < LOAD_CHUNK:
+                break
+            start = history.head + 1
+            new = self.rt.events.read_range(history.run_id, start, start + LOAD_CHUNK - 1)
+        return True
 
     def _prefetch(self, history: RunHistory, envelopes: list[EventEnvelope]) -> None:
         """Load the snapshots `observe` will diff, in parallel (they are immutable)."""
@@ -297,8 +348,13 @@ class Coordinator:
                 if record is not None and record.last is not None:
                     wanted.add(record.last.base_snapshot_id)
         if len(wanted) > 1:
+            ids = sorted(wanted)
+            # A few batches, not one task per snapshot: submitting thousands of tiny tasks
+            # costs more than the loads.
+            batches = [ids[k::PREFETCH_THREADS] for k in range(PREFETCH_THREADS)]
+            load = self.rt.snapshots.load
             with self.rt.timings.phase("coord_prefetch"):
-                list(self._pool.map(self.rt.snapshots.load, sorted(wanted)))
+                list(self._pool.map(lambda batch: [load(i) for i in batch], batches))
 
     # -- one advance ----------------------------------------------------------------------------
     def _advance_locked(self, rid: str, lock: _Lock) -> Step:
@@ -350,8 +406,12 @@ class Coordinator:
                     return Step(status, now_millis())  # e.g. a cancel landed: look again now
                 return Step(status, None if status == "finished" else wake, run.history.head)
             if decision.dispatch:
-                sent, due = self._dispatch(rid, run, decision.dispatch, lock)
+                sent, due, left = self._dispatch(rid, run, decision.dispatch, lock)
                 status = f"dispatched:{sent}" if sent else "waiting"
+                if decision.more or left:
+                    # A wave wider than one step: the next step sends the next slice.
+                    soon = now_millis() + CONTINUE_SAFETY_MS
+                    return Step(status, min(wake, due, soon), run.history.head, more=True)
                 return Step(status, min(wake, due), run.history.head)
             return Step("waiting" if decision.in_flight else "idle", wake, run.history.head)
         return Step("waiting", wake, run.history.head)
@@ -467,6 +527,7 @@ class Coordinator:
                 lease_alive=lambda s, a: leases.get(s) == a,
                 reserved=keep,
                 now_ms=now,
+                limit=STEP_DISPATCH_LIMIT,
             )
         return decision, wake
 
@@ -514,10 +575,11 @@ class Coordinator:
 
     def _dispatch(
         self, rid: str, run: CachedRun, dispatch: list[Dispatch], lock: _Lock
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         """Send what may start now; hold back retries still in their backoff as delayed
-        reservations (sent by a later look when due). Returns how many were sent, and when
-        the next look is due (the earliest backoff end)."""
+        reservations (sent by a later look when due). Returns how many were sent, when
+        the next look is due (the earliest backoff end), and how many were left for the
+        next step (the step's time budget ran out)."""
         now = now_millis()
         wake = self._watchdog_due()
         delayed: dict[str, Reservation] = {}
@@ -530,14 +592,21 @@ class Coordinator:
             else:
                 ready.append(self._task_for(run, d, now))
         self.rt.coord.reserve(rid, delayed)
-        self._send(rid, ready, lock)
-        return len(ready), wake
+        sent = self._send(rid, ready, lock, budgeted=True)
+        return sent, wake, len(ready) - sent
 
-    def _send(self, rid: str, tasks: list[AttemptTask], lock: _Lock) -> None:
-        """Reserve and send in slices; each slice is `pending` until its chord is out."""
+    def _send(
+        self, rid: str, tasks: list[AttemptTask], lock: _Lock, *, budgeted: bool = False
+    ) -> int:
+        """Reserve and send in slices; each slice is `pending` until its chord is out.
+        `budgeted`: stop after the slice that used up the step's time budget (what is not
+        sent is not reserved either: the next step decides it again). Returns how many
+        were sent."""
         coord = self.rt.coord
         timeout_ms = int(self.rt.settings.dispatch_timeout_s * 1000)
         for k in range(0, len(tasks), DISPATCH_SLICE):
+            if budgeted and k and lock.elapsed_s() > STEP_BUDGET_S:
+                return k
             batch = tasks[k : k + DISPATCH_SLICE]
             lock.renew()
             now = now_millis()
@@ -557,6 +626,7 @@ class Coordinator:
                     for t in batch
                 },
             )
+        return len(tasks)
 
     def _finish(self, rid: str, run: CachedRun, finish: Finish) -> str:
         drafts: list[EventDraft] = []
@@ -606,7 +676,7 @@ class Coordinator:
         ).redacted()
         cached = self._drop(rid)
         try:
-            history = RunHistory.load(self.rt.events, RunId(rid))
+            history = RunHistory.load(self.rt.events, RunId(rid), compact=True)
         except MfmError as unreadable:
             if is_transient(unreadable):
                 raise
@@ -624,7 +694,9 @@ class Coordinator:
         """Send the run's `on_complete` callback once; True when there is nothing (more) to
         send. The claim/sent marks make a repeat possible only if a coordinator dies
         between sending and marking — and then the repeat carries the same task id."""
-        record = submission_of(run.history.envelopes)
+        # The submission record is the run-level event at seq 2 (a compact history keeps
+        # only run-level envelopes).
+        record = submission_of([env for env in run.history.envelopes[:2] if env.seq <= 2])
         if record is None or record.on_complete is None:
             return True
         coord = self.rt.coord
@@ -659,7 +731,11 @@ class _Lock:
 
     def __init__(self, coord: Coordination, rid: str, token: str, ttl_ms: int) -> None:
         self._coord, self._rid, self._token, self._ttl_ms = coord, rid, token, ttl_ms
-        self._renewed = time.monotonic()
+        self._renewed = self._taken = time.monotonic()
+
+    def elapsed_s(self) -> float:
+        """How long this advance has held the lock."""
+        return time.monotonic() - self._taken
 
     def renew(self) -> None:
         now = time.monotonic()
