@@ -215,9 +215,14 @@ class RunProgress:
         snapshots: SnapshotStore,
     ) -> RunProgress:
         progress = cls(plan, run_config, snapshots, str(history.started.initial_snapshot_id))
-        for state_id, record in history.states.items():
-            progress._sync(plan.position[state_id], record)
+        progress.sync(history)
         return progress
+
+    def sync(self, history: RunHistory) -> None:
+        """Catch up with every state of `history` (completions already recorded are kept,
+        not diffed again)."""
+        for state_id, record in history.states.items():
+            self._sync(self.plan.position[state_id], record)
 
     def observe(self, history: RunHistory, envelopes: Iterable[EventEnvelope]) -> None:
         """Catch up with envelopes just applied to `history` (incremental `from_history`)."""
