@@ -21,6 +21,7 @@ Bounded: every wait has a timeout; the cluster is torn down at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -134,6 +135,7 @@ def run_one(c: object, n: int, fan_out: int, timeout_s: float) -> list[tuple[str
     from mfm_dist.config import FanOutJoin, RunConfig
     from mfm_dist.events import RunCompleted, RunStatus
     from mfm_dist.ids import RunId
+    from mfm_dist.stores.urls import open_artifact_store, open_event_store
     from mfm_dist.verify import verify_run
     from workers.runtime import get_runtime
     from workers.submit import submit_run
@@ -162,9 +164,17 @@ def run_one(c: object, n: int, fan_out: int, timeout_s: float) -> list[tuple[str
         raise RuntimeError(f"run {run_id} ended {phase} after {elapsed:.0f} s")
     steps = longest_steps(control.logfile, log_offset)
 
+    # As `mfm verify` does it: the stores opened from their URLs (no Redis artifact cache).
+    env = c.env  # type: ignore[attr-defined]
+    events = open_event_store(env["MFM_EVENTS_URL"])
+    artifacts = open_artifact_store(env["MFM_ARTIFACTS_URL"])
+    rss_before = _status_kb(os.getpid(), "VmRSS") or 0
+    with contextlib.suppress(OSError):  # reset this process's peak RSS (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
     t0 = time.perf_counter()
-    report = verify_run(rt.events, rt.artifacts, rt.registry, str(run_id))
+    report = verify_run(events, artifacts, rt.registry, str(run_id))
     verify_s = time.perf_counter() - t0
+    verify_mb = ((_status_kb(os.getpid(), "VmHWM") or 0) - rss_before) / 1024
     if not report.ok:
         raise RuntimeError(f"verify failed: {report.violations[:3]}")
 
@@ -174,6 +184,7 @@ def run_one(c: object, n: int, fan_out: int, timeout_s: float) -> list[tuple[str
         ("states/s", f"{n / elapsed:.0f}"),
         ("verify", f"{verify_s:.1f} s"),
         ("verify states/s", f"{n / verify_s:.0f}"),
+        ("verify peak RSS above the process's", f"{max(verify_mb, 0):.0f} MB"),
     ]
     for k, (secs, status) in enumerate(steps[:3]):
         rows.append((f"longest advance #{k + 1} ({status})", f"{secs:.2f} s"))
@@ -195,15 +206,22 @@ def main() -> None:
     parser.add_argument("--fan-out", type=int, default=None, help="max_concurrency (default N)")
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--artifacts", choices=("s3", "file"), default="s3")
+    parser.add_argument(
+        "--lease-ttl", type=float, default=10.0, help="MFM_LEASE_TTL_S (the default: 10)"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mfm-scale-"))
-    env = {"MFM_WORKER_MAX_TASKS_PER_CHILD": os.environ.get("MFM_WORKER_MAX_TASKS_PER_CHILD", "")}
+    env = {
+        "MFM_WORKER_MAX_TASKS_PER_CHILD": os.environ.get("MFM_WORKER_MAX_TASKS_PER_CHILD", ""),
+        "MFM_LEASE_TTL_S": str(args.lease_ttl),
+    }
     with bench_cluster(root, args.artifacts, {k: v for k, v in env.items() if v}) as c:
         c.activate()
         from mfm_dist.config import FanOutJoin, RunConfig
         from workers.submit import submit_run, wait_for_run
 
-        warm = submit_run("fanout_demo", {"items": 20}, RunConfig(execution_mode=FanOutJoin(max_concurrency=8)))
+        warm_config = RunConfig(execution_mode=FanOutJoin(max_concurrency=8))
+        warm = submit_run("fanout_demo", {"items": 20}, warm_config)
         wait_for_run(str(warm), 120.0)
         for n in args.states:
             rows = run_one(c, n, args.fan_out or n, args.timeout)

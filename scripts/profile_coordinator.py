@@ -35,6 +35,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from servers import RedisServer  # noqa: E402
 
+MODULES = ("mfm_dist", "workers/")
+
 
 def _rss_kb() -> int:
     with open(f"/proc/{os.getpid()}/status") as fh:
@@ -134,7 +136,7 @@ def profile(n: int, top: int, use_cprofile: bool, concurrency: int | None) -> No
     if peak_snap is not None and top:
         print("top allocation sites (retained at peak):")
         for stat in peak_snap.compare_to(base, "traceback")[:top]:
-            ours = [f for f in stat.traceback if "mfm_dist" in f.filename or "workers" in f.filename]
+            ours = [f for f in stat.traceback if any(m in f.filename for m in MODULES)]
             where = ours[-1] if ours else stat.traceback[-1]
             inner = stat.traceback[-1]
             print(

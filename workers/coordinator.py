@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -255,21 +256,23 @@ class Coordinator:
         return now_millis() + int(self.rt.settings.watchdog_s * 1000)
 
     # -- the run cache --------------------------------------------------------------------------
-    def _load(self, rid: str) -> CachedRun:
+    def _load(self, rid: str, renew: Callable[[], None] = lambda: None) -> CachedRun:
+        """The run's cached state brought up to date with the log (built from it if not
+        cached). `renew` is called between chunks of a long read (the coordinator lock)."""
         with self._cache_lock:
             cached = self._runs.get(rid)
             if cached is not None:
                 self._runs.move_to_end(rid)
         if cached is not None:
             try:
-                if self._refresh(cached):
+                if self._refresh(cached, renew):
                     return cached
                 log.warning("run %s: the log no longer continues the cached history", rid)
             except MfmError as exc:
                 log.warning("run %s: rebuilding cached state (%s)", rid, exc.info.code)
             self._drop(rid)
         with gc_paused():
-            run = self._build(rid)
+            run = self._build(rid, renew)
         with self._cache_lock:
             self._runs[rid] = run
             states = sum(len(r.progress.plan) for r in self._runs.values())
@@ -280,7 +283,7 @@ class Coordinator:
                 states -= len(dropped.progress.plan)
         return run
 
-    def _build(self, rid: str) -> CachedRun:
+    def _build(self, rid: str, renew: Callable[[], None]) -> CachedRun:
         """Read the run's log in chunks, folding each into a compact history and the
         progress, so no more than one chunk of decoded envelopes is held at a time."""
         run_id = RunId(rid)
@@ -288,7 +291,9 @@ class Coordinator:
         for chunk in read_chunks(self.rt.events, run_id, 1, LOAD_CHUNK):
             if run is None:
                 history = RunHistory.from_envelopes(run_id, chunk, compact=True)
+                renew()
                 ctx = self.rt.run_context(str(history.started.manifest_id))
+                renew()
                 progress = RunProgress(
                     ctx.plan.compiled,
                     ctx.manifest.run_config,
@@ -299,6 +304,7 @@ class Coordinator:
             else:
                 run.history.extend(chunk)
             self._apply(run, chunk)
+            renew()
         if run is None:
             raise NotFound(f"run {rid} not found", code="run_not_found")
         return run
@@ -316,7 +322,7 @@ class Coordinator:
         self._prefetch(run.history, envelopes)
         run.progress.observe(run.history, envelopes)
 
-    def _refresh(self, run: CachedRun) -> bool:
+    def _refresh(self, run: CachedRun, renew: Callable[[], None] = lambda: None) -> bool:
         """Apply what was appended since the cached head (in chunks); False if the log does
         not continue the cache any more (Redis lost a tail of the log and maybe took new
         appends since): then the cache is ahead of the truth and must be rebuilt.
@@ -331,6 +337,7 @@ class Coordinator:
         while new:
             history.extend(new)
             self._apply(run, new)
+            renew()
             if len(new) < LOAD_CHUNK:
                 break
             start = history.head + 1
@@ -358,7 +365,7 @@ class Coordinator:
 
     # -- one advance ----------------------------------------------------------------------------
     def _advance_locked(self, rid: str, lock: _Lock) -> Step:
-        run = self._load(rid)
+        run = self._load(rid, lock.renew)
         lock.renew()
         coord = self.rt.coord
         if run.history.completed is not None:
@@ -395,7 +402,7 @@ class Coordinator:
             lock.renew()
             if decision.close_orphans:
                 self._close_orphans(rid, decision.close_orphans)
-                run = self._load(rid)
+                run = self._load(rid, lock.renew)
                 lock.renew()
                 continue
             if decision.finish is not None:
@@ -475,45 +482,69 @@ class Coordinator:
         wake = self._watchdog_due()
         progress = run.progress
         position = progress.plan.position
-        reservations = coord.reservations(rid)
+        # Grouped by value: a wide wave's reservations share a few values (one per slice).
+        groups = coord.grouped_reservations(rid)
         open_ids = {s for s, _ in run.history.open_attempts()}
-        claimed = {s for s, r in reservations.items() if r.kind == CLAIMED}
-        leases = coord.live_leases(rid, sorted(open_ids | claimed))
+        claims = {s: r.attempt for r, states in groups if r.kind == CLAIMED for s in states}
+        asked = open_ids | claims.keys()
+        leases = coord.live_leases(rid, sorted(asked))
+        if any(leases.get(s) != attempt for s, attempt in claims.items()):
+            # A claim without its lease: the attempt died — or finished after this look read
+            # the log. Read the log again (after the leases) so a finished attempt is not
+            # dispatched a second time.
+            self._catch_up(rid, run)
+            opened = {s for s, _ in run.history.open_attempts()} - asked
+            if opened:
+                leases.update(coord.live_leases(rid, sorted(opened)))
         drop: list[str] = []
         due: list[tuple[str, int]] = []
         keep: dict[str, int] = {}
         queue_empty: bool | None = None
-        for state_id, r in reservations.items():
-            i = position.get(state_id)
-            if i is None or r.attempt < progress.next_attempt[i]:
-                drop.append(state_id)  # seen in the log (or not ours): done with it
-            elif r.kind == DELAYED:
-                if r.deadline_ms <= now:
-                    due.append((state_id, r.attempt))
+        unknown = False  # the broker could not tell the attempt queue's depth
+        next_attempt = progress.next_attempt
+        for r, states in groups:
+            live: list[str] = []
+            for state_id in states:
+                i = position.get(state_id)
+                if i is None or r.attempt < next_attempt[i]:
+                    drop.append(state_id)  # seen in the log (or not ours): done with it
                 else:
-                    keep[state_id] = r.attempt
+                    live.append(state_id)
+            if not live:
+                continue
+            if r.kind == DELAYED:
+                if r.deadline_ms <= now:
+                    due.extend((state_id, r.attempt) for state_id in live)
+                else:
+                    keep.update(dict.fromkeys(live, r.attempt))
                     wake = min(wake, r.deadline_ms)
             elif r.kind == CLAIMED:
                 # Valid while its worker's lease lives: a dead holder is seen at lease expiry
                 # (or at once on this host), never only after the dispatch timeout.
-                if leases.get(state_id) == r.attempt:
-                    keep[state_id] = r.attempt
-                else:
-                    drop.append(state_id)
-            elif r.kind == PENDING or r.deadline_ms <= now:
-                drop.append(state_id)  # a coordinator died mid-send, or the dispatch timed out
-            elif now - r.since_ms > lease_ms:
+                for state_id in live:
+                    if leases.get(state_id) == r.attempt:
+                        keep[state_id] = r.attempt
+                    else:
+                        drop.append(state_id)
+            elif r.kind == PENDING:
+                drop.extend(live)  # a coordinator died mid-send
+            elif r.deadline_ms <= now or now - r.since_ms > lease_ms:
                 # Sent a lease TTL ago and nobody claimed it: with an empty attempt queue the
                 # message is gone (a worker died holding it, a broker restart dropped it).
+                # Past the dispatch timeout too — but while the attempt queue holds a backlog
+                # the message is most likely still in it (a wave wider than the workers drain
+                # in that time), and sending it again would only double the backlog.
                 if queue_empty is None:
                     depth = self.dispatcher.attempt_queue_depth()
                     queue_empty = depth == 0
-                if queue_empty:
-                    drop.append(state_id)
+                    unknown = depth is None
+                expired = r.deadline_ms <= now
+                if queue_empty or (expired and unknown):
+                    drop.extend(live)
                 else:
-                    keep[state_id] = r.attempt
+                    keep.update(dict.fromkeys(live, r.attempt))
             else:
-                keep[state_id] = r.attempt
+                keep.update(dict.fromkeys(live, r.attempt))
                 wake = min(wake, r.since_ms + lease_ms + 1)
         coord.clear_reservations(rid, drop)
         if due:
@@ -530,6 +561,16 @@ class Coordinator:
                 limit=STEP_DISPATCH_LIMIT,
             )
         return decision, wake
+
+    def _catch_up(self, rid: str, run: CachedRun) -> None:
+        """Apply what was appended to the log since the run was loaded (best effort: a log
+        that no longer continues the cache is left to the next look's rebuild)."""
+        try:
+            if not self._refresh(run):
+                self._drop(rid)
+        except MfmError as exc:
+            log.warning("run %s: re-reading the log failed (%s)", rid, exc.info.code)
+            self._drop(rid)
 
     def _close_orphans(self, rid: str, orphans: list[tuple[str, int]]) -> None:
         for state_id, attempt in orphans:

@@ -97,7 +97,7 @@ def decide(
 
     if progress.fan_out:
         # Only the frontier (not completed, every predecessor completed) can be runnable.
-        candidates = [i for i in progress.frontier if i not in busy and progress.runnable(i)]
+        candidates = [i for i in progress.frontier - busy if progress.runnable(i)]
     else:  # sequential runs advance strictly in canonical order and stop at a failure
         first = progress.first_pending()
         blocked = progress.failure() != (None, None)
