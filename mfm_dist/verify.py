@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,7 +128,8 @@ class _ArtifactChecker:
         for ref in refs:
             if ref.artifact_id not in self.checked:
                 todo.setdefault((ref.how, ref.artifact_id), ref)
-        results = dict(zip(todo, self.pool.map(self._fetch, todo.values()), strict=True))
+        fetched = _batched_map(self.pool, self._fetch, list(todo.values()))
+        results = dict(zip(todo, fetched, strict=True))
         for ref in refs:
             if ref.artifact_id in self.checked:
                 continue
@@ -216,9 +217,23 @@ def _prefetcher(
     snapshots: SnapshotStore, pool: ThreadPoolExecutor
 ) -> Callable[[list[str]], None]:
     def prefetch(ids: list[str]) -> None:
-        list(pool.map(snapshots.load, sorted(set(ids))))
+        _batched_map(pool, snapshots.load, sorted(set(ids)))
 
     return prefetch
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _batched_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """`[fn(x) for x in items]` on the pool's threads, a few tasks per thread (a future per
+    item costs more than reading a small artifact from a fast store)."""
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    step = max(1, -(-len(items) // (FETCH_THREADS * 4)))
+    chunks = [items[k : k + step] for k in range(0, len(items), step)]
+    return [r for part in pool.map(lambda chunk: [fn(x) for x in chunk], chunks) for r in part]
 
 
 def _check_bases_and_final(

@@ -66,11 +66,12 @@ from mfm_dist.events import (
     StateFailed,
 )
 from mfm_dist.ids import ArtifactId, RunId, StateId
+from mfm_dist.plan import gc_paused
 from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.submission import completion_message, completion_task_id
 from workers.faults import is_transient
 from workers.leases import CLAIMED, DELAYED, SENT, Coordination, Reservation
-from workers.runtime import RunContext, Runtime, gc_paused
+from workers.runtime import RunContext, Runtime
 
 log = logging.getLogger("mfm.coordinator")
 

@@ -123,26 +123,6 @@ for i = 1, #ARGV, 3 do
 end
 return 1
 """
-# KEYS: reserved. A run's reservations grouped by value: {value, fields joined by newlines}
-# per distinct value. A wide wave's reservations were written a slice at a time with one
-# value per slice, so 100,000 of them come back as a few hundred groups (decoded once each)
-# instead of 200,000 strings for the client to parse.
-_GROUP_RESERVATIONS = """
-local all = redis.call('HGETALL', KEYS[1])
-local groups, values = {}, {}
-for i = 1, #all, 2 do
-  local v = all[i + 1]
-  local g = groups[v]
-  if not g then g = {}; groups[v] = g; values[#values + 1] = v end
-  g[#g + 1] = all[i]
-end
-local out = {}
-for _, v in ipairs(values) do
-  out[#out + 1] = v
-  out[#out + 1] = table.concat(groups[v], '\\n')
-end
-return out
-"""
 # KEYS: timers. ARGV: now_ms, rearm_ms, limit. Due run ids, each pushed `rearm_ms` ahead so
 # a lost wake-up message is sent again one period later.
 _POP_DUE = """
@@ -251,7 +231,6 @@ class Coordination:
         self._pop_due = client.register_script(_POP_DUE)
         self._release_reservation = client.register_script(_RELEASE_RESERVATION)
         self._replace_reservations = client.register_script(_REPLACE_RESERVATIONS)
-        self._group_reservations = client.register_script(_GROUP_RESERVATIONS)
 
     # -- plan fingerprint -----------------------------------------------------------------------
     def record_plan(self, run_id: str, fingerprint: str) -> None:
@@ -374,12 +353,20 @@ class Coordination:
 
     def grouped_reservations(self, run_id: str) -> list[tuple[Reservation, list[str]]]:
         """Every reservation of the run as (reservation, the states holding it): the same
-        content as `reservations`, read without decoding the entries of a wide wave one by
-        one (they share a handful of values)."""
-        flat = self._group_reservations(keys=[run_key(run_id, "reserved")])
+        content as `reservations`, without decoding a wide wave's entries one by one — a
+        slice of a wave is reserved with one value, so 100,000 reservations share a few
+        hundred values, each decoded once."""
+        raw = self.client.hgetall(run_key(run_id, "reserved"))
+        groups: dict[bytes, list[bytes]] = {}
+        for state_id, value in raw.items():
+            group = groups.get(value)
+            if group is None:
+                groups[value] = [state_id]
+            else:
+                group.append(state_id)
         return [
-            (Reservation.decode(flat[k]), flat[k + 1].decode().split("\n"))
-            for k in range(0, len(flat), 2)
+            (Reservation.decode(value), [s.decode() for s in states])
+            for value, states in groups.items()
         ]
 
     def reserve(self, run_id: str, entries: dict[str, Reservation]) -> None:

@@ -9,13 +9,12 @@ function of (manifest, code), and fact bindings are single-assignment.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -33,7 +32,7 @@ from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.io.base import FactIndex, IoFactory
 from mfm_dist.manifest import RunManifest
 from mfm_dist.operations import OperationRegistry
-from mfm_dist.plan import ExecutionPlan
+from mfm_dist.plan import ExecutionPlan, gc_paused
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.redis_events import is_auth_failure
 from mfm_dist.stores.urls import open_artifact_store, open_event_store
@@ -232,20 +231,6 @@ CONTEXT_CACHE_STATES = 250_000
 recently used one is always kept): a plan costs a few hundred bytes to a few KB per state,
 so 64 plans of 100,000 states would not fit, while 64 small ones do."""
 FACT_CACHE_SIZE = 256
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a large structure (a plan, a run's history) is
-    built: each full collection traverses every object built so far, which makes building
-    100,000 states take twice as long. Collection resumes afterwards as usual."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class Runtime:

@@ -86,11 +86,12 @@ def decide(
             decision.close_orphans.append((state_id, att.attempt))
     if decision.close_orphans:
         return decision
-    pending = {
-        plan.position[s]
-        for s, attempt in reserved.items()
-        if s in plan.position and attempt >= progress.next_attempt[plan.position[s]]
-    }
+    pending: set[int] = set()
+    position, next_attempt = plan.position, progress.next_attempt
+    for s, attempt in reserved.items():  # (a wide wave has 100,000 of them: keep it tight)
+        i = position.get(s)
+        if i is not None and attempt >= next_attempt[i]:
+            pending.add(i)
     busy = open_alive | pending
     decision.in_flight = len(busy)
     decision.waiting_on_leases = bool(open_alive)
