@@ -209,11 +209,17 @@ def main() -> None:
     parser.add_argument(
         "--lease-ttl", type=float, default=10.0, help="MFM_LEASE_TTL_S (the default: 10)"
     )
+    parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="MFM_TIMING=1 workers: print where the time went, per phase (costs a little)",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mfm-scale-"))
     env = {
         "MFM_WORKER_MAX_TASKS_PER_CHILD": os.environ.get("MFM_WORKER_MAX_TASKS_PER_CHILD", ""),
         "MFM_LEASE_TTL_S": str(args.lease_ttl),
+        "MFM_TIMING": "1" if args.timing else "",
     }
     with bench_cluster(root, args.artifacts, {k: v for k, v in env.items() if v}) as c:
         c.activate()
@@ -223,13 +229,23 @@ def main() -> None:
         warm_config = RunConfig(execution_mode=FanOutJoin(max_concurrency=8))
         warm = submit_run("fanout_demo", {"items": 20}, warm_config)
         wait_for_run(str(warm), 120.0)
+        from workers.runtime import get_runtime
+        from workers.timing import read_timings, reset_timings
+
         for n in args.states:
+            reset_timings(get_runtime().redis)
             rows = run_one(c, n, args.fan_out or n, args.timeout)
             print_rows(
                 f"fanout_demo, {n} states, fan-out {args.fan_out or n} "
                 f"(1 control + 2 attempt workers, artifacts {args.artifacts})",
                 rows,
             )
+            if args.timing:
+                timed = read_timings(get_runtime().redis)
+                print(f"\nper-phase totals, summed over processes ({n} states)")
+                print(f"{'phase':<28}{'total s':>10}{'count':>9}{'ms/state':>10}")
+                for name, (seconds, count) in sorted(timed.items()):
+                    print(f"{name:<28}{seconds:>10.2f}{count:>9}{seconds / n * 1000:>10.3f}")
 
 
 if __name__ == "__main__":

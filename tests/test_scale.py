@@ -451,3 +451,26 @@ def test_a_plan_fingerprint_is_the_same_when_states_share_their_meta() -> None:
             "edges": sorted({(str(e.from_), str(e.to)) for e in plan.graph.edges}),
         }
         assert plan.fingerprint() == sha256_hex(canonical_bytes_unchecked(shape))
+
+
+def test_an_inline_continuation_hands_a_long_run_it_has_not_loaded_to_the_control_queue(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(coordinator_module, "INLINE_LOAD_MAX_EVENTS", 5)
+    rid = h.submit("fanout_demo", {"items": 4}, fan(10))
+    assert h.coordinator.advance(rid) == "dispatched:4"
+    for task in h.dispatcher.take():
+        h.run(task)
+    # An attempt worker's coordinator, which never loaded the run: 9 events > 5.
+    worker_dispatcher = FakeDispatcher()
+    worker = Coordinator(h.rt, worker_dispatcher)
+    try:
+        assert worker.advance_inline(rid) == "handed_over"
+        assert worker_dispatcher.advances == [rid] and rid not in worker._runs
+        assert worker_dispatcher.chords == []
+        # The control worker's coordinator has it cached: it takes the step itself.
+        assert h.coordinator.advance_inline(rid) == "dispatched:1"
+    finally:
+        worker.close()
+    short = h.submit("fanout_demo", {"items": 1}, fan(10))
+    assert h.coordinator.advance_inline(short) == "dispatched:1"  # a short log: loaded here

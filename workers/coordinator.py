@@ -79,6 +79,8 @@ MAX_ROUNDS = 64
 TRANSIENT_RETRY_MS = 1000
 DIRTY_ROUNDS = 8
 RUN_CACHE_SIZE = 256
+INLINE_LOAD_MAX_EVENTS = 2000
+"""An inline continuation loads a run it has not cached only if its log is this short."""
 RUN_CACHE_STATES = 500_000
 """The cached runs hold at most this many plan states in all (the run being coordinated is
 always kept): a few runs of 100,000 states fit, 256 of them would not."""
@@ -252,6 +254,20 @@ class Coordinator:
                         coord.schedule(rid, step.wake_ms)
                     coord.unlock(rid, token)
             self.rt.flush_timings()
+
+    def advance_inline(self, run_id: str) -> str:
+        """An inline continuation (an attempt that ended, a submission that started a run):
+        the step is taken here if this process has the run cached or its log is short;
+        a long run this process has not loaded is handed to the control queue instead,
+        whose coordinator has it cached — loading 100,000 states' history (and fetching
+        their snapshots) in an attempt worker would hold that worker for many seconds."""
+        rid = str(RunId(run_id))
+        with self._cache_lock:
+            cached = rid in self._runs
+        if not cached and self.rt.events.head_seq(RunId(rid)) > INLINE_LOAD_MAX_EVENTS:
+            self.dispatcher.send_advance(rid)
+            return "handed_over"
+        return self.advance(rid)
 
     def _watchdog_due(self) -> int:
         return now_millis() + int(self.rt.settings.watchdog_s * 1000)

@@ -182,7 +182,7 @@ def coordinate_now(run_id: str) -> None:
     it is marked dirty and that process looks again; any failure is left to the run's
     timer and to the chord's join."""
     try:
-        coordinator().advance(run_id)
+        coordinator().advance_inline(run_id)
     except Exception as exc:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         log.warning("run %s: inline coordination failed (%s); its timer retries", run_id, code)
