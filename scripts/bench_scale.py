@@ -148,15 +148,20 @@ def run_one(c: object, n: int, fan_out: int, timeout_s: float) -> list[tuple[str
     config = RunConfig(execution_mode=FanOutJoin(max_concurrency=fan_out))
     start = time.perf_counter()
     run_id = submit_run("fanout_demo", {"items": n - 1}, config)
+    print(f"  submitted {run_id} ({n} states) in {time.perf_counter() - start:.1f} s", flush=True)
     phase = None
     deadline = time.monotonic() + timeout_s
     rid = RunId(str(run_id))
+    said = time.monotonic()
     while time.monotonic() < deadline:  # only the log's last event: O(1) per poll
         head = rt.events.head_seq(rid)
         last = rt.events.read_range(rid, head, head) if head else []
         if last and isinstance(last[0].event, RunCompleted):
             phase = last[0].event.status
             break
+        if time.monotonic() - said >= 60:
+            said = time.monotonic()
+            print(f"  {time.perf_counter() - start:.0f} s: {head} events", flush=True)
         time.sleep(0.2)
     elapsed = time.perf_counter() - start
     peaks = sampler.stop()
