@@ -474,3 +474,22 @@ def test_an_inline_continuation_hands_a_long_run_it_has_not_loaded_to_the_contro
         worker.close()
     short = h.submit("fanout_demo", {"items": 1}, fan(10))
     assert h.coordinator.advance_inline(short) == "dispatched:1"  # a short log: loaded here
+
+
+def test_a_worker_that_only_coordinates_keeps_its_pool_child() -> None:
+    """Its caches are bounded by size; a recycled child rebuilt a 100,000-state run from
+    the log in one step of 150 s (every snapshot fetched again) in the scale benchmark."""
+    from types import SimpleNamespace
+
+    from workers.app import _control_workers_keep_their_child, only_control_queue
+    from workers.settings import Settings
+
+    settings = Settings.from_env()
+    assert only_control_queue([settings.control_queue], settings)
+    assert only_control_queue(settings.control_queue, settings)
+    assert not only_control_queue([settings.control_queue, settings.attempt_queue], settings)
+    assert not only_control_queue(None, settings)  # all queues
+    for queues, expected in (([settings.control_queue], None), ([settings.attempt_queue], 1000)):
+        conf = SimpleNamespace(worker_max_tasks_per_child=1000)
+        _control_workers_keep_their_child(conf=conf, options={"queues": queues})
+        assert conf.worker_max_tasks_per_child == expected

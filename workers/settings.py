@@ -41,7 +41,9 @@
   write) and size `maxmemory` with that headroom. Cache writes are skipped while Redis
   reports `used_memory` above 90% of `maxmemory`.
 * `MFM_WORKER_MAX_TASKS_PER_CHILD` (1000): a prefork child is replaced after that many
-  tasks, bounding whatever a long-lived process accumulates (`0`: never).
+  tasks, bounding whatever a long-lived process accumulates (`0`: never). Not applied to
+  a worker that consumes only the control queue: its caches are bounded by size, and a
+  fresh child would rebuild every run it coordinates from the log.
 * `MFM_TIMING` (off): `1` makes processes accumulate per-phase timings in `mfm:timing`.
 
 Credentials belong in the URLs' environment (`MFM_REDIS_PASSWORD` or a file named by
