@@ -25,16 +25,35 @@ def is_segment(text: str) -> bool:
     return bool(SEGMENT_RE.match(text)) and text.isascii()
 
 
+_VALID_CACHE_SIZE = 1 << 16
+
+
 class _ValidatedStr(str):
-    """A string validated by `_check`; pydantic validates it the same way."""
+    """A string validated by `_check`; pydantic validates it the same way.
+
+    Values that passed are remembered per class (a bounded set): a run's log repeats the
+    same run id and state ids in every envelope, and decoding 100,000 states' events
+    would otherwise re-check each of them several times."""
 
     kind: ClassVar[str] = "id"
+    _valid: ClassVar[set[str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._valid = set()
 
     def __new__(cls, value: object) -> _ValidatedStr:
         if isinstance(value, cls):
             return value
+        if type(value) is str and value in cls._valid:
+            return super().__new__(cls, value)
         if not isinstance(value, str) or not cls._check(value):
             raise InvalidId(cls.kind, value)
+        if type(value) is str:
+            valid = cls._valid
+            if len(valid) >= _VALID_CACHE_SIZE:
+                valid.clear()
+            valid.add(value)
         return super().__new__(cls, value)
 
     @classmethod

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -12,6 +15,20 @@ from mfm_dist.errors import InvalidId, InvalidPlan
 from mfm_dist.ids import OpId, StateId
 from mfm_dist.secrets import is_secret_string, shown
 from mfm_dist.state import State
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a large structure (a plan, a run's history) is
+    built: each full collection traverses every object built so far, which makes building
+    100,000 states take twice as long. Collection resumes afterwards as usual."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class DependencyEdge(BaseModel):
@@ -66,10 +83,19 @@ class ExecutionPlan:
         Two processes expand the same plan iff their fingerprints match; distributed
         workers refuse attempts of a plan their code would expand differently.
         """
-        from mfm_dist.canonical import canonical_bytes_unchecked, sha256_hex
+        from mfm_dist.canonical import JsonValue, canonical_bytes_unchecked, sha256_hex
+        from mfm_dist.state import StateMeta
 
         compiled = self.compiled
-        metas = {str(n.id): n.state.meta().model_dump(mode="json") for n in self.graph.states}
+        dumped: dict[int, tuple[object, JsonValue]] = {}  # by meta object: states share metas
+
+        def dump(meta: StateMeta) -> JsonValue:
+            hit = dumped.get(id(meta))
+            if hit is None:  # (the meta is kept alive with its dump, so ids are not reused)
+                hit = dumped[id(meta)] = (meta, meta.model_dump(mode="json"))
+            return hit[1]
+
+        metas = {str(n.id): dump(n.state.meta()) for n in self.graph.states}
         shape = {
             "op_id": str(self.op_id),
             "states": [[str(s), metas[str(s)]] for s in compiled.order],

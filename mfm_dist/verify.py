@@ -4,22 +4,32 @@ It re-derives everything an auditor needs from the stores alone: envelope rules
 and contiguous seqs, every referenced artifact present and hash-valid, every
 snapshot canonical and secret-free, each attempt's base equal to the base the
 plan implies, and the final snapshot equal to the recomputed merge.
+
+It scales with the run: the log is read in chunks into a compact history (no list of
+every decoded envelope), the artifacts each chunk references are fetched in parallel
+(an S3 round trip per snapshot would otherwise dominate), every snapshot is read and
+checked once and kept in a large cache for the base and merge checks, and each completed
+state's delta is computed once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mfm_dist.artifacts import ArtifactStore, get_json
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.cancellation import CANCELLED_CODE
-from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.history import LOAD_CHUNK, RunHistory, read_chunks
 from mfm_dist.engine.lifecycle import aborted_error, load_run
 from mfm_dist.engine.merge import compute_delta
 from mfm_dist.engine.progress import MAX_ORPHAN_RECOVERIES, ORPHAN_CODE, RunProgress
 from mfm_dist.engine.snapshots import SnapshotStore
-from mfm_dist.errors import MfmError
-from mfm_dist.events import DomainEvent, RunStatus, StateFailed
+from mfm_dist.errors import MfmError, NotFound
+from mfm_dist.events import DomainEvent, EventEnvelope, RunStatus, StateFailed
 from mfm_dist.ids import RunId
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.plan import CompiledPlan
@@ -48,6 +58,96 @@ def _violation(exc: MfmError, *, state_id: str | None = None) -> Violation:
     return Violation(code=exc.info.code, message=exc.info.message, seq=seq, state_id=state_id)
 
 
+FETCH_THREADS = 16
+"""Artifact reads in flight at once (they are independent; the store's latency dominates)."""
+CACHE_BYTES = 64 * 1024 * 1024
+"""Verify's snapshot cache (canonical JSON bytes): a run's snapshots are read once."""
+STATE_BATCH = 1024
+"""States whose snapshots are fetched together before their bases are checked."""
+
+
+class _Ref(NamedTuple):
+    """One artifact reference of the log, in log order: how to check it and where it is."""
+
+    artifact_id: str
+    how: str  # "snapshot" | "json" | "blob"
+    seq: int | None
+    state_id: str | None
+
+
+def _refs(env: EventEnvelope) -> list[_Ref]:
+    ev = env.event
+    sid = str(env.state_id) if env.state_id is not None else None
+    out: list[_Ref] = []
+    if hasattr(ev, "base_snapshot_id"):
+        out.append(_Ref(str(ev.base_snapshot_id), "snapshot", env.seq, sid))
+    if hasattr(ev, "context_snapshot_id"):
+        out.append(_Ref(str(ev.context_snapshot_id), "snapshot", env.seq, sid))
+    if isinstance(ev, StateFailed) and ev.failure_snapshot_id is not None:
+        out.append(_Ref(str(ev.failure_snapshot_id), "snapshot", env.seq, sid))
+    if isinstance(ev, DomainEvent):
+        if ev.payload_ref is not None:
+            out.append(_Ref(str(ev.payload_ref), "json", env.seq, None))
+        if ev.name == "fact_recorded" and isinstance(ev.payload, dict):
+            payload_id = str(ev.payload.get("payload_id", ""))
+            key = str(ev.payload.get("key", ""))
+            how = "blob" if key.startswith("mfm:random_bytes|") else "json"
+            out.append(_Ref(payload_id, how, env.seq, None))
+    return out
+
+
+class _ArtifactChecker:
+    """Checks the artifacts of the log's references: fetched in parallel, a chunk of the log
+    at a time, then judged in log order — so the report is the one a sequential check
+    gives: a reference is skipped once its artifact checked out, and every reference to
+    an artifact that does not is reported."""
+
+    def __init__(
+        self, artifacts: ArtifactStore, snapshots: SnapshotStore, pool: ThreadPoolExecutor
+    ) -> None:
+        self.artifacts = artifacts
+        self.snapshots = snapshots
+        self.pool = pool
+        self.checked: set[str] = set()
+        self.found: list[Violation] = []
+
+    def _fetch(self, ref: _Ref) -> MfmError | None:
+        try:
+            if ref.how == "snapshot":
+                self.snapshots.load(ref.artifact_id)
+            elif ref.how == "json":
+                get_json(self.artifacts, ref.artifact_id, "fact payload")
+            else:
+                self.artifacts.get(ref.artifact_id)
+        except MfmError as exc:
+            return exc
+        return None
+
+    def check(self, refs: list[_Ref]) -> None:
+        todo: dict[tuple[str, str], _Ref] = {}
+        for ref in refs:
+            if ref.artifact_id not in self.checked:
+                todo.setdefault((ref.how, ref.artifact_id), ref)
+        fetched = _batched_map(self.pool, self._fetch, list(todo.values()))
+        results = dict(zip(todo, fetched, strict=True))
+        for ref in refs:
+            if ref.artifact_id in self.checked:
+                continue
+            exc = results[(ref.how, ref.artifact_id)]
+            if exc is None:
+                self.checked.add(ref.artifact_id)
+                continue
+            what = "snapshot" if ref.how == "snapshot" else "artifact"
+            self.found.append(
+                Violation(
+                    code=exc.info.code,
+                    message=f"{what} {ref.artifact_id}: {exc.info.message}",
+                    seq=ref.seq,
+                    state_id=ref.state_id,
+                )
+            )
+
+
 def verify_run(
     events: EventStore,
     artifacts: ArtifactStore,
@@ -57,90 +157,83 @@ def verify_run(
     rid = RunId(run_id)
     report = VerifyReport(run_id=str(rid), ok=False)
     found = report.violations
-    try:
-        history = RunHistory.load(events, rid)
-    except MfmError as exc:
-        found.append(_violation(exc))
-        return report
-    report.checked["events"] = history.head
-    snapshots = SnapshotStore(artifacts, cache_size=1 << 16)
-    checked_artifacts: set[str] = set()
-
-    def check_snapshot(snapshot_id: str, seq: int | None, state_id: str | None = None) -> bool:
-        if snapshot_id in checked_artifacts:
-            return True
+    snapshots = SnapshotStore(artifacts, cache_size=1 << 22, cache_bytes=CACHE_BYTES)
+    with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="mfm-verify") as pool:
+        checker = _ArtifactChecker(artifacts, snapshots, pool)
+        # 1. the log (chunk by chunk) and every artifact it references.
+        history: RunHistory | None = None
         try:
-            snapshots.load(snapshot_id)
-        except MfmError as exc:
-            found.append(
-                Violation(
-                    code=exc.info.code,
-                    message=f"snapshot {snapshot_id}: {exc.info.message}",
-                    seq=seq,
-                    state_id=state_id,
-                )
-            )
-            return False
-        checked_artifacts.add(snapshot_id)
-        return True
-
-    def check_blob(artifact_id: str, seq: int, json: bool) -> None:
-        if artifact_id in checked_artifacts:
-            return
-        try:
-            if json:
-                get_json(artifacts, artifact_id, "fact payload")
-            else:
-                artifacts.get(artifact_id)
-        except MfmError as exc:
-            found.append(
-                Violation(
-                    code=exc.info.code,
-                    message=f"artifact {artifact_id}: {exc.info.message}",
-                    seq=seq,
-                )
-            )
-            return
-        checked_artifacts.add(artifact_id)
-
-    # 1. every referenced artifact.
-    check_snapshot(str(history.started.initial_snapshot_id), 1)
-    for env in history.envelopes:
-        ev = env.event
-        sid = str(env.state_id) if env.state_id is not None else None
-        if hasattr(ev, "base_snapshot_id"):
-            check_snapshot(str(ev.base_snapshot_id), env.seq, sid)
-        if hasattr(ev, "context_snapshot_id"):
-            check_snapshot(str(ev.context_snapshot_id), env.seq, sid)
-        if isinstance(ev, StateFailed) and ev.failure_snapshot_id is not None:
-            check_snapshot(str(ev.failure_snapshot_id), env.seq, sid)
-        if isinstance(ev, DomainEvent):
-            if ev.payload_ref is not None:
-                check_blob(str(ev.payload_ref), env.seq, json=True)
-            if ev.name == "fact_recorded" and isinstance(ev.payload, dict):
-                payload_id = str(ev.payload.get("payload_id", ""))
-                key = str(ev.payload.get("key", ""))
-                check_blob(payload_id, env.seq, json=not key.startswith("mfm:random_bytes|"))
-    if history.completed is not None and history.completed.final_snapshot_id is not None:
-        check_snapshot(str(history.completed.final_snapshot_id), history.head)
-
-    # 2. manifest and plan, then bases and the final merge.
-    if registry is None:
-        found.append(Violation(code="verify_plan_unavailable", message="no operation registry"))
-    elif not found:
-        try:
-            loaded = load_run(events, artifacts, registry, rid)
-            checked_artifacts.add(str(history.started.manifest_id))
+            for chunk in read_chunks(events, rid, 1, LOAD_CHUNK):
+                if history is None:
+                    history = RunHistory.from_envelopes(rid, chunk, compact=True)
+                    initial = str(history.started.initial_snapshot_id)
+                    checker.check([_Ref(initial, "snapshot", 1, None)])
+                else:
+                    history.extend(chunk)
+                checker.check([ref for env in chunk for ref in _refs(env)])
+            if history is None:
+                raise NotFound(f"run {rid} not found", code="run_not_found")
         except MfmError as exc:
             found.append(_violation(exc))
-        else:
-            _check_bases_and_final(
-                loaded.plan.compiled, loaded.manifest.run_config, history, snapshots, found
+            return report
+        found.extend(checker.found)
+        report.checked["events"] = history.head
+        checked_artifacts = checker.checked
+        if history.completed is not None and history.completed.final_snapshot_id is not None:
+            checker.found = []
+            checker.check(
+                [_Ref(str(history.completed.final_snapshot_id), "snapshot", history.head, None)]
             )
+            found.extend(checker.found)
+
+        # 2. manifest and plan, then bases and the final merge.
+        if registry is None:
+            found.append(
+                Violation(code="verify_plan_unavailable", message="no operation registry")
+            )
+        elif not found:
+            try:
+                loaded = load_run(events, artifacts, registry, rid, history=history)
+                checked_artifacts.add(str(history.started.manifest_id))
+            except MfmError as exc:
+                found.append(_violation(exc))
+            else:
+                prefetch = _prefetcher(snapshots, pool)
+                _check_bases_and_final(
+                    loaded.plan.compiled,
+                    loaded.manifest.run_config,
+                    history,
+                    snapshots,
+                    found,
+                    prefetch,
+                )
     report.checked["artifacts"] = len(checked_artifacts)
     report.checked["states"] = sum(1 for r in history.states.values() if r.completed)
     report.ok = not found
     return report
+
+
+def _prefetcher(
+    snapshots: SnapshotStore, pool: ThreadPoolExecutor
+) -> Callable[[list[str]], None]:
+    def prefetch(ids: list[str]) -> None:
+        _batched_map(pool, snapshots.load, sorted(set(ids)))
+
+    return prefetch
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _batched_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """`[fn(x) for x in items]` on the pool's threads, a few tasks per thread (a future per
+    item costs more than reading a small artifact from a fast store)."""
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    step = max(1, -(-len(items) // (FETCH_THREADS * 4)))
+    chunks = [items[k : k + step] for k in range(0, len(items), step)]
+    return [r for part in pool.map(lambda chunk: [fn(x) for x in chunk], chunks) for r in part]
 
 
 def _check_bases_and_final(
@@ -149,12 +242,21 @@ def _check_bases_and_final(
     history: RunHistory,
     snapshots: SnapshotStore,
     found: list[Violation],
+    prefetch: Callable[[list[str]], None] | None = None,
 ) -> None:
     progress = RunProgress(plan, run_config, snapshots, str(history.started.initial_snapshot_id))
 
     # Replay completions in canonical order so each expected base sees exactly its inputs.
     order = sorted(history.states, key=lambda s: plan.position[s])
-    for state_id in order:
+    for k, state_id in enumerate(order):
+        if prefetch is not None and k % STATE_BATCH == 0:
+            # The snapshots the next batch diffs (usually still cached from step 1).
+            ids: list[str] = []
+            for later in order[k : k + STATE_BATCH]:
+                last_att = history.states[later].last
+                if last_att is not None and last_att.snapshot_id is not None:
+                    ids += [last_att.base_snapshot_id, last_att.snapshot_id]
+            prefetch(ids)
         record = history.states[state_id]
         i = plan.position[state_id]
         missing = [p for p in plan.preds[i] if p not in progress.completed]
@@ -187,8 +289,9 @@ def _check_bases_and_final(
             progress.record_completed(i, last.snapshot_id, delta)
     if history.completed is None:
         return
-    # Judge the recorded outcome with the same rules the engines use.
-    progress = RunProgress.from_history(history, plan, run_config, snapshots)
+    # Judge the recorded outcome with the same rules the engines use (the progress above
+    # holds every completion already: only the attempts and failures are added).
+    progress.sync(history)
     if history.completed.status == RunStatus.COMPLETED and not progress.succeeded():
         found.append(
             Violation(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init, worker_process_init
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from workers import metrics as worker_metrics
@@ -108,3 +108,28 @@ def _fresh_runtime(**_: Any) -> None:
 
     reset_runtime()
     mark_pool_child()
+
+
+def only_control_queue(queues: object, settings: Settings) -> bool:
+    """Does a worker started with these `-Q` queues consume the control queue only?"""
+    if isinstance(queues, str):
+        names = {q.strip() for q in queues.split(",") if q.strip()}
+    elif isinstance(queues, (list, tuple, set)):
+        names = {str(q).strip() for q in queues}
+    else:
+        return False
+    return names == {settings.control_queue}
+
+
+@celeryd_init.connect  # type: ignore[untyped-decorator]
+def _control_workers_keep_their_child(
+    sender: Any = None, conf: Any = None, options: Any = None, **_: Any
+) -> None:
+    """A worker that only coordinates keeps its pool child: what it accumulates is bounded
+    (the cached runs by their plans' states, the snapshot cache by bytes), while a replaced
+    child would rebuild each run it coordinates from the log — for a run of 100,000 states
+    a step of minutes, re-reading every snapshot, in the middle of the run."""
+    if conf is None or not isinstance(options, dict):
+        return
+    if only_control_queue(options.get("queues"), Settings.from_env()):
+        conf.worker_max_tasks_per_child = None

@@ -2,8 +2,14 @@
 
 One coordinator at a time per run (a Redis lock); an `advance` that finds the lock busy
 marks the run dirty and returns, and the holder runs one more round before it lets go,
-so no wake-up is lost and nobody spins. The coordinator keeps each run's decoded history
-and progress in process memory and applies only what was appended since its last look.
+so no wake-up is lost and nobody spins. The coordinator keeps each run's history and
+progress in process memory, compactly (per state: its attempts and its packed delta, not
+the decoded envelopes), and applies only what was appended since its last look.
+
+Work per step is bounded: one step dispatches at most `STEP_DISPATCH_LIMIT` attempts (and
+stops sending after `STEP_BUDGET_S` of sending); the rest of a wide wave goes out in the next steps,
+each one `advance` sent to the back of the control queue, so other runs are coordinated in
+between and no step holds a run's lock for long.
 `decide()` (pure, in the core) says what to do: close orphans, dispatch attempts as one
 chord whose join is another `advance`, or finish the run. The event log, not chord
 counters, decides what is complete, so a join that fires twice or early only costs a read.
@@ -24,6 +30,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -41,7 +48,7 @@ from mfm_dist.engine.cancellation import (
     run_deadline_ms,
 )
 from mfm_dist.engine.coordination import Decision, Dispatch, Finish, decide
-from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.history import LOAD_CHUNK, RunHistory, read_chunks
 from mfm_dist.engine.lifecycle import (
     CONFLICT_EVENT,
     abort_drafts,
@@ -50,7 +57,7 @@ from mfm_dist.engine.lifecycle import (
     submission_of,
 )
 from mfm_dist.engine.progress import ORPHAN_CODE, RunProgress
-from mfm_dist.errors import ErrorCategory, ErrorInfo, MfmError, RunError
+from mfm_dist.errors import ErrorCategory, ErrorInfo, MfmError, NotFound, RunError
 from mfm_dist.events import (
     DomainEvent,
     EventDraft,
@@ -60,6 +67,7 @@ from mfm_dist.events import (
     StateFailed,
 )
 from mfm_dist.ids import ArtifactId, RunId, StateId
+from mfm_dist.plan import gc_paused
 from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.submission import completion_message, completion_task_id
 from workers import metrics as worker_metrics
@@ -73,9 +81,24 @@ MAX_ROUNDS = 64
 TRANSIENT_RETRY_MS = 1000
 DIRTY_ROUNDS = 8
 RUN_CACHE_SIZE = 256
+INLINE_LOAD_MAX_EVENTS = 2000
+"""An inline continuation loads a run it has not cached only if its log is this short."""
+RUN_CACHE_STATES = 500_000
+"""The cached runs hold at most this many plan states in all (the run being coordinated is
+always kept): a few runs of 100,000 states fit, 256 of them would not."""
 PREFETCH_THREADS = 8
 DISPATCH_SLICE = 256
 """Attempts per chord: a wide wave goes out in slices, renewing the lock in between."""
+STEP_DISPATCH_LIMIT = 1024
+"""Attempts one step dispatches at most; the rest follows in the next step."""
+STEP_BUDGET_S = 0.75
+"""A step sends no further chord once it has been sending this long (the rest follows in
+the next step). Counted from its first chord, not from the look before it: a look at a
+wave of 100,000 in flight takes a few tenths of a second, and a budget it had used up
+would leave each step one chord — and four times as many looks."""
+CONTINUE_SAFETY_MS = 1000
+"""When a step leaves work for the next one, it sends that `advance` at once; the run's
+timer is set this far ahead in case the message is lost."""
 TIME_LIMIT_GRACE_S = 5.0
 PENDING = "p"
 """Reservation kind while its chord is being sent: valid only inside the advance that
@@ -147,6 +170,8 @@ class Step:
     wake_ms: int | None
     head: int | None = None
     """The log head this look had seen (recorded for joins to compare)."""
+    more: bool = False
+    """Work was left for the next step (a wave wider than one step's slice)."""
 
 
 class Coordinator:
@@ -192,15 +217,18 @@ class Coordinator:
                 while True:
                     step = self._advance_locked(rid, lock)
                     rounds += 1
-                    go_on = step.wake_ms is not None and rounds < DIRTY_ROUNDS
+                    # A step that left work for the next one lets go: the next slice queues
+                    # behind other runs' advances instead of holding the worker.
+                    go_on = step.wake_ms is not None and rounds < DIRTY_ROUNDS and not step.more
                     if step.wake_ms is not None:
                         coord.schedule(rid, step.wake_ms)
                     head = step.head if step.wake_ms is not None else None
                     again = coord.unlock(rid, token, head=head, go_on=go_on)
                     if again != 2:
                         token = ""  # released
-                        if again == 1 and step.wake_ms is not None:
-                            # A wake-up arrived after our last look: one more (no spin).
+                        if (again == 1 or step.more) and step.wake_ms is not None:
+                            # A wake-up arrived after our last look, or work is left: one
+                            # more look (no spin).
                             self.dispatcher.send_advance(rid)
                         return step.status
         except LockLost:
@@ -232,61 +260,111 @@ class Coordinator:
                     coord.unlock(rid, token)
             self.rt.flush_timings()
 
+    def advance_inline(self, run_id: str) -> str:
+        """An inline continuation (an attempt that ended, a submission that started a run):
+        the step is taken here if this process has the run cached or its log is short;
+        a long run this process has not loaded is handed to the control queue instead,
+        whose coordinator has it cached — loading 100,000 states' history (and fetching
+        their snapshots) in an attempt worker would hold that worker for many seconds."""
+        rid = str(RunId(run_id))
+        with self._cache_lock:
+            cached = rid in self._runs
+        if not cached and self.rt.events.head_seq(RunId(rid)) > INLINE_LOAD_MAX_EVENTS:
+            self.dispatcher.send_advance(rid)
+            return "handed_over"
+        return self.advance(rid)
+
     def _watchdog_due(self) -> int:
         return now_millis() + int(self.rt.settings.watchdog_s * 1000)
 
     # -- the run cache --------------------------------------------------------------------------
-    def _load(self, rid: str) -> CachedRun:
+    def _load(self, rid: str, renew: Callable[[], None] = lambda: None) -> CachedRun:
+        """The run's cached state brought up to date with the log (built from it if not
+        cached). `renew` is called between chunks of a long read (the coordinator lock)."""
         with self._cache_lock:
             cached = self._runs.get(rid)
             if cached is not None:
                 self._runs.move_to_end(rid)
         if cached is not None:
             try:
-                new = self._refresh(cached.history)
-                if new is not None:
-                    if new:
-                        self._prefetch(cached.history, new)
-                        cached.progress.observe(cached.history, new)
+                if self._refresh(cached, renew):
                     return cached
                 log.warning("run %s: the log no longer continues the cached history", rid)
             except MfmError as exc:
                 log.warning("run %s: rebuilding cached state (%s)", rid, exc.info.code)
             self._drop(rid)
-        history = RunHistory.load(self.rt.events, RunId(rid))
-        ctx = self.rt.run_context(str(history.started.manifest_id))
-        for state_id in history.states:
-            if state_id not in ctx.plan.compiled.position:
-                raise RunError(
-                    "recovery_state_not_in_plan",
-                    f"history names state {state_id}, which the plan does not have",
-                    details={"state_id": state_id},
-                )
-        self._prefetch(history, history.envelopes)
-        progress = RunProgress.from_history(
-            history, ctx.plan.compiled, ctx.manifest.run_config, self.rt.snapshots
-        )
-        run = CachedRun(ctx, history, progress)
+        with gc_paused():
+            run = self._build(rid, renew)
         with self._cache_lock:
             self._runs[rid] = run
-            while len(self._runs) > RUN_CACHE_SIZE:
-                self._runs.popitem(last=False)
+            states = sum(len(r.progress.plan) for r in self._runs.values())
+            while len(self._runs) > 1 and (
+                len(self._runs) > RUN_CACHE_SIZE or states > RUN_CACHE_STATES
+            ):
+                _, dropped = self._runs.popitem(last=False)
+                states -= len(dropped.progress.plan)
         return run
 
-    def _refresh(self, history: RunHistory) -> list[EventEnvelope] | None:
-        """Apply what was appended since the cached head; None if the log does not continue
-        the cache any more (Redis lost a tail of the log and maybe took new appends since):
-        then the cache is ahead of the truth and must be rebuilt from the log.
+    def _build(self, rid: str, renew: Callable[[], None]) -> CachedRun:
+        """Read the run's log in chunks, folding each into a compact history and the
+        progress, so no more than one chunk of decoded envelopes is held at a time."""
+        run_id = RunId(rid)
+        run: CachedRun | None = None
+        for chunk in read_chunks(self.rt.events, run_id, 1, LOAD_CHUNK):
+            if run is None:
+                history = RunHistory.from_envelopes(run_id, chunk, compact=True)
+                renew()
+                ctx = self.rt.run_context(str(history.started.manifest_id))
+                renew()
+                progress = RunProgress(
+                    ctx.plan.compiled,
+                    ctx.manifest.run_config,
+                    self.rt.snapshots,
+                    str(history.started.initial_snapshot_id),
+                )
+                run = CachedRun(ctx, history, progress)
+            else:
+                run.history.extend(chunk)
+            self._apply(run, chunk)
+            renew()
+        if run is None:
+            raise NotFound(f"run {rid} not found", code="run_not_found")
+        return run
 
-        Re-reads the last cached envelope along with the new ones (one round trip)."""
+    def _apply(self, run: CachedRun, envelopes: list[EventEnvelope]) -> None:
+        """Bring the progress up to date with envelopes just applied to the history."""
+        position = run.ctx.plan.compiled.position
+        for env in envelopes:
+            if env.state_id is not None and str(env.state_id) not in position:
+                raise RunError(
+                    "recovery_state_not_in_plan",
+                    f"history names state {env.state_id}, which the plan does not have",
+                    details={"state_id": str(env.state_id)},
+                )
+        self._prefetch(run.history, envelopes)
+        run.progress.observe(run.history, envelopes)
+
+    def _refresh(self, run: CachedRun, renew: Callable[[], None] = lambda: None) -> bool:
+        """Apply what was appended since the cached head (in chunks); False if the log does
+        not continue the cache any more (Redis lost a tail of the log and maybe took new
+        appends since): then the cache is ahead of the truth and must be rebuilt.
+
+        Re-reads the last cached envelope along with the first new ones (one round trip)."""
+        history = run.history
         head = history.head
-        envelopes = self.rt.events.read_range(history.run_id, head, None)
-        if not envelopes or envelopes[0] != history.envelopes[-1]:
-            return None
+        envelopes = self.rt.events.read_range(history.run_id, head, head + LOAD_CHUNK)
+        if not envelopes or envelopes[0] != history.last:
+            return False
         new = envelopes[1:]
-        if new:
+        while new:
             history.extend(new)
-        return new
+            self._apply(run, new)
+            renew()
+            if len(new) < LOAD_CHUNK:
+                break
+            start = history.head + 1
+            new = self.rt.events.read_range(history.run_id, start, start + LOAD_CHUNK - 1)
+        return True
 
     def _prefetch(self, history: RunHistory, envelopes: list[EventEnvelope]) -> None:
         """Load the snapshots `observe` will diff, in parallel (they are immutable)."""
@@ -299,12 +377,17 @@ class Coordinator:
                 if record is not None and record.last is not None:
                     wanted.add(record.last.base_snapshot_id)
         if len(wanted) > 1:
+            ids = sorted(wanted)
+            # A few batches, not one task per snapshot: submitting thousands of tiny tasks
+            # costs more than the loads.
+            batches = [ids[k::PREFETCH_THREADS] for k in range(PREFETCH_THREADS)]
+            load = self.rt.snapshots.load
             with self.rt.timings.phase("coord_prefetch"):
-                list(self._pool.map(self.rt.snapshots.load, sorted(wanted)))
+                list(self._pool.map(lambda batch: [load(i) for i in batch], batches))
 
     # -- one advance ----------------------------------------------------------------------------
     def _advance_locked(self, rid: str, lock: _Lock) -> Step:
-        run = self._load(rid)
+        run = self._load(rid, lock.renew)
         lock.renew()
         coord = self.rt.coord
         if run.history.completed is not None:
@@ -341,7 +424,7 @@ class Coordinator:
             lock.renew()
             if decision.close_orphans:
                 self._close_orphans(rid, decision.close_orphans, str(run.history.started.op_id))
-                run = self._load(rid)
+                run = self._load(rid, lock.renew)
                 lock.renew()
                 continue
             if decision.finish is not None:
@@ -352,8 +435,12 @@ class Coordinator:
                     return Step(status, now_millis())  # e.g. a cancel landed: look again now
                 return Step(status, None if status == "finished" else wake, run.history.head)
             if decision.dispatch:
-                sent, due = self._dispatch(rid, run, decision.dispatch, lock)
+                sent, due, left = self._dispatch(rid, run, decision.dispatch, lock)
                 status = f"dispatched:{sent}" if sent else "waiting"
+                if decision.more or left:
+                    # A wave wider than one step: the next step sends the next slice.
+                    soon = now_millis() + CONTINUE_SAFETY_MS
+                    return Step(status, min(wake, due, soon), run.history.head, more=True)
                 return Step(status, min(wake, due), run.history.head)
             return Step("waiting" if decision.in_flight else "idle", wake, run.history.head)
         return Step("waiting", wake, run.history.head)
@@ -420,45 +507,69 @@ class Coordinator:
         wake = self._watchdog_due()
         progress = run.progress
         position = progress.plan.position
-        reservations = coord.reservations(rid)
+        # Grouped by value: a wide wave's reservations share a few values (one per slice).
+        groups = coord.grouped_reservations(rid)
         open_ids = {s for s, _ in run.history.open_attempts()}
-        claimed = {s for s, r in reservations.items() if r.kind == CLAIMED}
-        leases = coord.live_leases(rid, sorted(open_ids | claimed))
+        claims = {s: r.attempt for r, states in groups if r.kind == CLAIMED for s in states}
+        asked = open_ids | claims.keys()
+        leases = coord.live_leases(rid, sorted(asked))
+        if any(leases.get(s) != attempt for s, attempt in claims.items()):
+            # A claim without its lease: the attempt died — or finished after this look read
+            # the log. Read the log again (after the leases) so a finished attempt is not
+            # dispatched a second time.
+            self._catch_up(rid, run)
+            opened = {s for s, _ in run.history.open_attempts()} - asked
+            if opened:
+                leases.update(coord.live_leases(rid, sorted(opened)))
         drop: list[str] = []
         due: list[tuple[str, int]] = []
         keep: dict[str, int] = {}
         queue_empty: bool | None = None
-        for state_id, r in reservations.items():
-            i = position.get(state_id)
-            if i is None or r.attempt < progress.next_attempt[i]:
-                drop.append(state_id)  # seen in the log (or not ours): done with it
-            elif r.kind == DELAYED:
-                if r.deadline_ms <= now:
-                    due.append((state_id, r.attempt))
+        unknown = False  # the broker could not tell the attempt queue's depth
+        next_attempt = progress.next_attempt
+        for r, states in groups:
+            live: list[str] = []
+            for state_id in states:
+                i = position.get(state_id)
+                if i is None or r.attempt < next_attempt[i]:
+                    drop.append(state_id)  # seen in the log (or not ours): done with it
                 else:
-                    keep[state_id] = r.attempt
+                    live.append(state_id)
+            if not live:
+                continue
+            if r.kind == DELAYED:
+                if r.deadline_ms <= now:
+                    due.extend((state_id, r.attempt) for state_id in live)
+                else:
+                    keep.update(dict.fromkeys(live, r.attempt))
                     wake = min(wake, r.deadline_ms)
             elif r.kind == CLAIMED:
                 # Valid while its worker's lease lives: a dead holder is seen at lease expiry
                 # (or at once on this host), never only after the dispatch timeout.
-                if leases.get(state_id) == r.attempt:
-                    keep[state_id] = r.attempt
-                else:
-                    drop.append(state_id)
-            elif r.kind == PENDING or r.deadline_ms <= now:
-                drop.append(state_id)  # a coordinator died mid-send, or the dispatch timed out
-            elif now - r.since_ms > lease_ms:
+                for state_id in live:
+                    if leases.get(state_id) == r.attempt:
+                        keep[state_id] = r.attempt
+                    else:
+                        drop.append(state_id)
+            elif r.kind == PENDING:
+                drop.extend(live)  # a coordinator died mid-send
+            elif r.deadline_ms <= now or now - r.since_ms > lease_ms:
                 # Sent a lease TTL ago and nobody claimed it: with an empty attempt queue the
                 # message is gone (a worker died holding it, a broker restart dropped it).
+                # Past the dispatch timeout too — but while the attempt queue holds a backlog
+                # the message is most likely still in it (a wave wider than the workers drain
+                # in that time), and sending it again would only double the backlog.
                 if queue_empty is None:
                     depth = self.dispatcher.attempt_queue_depth()
                     queue_empty = depth == 0
-                if queue_empty:
-                    drop.append(state_id)
+                    unknown = depth is None
+                expired = r.deadline_ms <= now
+                if queue_empty or (expired and unknown):
+                    drop.extend(live)
                 else:
-                    keep[state_id] = r.attempt
+                    keep.update(dict.fromkeys(live, r.attempt))
             else:
-                keep[state_id] = r.attempt
+                keep.update(dict.fromkeys(live, r.attempt))
                 wake = min(wake, r.since_ms + lease_ms + 1)
         coord.clear_reservations(rid, drop)
         if due:
@@ -472,8 +583,19 @@ class Coordinator:
                 lease_alive=lambda s, a: leases.get(s) == a,
                 reserved=keep,
                 now_ms=now,
+                limit=STEP_DISPATCH_LIMIT,
             )
         return decision, wake
+
+    def _catch_up(self, rid: str, run: CachedRun) -> None:
+        """Apply what was appended to the log since the run was loaded (best effort: a log
+        that no longer continues the cache is left to the next look's rebuild)."""
+        try:
+            if not self._refresh(run):
+                self._drop(rid)
+        except MfmError as exc:
+            log.warning("run %s: re-reading the log failed (%s)", rid, exc.info.code)
+            self._drop(rid)
 
     def _close_orphans(self, rid: str, orphans: list[tuple[str, int]], op: str = "") -> None:
         for state_id, attempt in orphans:
@@ -520,10 +642,11 @@ class Coordinator:
 
     def _dispatch(
         self, rid: str, run: CachedRun, dispatch: list[Dispatch], lock: _Lock
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         """Send what may start now; hold back retries still in their backoff as delayed
-        reservations (sent by a later look when due). Returns how many were sent, and when
-        the next look is due (the earliest backoff end)."""
+        reservations (sent by a later look when due). Returns how many were sent, when
+        the next look is due (the earliest backoff end), and how many were left for the
+        next step (the step's time budget ran out)."""
         now = now_millis()
         wake = self._watchdog_due()
         delayed: dict[str, Reservation] = {}
@@ -536,14 +659,22 @@ class Coordinator:
             else:
                 ready.append(self._task_for(run, d, now))
         self.rt.coord.reserve(rid, delayed)
-        self._send(rid, ready, lock)
-        return len(ready), wake
+        sent = self._send(rid, ready, lock, budgeted=True)
+        return sent, wake, len(ready) - sent
 
-    def _send(self, rid: str, tasks: list[AttemptTask], lock: _Lock) -> None:
-        """Reserve and send in slices; each slice is `pending` until its chord is out."""
+    def _send(
+        self, rid: str, tasks: list[AttemptTask], lock: _Lock, *, budgeted: bool = False
+    ) -> int:
+        """Reserve and send in slices; each slice is `pending` until its chord is out.
+        `budgeted`: stop after the slice that used up the step's time budget (what is not
+        sent is not reserved either: the next step decides it again). Returns how many
+        were sent."""
         coord = self.rt.coord
         timeout_ms = int(self.rt.settings.dispatch_timeout_s * 1000)
+        started = time.monotonic()
         for k in range(0, len(tasks), DISPATCH_SLICE):
+            if budgeted and k and time.monotonic() - started > STEP_BUDGET_S:
+                return k
             batch = tasks[k : k + DISPATCH_SLICE]
             lock.renew()
             now = now_millis()
@@ -563,6 +694,7 @@ class Coordinator:
                     for t in batch
                 },
             )
+        return len(tasks)
 
     def _finish(self, rid: str, run: CachedRun, finish: Finish) -> str:
         drafts: list[EventDraft] = []
@@ -613,7 +745,7 @@ class Coordinator:
         ).redacted()
         cached = self._drop(rid)
         try:
-            history = RunHistory.load(self.rt.events, RunId(rid))
+            history = RunHistory.load(self.rt.events, RunId(rid), compact=True)
         except MfmError as unreadable:
             if is_transient(unreadable):
                 raise
@@ -632,7 +764,9 @@ class Coordinator:
         """Send the run's `on_complete` callback once; True when there is nothing (more) to
         send. The claim/sent marks make a repeat possible only if a coordinator dies
         between sending and marking — and then the repeat carries the same task id."""
-        record = submission_of(run.history.envelopes)
+        # The submission record is the run-level event at seq 2 (a compact history keeps
+        # only run-level envelopes).
+        record = submission_of([env for env in run.history.envelopes[:2] if env.seq <= 2])
         if record is None or record.on_complete is None:
             return True
         coord = self.rt.coord

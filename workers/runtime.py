@@ -32,7 +32,7 @@ from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.io.base import FactIndex, IoFactory
 from mfm_dist.manifest import RunManifest
 from mfm_dist.operations import OperationRegistry
-from mfm_dist.plan import ExecutionPlan
+from mfm_dist.plan import ExecutionPlan, gc_paused
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.redis_events import is_auth_failure
 from mfm_dist.stores.urls import open_artifact_store, open_event_store
@@ -226,6 +226,10 @@ class RunContext:
 
 
 CONTEXT_CACHE_SIZE = 64
+CONTEXT_CACHE_STATES = 250_000
+"""The run contexts a worker keeps hold at most this many plan states in all (the most
+recently used one is always kept): a plan costs a few hundred bytes to a few KB per state,
+so 64 plans of 100,000 states would not fit, while 64 small ones do."""
 FACT_CACHE_SIZE = 256
 
 
@@ -282,12 +286,18 @@ class Runtime:
         manifest = RunManifest.model_validate(get_json(self.artifacts, manifest_id, "manifest"))
         if manifest.manifest_id() != manifest_id:
             raise Corruption("manifest_id_mismatch", "stored manifest does not hash to its id")
-        plan = self.registry.plan_from_input_params(manifest.input_params, manifest.run_config)
-        ctx = RunContext(manifest, plan, plan.fingerprint())
+        with gc_paused():
+            plan = self.registry.plan_from_input_params(manifest.input_params, manifest.run_config)
+            ctx = RunContext(manifest, plan, plan.fingerprint())
         with self._lock:
             self._contexts[manifest_id] = ctx
-            while len(self._contexts) > CONTEXT_CACHE_SIZE:
-                self._contexts.popitem(last=False)
+            self._contexts.move_to_end(manifest_id)
+            states = sum(len(c.plan.compiled) for c in self._contexts.values())
+            while len(self._contexts) > 1 and (
+                len(self._contexts) > CONTEXT_CACHE_SIZE or states > CONTEXT_CACHE_STATES
+            ):
+                _, dropped = self._contexts.popitem(last=False)
+                states -= len(dropped.plan.compiled)
         return ctx
 
     def facts(self, run_id: str) -> FactIndex:

@@ -16,8 +16,11 @@
   an open attempt without a lease is an orphan, and a dispatched attempt whose worker took
   its lease and died is dispatched again once the lease is gone.
 * `MFM_DISPATCH_TIMEOUT_S` (60): a dispatched attempt not seen in the log by then may be
-  dispatched again (the guards make that harmless). Sooner, one lease TTL after it was sent,
-  when the attempt queue is empty and no worker claimed it (the message was lost).
+  dispatched again (the guards make that harmless) — unless the attempt queue still holds a
+  backlog (a wave wider than the workers drain in that time): then its message is most
+  likely still queued, and it is given up only once the queue is empty. Sooner, one lease
+  TTL after it was sent, when the attempt queue is empty and no worker claimed it (the
+  message was lost).
 * `MFM_LOCK_TTL_S` (lease TTL): the per-run coordinator lock TTL (renewed while it works;
   a dead holder on the same host is taken over at once).
 * `MFM_WATCHDOG_S` (lease TTL + 1): the longest a running run goes without its coordinator
@@ -38,7 +41,9 @@
   write) and size `maxmemory` with that headroom. Cache writes are skipped while Redis
   reports `used_memory` above 90% of `maxmemory`.
 * `MFM_WORKER_MAX_TASKS_PER_CHILD` (1000): a prefork child is replaced after that many
-  tasks, bounding whatever a long-lived process accumulates (`0`: never).
+  tasks, bounding whatever a long-lived process accumulates (`0`: never). Not applied to
+  a worker that consumes only the control queue: its caches are bounded by size, and a
+  fresh child would rebuild every run it coordinates from the log.
 * `MFM_TIMING` (off): `1` makes processes accumulate per-phase timings in `mfm:timing`.
 * `MFM_TASK_EVENTS` (off): `1` turns on Celery task events (`worker_send_task_events`,
   `task_send_sent_event`), so `celery -A workers.app events` and Flower show the tasks;

@@ -199,7 +199,7 @@ def coordinate_now(run_id: str) -> None:
     started = time.perf_counter()  # [metrics hook]
     status = "error"
     try:
-        status = coordinator().advance(run_id)
+        status = coordinator().advance_inline(run_id)
     except Exception as exc:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         log.warning("run %s: inline coordination failed (%s); its timer retries", run_id, code)

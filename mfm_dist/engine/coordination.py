@@ -43,6 +43,8 @@ class Decision:
     in_flight: int = 0
     waiting_on_leases: bool = False
     """Open attempts whose workers still hold leases: re-check after the lease TTL."""
+    more: int = 0
+    """Attempts that could start now beyond `limit`: the caller continues in another step."""
 
     @property
     def idle(self) -> bool:
@@ -59,6 +61,7 @@ def decide(
     lease_alive: LeaseAlive,
     reserved: Mapping[str, int],
     now_ms: int,
+    limit: int | None = None,
 ) -> Decision:
     """Next actions for a run.
 
@@ -66,6 +69,10 @@ def decide(
     and not yet expired (the caller drops expired ones). Orphans in the decision
     must be closed (`StateFailed{orphan_attempt_recovered}`) before acting on the
     rest; the caller then records them in `progress` and calls `decide` again.
+
+    `limit` caps the dispatches of one decision (their bases are computed here); how many
+    more could start now is `more` — the same states, in the same order, come first in the
+    next decision, so slicing a wide wave changes nothing but how many steps send it.
     """
     decision = Decision()
     if history.completed is not None:
@@ -79,19 +86,21 @@ def decide(
             decision.close_orphans.append((state_id, att.attempt))
     if decision.close_orphans:
         return decision
-    pending = {
-        plan.position[s]
-        for s, attempt in reserved.items()
-        if s in plan.position and attempt >= progress.next_attempt[plan.position[s]]
-    }
+    pending: set[int] = set()
+    position, next_attempt = plan.position, progress.next_attempt
+    for s, attempt in reserved.items():  # (a wide wave has 100,000 of them: keep it tight)
+        i = position.get(s)
+        if i is not None and attempt >= next_attempt[i]:
+            pending.add(i)
     busy = open_alive | pending
     decision.in_flight = len(busy)
     decision.waiting_on_leases = bool(open_alive)
 
     if progress.fan_out:
-        candidates = [i for i in range(len(plan)) if i not in busy and progress.runnable(i)]
+        # Only the frontier (not completed, every predecessor completed) can be runnable.
+        candidates = [i for i in progress.frontier - busy if progress.runnable(i)]
     else:  # sequential runs advance strictly in canonical order and stop at a failure
-        first = next((i for i in range(len(plan)) if i not in progress.completed), None)
+        first = progress.first_pending()
         blocked = progress.failure() != (None, None)
         candidates = (
             [first]
@@ -106,8 +115,10 @@ def decide(
     # gets a slot nothing else can use now (it holds the slot while its countdown runs, so
     # the bound is never exceeded when it starts).
     candidates.sort(key=lambda i: (progress.retry_at_ms.get(i, 0) > now_ms, i))
-    slots = progress.run_config.max_concurrency - len(busy)
-    for i in candidates[: max(slots, 0)]:
+    slots = max(progress.run_config.max_concurrency - len(busy), 0)
+    take = slots if limit is None else min(slots, limit)
+    decision.more = min(slots, len(candidates)) - min(take, len(candidates))
+    for i in candidates[:take]:
         countdown = max(0.0, (progress.retry_at_ms.get(i, 0) - now_ms) / 1000.0)
         base_id, _ = progress.base_for(i)
         decision.dispatch.append(

@@ -242,10 +242,17 @@ class LoadedRun:
 
 
 def load_run(
-    events: EventStore, artifacts: ArtifactStore, registry: OperationRegistry, run_id: RunId
+    events: EventStore,
+    artifacts: ArtifactStore,
+    registry: OperationRegistry,
+    run_id: RunId,
+    *,
+    history: RunHistory | None = None,
 ) -> LoadedRun:
-    """Read, decode and check a whole run (docs/execution.md#resume) without appending anything."""
-    history = RunHistory.load(events, run_id)
+    """Read, decode and check a whole run (docs/execution.md#resume) without appending anything.
+    (`history`: the run's history, already read and checked by the caller.)"""
+    if history is None:
+        history = RunHistory.load(events, run_id)
     manifest_id = str(history.started.manifest_id)
     try:
         manifest = RunManifest.model_validate(get_json(artifacts, manifest_id, "manifest"))

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
 from mfm_dist.canonical import JsonValue
 from mfm_dist.errors import ContextError, ErrorInfo
 from mfm_dist.ids import StateId
@@ -42,6 +44,59 @@ class Delta:
         for key in self.deletes:
             content.pop(key, None)
         content.update(self.writes)
+
+
+class PackedDelta:
+    """A recorded delta kept compactly: its writes as JSON bytes (decoded when applied),
+    its deletes as a tuple. A run keeps one per completed state for as long as it runs.
+    (Values nested deeper than orjson writes are kept as they are.)"""
+
+    __slots__ = ("_deletes", "_writes")
+
+    def __init__(
+        self, writes: bytes | dict[str, JsonValue] | None, deletes: tuple[str, ...]
+    ) -> None:
+        self._writes = writes
+        self._deletes = deletes
+
+    @classmethod
+    def pack(cls, delta: Delta) -> PackedDelta:
+        # Snapshot values are canonical JSON (integers within ±(2^53−1), valid strings):
+        # orjson writes them so that loading gives back exactly the same values.
+        writes: bytes | dict[str, JsonValue] | None = None
+        if delta.writes:
+            try:
+                # Copied: orjson's own result keeps its whole (4 KiB) write buffer.
+                writes = bytes(memoryview(orjson.dumps(delta.writes)))
+            except orjson.JSONEncodeError:  # nested deeper than orjson's limit
+                writes = dict(delta.writes)
+        return cls(writes, tuple(sorted(delta.deletes)))
+
+    @property
+    def writes(self) -> dict[str, JsonValue]:
+        if self._writes is None:
+            return {}
+        if isinstance(self._writes, dict):
+            return dict(self._writes)
+        value: dict[str, JsonValue] = orjson.loads(self._writes)
+        return value
+
+    @property
+    def deletes(self) -> frozenset[str]:
+        return frozenset(self._deletes)
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.writes) | frozenset(self._deletes)
+
+    def apply_to(self, content: dict[str, JsonValue]) -> None:
+        for key in self._deletes:
+            content.pop(key, None)
+        if self._writes is not None:
+            content.update(self.writes)
+
+    def unpack(self) -> Delta:
+        return Delta(writes=self.writes, deletes=self.deletes)
 
 
 def compute_delta(base: Mapping[str, JsonValue], new: Mapping[str, JsonValue]) -> Delta:
@@ -82,18 +137,25 @@ class MergeConflict:
 
 
 class MergeTracker:
-    """Completed deltas of a fan-out run and the key-writer index used to find conflicts."""
+    """Completed deltas of a fan-out run and the key-writer index used to find conflicts.
+
+    Memory is linear in the completed states: deltas are packed, and a key written by one
+    state records that state's index (a bitmask, whose size grows with the highest index,
+    only for the keys several states wrote)."""
 
     def __init__(self, plan: CompiledPlan, *, detect_conflicts: bool = True) -> None:
         self.plan = plan
         self.detect_conflicts = detect_conflicts
-        self.deltas: dict[int, Delta] = {}
+        self.deltas: dict[int, PackedDelta] = {}
         self.snapshot_ids: dict[int, str] = {}
-        self._writers: dict[str, int] = {}  # key -> bitmask of completed states that wrote it
+        self._sole_writer: dict[str, int] = {}  # key -> the one completed state that wrote it
+        self._writers: dict[str, int] = {}  # key -> bitmask of the completed states that wrote it
         self.pairs: set[tuple[int, int]] = set()
         """Every pair of completed, unordered states whose deltas share a key (a < b)."""
 
-    def record(self, index: int, snapshot_id: str, delta: Delta) -> MergeConflict | None:
+    def record(
+        self, index: int, snapshot_id: str, delta: Delta | PackedDelta
+    ) -> MergeConflict | None:
         """Add a completed state; return the first conflict it creates, if any.
 
         Writers of a key are a bitmask, so the check is a few integer operations per key
@@ -103,8 +165,15 @@ class MergeTracker:
         clashing: dict[int, list[str]] = {}
         if self.detect_conflicts:
             ancestors = self.plan.ancestors[index]
+            sole, many = self._sole_writer, self._writers
             for key in sorted(delta.keys):
-                mask = self._writers.get(key, 0)
+                mask = many.get(key)
+                if mask is None:
+                    writer = sole.get(key)
+                    if writer is None:
+                        sole[key] = index  # the common case: nobody else wrote this key
+                        continue
+                    mask = 1 << writer
                 candidates = mask & ~ancestors
                 while candidates:
                     low = candidates & -candidates
@@ -112,10 +181,11 @@ class MergeTracker:
                     candidates ^= low
                     if not self.plan.is_ancestor(index, other):
                         clashing.setdefault(other, []).append(key)
-                self._writers[key] = mask | (1 << index)
+                many[key] = mask | (1 << index)
+                sole.pop(key, None)
         for other in clashing:
             self.pairs.add((min(index, other), max(index, other)))
-        self.deltas[index] = delta
+        self.deltas[index] = delta if isinstance(delta, PackedDelta) else PackedDelta.pack(delta)
         self.snapshot_ids[index] = snapshot_id
         if not clashing:
             return None
@@ -177,7 +247,9 @@ def _bits(mask: int) -> list[int]:
     return out
 
 
-def apply_deltas(start: Mapping[str, JsonValue], deltas: Iterable[Delta]) -> dict[str, JsonValue]:
+def apply_deltas(
+    start: Mapping[str, JsonValue], deltas: Iterable[Delta | PackedDelta]
+) -> dict[str, JsonValue]:
     content = dict(start)
     for delta in deltas:
         delta.apply_to(content)

@@ -8,6 +8,7 @@ runs give each state the merge of its ancestors' deltas (docs/merge.md).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 
 from mfm_dist.canonical import JsonValue
@@ -51,6 +52,10 @@ class RunProgress:
         """Attempts per state that ended by the handler's own failure (orphans excluded):
         what `max_attempts` counts, so a crashed worker never costs the handler a retry."""
         self._waiting = [len(p) for p in plan.preds]  # predecessors not yet completed
+        self.frontier: set[int] = {i for i, preds in enumerate(plan.preds) if not preds}
+        """States not completed whose predecessors all completed (kept as states complete,
+        so what may run is found without scanning the whole plan)."""
+        self._frontier_heap = sorted(self.frontier)  # min-heap over `frontier`, lazily pruned
 
     # -- facts about the run ------------------------------------------------------------------
     @property
@@ -72,6 +77,16 @@ class RunProgress:
 
     def preds_done(self, i: int) -> bool:
         return self._waiting[i] == 0
+
+    def first_pending(self) -> int | None:
+        """The first state in canonical order that has not completed (sequential runs).
+
+        Every state before it completed, so its predecessors did: it is the frontier's
+        smallest member."""
+        heap = self._frontier_heap
+        while heap and heap[0] not in self.frontier:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
 
     def runnable(self, i: int) -> bool:
         """May state `i` start (now or after its backoff)?
@@ -104,8 +119,12 @@ class RunProgress:
     # -- recording ----------------------------------------------------------------------------
     def record_completed(self, i: int, snapshot_id: str, delta: Delta) -> MergeConflict | None:
         if i not in self.tracker.deltas:
+            self.frontier.discard(i)
             for j in self.plan.succs[i]:
                 self._waiting[j] -= 1
+                if self._waiting[j] == 0 and j not in self.tracker.deltas:
+                    self.frontier.add(j)
+                    heapq.heappush(self._frontier_heap, j)
         conflict = self.tracker.record(i, snapshot_id, delta)
         return conflict if self.fan_out else None
 
@@ -196,9 +215,14 @@ class RunProgress:
         snapshots: SnapshotStore,
     ) -> RunProgress:
         progress = cls(plan, run_config, snapshots, str(history.started.initial_snapshot_id))
-        for state_id, record in history.states.items():
-            progress._sync(plan.position[state_id], record)
+        progress.sync(history)
         return progress
+
+    def sync(self, history: RunHistory) -> None:
+        """Catch up with every state of `history` (completions already recorded are kept,
+        not diffed again)."""
+        for state_id, record in history.states.items():
+            self._sync(self.plan.position[state_id], record)
 
     def observe(self, history: RunHistory, envelopes: Iterable[EventEnvelope]) -> None:
         """Catch up with envelopes just applied to `history` (incremental `from_history`)."""

@@ -85,6 +85,11 @@ class FanOutDemo(Operation):
         return graph
 
 
+COMPUTE_META = StateMeta(tags=["compute"])
+"""One meta shared by every item (metas are immutable): a plan of 100,000 items then holds
+one, not 100,000 — every worker keeps the plan of each run it serves."""
+
+
 def _item_state(item: int, key: str, payload_bytes: int) -> FnState:
     async def compute(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
         entry: dict[str, JsonValue] = {"item": item, "value": item_value(item)}
@@ -92,7 +97,7 @@ def _item_state(item: int, key: str, payload_bytes: int) -> FnState:
             entry["payload"] = "x" * payload_bytes
         ctx.set(key, entry)
 
-    return FnState(compute, StateMeta(tags=["compute"]))
+    return FnState(compute, COMPUTE_META)
 
 
 def _join_state(keys: list[str]) -> FnState:
@@ -131,7 +136,7 @@ def _chain_state(position: int) -> FnState:
         ctx.set("total", int(ctx.get("total", 0)) + position)
         ctx.set("last_step", position)
 
-    return FnState(bump, StateMeta(tags=["compute"]))
+    return FnState(bump, COMPUTE_META)
 
 
 class ExtractNumbers(Operation):
