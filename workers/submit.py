@@ -21,9 +21,8 @@ from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.lifecycle import (
     prepare_run,
     record_run_start,
-    store_manifest,
-    submission_of,
-    validate_start,
+    stored_and_validated,
+    submitted_as,
 )
 from mfm_dist.errors import ConcurrencyError
 from mfm_dist.ids import RunId
@@ -37,7 +36,6 @@ from mfm_dist.submission import (
     SubmissionRejected,
     SubmitReply,
     SubmitRequest,
-    conflict,
     fingerprint,
     parse_request,
     rejection_info,
@@ -129,16 +127,7 @@ def accept(
         on_complete=request.on_complete,
         submitted_ms=now_millis(),
     )
-    manifest_id = store_manifest(rt.artifacts, manifest)
-    initial = validate_start(
-        rt.artifacts,
-        plan=prepared.plan,
-        run_config=prepared.run_config,
-        manifest=manifest,
-        manifest_id=manifest_id,
-        initial_context=prepared.initial_context,
-        manifest_just_stored=True,
-    )
+    manifest_id, initial = stored_and_validated(rt.artifacts, prepared)
     rt.coord.record_plan(str(rid), prepared.plan.fingerprint())
     # The run's timer exists before the run does: whoever dies after `RunStarted`, a control
     # worker's poller finds the run within one watchdog period (docs: distributed liveness).
@@ -169,13 +158,9 @@ def accept(
 
 def _existing(rt: Runtime, rid: RunId, fp: str) -> Accepted | None:
     """The run `rid` if it was started already (refusing another payload under its key)."""
-    head = rt.events.read_range(rid, 1, 2)
-    if not head:
+    if not submitted_as(rt.events, rid, fp):
         return None
-    record = submission_of(head)
-    if record is not None and record.fingerprint != fp:
-        raise conflict()
-    if rt.events.head_seq(rid) <= len(head):
+    if rt.events.head_seq(rid) <= 2:
         # Nothing happened since the start: the first delivery may have died before its
         # wake-up (its timer would find the run anyway, but a wake-up now is faster).
         wake(rt, str(rid))

@@ -23,9 +23,8 @@ from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.lifecycle import (
     prepare_run,
     record_run_start,
-    store_manifest,
-    submission_of,
-    validate_start,
+    stored_and_validated,
+    submitted_as,
 )
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.errors import ConcurrencyError, MfmError
@@ -37,7 +36,6 @@ from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.submission import (
     SubmissionRecord,
     SubmitRequest,
-    conflict,
     fingerprint,
     run_id_for_key,
 )
@@ -73,27 +71,9 @@ def accept_locally(
     fp = fingerprint(str(manifest.op_id), manifest.op_version, request.input, request.config)
     rid = RunId(run_id_for_key(request.op, request.idempotency_key))
 
-    def existing() -> bool:
-        head = events.read_range(rid, 1, 2)
-        if not head:
-            return False
-        record = submission_of(head)
-        if record is not None and record.fingerprint != fp:
-            raise conflict()
-        return True
-
-    if existing():
+    if submitted_as(events, rid, fp):
         return rid, False
-    manifest_id = store_manifest(artifacts, manifest)
-    initial = validate_start(
-        artifacts,
-        plan=prepared.plan,
-        run_config=prepared.run_config,
-        manifest=manifest,
-        manifest_id=manifest_id,
-        initial_context=prepared.initial_context,
-        manifest_just_stored=True,
-    )
+    manifest_id, initial = stored_and_validated(artifacts, prepared)
     record = SubmissionRecord(
         fingerprint=fp,
         idempotency_key=request.idempotency_key,
@@ -111,7 +91,7 @@ def accept_locally(
             submission=record,
         )
     except (GuardViolation, ConcurrencyError):
-        if not existing():
+        if not submitted_as(events, rid, fp):
             raise
         return rid, False
     return rid, True

@@ -62,10 +62,9 @@ from mfm_dist.cli.errors import CliError, ExitCode
 from mfm_dist.cli.options import PROFILES, parse_input
 from mfm_dist.cli.output import format_ms, stderr_console
 from mfm_dist.cli.running import (
-    _broker_errors,
-    _distributed_unavailable,
     _export_store_urls,
     _run_config,
+    on_cluster,
 )
 from mfm_dist.ids import RunId
 from mfm_dist.run import RunPhase
@@ -298,13 +297,10 @@ def _continue(app: App, name: str, celery: bool, detach: bool, wait: bool, as_js
 
 
 def _wake_cluster(app: App, name: str) -> None:
-    _export_store_urls(app)
-    try:
+    with on_cluster(app):
         from workers.backfills import arm
         from workers.runtime import get_runtime
-    except ImportError as exc:
-        raise _distributed_unavailable(exc) from None
-    with _broker_errors():
+
         arm(get_runtime().redis, name)
 
 

@@ -21,12 +21,7 @@ from mfm_dist.cli.app import App, cli, json_flag, pass_app
 from mfm_dist.cli.drivers import DrivenElsewhere, DriverLock
 from mfm_dist.cli.errors import CliError, ExitCode
 from mfm_dist.cli.inspection import run_query
-from mfm_dist.cli.running import (
-    _broker_errors,
-    _distributed_unavailable,
-    _export_store_urls,
-    timeout_option,
-)
+from mfm_dist.cli.running import on_cluster, timeout_option
 from mfm_dist.engine.cancellation import CancelOutcome, request_cancel
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.events import RunCompleted
@@ -96,14 +91,11 @@ def cancel(
         return
     requester = default_requester()
     if cluster:
-        _export_store_urls(app)
-        try:
+        with on_cluster(app):
             from workers.cancel import cancel_run
             from workers.runtime import get_runtime
-        except ImportError as exc:
-            raise _distributed_unavailable(exc) from None
-        rt = get_runtime()
-        with _broker_errors():
+
+            rt = get_runtime()
             outcomes = [cancel_run(rt, str(rid), reason, requester) for rid in ids]
     else:
         outcomes = [request_cancel(app.events, rid, reason, requester) for rid in ids]

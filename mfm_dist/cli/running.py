@@ -711,18 +711,14 @@ def resume(
     registry = app.registry()
     loaded = load_run(app.events, app.artifacts, registry, rid)
     if cluster:
-        _export_store_urls(app)
-        try:
+        with on_cluster(app):
             from workers.runtime import get_runtime
             from workers.submit import wait_for_run, wake
-        except ImportError as exc:
-            raise _distributed_unavailable(exc) from None
-        with _broker_errors():
+
             wake(get_runtime(), str(rid))
-        if not wait:
-            click.echo(json.dumps({"run_id": str(rid)}) if as_json else f"woke run {rid}")
-            return
-        with _broker_errors():
+            if not wait:
+                click.echo(json.dumps({"run_id": str(rid)}) if as_json else f"woke run {rid}")
+                return
             result = wait_for_run(str(rid), timeout_s)
     else:
         if loaded.history.completed is None:
@@ -789,6 +785,19 @@ def _broker_errors() -> Iterator[None]:
             f"cannot reach the Celery broker or result store at {broker} ({type(exc).__name__})",
             ExitCode.INFRASTRUCTURE,
         ) from None
+
+
+@contextlib.contextmanager
+def on_cluster(app: App) -> Iterator[None]:
+    """Work on the distributed backend from the CLI: its stores are the CLI's; importing
+    `workers` without the `dist` extra is `distributed_unavailable`, a broker fault
+    `broker_unavailable`."""
+    _export_store_urls(app)
+    try:
+        with _broker_errors():
+            yield
+    except ImportError as exc:
+        raise _distributed_unavailable(exc) from None
 
 
 def _export_store_urls(app: App) -> None:

@@ -44,6 +44,7 @@ from mfm_dist.submission import (
     check_labels,
     fingerprint,
 )
+from mfm_dist.submission import conflict as idempotency_conflict
 
 CONFLICT_EVENT = "context_merge_conflict"
 RUN_ABORTED_EVENT = "run_aborted"
@@ -181,6 +182,36 @@ def labelled_submission(
         labels=check_labels(dict(labels)),
         submitted_ms=now_millis(),
     )
+
+
+def submitted_as(events: EventStore, run_id: RunId, fingerprint_: str) -> bool:
+    """Whether a keyed submission's run was started already: True if it was, with the same
+    request; `idempotency_conflict` if its `run_submitted` names another request."""
+    head = events.read_range(run_id, 1, 2)
+    if not head:
+        return False
+    record = submission_of(head)
+    if record is not None and record.fingerprint != fingerprint_:
+        raise idempotency_conflict()
+    return True
+
+
+def stored_and_validated(
+    artifacts: ArtifactStore, prepared: PreparedRun
+) -> tuple[ArtifactId, bytes]:
+    """Store the prepared run's manifest, then run every start check against it: its id
+    and the initial snapshot bytes `record_run_start` needs."""
+    manifest_id = store_manifest(artifacts, prepared.manifest)
+    initial = validate_start(
+        artifacts,
+        plan=prepared.plan,
+        run_config=prepared.run_config,
+        manifest=prepared.manifest,
+        manifest_id=manifest_id,
+        initial_context=prepared.initial_context,
+        manifest_just_stored=True,
+    )
+    return manifest_id, initial
 
 
 def submission_of(envelopes: Sequence[EventEnvelope]) -> SubmissionRecord | None:
