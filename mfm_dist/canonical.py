@@ -9,7 +9,7 @@ How this runs at C speed: one compiled pass (`mfm_dist._jsonscan`, built from
 `_jsonscan.c`) answers "would the reference checker accept this value?" for
 values made of exact JSON types; the bytes then come from one `orjson` call with
 sorted keys, which for such values is byte-identical to RFC 8785 (property-tested
-against the reference `rfc8785` package in tests/test_canonical.py). Whatever the
+against the reference `rfc8785` package in tests/engine/test_canonical.py). Whatever the
 compiled pass cannot clear — a float, a secret, a subclass, a key beyond U+FFFF,
 any problem at all — goes to the exact pure-Python reference below, which also
 chooses every error code and message. A read re-encodes the parsed value and
@@ -219,7 +219,7 @@ def _encode_clean(value: JsonValue, flags: int) -> bytes:
 def _jcs_reference(value: JsonValue) -> bytes:
     """RFC 8785 bytes of any value `check_json` accepts (subclasses of str, int, dict, list
     and tuple included): orjson where it provably writes JCS, else `rfc8785`. The
-    equivalence is property-tested against `rfc8785` in tests/test_canonical.py."""
+    equivalence is property-tested against `rfc8785` in tests/engine/test_canonical.py."""
     if _keys_in_bmp(value):
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)

@@ -53,7 +53,8 @@ def is_secret_string(text: str) -> bool:
     """True if `text` contains a secret marker or looks like a 12–24 word mnemonic.
 
     This is the rule's reference definition; the compiled scan (mfm_dist/_jsonscan.c) applies
-    the same rule to whole JSON values, and tests/test_canonical.py holds the two together."""
+    the same rule to whole JSON values, and tests/engine/test_canonical.py holds the two
+    together."""
     lowered = text.lower()
     if any(marker in lowered for marker in SECRET_MARKERS):
         return True

@@ -1,5 +1,5 @@
 """Benchmark backfills: 2,000 partitions of a small op (`partition_demo`, one state) on the
-local cluster (1 control + 2 attempt-worker processes; tests/cluster.py) and on the
+local cluster (1 control + 2 attempt-worker processes; tests/support/cluster.py) and on the
 embedded backend, compared with raw Celery in the same run.
 
 Measured per backend: planning time (validate every partition, classify against the

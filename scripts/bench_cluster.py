@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from cluster import LocalCluster  # noqa: E402
+from support.cluster import LocalCluster  # noqa: E402
 
 from mfm_dist.config import FanOutJoin, RunConfig  # noqa: E402
 from mfm_dist.run import RunPhase  # noqa: E402

@@ -1,7 +1,7 @@
 """Scale benchmark: one very wide fan-out on a local cluster, with the peak memory of every
 process (not part of CI).
 
-Cluster (tests/cluster.py's LocalCluster, as `scripts/bench_cluster.py` sets it up):
+Cluster (tests/support/cluster.py's LocalCluster, as `scripts/bench_cluster.py` sets it up):
 redis-server (AOF everysec), the SeaweedFS S3 server, 1 control worker and 2 attempt
 workers (prefork, `-c 1`). One `fanout_demo` run of N states (N-1 items + a join), by
 default all in one wave (`--fan-out N`), is submitted and followed to its end; then the

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import redis  # noqa: E402
-from servers import (  # type: ignore[import-not-found]  # noqa: E402
+from support.servers import (  # type: ignore[import-not-found]  # noqa: E402
     S3_ACCESS_ENV,
     S3_SECRET_ENV,
     TEST_S3_ACCESS,

@@ -1,7 +1,7 @@
 """Benchmark submissions on a local cluster: how many runs/s are accepted, how many small
 runs/s complete, and whether coordination stays fast while a submission backlog drains.
 
-Cluster (tests/cluster.py's LocalCluster): redis-server, the S3 server, 1 control worker,
+Cluster (tests/support/cluster.py's LocalCluster): redis-server, the S3 server, 1 control worker,
 2 attempt-worker processes and 1 submission worker (`-Q mfm.submit,celery`, `-c 2`). Every
 figure is compared with a baseline measured in the same run on the same broker and workers:
 

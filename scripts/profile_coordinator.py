@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from servers import RedisServer  # noqa: E402
+from support.servers import RedisServer  # noqa: E402
 
 MODULES = ("mfm_dist", "workers/")
 
@@ -47,7 +47,7 @@ def _rss_kb() -> int:
 
 
 def profile(n: int, top: int, use_cprofile: bool, concurrency: int | None) -> None:
-    from worker_harness import FakeDispatcher, Harness
+    from support.worker_harness import FakeDispatcher, Harness
 
     from mfm_dist.config import FanOutJoin, RunConfig
     from workers.coordinator import Coordinator

@@ -3,12 +3,12 @@
 
     .venv/bin/python scripts/soak.py --trials 200 --seed 1 --out soak.jsonl
 
-The cluster is `tests/cluster.py`'s `LocalCluster` — redis-server with AOF `appendfsync
+The cluster is `tests/support/cluster.py`'s `LocalCluster` — redis-server with AOF `appendfsync
 always`, the SeaweedFS S3 server behind a switchable TCP proxy, one control worker and
 `--attempt-workers` attempt workers as real `celery worker` processes, and a supervisor that
 restarts workers that exit. This script puts `tests/` on `sys.path` to reuse it (it does not
-duplicate it), and the workers load `tests/soak_ops.py` (the `soak_demo` workload) and
-`tests/dist_ops.py` (its `DIST_OPS_FAULTS` lease-then-death hook) through `MFM_OPERATIONS`.
+duplicate it), and the workers load `tests/support/soak_ops.py` (the `soak_demo` workload) and
+`tests/support/dist_ops.py` (its `DIST_OPS_FAULTS` lease-then-death hook) through `MFM_OPERATIONS`.
 
 Every trial is planned from `(seed, trial)` alone (`plan_trial`), so a trial is reproduced
 with `--seed S --first-trial K --trials 1`; only the timing varies between runs:
@@ -85,9 +85,9 @@ for _path in (str(REPO), str(TESTS)):
 
 # Imported before the cluster's environment (DIST_OPS_FAULTS) reaches this process: the
 # lease-then-death hook must only ever be installed in workers.
-import dist_ops  # noqa: E402
-import soak_ops  # noqa: E402
-from cluster import LocalCluster  # noqa: E402
+from support import dist_ops  # noqa: E402
+from support import soak_ops  # noqa: E402
+from support.cluster import LocalCluster  # noqa: E402
 
 from mfm_dist.canonical import JsonValue  # noqa: E402
 from mfm_dist.config import (  # noqa: E402
@@ -112,7 +112,7 @@ from mfm_dist.operations import OperationRegistry  # noqa: E402
 from mfm_dist.run import RunPhase, RunResult  # noqa: E402
 from mfm_dist.stores.memory import InMemoryArtifactStore, InMemoryEventStore  # noqa: E402
 
-OPERATIONS = "dist_ops,soak_ops"
+OPERATIONS = "support.dist_ops,support.soak_ops"
 FAULT_KINDS: dict[str, float] = {
     "dup_attempt": 1.0,
     "dup_advance": 1.0,
