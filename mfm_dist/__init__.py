@@ -4,6 +4,7 @@ The public API mirrors the reference runtime's names (docs/README.md#reference-n
 user needs to define operations and run them is importable from here.
 """
 
+from mfm_dist.api import cancel, resume, run
 from mfm_dist.artifacts import ArtifactKind, ArtifactStore, OtherArtifactKind, get_json, put_json
 from mfm_dist.canonical import (
     JsonValue,
@@ -58,7 +59,7 @@ from mfm_dist.io.base import AttemptScope, FactIndex, IoCall, IoFactory, IoProvi
 from mfm_dist.manifest import BuildInfo, RunManifest
 from mfm_dist.operations import Operation, OperationRegistry, Pipeline, PipelineStep
 from mfm_dist.plan import DependencyEdge, ExecutionPlan, StateGraph, StateNode
-from mfm_dist.run import RunPhase, RunResult, RunSummary
+from mfm_dist.results import RunPhase, RunResult, RunSummary
 from mfm_dist.state import (
     EventRecorder,
     FnState,
@@ -155,12 +156,15 @@ __all__ = [
     "StorageError",
     "artifact_id_of_bytes",
     "artifact_id_of_json",
+    "cancel",
     "canonical_bytes",
     "get_json",
     "open_stores",
     "parse_canonical",
     "prepare_run",
     "put_json",
+    "resume",
+    "run",
     "state",
     "store_manifest",
 ]

@@ -21,7 +21,7 @@ from mfm_dist.engine.lifecycle import labelled_submission, prepare_run, store_ma
 from mfm_dist.engine.local import EventListener, LocalEngine
 from mfm_dist.ids import RunId
 from mfm_dist.operations import Operation, OperationRegistry
-from mfm_dist.run import RunResult
+from mfm_dist.results import RunResult
 from mfm_dist.stores.urls import Stores, open_stores
 
 Home = str | os.PathLike[str]

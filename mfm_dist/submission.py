@@ -25,7 +25,7 @@ from mfm_dist.canonical import JsonValue, canonical_bytes_unchecked, check_json,
 from mfm_dist.config import RunConfig
 from mfm_dist.errors import ErrorCategory, ErrorInfo, InvalidInput, MfmError
 from mfm_dist.events import DomainEvent
-from mfm_dist.run import RunResult
+from mfm_dist.results import RunResult
 from mfm_dist.secrets import is_secret_string
 
 SUBMIT_VERSION = 1

@@ -15,7 +15,7 @@ from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import result_from_history
 from mfm_dist.errors import MfmError, RunError
 from mfm_dist.ids import RunId
-from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.results import RunPhase, RunResult
 from mfm_dist.stores.base import EventStore
 
 

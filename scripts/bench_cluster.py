@@ -31,7 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from support.cluster import LocalCluster  # noqa: E402
 
 from mfm_dist.config import FanOutJoin, RunConfig  # noqa: E402
-from mfm_dist.run import RunPhase  # noqa: E402
+from mfm_dist.results import RunPhase  # noqa: E402
 
 TIMEOUT_S = 300.0
 

@@ -27,7 +27,7 @@ from mfm_dist.engine.lifecycle import (
 from mfm_dist.errors import ConcurrencyError
 from mfm_dist.ids import RunId
 from mfm_dist.manifest import BuildInfo
-from mfm_dist.run import RunResult
+from mfm_dist.results import RunResult
 from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.submission import (
     OnComplete,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from mfm_dist.stores.redis_events import RUN_INDEX_KEY
 from workers.leases import TIMERS_KEY, Coordination, run_key
 

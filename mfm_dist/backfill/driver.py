@@ -45,7 +45,7 @@ from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import result_from_history
 from mfm_dist.errors import ConcurrencyError, MfmError
 from mfm_dist.ids import RunId
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from mfm_dist.stores.base import EventStore
 
 log = logging.getLogger("mfm.backfill")

@@ -23,7 +23,7 @@ from mfm_dist.config import RunConfig
 from mfm_dist.errors import Corruption, InvalidInput
 from mfm_dist.ids import ArtifactId
 from mfm_dist.journal import JournalRecord, RecordCodec, journal_id
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from mfm_dist.secrets import is_secret_string
 from mfm_dist.submission import MAX_LABEL_VALUE, SubmitRequest, run_id_for_key
 

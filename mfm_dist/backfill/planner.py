@@ -44,7 +44,7 @@ from mfm_dist.errors import ConcurrencyError, MfmError
 from mfm_dist.ids import RunId
 from mfm_dist.manifest import current_build_info
 from mfm_dist.operations import OperationRegistry
-from mfm_dist.run import RunPhase, RunSummary
+from mfm_dist.results import RunPhase, RunSummary
 from mfm_dist.stores.base import EventStore
 
 APPEND_ATTEMPTS = 20

@@ -67,7 +67,7 @@ from mfm_dist.cli.running import (
     on_cluster,
 )
 from mfm_dist.ids import RunId
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from mfm_dist.stores.base import EventStore
 
 LOCAL_POLL_S = 0.1

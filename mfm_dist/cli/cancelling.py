@@ -26,7 +26,7 @@ from mfm_dist.engine.cancellation import CancelOutcome, request_cancel
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.events import RunCompleted
 from mfm_dist.ids import RunId
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 
 WAIT_POLL_S = 0.1
 

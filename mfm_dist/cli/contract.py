@@ -9,7 +9,7 @@ import click
 from mfm_dist.cli.app import App, cli, json_flag, pass_app
 from mfm_dist.cli.errors import CliError, ExitCode
 from mfm_dist.cli.output import result_lines
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from mfm_dist.submission import submit_schema
 from mfm_dist.waiting import wait_for_result
 

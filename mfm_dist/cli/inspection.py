@@ -31,8 +31,8 @@ from mfm_dist.engine.lifecycle import load_run, prepare_run
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import InvalidInput, MfmError, NotFound
 from mfm_dist.ids import RunId, StateId
-from mfm_dist.inspect import RunReport, run_report
-from mfm_dist.run import RunPhase, RunQuery, RunSummary
+from mfm_dist.reports import RunReport, run_report
+from mfm_dist.results import RunPhase, RunQuery, RunSummary
 from mfm_dist.secrets import contains_secret, is_secret_string
 
 # -- inspection -----------------------------------------------------------------------------------
@@ -408,7 +408,7 @@ def verify(app: App, run_id: str, as_json: bool) -> None:
 def replay(app: App, run_id: str, as_json: bool) -> None:
     """Re-execute RUN against its recorded facts (no network, nothing written) and compare
     every state's snapshot; exit 1 on the first divergence."""
-    from mfm_dist.replay import replay_run
+    from mfm_dist.replay_check import replay_run
 
     result = replay_run(app.events, app.artifacts, app.registry(), app.run_id(run_id))
     if as_json:

@@ -24,9 +24,9 @@ from mfm_dist.events import (
     StateFailed,
     event_name,
 )
-from mfm_dist.inspect import RunReport, StateStatus
 from mfm_dist.operations import Operation, Pipeline
-from mfm_dist.run import RunPhase, RunResult, RunSummary
+from mfm_dist.reports import RunReport, StateStatus
+from mfm_dist.results import RunPhase, RunResult, RunSummary
 from mfm_dist.secrets import contains_secret
 
 PLAIN_WIDTH = 200

@@ -55,11 +55,11 @@ from mfm_dist.engine.local import EventListener, LocalEngine
 from mfm_dist.errors import ConcurrencyError, Corruption, InvalidInput, MfmError, RunError
 from mfm_dist.events import EventEnvelope, RunStarted
 from mfm_dist.ids import RunId
-from mfm_dist.inspect import StateStatus, run_report
 from mfm_dist.manifest import RunManifest
 from mfm_dist.operations import Pipeline
 from mfm_dist.plan import ExecutionPlan
-from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.reports import StateStatus, run_report
+from mfm_dist.results import RunPhase, RunResult
 from mfm_dist.secrets import redact_url
 
 # -- run / resume ---------------------------------------------------------------------------------

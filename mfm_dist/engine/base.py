@@ -10,7 +10,7 @@ from mfm_dist.config import RunConfig
 from mfm_dist.ids import RunId
 from mfm_dist.manifest import RunManifest
 from mfm_dist.plan import ExecutionPlan
-from mfm_dist.run import RunResult
+from mfm_dist.results import RunResult
 
 
 class ExecutionEngine(ABC):

@@ -36,7 +36,7 @@ from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.manifest import BuildInfo, RunManifest, current_build_info
 from mfm_dist.operations import OperationRegistry, Pipeline, input_params_for
 from mfm_dist.plan import ExecutionPlan
-from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.results import RunPhase, RunResult
 from mfm_dist.stores.base import EventStore
 from mfm_dist.submission import (
     RUN_SUBMITTED_EVENT,

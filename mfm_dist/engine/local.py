@@ -57,7 +57,7 @@ from mfm_dist.io.base import FactIndex, IoFactory
 from mfm_dist.manifest import RunManifest
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.plan import ExecutionPlan
-from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.results import RunPhase, RunResult
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.submission import SubmissionRecord

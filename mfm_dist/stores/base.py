@@ -28,7 +28,7 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.journal import JournalDraft, JournalEntry, JournalSummary
-from mfm_dist.run import RunPhase, RunQuery, RunSummary
+from mfm_dist.results import RunPhase, RunQuery, RunSummary
 from mfm_dist.stores.guards import fact_binding_of
 from mfm_dist.submission import RUN_SUBMITTED_EVENT, check_labels
 

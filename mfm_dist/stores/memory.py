@@ -18,7 +18,7 @@ from mfm_dist.journal import (
     check_journal_id,
     check_namespace,
 )
-from mfm_dist.run import RunPhase, RunQuery, RunSummary
+from mfm_dist.results import RunPhase, RunQuery, RunSummary
 from mfm_dist.stores.base import (
     EventStore,
     check_positions,

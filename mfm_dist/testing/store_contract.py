@@ -62,7 +62,7 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
 from mfm_dist.journal import JournalDraft, JournalRecord, RecordCodec
-from mfm_dist.run import RunPhase, RunQuery
+from mfm_dist.results import RunPhase, RunQuery
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.guards import GuardViolation
 

@@ -34,9 +34,9 @@ from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import InvalidInput, MfmError, NotFound
 from mfm_dist.events import FACT_RECORDED, DomainEvent
 from mfm_dist.ids import RunId
-from mfm_dist.inspect import LeaseView, RunReport, StateStatus, run_report
 from mfm_dist.plan import ExecutionPlan
-from mfm_dist.run import RunPhase, RunSummary
+from mfm_dist.reports import LeaseView, RunReport, StateStatus, run_report
+from mfm_dist.results import RunPhase, RunSummary
 
 STATUS_LETTERS = {
     StateStatus.PENDING: "P",
@@ -329,7 +329,7 @@ class Dashboard:
         )
 
     def running_count(self) -> int:
-        from mfm_dist.run import RunQuery
+        from mfm_dist.results import RunQuery
 
         return len(self.events.list_runs(query=RunQuery(phase=RunPhase.RUNNING)))
 
@@ -659,7 +659,7 @@ class Dashboard:
 
     def replay(self, rid: RunId) -> dict[str, Any]:
         """`mfm replay --json`."""
-        from mfm_dist.replay import replay_run
+        from mfm_dist.replay_check import replay_run
 
         result = replay_run(self.app.events, self.app.artifacts, self.app.registry(), rid)
         out: dict[str, Any] = orjson.loads(result.model_dump_json())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from support import REPO
 
 from mfm_dist.backfill.driver import BackfillDriver, run_until_idle
 from mfm_dist.backfill.local import LocalCanceller, LocalPool, accept_locally
@@ -37,11 +38,10 @@ from mfm_dist.engine.lifecycle import submission_of
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.ids import RunId
 from mfm_dist.operations import OperationRegistry
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.sqlite import SqliteEventStore
 from mfm_dist.submission import run_id_for_key
-from support import REPO
 
 OP = "partition_demo"
 

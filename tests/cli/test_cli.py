@@ -28,9 +28,9 @@ from mfm_dist.engine.lifecycle import (
 )
 from mfm_dist.events import EventDraft, EventEnvelope, StateEntered
 from mfm_dist.ids import ArtifactId, RunId, StateId
-from mfm_dist.inspect import RunReport
 from mfm_dist.operations import OperationRegistry
-from mfm_dist.run import RunResult
+from mfm_dist.reports import RunReport
+from mfm_dist.results import RunResult
 from mfm_dist.stores.urls import open_stores
 
 OPS_MODULE = "mfm_cli_test_ops"

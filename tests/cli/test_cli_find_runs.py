@@ -31,9 +31,9 @@ from mfm_dist.engine.lifecycle import (
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.events import DomainEvent, EventEnvelope
 from mfm_dist.ids import RunId
-from mfm_dist.inspect import RunReport
 from mfm_dist.operations import OperationRegistry
-from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.reports import RunReport
+from mfm_dist.results import RunPhase, RunResult
 from mfm_dist.stores.urls import open_stores
 from mfm_dist.submission import SubmissionRecord
 

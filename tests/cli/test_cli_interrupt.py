@@ -20,9 +20,9 @@ from mfm_dist.engine.lifecycle import prepare_run, record_run_start, store_manif
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.events import StateEntered
 from mfm_dist.ids import RunId
-from mfm_dist.inspect import RunReport
 from mfm_dist.operations import OperationRegistry
-from mfm_dist.run import RunPhase
+from mfm_dist.reports import RunReport
+from mfm_dist.results import RunPhase
 from mfm_dist.stores.urls import open_stores
 
 

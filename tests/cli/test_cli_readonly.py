@@ -19,8 +19,8 @@ from mfm_dist.cli.main import cli
 from mfm_dist.errors import StorageError
 from mfm_dist.events import EventEnvelope
 from mfm_dist.ids import RunId
-from mfm_dist.inspect import RunReport
-from mfm_dist.run import RunResult
+from mfm_dist.reports import RunReport
+from mfm_dist.results import RunResult
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.sqlite import SqliteEventStore
 

@@ -17,7 +17,7 @@ from mfm_dist.backfill.planner import load_state
 from mfm_dist.backfill.state import PartStatus, Phase
 from mfm_dist.cli.main import cli
 from mfm_dist.engine.lifecycle import submission_of
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from mfm_dist.stores.base import EventStore
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
-from support import dist_ops
 import pytest
+from support import dist_ops
 from support.servers import redis_server, redis_url  # noqa: F401
 from support.worker_harness import Harness, env, h  # noqa: F401
 

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from support import TESTS
 
 from mfm_dist.events import StateCompleted, StateEntered, StateFailed
 from mfm_dist.stores.sqlite import SqliteEventStore
-from support import TESTS
-
 
 
 def mfm(*args: str, home: Path, **kwargs: object) -> list[str]:

@@ -21,7 +21,7 @@ from mfm_dist.cli import running as cli_running
 from mfm_dist.cli.main import cli
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.ids import RunId
-from mfm_dist.inspect import RunReport
+from mfm_dist.reports import RunReport
 from workers.runtime import reset_runtime
 from workers.submit import receive
 

@@ -20,7 +20,7 @@ from support.cluster_checks import assert_clean_history, embedded_final, events_
 from mfm_dist.config import FanOutJoin, RetryPolicy, RunConfig
 from mfm_dist.events import RunCompleted, StateCompleted, StateEntered, StateFailed
 from mfm_dist.ids import RunId
-from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.results import RunPhase, RunResult
 from workers.runtime import Runtime, get_runtime
 from workers.submit import submit_run, wait_for_run
 

@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 from celery import Celery
-from support.cluster import REPO, TESTS, LocalCluster
 from prometheus_client.parser import text_string_to_metric_families
+from support.cluster import REPO, TESTS, LocalCluster
 from support.servers import free_port
 
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from workers.cancel import cancel_run
 from workers.runtime import get_runtime
 from workers.submit import wait_for_run

@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from support import REPO
 from support.servers import redis_server, redis_url  # noqa: F401
 from support.worker_harness import Harness, completed_status, env, h  # noqa: F401
 
@@ -22,7 +23,6 @@ from mfm_dist.submission import completion_task_id, parse_request, submit_schema
 from workers import submission_log
 from workers.leases import run_key
 from workers.submit import receive, receive_batch
-from support import REPO
 
 OK = {"op": "chain_demo", "input": {"states": 2}}
 

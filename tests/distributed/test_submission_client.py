@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import TESTS
 from support.cluster import LocalCluster
 from support.cluster_checks import assert_clean_history, events_of, gated_input, slow_started
 
 from mfm_dist.ids import RunId
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from workers.runtime import Runtime, get_runtime
 from workers.submit import wait_for_run
-from support import TESTS
 
 pytestmark = pytest.mark.slow
 

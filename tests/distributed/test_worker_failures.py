@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import dist_ops
 import pytest
 import redis
+from support import dist_ops
 from support.servers import redis_server, redis_url  # noqa: F401
 from support.worker_harness import (  # noqa: F401
     WAIT_S,

@@ -10,7 +10,7 @@ from support.engine_helpers import GraphOp
 from mfm_dist import FnState, OperationRegistry, RunConfig, RunManifest, RunStarted, get_json
 from mfm_dist.api import cancel, resume, run
 from mfm_dist.config import FanOutJoin
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from mfm_dist.stores import InMemoryArtifactStore, InMemoryEventStore
 from mfm_dist.stores.urls import Stores, open_stores
 from mfm_dist.verify import verify_run

@@ -35,7 +35,7 @@ from mfm_dist.events import (
     StateFailed,
 )
 from mfm_dist.ids import RunId
-from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.results import RunPhase, RunResult
 from mfm_dist.stores import InMemoryEventStore
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.sqlite import SqliteEventStore

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
-
 from support.engine_helpers import GraphOp, Harness, registry_with
+
 from mfm_dist import (
     Duration,
     FanOutJoin,
@@ -363,7 +363,8 @@ def test_a_rule_breaking_batch_does_not_fail_other_callers_of_a_group_commit() -
     import threading as th
 
     from mfm_dist.engine.local import RunWriter
-    from mfm_dist.events import EventDraft, RunStarted, StateCompleted as Done
+    from mfm_dist.events import EventDraft, RunStarted
+    from mfm_dist.events import StateCompleted as Done
     from mfm_dist.ids import RunId
     from mfm_dist.stores import InMemoryEventStore
     from mfm_dist.stores.guards import GuardViolation

@@ -11,10 +11,10 @@ from support.engine_helpers import GraphOp, Harness, registry_with
 
 from mfm_dist import (
     Duration,
-    OperationRegistry,
     EventEnvelope,
     FixedBackoff,
     FnState,
+    OperationRegistry,
     RetryPolicy,
     RunConfig,
     RunPhase,

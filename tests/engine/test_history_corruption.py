@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
 from support.engine_helpers import GraphOp, Harness, registry_with
+
 from mfm_dist import FnState, RunConfig
 from mfm_dist.errors import MfmError
 from mfm_dist.events import (

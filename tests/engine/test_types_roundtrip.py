@@ -28,7 +28,7 @@ from mfm_dist.events import (
     StateEntered,
     StateFailed,
 )
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 from mfm_dist.state import IdempotencyKey, SideEffects, StateMeta
 
 A = "a" * 64

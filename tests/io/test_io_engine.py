@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support.engine_helpers import GraphOp, Harness, registry_with
 from support.io_helpers import CountingTransport, ExplodingTransport, JsonHandler, loopback_server
+
 from mfm_dist import FnState, IoCall, IoMode, RetryPolicy, RunConfig, RunPhase, StateError
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import StorageError
@@ -20,7 +20,7 @@ from mfm_dist.events import DomainEvent, StateCompleted, StateFailed
 from mfm_dist.examples.io_demo import DEFAULT_PROGRAM
 from mfm_dist.io.factory import default_io_factory
 from mfm_dist.io.router import TransportRegistry
-from mfm_dist.replay import replay_run
+from mfm_dist.replay_check import replay_run
 from mfm_dist.stores import InMemoryEventStore
 from mfm_dist.verify import verify_run
 
@@ -283,6 +283,7 @@ def _unused(path: Path) -> None:
 
 def test_user_transports_from_an_operations_module() -> None:
     from support import custom_transport_ops
+
     from mfm_dist.operations import OperationRegistry
 
     custom_transport_ops.CALLS.clear()

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from support.engine_helpers import Harness, registry_with
+
 from mfm_dist import FanOutJoin, RunConfig, RunPhase
 from mfm_dist.cli.main import cli
 from mfm_dist.errors import StorageError
@@ -20,7 +20,6 @@ from mfm_dist.events import StateCompleted
 from mfm_dist.stores.redis_events import RedisEventStore
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 from mfm_dist.verify import verify_run
-
 
 
 def run_cli(*args: str) -> Any:

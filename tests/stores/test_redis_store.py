@@ -32,7 +32,7 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
 from mfm_dist.io.base import fact_recorded_event
-from mfm_dist.run import RunPhase, RunQuery
+from mfm_dist.results import RunPhase, RunQuery
 from mfm_dist.stores.guards import DictGuardView, GuardViolation, check_batch
 from mfm_dist.stores.memory import InMemoryEventStore
 from mfm_dist.stores.redis_events import RedisEventStore

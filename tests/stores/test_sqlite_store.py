@@ -29,7 +29,7 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
 from mfm_dist.io.base import fact_recorded_event
-from mfm_dist.run import RunPhase, RunQuery
+from mfm_dist.results import RunPhase, RunQuery
 from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.stores.sqlite import SCHEMA_VERSION, SqliteEventStore
 from mfm_dist.stores.urls import open_event_store

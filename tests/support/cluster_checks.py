@@ -18,7 +18,7 @@ from mfm_dist.engine.local import LocalEngine
 from mfm_dist.events import EventEnvelope, RunCompleted, StateCompleted, StateEntered
 from mfm_dist.ids import RunId
 from mfm_dist.operations import OperationRegistry
-from mfm_dist.run import RunPhase, RunResult
+from mfm_dist.results import RunPhase, RunResult
 from mfm_dist.stores.memory import InMemoryArtifactStore, InMemoryEventStore
 from workers.runtime import Runtime
 from workers.submit import wait_for_run

@@ -14,7 +14,7 @@ from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import result_from_history
 from mfm_dist.errors import ErrorInfo
 from mfm_dist.plan import ExecutionPlan
-from mfm_dist.run import RunPhase
+from mfm_dist.results import RunPhase
 
 
 class StateStatus(str, Enum):
