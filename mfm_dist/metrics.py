@@ -56,6 +56,7 @@ class Metrics:
     retries: Counter
     orphan_recoveries: Counter
     lease_losses: Counter
+    attempts_carried: Counter
     step_seconds: Histogram
     cancel_seconds: Histogram
 
@@ -122,6 +123,11 @@ def get() -> Metrics | None:
                 "mfm_lease_losses",
                 "Attempt leases found lost by their holder (taken over, revoked by a cancel, "
                 "or unconfirmed for half a TTL).",
+            ),
+            attempts_carried=Counter(
+                "mfm_attempts_carried",
+                "Attempts a worker ran itself right after the one before them closed their "
+                "wave, instead of sending them through the broker (one hop per chain step).",
             ),
             step_seconds=Histogram(
                 "mfm_coordinator_step_seconds",
@@ -194,6 +200,13 @@ def orphans_recovered(op: str, count: int) -> None:
     if m is not None and count > 0:
         with _never_fail("orphan_recoveries"):
             m.orphan_recoveries.labels(op=op).inc(count)
+
+
+def attempt_carried() -> None:
+    m = get()
+    if m is not None:
+        with _never_fail("attempts_carried"):
+            m.attempts_carried.inc()
 
 
 def lease_lost() -> None:

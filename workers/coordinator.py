@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import redis
 
@@ -75,6 +75,9 @@ from workers.faults import is_transient
 from workers.leases import CLAIMED, DELAYED, SENT, Coordination, Reservation
 from workers.runtime import RunContext, Runtime
 
+if TYPE_CHECKING:
+    from workers.carry import Carry
+
 log = logging.getLogger("mfm.coordinator")
 
 MAX_ROUNDS = 64
@@ -100,6 +103,9 @@ CONTINUE_SAFETY_MS = 1000
 """When a step leaves work for the next one, it sends that `advance` at once; the run's
 timer is set this far ahead in case the message is lost."""
 TIME_LIMIT_GRACE_S = 5.0
+CARRY_ALLOWANCE_S = 5.0
+"""Added to every attempt's hard limit: the time its worker may spend on carried
+attempts before it (workers.carry.CARRY_BUDGET_S, which must not exceed this)."""
 PENDING = "p"
 """Reservation kind while its chord is being sent: valid only inside the advance that
 wrote it (flipped to `s` once sent), so a coordinator that died in between is noticed by
@@ -183,6 +189,7 @@ class Coordinator:
         # Redis lock keeps one coordinator per run, this lock keeps the cache consistent.
         self._cache_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="mfm-prefetch")
+        self._local = threading.local()  # this thread's carry offer (workers.carry)
 
     def close(self) -> None:
         """Stop the prefetch threads (a replaced coordinator must not leak them)."""
@@ -260,19 +267,26 @@ class Coordinator:
                     coord.unlock(rid, token)
             self.rt.flush_timings()
 
-    def advance_inline(self, run_id: str) -> str:
+    def advance_inline(self, run_id: str, carry: Carry | None = None) -> str:
         """An inline continuation (an attempt that ended, a submission that started a run):
         the step is taken here if this process has the run cached or its log is short;
         a long run this process has not loaded is handed to the control queue instead,
         whose coordinator has it cached — loading 100,000 states' history (and fetching
-        their snapshots) in an attempt worker would hold that worker for many seconds."""
+        their snapshots) in an attempt worker would hold that worker for many seconds.
+
+        `carry`: the calling attempt worker offers to run the step's attempt itself when the
+        step dispatches exactly one (workers.carry); it is then reserved but not sent."""
         rid = str(RunId(run_id))
         with self._cache_lock:
             cached = rid in self._runs
         if not cached and self.rt.events.head_seq(RunId(rid)) > INLINE_LOAD_MAX_EVENTS:
             self.dispatcher.send_advance(rid)
             return "handed_over"
-        return self.advance(rid)
+        self._local.carry = carry
+        try:
+            return self.advance(rid)
+        finally:
+            self._local.carry = None
 
     def _watchdog_due(self) -> int:
         return now_millis() + int(self.rt.settings.watchdog_s * 1000)
@@ -638,7 +652,12 @@ class Coordinator:
         timeout_ms = run.ctx.timeout_ms(state_id, self.rt.settings.max_state_timeout_ms)
         if timeout_ms is None:
             return None
-        return timeout_ms / 1000.0 + self.rt.settings.lease_ttl_s + TIME_LIMIT_GRACE_S
+        return (
+            timeout_ms / 1000.0
+            + self.rt.settings.lease_ttl_s
+            + TIME_LIMIT_GRACE_S
+            + CARRY_ALLOWANCE_S
+        )
 
     def _dispatch(
         self, rid: str, run: CachedRun, dispatch: list[Dispatch], lock: _Lock
@@ -680,8 +699,10 @@ class Coordinator:
             now = now_millis()
             pending = {t.state_id: Reservation(t.attempt, now, PENDING, now) for t in batch}
             coord.reserve(rid, pending)
-            with self.rt.timings.phase("coord_send"):
-                self.dispatcher.send_chord(rid, batch)
+            carry: Carry | None = getattr(self._local, "carry", None)
+            if carry is None or len(tasks) != 1 or not carry.take(batch):
+                with self.rt.timings.phase("coord_send"):
+                    self.dispatcher.send_chord(rid, batch)
             now = now_millis()
             # A worker may have claimed an attempt already: its claim must survive.
             coord.replace_reservations(

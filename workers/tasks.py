@@ -17,6 +17,7 @@ from mfm_dist.errors import MfmError
 from mfm_dist.ids import RunId
 from workers.app import ATTEMPT_TASK, app
 from workers.attempts import execute_attempt as run_one_attempt
+from workers.carry import Carry
 from workers.coordinator import AttemptTask, Coordinator
 from workers.faults import is_transient
 from workers.leases import Coordination
@@ -130,8 +131,9 @@ def advance(self: Any, run_id: str, watchdog: object = None, join: bool = False)
         )
 
 
-@app.task(name=ATTEMPT_TASK, acks_late=True)  # type: ignore[untyped-decorator]
+@app.task(name=ATTEMPT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def execute_attempt(
+    self: Any,
     run_id: str,
     manifest_id: str,
     state_id: str,
@@ -140,36 +142,65 @@ def execute_attempt(
     plan_fingerprint: str,
     sent_ms: int = 0,
 ) -> str:
-    """One state attempt; a short status string. Never raises: a failed header task
-    would suppress the chord's join (the coordinator's next look)."""
+    """One state attempt — and the attempts it carries (workers.carry); the first one's
+    short status string. Never raises: a failed header task would suppress the chord's join
+    (the coordinator's next look)."""
+    began = time.monotonic()
+    hard_limit = _hard_limit(self)
+    task = AttemptTask(
+        run_id, manifest_id, state_id, attempt, base_snapshot_id, plan_fingerprint, sent_ms
+    )
+    first: str | None = None
+    while True:
+        status, rt = _attempt(task)
+        first = status if first is None else first
+        if not (
+            rt is not None
+            and rt.settings.inline_coordination
+            and (status in FINISHED_ATTEMPT or status.startswith("failed:"))
+            and _wave_done(rt, task.run_id, task.state_id, task.attempt)
+        ):
+            return first
+        carry = Carry(time.monotonic() - began, hard_limit)
+        coordinate_now(task.run_id, carry)
+        if carry.task is None:
+            return first
+        task = carry.task
+        metrics.attempt_carried()  # [metrics hook]
+
+
+def _hard_limit(task: Any) -> float | None:
+    """The hard time limit this task's message carried (None: none)."""
+    limits = getattr(task.request, "timelimit", None) or (None, None)
+    hard = limits[1] if len(limits) > 1 else None
+    return float(hard) if hard else None
+
+
+def _attempt(task: AttemptTask) -> tuple[str, Any]:
+    """Run one attempt; its status and the runtime (None if there was none)."""
     started = time.perf_counter()  # [metrics hook]
+    rt = None
     try:
         rt = get_runtime()
         status = run_one_attempt(
             rt,
-            run_id=run_id,
-            manifest_id=manifest_id,
-            state_id=state_id,
-            attempt=attempt,
-            base_snapshot_id=base_snapshot_id,
-            plan_fingerprint=plan_fingerprint,
-            sent_ms=sent_ms,
+            run_id=task.run_id,
+            manifest_id=task.manifest_id,
+            state_id=task.state_id,
+            attempt=task.attempt,
+            base_snapshot_id=task.base_snapshot_id,
+            plan_fingerprint=task.plan_fingerprint,
+            sent_ms=task.sent_ms,
         )
     except Exception as exc:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
-        log.error("run %s: attempt task for %s failed: %s", run_id, state_id, code)
-        metrics.attempt_task(None, attempt, "error", time.perf_counter() - started)
-        return f"error:{code}"
+        log.error("run %s: attempt task for %s failed: %s", task.run_id, task.state_id, code)
+        metrics.attempt_task(None, task.attempt, "error", time.perf_counter() - started)
+        return f"error:{code}", None
     metrics.attempt_task(  # [metrics hook]
-        op_of(rt, manifest_id), attempt, status, time.perf_counter() - started
+        op_of(rt, task.manifest_id), task.attempt, status, time.perf_counter() - started
     )
-    if (
-        rt.settings.inline_coordination
-        and (status in FINISHED_ATTEMPT or status.startswith("failed:"))
-        and _wave_done(rt, run_id, state_id, attempt)
-    ):
-        coordinate_now(run_id)
-    return status
+    return status, rt
 
 
 FINISHED_ATTEMPT = frozenset({"completed", "skipped"})
@@ -190,7 +221,7 @@ def _wave_done(rt: Any, run_id: str, state_id: str, attempt: int) -> bool:
         return True  # cannot tell: looking costs less than waiting for the join
 
 
-def coordinate_now(run_id: str) -> None:
+def coordinate_now(run_id: str, carry: Carry | None = None) -> None:
     """Take the run's next coordination step in this process, now (inline continuation):
     the attempt that just ended, or the submission that just started a run, dispatches
     what became ready without a broker hop. If another process is coordinating the run,
@@ -199,7 +230,7 @@ def coordinate_now(run_id: str) -> None:
     started = time.perf_counter()  # [metrics hook]
     status = "error"
     try:
-        status = coordinator().advance_inline(run_id)
+        status = coordinator().advance_inline(run_id, carry)
     except Exception as exc:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         log.warning("run %s: inline coordination failed (%s); its timer retries", run_id, code)
