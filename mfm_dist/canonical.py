@@ -30,7 +30,8 @@ from mfm_dist.ids import ArtifactId
 from mfm_dist.secrets import is_secret_string
 
 try:
-    from mfm_dist import _jsonscan
+    # Named as an export: the tests and scripts/bench_canonical.py read it and swap it out.
+    from mfm_dist import _jsonscan as _jsonscan
 except ImportError:  # built without a C compiler: the reference paths below are used
     _jsonscan = None  # type: ignore[assignment]
 

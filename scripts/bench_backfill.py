@@ -136,10 +136,8 @@ def measure(
     rows.append(
         (f"cancel → every run terminal ({max_active} running)", f"{cancel_s:.2f} s")
     )
-    rows.append(
-        ("  cancelled / not started", f"{state.counts()['cancelled']} / "
-                                      f"{state.counts()['not_started']}")  # fmt: skip
-    )
+    counts = state.counts()
+    rows.append(("  cancelled / not started", f"{counts['cancelled']} / {counts['not_started']}"))
     return rows
 
 

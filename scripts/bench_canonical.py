@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -140,6 +141,16 @@ def load_canonical_at(rev: str) -> ModuleType:
     return module
 
 
+def orjson_sha(value: Any) -> str:
+    """The baseline: orjson with sorted keys, hashed."""
+    return hashlib.sha256(orjson.dumps(value, option=SORTED)).hexdigest()
+
+
+def rfc8785_sha(value: Any) -> str:
+    """The reference encoder, hashed."""
+    return hashlib.sha256(rfc8785.dumps(value)).hexdigest()
+
+
 def python_only(fn: Callable[[], object]) -> Callable[[], object]:
     """`fn` with the compiled pass switched off: the pure-Python reference path."""
 
@@ -175,30 +186,28 @@ def main() -> None:
         mb = len(data) / 1e6
         # Fast group: this checkout's functions and the orjson baselines, interleaved.
         fast: dict[str, Callable[[], object]] = {
-            "orjson+sha": lambda v=value: hashlib.sha256(
-                orjson.dumps(v, option=SORTED)
-            ).hexdigest(),
-            "orjson.loads": lambda d=data: orjson.loads(d),
-            "hash now": lambda v=value: canonical.artifact_id_of_json(v),
-            "read now": lambda d=data: canonical.parse_canonical(d),
-            "check now": lambda v=value: canonical.check_json(v),
+            "orjson+sha": partial(orjson_sha, value),
+            "orjson.loads": partial(orjson.loads, data),
+            "hash now": partial(canonical.artifact_id_of_json, value),
+            "read now": partial(canonical.parse_canonical, data),
+            "check now": partial(canonical.check_json, value),
         }
         # Slow group: the reference encoder and the pure-Python paths.
         slow: dict[str, Callable[[], object]] = {
-            "rfc8785+sha": lambda v=value: hashlib.sha256(rfc8785.dumps(v)).hexdigest(),
+            "rfc8785+sha": partial(rfc8785_sha, value),
         }
         if before is not None:
             m: Any = before
             slow |= {
-                "hash before": lambda m=m, v=value: m.artifact_id_of_json(v),
-                "read before": lambda m=m, d=data: m.parse_canonical(d),
-                "check before": lambda m=m, v=value: m.check_json(v),
+                "hash before": partial(m.artifact_id_of_json, value),
+                "read before": partial(m.parse_canonical, data),
+                "check before": partial(m.check_json, value),
             }
         if not args.no_python:
             slow |= {
-                "hash py": python_only(lambda v=value: canonical.artifact_id_of_json(v)),
-                "read py": python_only(lambda d=data: canonical.parse_canonical(d)),
-                "check py": python_only(lambda v=value: canonical.check_json(v)),
+                "hash py": python_only(partial(canonical.artifact_id_of_json, value)),
+                "read py": python_only(partial(canonical.parse_canonical, data)),
+                "check py": python_only(partial(canonical.check_json, value)),
             }
         secs = best_seconds(fast, budget) | best_seconds(slow, slow_budget, min_rounds=2)
         for label in ("now", "before", "py"):

@@ -28,10 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from support.cluster import LocalCluster  # noqa: E402
-
 from mfm_dist.config import FanOutJoin, RunConfig  # noqa: E402
 from mfm_dist.results import RunPhase  # noqa: E402
+from support.cluster import LocalCluster  # noqa: E402
 
 TIMEOUT_S = 300.0
 
@@ -89,7 +88,7 @@ def mfm_run(target: str, run_input: dict[str, int], config: RunConfig) -> float:
     from workers.submit import submit_run, wait_for_run
 
     start = time.perf_counter()
-    run_id = submit_run(target, run_input, config)  # type: ignore[arg-type]
+    run_id = submit_run(target, run_input, config)
     result = wait_for_run(str(run_id), TIMEOUT_S, poll_s=0.01)
     elapsed = time.perf_counter() - start
     if result.phase != RunPhase.COMPLETED:

@@ -58,7 +58,8 @@ def baseline(root: Path, states: int) -> float:
     for i in range(states):
         sid = f"bench.main.s{i:05d}"
         entered = StateEntered(state_id=sid, attempt=0, base_snapshot_id=aid)
-        events.append_next(run_id, [EventDraft(event=entered, ts_millis=0, state_id=sid, attempt=0)])
+        draft = EventDraft(event=entered, ts_millis=0, state_id=sid, attempt=0)
+        events.append_next(run_id, [draft])
         snap = artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, canonical_bytes({"k": i, "s": sid}))
         done = StateCompleted(state_id=sid, context_snapshot_id=snap)
         events.append_next(run_id, [EventDraft(event=done, ts_millis=0, state_id=sid, attempt=0)])
@@ -68,7 +69,11 @@ def baseline(root: Path, states: int) -> float:
 
 
 def run_engine(
-    events: EventStore, artifacts: ArtifactStore, target: str, run_input: dict[str, int], cfg: RunConfig
+    events: EventStore,
+    artifacts: ArtifactStore,
+    target: str,
+    run_input: dict[str, int],
+    cfg: RunConfig,
 ) -> tuple[float, int]:
     registry = OperationRegistry.default()
     prepared = prepare_run(registry, target, run_input, cfg)

@@ -33,15 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import redis  # noqa: E402
-from support.servers import (  # type: ignore[import-not-found]  # noqa: E402
-    S3_ACCESS_ENV,
-    S3_SECRET_ENV,
-    TEST_S3_ACCESS,
-    TEST_S3_SECRET,
-    RedisServer,
-    S3Server,
-    free_port,
-)
 
 from mfm_dist.artifacts import ArtifactKind  # noqa: E402
 from mfm_dist.events import DomainEvent, EventDraft, RunStarted, StateEntered  # noqa: E402
@@ -53,6 +44,15 @@ from mfm_dist.stores.redis_events import (  # noqa: E402
     _event_args,
 )
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore  # noqa: E402
+from support.servers import (  # noqa: E402
+    S3_ACCESS_ENV,
+    S3_SECRET_ENV,
+    TEST_S3_ACCESS,
+    TEST_S3_SECRET,
+    RedisServer,
+    S3Server,
+    free_port,
+)
 
 SNAP = ArtifactId("a" * 64)
 STATE = StateId("bench.main.work")
@@ -127,7 +127,7 @@ class RedisClient:
         elif self.mode == "lua":
             script, keys, fields = self.store._script, self.keys, self.fields
             for _ in range(ops):
-                args = ["batch:" + os.urandom(16).hex(), *fields]
+                args: list[str | bytes] = ["batch:" + os.urandom(16).hex(), *fields]
                 t0 = clock()
                 script(keys=keys, args=args)
                 latencies.append(clock() - t0)
@@ -187,7 +187,7 @@ class ServerMeter:
         mean = float(stats.get("usec_per_call", 0.0))
         p50 = None
         if self.percentiles:
-            lat = self.client.execute_command("INFO", "latencystats")
+            lat = self.client.info("latencystats")
             p50 = float(lat.get(f"latency_percentiles_usec_{cmd}", {}).get("p50", 0.0))
         self.samples.setdefault(key, []).append((p50, mean, cpu))
 

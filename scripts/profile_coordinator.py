@@ -47,9 +47,8 @@ def _rss_kb() -> int:
 
 
 def profile(n: int, top: int, use_cprofile: bool, concurrency: int | None) -> None:
-    from support.worker_harness import FakeDispatcher, Harness
-
     from mfm_dist.config import FanOutJoin, RunConfig
+    from support.worker_harness import FakeDispatcher, Harness
     from workers.coordinator import Coordinator
     from workers.runtime import Runtime
 

@@ -85,12 +85,6 @@ for _path in (str(REPO), str(TESTS)):
 
 # Imported before the cluster's environment (DIST_OPS_FAULTS) reaches this process: the
 # lease-then-death hook must only ever be installed in workers.
-from support import (
-    dist_ops,  # noqa: E402
-    soak_ops,  # noqa: E402
-)
-from support.cluster import LocalCluster  # noqa: E402
-
 from mfm_dist.canonical import JsonValue  # noqa: E402
 from mfm_dist.config import (  # noqa: E402
     Duration,
@@ -113,6 +107,8 @@ from mfm_dist.ids import RunId  # noqa: E402
 from mfm_dist.operations import OperationRegistry  # noqa: E402
 from mfm_dist.results import RunPhase, RunResult  # noqa: E402
 from mfm_dist.stores.memory import InMemoryArtifactStore, InMemoryEventStore  # noqa: E402
+from support import dist_ops, soak_ops  # noqa: E402
+from support.cluster import LocalCluster  # noqa: E402
 
 OPERATIONS = "support.dist_ops,support.soak_ops"
 FAULT_KINDS: dict[str, float] = {

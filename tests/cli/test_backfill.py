@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from support import REPO
 
 from mfm_dist.backfill.driver import BackfillDriver, run_until_idle
 from mfm_dist.backfill.local import LocalCanceller, LocalPool, accept_locally
@@ -42,6 +41,7 @@ from mfm_dist.results import RunPhase
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.sqlite import SqliteEventStore
 from mfm_dist.submission import run_id_for_key
+from support import REPO
 
 OP = "partition_demo"
 
@@ -380,7 +380,8 @@ def test_files_of_inputs() -> None:
         (["--name", "x"], "backfill_source_invalid"),
         (["--name", "x", "--partitions", "a", "--from", "2026-01-01"], "backfill_source_invalid"),
         (["--name", "x", "--partitions", "a,b"], "backfill_field_required"),
-        (["--name", "x", "--partitions", "a,b,a", "--field", "day"], "backfill_partition_duplicate"),
+        (["--name", "x", "--partitions", "a,b,a", "--field", "day"],
+         "backfill_partition_duplicate"),
         (["--name", "bad name", "--partitions", "a", "--field", "day"], "backfill_name_invalid"),
         (["--name", "x", "--partitions", "a", "--field", "day", "--rate", "fast"],
          "backfill_rate_invalid"),

@@ -9,23 +9,23 @@ import signal
 import time
 from pathlib import Path
 
-from support.cli_children import Mfm, children, mfm, spawn  # noqa: F401 - fixture
-
-from mfm_dist.events import RunCompleted, RunStatus, StateEntered, StateFailed
+from mfm_dist.events import EventEnvelope, RunCompleted, RunStatus, StateEntered, StateFailed
+from mfm_dist.ids import RunId
 from mfm_dist.stores.urls import open_stores
+from support.cli_children import Mfm, mfm, spawn
 
 SLOW = '{"items": 6, "sleep_ms": 20000}'
 
 
-def _events(home: Path, run_id: str) -> list:  # type: ignore[type-arg]
+def _events(home: Path, run_id: str) -> list[EventEnvelope]:
     stores = open_stores(None, None, home, read_only=True)
     try:
-        return stores.events.read_range(run_id)  # type: ignore[arg-type]
+        return stores.events.read_range(RunId(run_id))
     finally:
         stores.close()
 
 
-def _slow_run(children: list[Mfm], tmp_path: Path, home: Path, *extra: str) -> tuple[Mfm, str]:  # noqa: F811
+def _slow_run(children: list[Mfm], tmp_path: Path, home: Path, *extra: str) -> tuple[Mfm, str]:
     """`mfm run` of a slow fan-out in a child process; returns it and the run id it said."""
     child = spawn(
         children, tmp_path, "--home", str(home), "--ops", "support.slow_ops",
@@ -34,7 +34,7 @@ def _slow_run(children: list[Mfm], tmp_path: Path, home: Path, *extra: str) -> t
     return child, child.next_line().split()[2]
 
 
-def test_cancel_ends_a_live_embedded_run(tmp_path: Path, children: list[Mfm]) -> None:  # noqa: F811
+def test_cancel_ends_a_live_embedded_run(tmp_path: Path, children: list[Mfm]) -> None:
     home = tmp_path / "home"
     child, run_id = _slow_run(children, tmp_path, home)
     deadline = time.monotonic() + 30
@@ -52,8 +52,8 @@ def test_cancel_ends_a_live_embedded_run(tmp_path: Path, children: list[Mfm]) ->
     assert code == 1, err  # a cancelled run is not a success
     assert f"run {run_id}: Cancelled" in stdout
     history = _events(home, run_id)
-    closed = [e for e in history if isinstance(e.event, StateFailed)]
-    assert len(closed) == 2 and all(e.event.error.code == "run_cancelled" for e in closed)
+    closed = [e.event for e in history if isinstance(e.event, StateFailed)]
+    assert len(closed) == 2 and all(f.error.code == "run_cancelled" for f in closed)
     assert isinstance(history[-1].event, RunCompleted)
     assert history[-1].event.status == RunStatus.CANCELLED
     assert mfm(home, "verify", run_id).exit_code == 0
@@ -65,7 +65,7 @@ def test_cancel_ends_a_live_embedded_run(tmp_path: Path, children: list[Mfm]) ->
     assert json.loads(listing.stdout)[0]["phase"] == "Cancelled"
 
 
-def test_cancel_closes_an_interrupted_run_at_once(tmp_path: Path, children: list[Mfm]) -> None:  # noqa: F811
+def test_cancel_closes_an_interrupted_run_at_once(tmp_path: Path, children: list[Mfm]) -> None:
     home = tmp_path / "home"
     child, run_id = _slow_run(children, tmp_path, home)
     child.proc.send_signal(signal.SIGINT)
@@ -76,7 +76,8 @@ def test_cancel_closes_an_interrupted_run_at_once(tmp_path: Path, children: list
     assert out.exit_code == 0, out.output
     assert out.stdout == f"{run_id}: cancel requested — Cancelled\n"
     history = _events(home, run_id)
-    assert history[-1].event.status == RunStatus.CANCELLED  # type: ignore[union-attr]
+    last = history[-1].event
+    assert isinstance(last, RunCompleted) and last.status == RunStatus.CANCELLED
     assert mfm(home, "verify", run_id).exit_code == 0
     resumed = mfm(home, "resume", run_id)
     assert len(_events(home, run_id)) == len(history)
@@ -94,7 +95,7 @@ def test_cancel_refuses_unknown_runs_and_secret_reasons(tmp_path: Path) -> None:
     assert leaked.exit_code == 2 and "hunter2" not in leaked.output
 
 
-def test_cancel_selects_running_runs_by_label(tmp_path: Path, children: list[Mfm]) -> None:  # noqa: F811
+def test_cancel_selects_running_runs_by_label(tmp_path: Path, children: list[Mfm]) -> None:
     home = tmp_path / "home"
     done = mfm(home, "run", "slow_fanout", "--input", '{"items": 1, "sleep_ms": 1}',
                "--label", "batch=b1")  # fmt: skip

@@ -550,7 +550,9 @@ def test_verify_of_an_unknown_run_is_invalid_input(home: Path) -> None:
     assert error_line(unknown).startswith("error[run_not_found]: ")
 
 
-def test_ops_modules_in_the_working_directory(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ops_modules_in_the_working_directory(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     module = tmp_path / "cwd_ops_mod.py"
     module.write_text(
         "from mfm_dist import FnState, Operation, StateGraph\n"

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from click.testing import CliRunner
-from support.cli_children import CLI, Mfm, children, mfm, spawn  # noqa: F401 - fixture
 
 from mfm_dist.cli.main import cli
 from mfm_dist.config import FanOutJoin, RunConfig
@@ -24,6 +23,7 @@ from mfm_dist.operations import OperationRegistry
 from mfm_dist.reports import RunReport
 from mfm_dist.results import RunPhase
 from mfm_dist.stores.urls import open_stores
+from support.cli_children import Mfm, mfm, spawn
 
 
 def runs_json(home: Path) -> list[dict[str, object]]:
@@ -174,7 +174,9 @@ def test_losing_a_race_without_the_lock_is_run_driven_elsewhere(
             manifest_id=manifest_id,
             initial_snapshot=initial,
         )
-        child = spawn(children, tmp_path, "--home", str(home), "--ops", "support.slow_ops", "resume", rid)
+        child = spawn(
+            children, tmp_path, "--home", str(home), "--ops", "support.slow_ops", "resume", rid
+        )
         deadline = time.monotonic() + 60
         while not any(isinstance(e.event, StateEntered) for e in stores.events.read_range(rid)):
             assert time.monotonic() < deadline and child.proc.poll() is None

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from support.servers import RedisServer
 
+from mfm_dist.artifacts import ArtifactKind
 from mfm_dist.cli.main import cli
 from mfm_dist.errors import StorageError
 from mfm_dist.events import EventEnvelope
@@ -23,6 +23,7 @@ from mfm_dist.reports import RunReport
 from mfm_dist.results import RunResult
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.sqlite import SqliteEventStore
+from support.servers import RedisServer
 
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
 
@@ -230,7 +231,7 @@ def test_read_only_stores_refuse_writes(tmp_path: Path) -> None:
             events.append_next(RunId(rid), [])
         assert refused.value.code == "store_read_only"
         with pytest.raises(StorageError) as refused_put:
-            artifacts.put("manifest", b"{}")
+            artifacts.put(ArtifactKind.MANIFEST, b"{}")
         assert refused_put.value.code == "store_read_only"
     finally:
         events.close()

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import redis
-from support.servers import free_port, redis_server, redis_url  # noqa: F401
+
+from support.servers import free_port
 
 
 def test_submit_with_a_broken_broker_prints_the_id_and_arms_the_timer(
-    redis_url: str,  # noqa: F811
+    redis_url: str,
     tmp_path: Path,
 ) -> None:
     env = {

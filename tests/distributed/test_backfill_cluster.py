@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from support.cluster import LocalCluster
 
 from mfm_dist.backfill.planner import load_state
 from mfm_dist.backfill.state import PartStatus, Phase
@@ -19,6 +18,7 @@ from mfm_dist.cli.main import cli
 from mfm_dist.engine.lifecycle import submission_of
 from mfm_dist.results import RunPhase
 from mfm_dist.stores.base import EventStore
+from support.cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 OP = "partition_demo"

@@ -1,6 +1,7 @@
 """Cancellation and run deadlines on the distributed backend, in process: the real coordinator
 and attempt code against a real redis-server (docs/cancellation.md). A real cluster's
-`mfm cancel --cluster` is in tests/distributed/test_cancellation_dist.py and tests/distributed/test_liveness_cluster.py."""
+`mfm cancel --cluster` is in tests/distributed/test_cancellation_dist.py and
+tests/distributed/test_liveness_cluster.py."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import threading
 import time
 
 import pytest
-from support import dist_ops
-from support.servers import redis_server, redis_url  # noqa: F401
-from support.worker_harness import Harness, env, h  # noqa: F401
 
 from mfm_dist.config import Duration, FanOutJoin, FixedBackoff, RetryPolicy, RunConfig
 from mfm_dist.engine.cancellation import CANCELLED_CODE, RUN_DEADLINE_REASON, request_of
 from mfm_dist.events import RunCompleted, RunStatus, StateEntered, StateFailed
+from mfm_dist.ids import RunId
 from mfm_dist.verify import verify_run
+from support import dist_ops
+from support.worker_harness import Harness
 from workers.cancel import cancel_run
 
 BOUND_S = 3.0  # lease TTL in these tests is 0.4 s; the keeper renews every TTL/3
@@ -41,7 +42,7 @@ def _verify_ok(h: Harness, rid: str) -> None:
     assert report.ok, report.violations
 
 
-def test_cancel_closes_running_queued_and_backoff_attempts(h: Harness) -> None:  # noqa: F811
+def test_cancel_closes_running_queued_and_backoff_attempts(h: Harness) -> None:
     rid = h.submit("cancel_demo", {}, _config())
     assert h.coordinator.advance(rid).startswith("dispatched:3")
     tasks = {t.state_id.rsplit(".", 1)[1]: t for t in h.dispatcher.take()}
@@ -54,12 +55,12 @@ def test_cancel_closes_running_queued_and_backoff_attempts(h: Harness) -> None: 
     assert h.coordinator.advance(rid) == "waiting"  # flaky now waits out its 30 s backoff
 
     outcome = cancel_run(h.rt, rid, "bad deploy", "ops@example")
-    assert outcome.status == "requested"
+    assert outcome.status == "requested" and outcome.seq is not None
     assert h.dispatcher.advances[-1] == rid  # the coordinator was woken
     # A queued attempt that arrives now is dropped by the store: nothing of it is recorded.
-    head = h.rt.events.head_seq(rid)  # type: ignore[arg-type]
+    head = h.rt.events.head_seq(RunId(rid))
     assert h.run(tasks["plain"]) == "cancelled"
-    assert h.rt.events.head_seq(rid) == head  # type: ignore[arg-type]
+    assert h.rt.events.head_seq(RunId(rid)) == head
 
     asked = time.monotonic()
     assert h.coordinator.advance(rid) == "cancelled"
@@ -88,7 +89,7 @@ def test_cancel_closes_running_queued_and_backoff_attempts(h: Harness) -> None: 
     assert len(h.log(rid)) == len(log)
 
 
-def test_cancel_racing_the_last_completion_ends_cancelled(h: Harness) -> None:  # noqa: F811
+def test_cancel_racing_the_last_completion_ends_cancelled(h: Harness) -> None:
     """Every state completed but RunCompleted not yet written when the request lands: the
     store allows only `Cancelled` now, and the coordinator writes exactly that."""
     dist_ops.CANCEL_RELEASE.append(True)
@@ -117,7 +118,7 @@ def test_cancel_racing_the_last_completion_ends_cancelled(h: Harness) -> None:  
     _verify_ok(h, rid)
 
 
-def test_run_deadline_cancels_on_the_cluster(h: Harness) -> None:  # noqa: F811
+def test_run_deadline_cancels_on_the_cluster(h: Harness) -> None:
     config = RunConfig(
         execution_mode=FanOutJoin(max_concurrency=4), run_timeout=Duration.from_millis(600)
     )

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support import TESTS
 
 from mfm_dist.events import StateCompleted, StateEntered, StateFailed
 from mfm_dist.stores.sqlite import SqliteEventStore
+from support import TESTS
 
 
 def mfm(*args: str, home: Path, **kwargs: object) -> list[str]:
@@ -104,7 +104,9 @@ def test_two_concurrent_resumes_leave_one_valid_history(tmp_path: Path) -> None:
         if db.exists():
             store = SqliteEventStore(db)
             runs = store.list_runs()
-            if runs and any(isinstance(e.event, StateCompleted) for e in store.read_range(runs[0].run_id)):
+            if runs and any(
+                isinstance(e.event, StateCompleted) for e in store.read_range(runs[0].run_id)
+            ):
                 run_id = runs[0].run_id
             store.close()
         time.sleep(0.02)

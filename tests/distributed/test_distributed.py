@@ -10,6 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from mfm_dist.config import FanOutJoin, RetryPolicy, RunConfig
+from mfm_dist.events import RunCompleted, StateCompleted, StateEntered, StateFailed
+from mfm_dist.ids import RunId
+from mfm_dist.results import RunPhase, RunResult
+from mfm_dist.verify import verify_run
 from support import TESTS
 from support.cluster import LocalCluster
 from support.cluster_checks import (
@@ -24,12 +30,6 @@ from support.cluster_checks import (
     slow_started,
     wait_until,
 )
-
-from mfm_dist.config import FanOutJoin, RetryPolicy, RunConfig
-from mfm_dist.events import RunCompleted, StateCompleted, StateEntered, StateFailed
-from mfm_dist.ids import RunId
-from mfm_dist.results import RunPhase, RunResult
-from mfm_dist.verify import verify_run
 from workers.runtime import Runtime, get_runtime
 from workers.submit import submit_run
 from workers.tasks import advance, execute_attempt
@@ -240,7 +240,9 @@ def test_cli_submit_and_inspect_on_the_cluster(cluster: LocalCluster, rt: Runtim
     assert verified.exit_code == 0, verified.output
     status = runner.invoke(cli, ["status", str(result.run_id), "--json"])
     assert json.loads(status.stdout)["counts"]["completed"] == 25
-    fire_and_forget = runner.invoke(cli, ["submit", "chain_demo", "--input", '{"states": 3}', "--json"])
+    fire_and_forget = runner.invoke(
+        cli, ["submit", "chain_demo", "--input", '{"states": 3}', "--json"]
+    )
     assert fire_and_forget.exit_code == 0, fire_and_forget.output
     run_id = json.loads(fire_and_forget.stdout)["run_id"]
     assert finished(cluster, RunId(run_id), rt).phase == RunPhase.COMPLETED
@@ -295,8 +297,8 @@ def test_cli_run_backend_celery_follow_detach_and_status_why(
     runner = CliRunner()
     followed = runner.invoke(
         cli,
-        ["--ops", "support.dist_ops", "run", "fanout_demo", "--input", '{"items": 10}', "--fan-out", "4",
-         "--backend", "celery", "--timeout", "120", "--json"],
+        ["--ops", "support.dist_ops", "run", "fanout_demo", "--input", '{"items": 10}',
+         "--fan-out", "4", "--backend", "celery", "--timeout", "120", "--json"],
     )
     assert followed.exit_code == 0, followed.output
     assert RunResult.model_validate_json(followed.stdout).phase == RunPhase.COMPLETED
@@ -359,7 +361,9 @@ def test_mfm_worker_command_starts_a_configured_worker(cluster: LocalCluster) ->
             proc.kill()
 
 
-def test_plain_resume_refuses_a_cluster_run(cluster: LocalCluster, rt: Runtime, tmp_path: Path) -> None:
+def test_plain_resume_refuses_a_cluster_run(
+    cluster: LocalCluster, rt: Runtime, tmp_path: Path
+) -> None:
     """Executing a cluster-submitted run in the CLI process would run attempts without
     leases; plain `mfm resume` refuses and points to --cluster."""
     from click.testing import CliRunner
@@ -394,7 +398,9 @@ def test_forced_resume_is_refused_while_a_worker_holds_a_live_lease(
         >= run_input["items"],  # type: ignore[operator]
         "the items to complete",
     )
-    refused = CliRunner().invoke(cli, ["--ops", "support.dist_ops", "resume", str(run_id), "--force"])
+    refused = CliRunner().invoke(
+        cli, ["--ops", "support.dist_ops", "resume", str(run_id), "--force"]
+    )
     assert refused.exit_code == 2, refused.output
     assert "error[attempt_lease_live]" in refused.output and ".slow attempt 0 on " in refused.output
     (gate / "open").write_text("")

@@ -14,14 +14,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from support.servers import redis_server, redis_url  # noqa: F401
-from support.worker_harness import Harness, env, h  # noqa: F401
 
-from mfm_dist.cli import running as cli_running
 from mfm_dist.cli.main import cli
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.ids import RunId
 from mfm_dist.reports import RunReport
+from support.worker_harness import Harness
 from workers.runtime import reset_runtime
 from workers.submit import receive
 
@@ -137,12 +135,12 @@ def test_ctrl_c_while_following_a_cluster_run_leaves_it_running(
     # `time.sleep` is patched process-wide: nothing else may sleep on the main thread first
     # (the manifest's build info would wait for a `git` subprocess).
     monkeypatch.setenv("MFM_GIT_COMMIT", "0" * 40)
-    monkeypatch.setattr(cli_running.time, "sleep", interrupted)
+    monkeypatch.setattr(time, "sleep", interrupted)
     result = mfm(
         "run", "chain_demo", "--input", '{"states": 2}', "--backend", "celery",
         "--label", "team=data",
     )  # fmt: skip
-    monkeypatch.setattr(cli_running.time, "sleep", real_sleep)
+    monkeypatch.setattr(time, "sleep", real_sleep)
     assert result.exit_code == 130, result.output + result.stderr
     first, last = result.stderr.splitlines()[0], result.stderr.splitlines()[-1]
     assert first.startswith("started run ")

@@ -14,13 +14,12 @@ import time
 from typing import Any
 
 import pytest
-from support.servers import redis_server, redis_url  # noqa: F401
-from support.worker_harness import Harness, completed_status, env, h  # noqa: F401
 
 from mfm_dist.config import Duration, FixedBackoff, RetryPolicy, RunConfig
 from mfm_dist.engine.attempt import now_millis
 from mfm_dist.events import EventDraft, StateEntered, StateFailed
 from mfm_dist.ids import RunId, StateId
+from support.worker_harness import Harness, completed_status
 from workers import leases
 from workers.leases import CLAIMED, DELAYED, lease_key, run_key
 

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cluster import LocalCluster
-from support.cluster_checks import assert_clean_history, embedded_final, events_of, finished
 
 from mfm_dist.config import FanOutJoin, RetryPolicy, RunConfig
 from mfm_dist.events import RunCompleted, StateCompleted, StateEntered, StateFailed
 from mfm_dist.ids import RunId
 from mfm_dist.results import RunPhase, RunResult
+from support.cluster import LocalCluster
+from support.cluster_checks import assert_clean_history, embedded_final, events_of, finished
 from workers.runtime import Runtime, get_runtime
 from workers.submit import submit_run, wait_for_run
 

@@ -20,10 +20,11 @@ import httpx
 import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
-from support.cluster import REPO, TESTS, LocalCluster
-from support.servers import free_port
 
 from mfm_dist.results import RunPhase
+from support import REPO, TESTS
+from support.cluster import LocalCluster
+from support.servers import free_port
 from workers.cancel import cancel_run
 from workers.runtime import get_runtime
 from workers.submit import wait_for_run

@@ -13,8 +13,6 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from support.servers import redis_server, redis_url  # noqa: F401
-from support.worker_harness import FakeDispatcher, Harness, env, h  # noqa: F401
 
 from mfm_dist.canonical import JsonValue
 from mfm_dist.config import FanOutJoin, RetryPolicy, RunConfig
@@ -32,6 +30,7 @@ from mfm_dist.plan import CompiledPlan, ExecutionPlan, StateGraph
 from mfm_dist.state import FnState
 from mfm_dist.stores.memory import InMemoryArtifactStore
 from mfm_dist.verify import verify_run
+from support.worker_harness import FakeDispatcher, Harness
 from workers import coordinator as coordinator_module
 from workers import runtime as runtime_module
 from workers.coordinator import CONTINUE_SAFETY_MS, Coordinator

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support import REPO
 
 pytestmark = pytest.mark.slow

@@ -12,14 +12,13 @@ from typing import Any
 
 import jsonschema
 import pytest
-from support import REPO
-from support.servers import redis_server, redis_url  # noqa: F401
-from support.worker_harness import Harness, completed_status, env, h  # noqa: F401
 
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import submission_of
 from mfm_dist.ids import RunId
 from mfm_dist.submission import completion_task_id, parse_request, submit_schema
+from support import REPO
+from support.worker_harness import Harness, completed_status
 from workers import submission_log
 from workers.leases import run_key
 from workers.submit import receive, receive_batch
@@ -40,7 +39,10 @@ def send(h: Harness, delivery: str | None = "task-1", *args: Any, **kwargs: Any)
         ({"op": "chain_demo", "input": {"password": "hunter2"}}, "secrets_detected"),
         ({"op": "chain_demo", "priority": 3}, "submission_unknown_field"),
         ({"op": "chain_demo", "config": {"execution_mode": "Parallel"}}, "submission_invalid"),
-        ({"op": "chain_demo", "config": {"retry_policy": {"max_attempts": -1}}}, "submission_invalid"),
+        (
+            {"op": "chain_demo", "config": {"retry_policy": {"max_attempts": -1}}},
+            "submission_invalid",
+        ),
         ({"op": "chain_demo", "v": 2}, "submission_version_unsupported"),
         ({"op": "chain_demo", "labels": {"Team": "x"}}, "submission_invalid"),
         ({"op": "chain_demo", "labels": {"team": "api_key=1"}}, "secrets_detected"),
@@ -175,7 +177,9 @@ def test_on_complete_fires_once_per_run_even_if_the_coordinator_dies_around_it(
     assert (task, queue, task_id) == ("done", "q", completion_task_id(rid))
     assert message["run_id"] == rid and message["phase"] == "Completed"
     assert message["labels"] == {"team": "x"} and message["error"] is None
-    assert message["final_snapshot_id"] == str(RunHistory.load(h.rt.events, RunId(rid)).completed.final_snapshot_id)  # type: ignore[union-attr]
+    completed = RunHistory.load(h.rt.events, RunId(rid)).completed
+    assert completed is not None
+    assert message["final_snapshot_id"] == str(completed.final_snapshot_id)
     assert h.rt.coord.scheduled(rid) is None
 
 
@@ -183,8 +187,10 @@ def test_failed_run_callback_names_the_failed_state_and_code(h: Harness) -> None
     reply = send(h, "f", op="poison_demo", on_complete={"task": "done", "queue": "q"})
     h.drive(reply["run_id"])
     ((_, _, message, _),) = h.dispatcher.callbacks
-    assert message["phase"] == "Failed" and message["failed_state"].endswith(".bad")
-    assert message["error"]["code"] == "orphan_attempt_recovered"
+    failed_state, error = message["failed_state"], message["error"]
+    assert isinstance(failed_state, str) and isinstance(error, dict)
+    assert message["phase"] == "Failed" and failed_state.endswith(".bad")
+    assert error["code"] == "orphan_attempt_recovered"
 
 
 def test_batch_replies_in_order_and_is_idempotent_per_delivery(h: Harness) -> None:
@@ -218,19 +224,31 @@ def test_shipped_schema_is_the_generated_one_and_matches_the_validator(h: Harnes
         OK,
         {"op": "x", "v": 1, "version": "2", "input": None, "labels": {"a": "b"}},
         {"op": "x", "config": {"execution_mode": {"FanOutJoin": {"max_concurrency": 8}}}},
-        {"op": "x", "config": {"retry_policy": {"max_attempts": 3, "backoff": {"Exponential": {"base": {"secs": 1}, "max": {"secs": 30}}}}}},
-        {"op": "x", "config": {"event_profile": {"Custom": "audit"}, "state_timeout": {"secs": 60}}},
+        {
+            "op": "x",
+            "config": {
+                "retry_policy": {
+                    "max_attempts": 3,
+                    "backoff": {"Exponential": {"base": {"secs": 1}, "max": {"secs": 30}}},
+                }
+            },
+        },
+        {
+            "op": "x",
+            "config": {"event_profile": {"Custom": "audit"}, "state_timeout": {"secs": 60}},
+        },
         {"op": "x", "on_complete": {"task": "t", "queue": "q"}, "idempotency_key": "k"},
     ]
     for message in good:
         validator.validate(message)
         parse_request(message)  # the worker accepts what the schema accepts
-    for bad in (
+    bad_messages: list[dict[str, object]] = [
         {"input": {}},
         {"op": "x", "extra": 1},
         {"op": "x", "config": {"execution_mode": {"max_concurrency": 8}}},
         {"op": "x", "on_complete": {"task": "t"}},
-    ):
+    ]
+    for bad in bad_messages:
         assert not validator.is_valid(bad), bad
 
 

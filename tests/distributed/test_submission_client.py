@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TESTS
-from support.cluster import LocalCluster
-from support.cluster_checks import assert_clean_history, events_of, gated_input, slow_started
 
 from mfm_dist.ids import RunId
 from mfm_dist.results import RunPhase
+from support import TESTS
+from support.cluster import LocalCluster
+from support.cluster_checks import assert_clean_history, events_of, gated_input, slow_started
 from workers.runtime import Runtime, get_runtime
 from workers.submit import wait_for_run
 
@@ -124,7 +124,7 @@ def test_each_exchange_binds_exactly_its_own_queue(cluster: LocalCluster) -> Non
     broker = redis.Redis.from_url(cluster.redis.url_for_db(1))
     for name in ("mfm.control", "mfm.attempts", "mfm.submit", "celery"):
         members = broker.smembers(f"_kombu.binding.{name}")
-        queues = {m.decode().split("\x06\x16")[-1] for m in members}
+        queues = {os.fsdecode(m).split("\x06\x16")[-1] for m in members}
         assert queues == {name}, (name, queues)
 
 
@@ -166,7 +166,12 @@ def test_submission_worker_killed_mid_acceptance_yields_one_run(
         "RESULT_URL": cluster.redis.url_for_db(2),
     }
     proc = subprocess.Popen(
-        [sys.executable, str(CLIENT), "send-task", json.dumps({"op": "chain_demo", "input": {"states": 1}})],
+        [
+            sys.executable,
+            str(CLIENT),
+            "send-task",
+            json.dumps({"op": "chain_demo", "input": {"states": 1}}),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         cwd="/",

@@ -11,17 +11,6 @@ from typing import Any
 
 import pytest
 import redis
-from support import dist_ops
-from support.servers import redis_server, redis_url  # noqa: F401
-from support.worker_harness import (  # noqa: F401
-    WAIT_S,
-    FakeDispatcher,
-    Harness,
-    completed_status,
-    env,
-    h,
-    wait_until,
-)
 
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.attempt import now_millis
@@ -31,12 +20,22 @@ from mfm_dist.events import (
     DomainEvent,
     EventDraft,
     RunCompleted,
+    RunStarted,
     StateCompleted,
     StateEntered,
     StateFailed,
 )
 from mfm_dist.ids import RunId
+from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.guards import GuardViolation
+from support import dist_ops
+from support.worker_harness import (
+    WAIT_S,
+    FakeDispatcher,
+    Harness,
+    completed_status,
+    wait_until,
+)
 from workers.coordinator import AttemptTask, Coordinator
 from workers.faults import is_permanent_storage_fault, is_transient
 from workers.leases import Coordination, LeaseKeeper, lease_key, run_key
@@ -284,8 +283,10 @@ def test_permanent_advance_failure_ends_the_run_with_its_code(h: Harness) -> Non
 
 def test_missing_manifest_ends_the_run_failed(h: Harness) -> None:
     rid = h.submit("chain_demo", {"states": 2})
-    manifest_id = str(h.log(rid)[0].event.manifest_id)  # type: ignore[attr-defined]
-    h.rt.artifacts.object_path(manifest_id).unlink()  # type: ignore[attr-defined]
+    started = h.log(rid)[0].event
+    assert isinstance(started, RunStarted)
+    assert isinstance(h.rt.artifacts, FileArtifactStore)
+    h.rt.artifacts.object_path(started.manifest_id).unlink()
     assert h.coordinator.advance(rid) == "aborted:artifact_not_found"
     assert completed_status(h, rid) == "Failed"
     assert h.rt.coord.scheduled(rid) is None

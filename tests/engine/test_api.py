@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from support.engine_helpers import GraphOp
-
 from mfm_dist import FnState, OperationRegistry, RunConfig, RunManifest, RunStarted, get_json
 from mfm_dist.api import cancel, resume, run
 from mfm_dist.config import FanOutJoin
@@ -14,6 +12,7 @@ from mfm_dist.results import RunPhase
 from mfm_dist.stores import InMemoryArtifactStore, InMemoryEventStore
 from mfm_dist.stores.urls import Stores, open_stores
 from mfm_dist.verify import verify_run
+from support.engine_helpers import GraphOp
 
 
 def test_run_resume_and_cancel_in_one_call_each(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Cancellation and run deadlines on the embedded engine (docs/cancellation.md).
 
 The store guards themselves are in the store contract suite; the cluster's coordinator
-and workers in tests/distributed/test_cancellation_dist.py and tests/distributed/test_liveness_cluster.py.
+and workers in tests/distributed/test_cancellation_dist.py and
+tests/distributed/test_liveness_cluster.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.engine_helpers import GraphOp, Harness, registry_with
 
 from mfm_dist import FnState, RunConfig, prepare_run, store_manifest
 from mfm_dist.config import Duration, FanOutJoin
@@ -40,6 +40,7 @@ from mfm_dist.stores import InMemoryEventStore
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.sqlite import SqliteEventStore
 from mfm_dist.verify import verify_run
+from support.engine_helpers import GraphOp, Harness, registry_with
 
 BOUND_S = 3.0
 """Generous: the engine looks for a foreign request every 0.2 s."""
@@ -239,8 +240,8 @@ def test_run_cancelled_while_no_driver_is_closed_by_resume() -> None:
     result = h.engine().resume(rid)
     assert result.phase == RunPhase.CANCELLED
     history = h.events.read_range(rid)
-    closed = [e for e in history if isinstance(e.event, StateFailed)]
-    assert len(closed) == 1 and closed[0].event.error.code == CANCELLED_CODE
+    closed = [e.event for e in history if isinstance(e.event, StateFailed)]
+    assert len(closed) == 1 and closed[0].error.code == CANCELLED_CODE
     assert not any(
         isinstance(e.event, StateEntered) and str(e.state_id).endswith(".b") for e in history
     )

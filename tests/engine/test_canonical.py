@@ -1,4 +1,5 @@
-"""Canonical JSON, hashing, the secrets policy and identifier grammar (docs/ids.md, docs/canonical-json.md, docs/secrets.md)."""
+"""Canonical JSON, hashing, the secrets policy and identifier grammar (docs/ids.md,
+docs/canonical-json.md, docs/secrets.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import uuid
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from typing import TypeAlias, TypeGuard
 
 import orjson
 import pytest
@@ -190,7 +193,9 @@ def test_put_id_mismatch_is_corruption() -> None:
         ),
     ],
 )
-def test_identifier_grammar(cls: type, good: list[str], bad: list[str]) -> None:
+def test_identifier_grammar(
+    cls: type[OpId | StateId | OpPath | ArtifactId | RunId], good: list[str], bad: list[str]
+) -> None:
     for value in good:
         assert cls(value) == value
     for value in bad:
@@ -233,7 +238,7 @@ def test_fast_encoder_matches_rfc8785_reference() -> None:
     def text() -> str:
         return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
 
-    def value(depth: int = 0) -> object:
+    def value(depth: int = 0) -> Json:
         pick = rng.random()
         if depth > 3 or pick < 0.3:
             return rng.choice([None, True, False, rng.randint(-(2**53) + 1, 2**53 - 1), text()])
@@ -370,7 +375,11 @@ def random_value(rng: random.Random, exotic: bool, depth: int = 0) -> object:
     return {random_text(rng): random_value(rng, exotic, depth + 1) for _ in range(n)}
 
 
-def exact_json(value: object) -> bool:
+# Exact JSON: what the compiled pass clears and the `rfc8785` reference encodes.
+Json: TypeAlias = bool | int | str | list["Json"] | tuple["Json", ...] | dict[str, "Json"] | None
+
+
+def exact_json(value: object) -> TypeGuard[Json]:
     """Made of exact dict/list/tuple/str/int/bool/None only (what the compiled pass clears)."""
     if value is None or type(value) in (bool, int, str):
         return True
@@ -449,13 +458,13 @@ def test_fast_and_reference_paths_agree() -> None:
     rng = random.Random(11)
     for i in range(6_000):
         value = random_value(rng, exotic=i % 3 == 0)
-        fast = outcome(lambda v=value: canonical_bytes(v, "ctx"))
-        fast_check = outcome(lambda v=value: check_json(v, "ctx"))
-        fast_copy = outcome(lambda v=value: canonical_copy(v, "ctx"))
+        fast = outcome(partial(canonical_bytes, value, "ctx"))
+        fast_check = outcome(partial(check_json, value, "ctx"))
+        fast_copy = outcome(partial(canonical_copy, value, "ctx"))
         with python_reference_only():
-            slow = outcome(lambda v=value: canonical_bytes(v, "ctx"))
-            slow_check = outcome(lambda v=value: check_json(v, "ctx"))
-            slow_copy = outcome(lambda v=value: canonical_copy(v, "ctx"))
+            slow = outcome(partial(canonical_bytes, value, "ctx"))
+            slow_check = outcome(partial(check_json, value, "ctx"))
+            slow_copy = outcome(partial(canonical_copy, value, "ctx"))
         assert fast == slow, value
         assert fast_check == slow_check, value
         assert fast_copy == slow_copy, value
@@ -542,9 +551,9 @@ def test_subclasses_keep_their_reference_behaviour() -> None:
     assert not contains_secret(OrderedDict(a="b"))
 
 
-def nested(depth: int) -> object:
+def nested(depth: int) -> Json:
     """Lists nested so that the innermost one sits at `depth` (the outermost at 0)."""
-    value: object = []
+    value: Json = []
     for _ in range(depth):
         value = [value]
     return value
@@ -566,7 +575,7 @@ def test_depth_limit_and_cycles() -> None:
 
 
 def test_astral_keys_sort_by_utf16() -> None:
-    value = {"\ufb01": 1, "\U00010000": {"\uffff": 2, "\U0001f600": 3}, "a": "\U0001f600"}
+    value: Json = {"\ufb01": 1, "\U00010000": {"\uffff": 2, "\U0001f600": 3}, "a": "\U0001f600"}
     if scan_module is not None:
         assert scan_module.scan(value, True) == 2  # clean, with a key beyond U+FFFF
         assert scan_module.scan({"a": "\U0001f600"}, True) == 0  # astral values need no reorder

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from support.engine_helpers import GraphOp, Harness, registry_with
 
 from mfm_dist import (
     Duration,
@@ -25,8 +25,10 @@ from mfm_dist import (
 )
 from mfm_dist.errors import MfmError, StorageError
 from mfm_dist.events import DomainEvent, StateEntered, StateFailed
+from mfm_dist.ids import OpId
 from mfm_dist.plan import ExecutionPlan, StateGraph
 from mfm_dist.secrets import redact_url
+from support.engine_helpers import GraphOp, Harness, registry_with
 
 MNEMONIC = " ".join(["abandon"] * 11 + ["about"])
 
@@ -47,7 +49,8 @@ def test_mnemonic_inside_a_foreign_exception_is_redacted() -> None:
 
 
 def test_lone_surrogates_fail_the_state_not_the_run() -> None:
-    h = Harness(registry_with(GraphOp("sur", {"a": FnState(lambda c, i, r: c.set("k", "x\ud800"))})))
+    lone = FnState(lambda c, i, r: c.set("k", "x\ud800"))
+    h = Harness(registry_with(GraphOp("sur", {"a": lone})))
     result = h.run("sur", {})
     assert result.phase == RunPhase.FAILED
     assert failed_errors(h, result.run_id)[0].code == "json_string_invalid"
@@ -118,7 +121,7 @@ def test_start_rejects_a_plan_the_manifest_does_not_describe() -> None:
     graph.add("pm.main.other", FnState(lambda c, i, r: None))
     with pytest.raises(MfmError) as info:
         h.engine().start(
-            plan=ExecutionPlan(op_id="pm", graph=graph),
+            plan=ExecutionPlan(op_id=OpId("pm"), graph=graph),
             run_config=cfg,
             manifest=prepared.manifest,
             manifest_id=prepared.manifest_id,
@@ -134,11 +137,11 @@ def test_invalid_and_secret_state_ids_are_invalid_plans() -> None:
 
     bad = StateGraph(states=[StateNode("Not A State", FnState(lambda c, i, r: None))])  # type: ignore[arg-type]
     with pytest.raises(InvalidPlan):
-        ExecutionPlan(op_id="x", graph=bad).validate()
+        ExecutionPlan(op_id=OpId("x"), graph=bad).validate()
     secret = StateGraph()
     secret.add("x.main.rotate_api_key", FnState(lambda c, i, r: None))
     with pytest.raises(InvalidPlan) as info:
-        ExecutionPlan(op_id="x", graph=secret).validate()
+        ExecutionPlan(op_id=OpId("x"), graph=secret).validate()
     assert "api_key" not in str(info.value)
 
 
@@ -167,7 +170,9 @@ def test_resume_reports_the_same_failure_as_start() -> None:
 
         return FnState(fn)
 
-    h = Harness(registry_with(GraphOp("rf", {"a": fail("a_failed", 0.05), "b": fail("b_failed", 0)})))
+    h = Harness(
+        registry_with(GraphOp("rf", {"a": fail("a_failed", 0.05), "b": fail("b_failed", 0)}))
+    )
     result = h.run("rf", {}, RunConfig(execution_mode=FanOutJoin(max_concurrency=2)))
     assert result.failed_state == "rf.main.a"
     assert h.engine().resume(result.run_id) == result
@@ -191,7 +196,9 @@ def test_emitted_payload_is_what_was_validated() -> None:
 
     h = Harness(registry_with(GraphOp("mu", {"a": FnState(mutate)})))
     result = h.run("mu", {})
-    note = next(e.event for e in h.events.read_range(result.run_id) if isinstance(e.event, DomainEvent))
+    note = next(
+        e.event for e in h.events.read_range(result.run_id) if isinstance(e.event, DomainEvent)
+    )
     assert note.payload == {"n": 1}
 
 
@@ -211,7 +218,9 @@ def test_resume_honours_the_remaining_backoff() -> None:
 
     h = Harness(registry_with(GraphOp("bo", {"a": FnState(flaky)})))
     cfg = RunConfig(
-        retry_policy=RetryPolicy(max_attempts=3, backoff=FixedBackoff(delay=Duration.from_millis(300)))
+        retry_policy=RetryPolicy(
+            max_attempts=3, backoff=FixedBackoff(delay=Duration.from_millis(300))
+        )
     )
     with pytest.raises(Crash):
         h.run("bo", {}, cfg, sleep=crash)  # the process dies while waiting out the backoff
@@ -352,7 +361,9 @@ def test_verify_rejects_a_failed_fan_out_that_stopped_early() -> None:
     forged = InMemoryEventStore()
     forged.append(result.run_id, 0, envs[:cut])
     final = envs[0].event.initial_snapshot_id  # type: ignore[union-attr]
-    end = EventDraft(event=RunCompleted(status=RunStatus.FAILED, final_snapshot_id=final), ts_millis=1)
+    end = EventDraft(
+        event=RunCompleted(status=RunStatus.FAILED, final_snapshot_id=final), ts_millis=1
+    )
     forged.append(result.run_id, cut, [end.at(result.run_id, cut + 1)])
     report = verify_run(forged, h.artifacts, h.registry, result.run_id)
     assert not report.ok
@@ -363,20 +374,22 @@ def test_a_rule_breaking_batch_does_not_fail_other_callers_of_a_group_commit() -
     import threading as th
 
     from mfm_dist.engine.local import RunWriter
-    from mfm_dist.events import EventDraft, RunStarted
+    from mfm_dist.events import EventDraft, EventEnvelope, RunStarted
     from mfm_dist.events import StateCompleted as Done
     from mfm_dist.ids import RunId
     from mfm_dist.stores import InMemoryEventStore
     from mfm_dist.stores.guards import GuardViolation
 
     class Slow(InMemoryEventStore):
-        def append(self, run_id, expected_seq, envelopes):  # type: ignore[no-untyped-def]
+        def append(
+            self, run_id: RunId, expected_seq: int, envelopes: Sequence[EventEnvelope]
+        ) -> None:
             time.sleep(0.02)
             return super().append(run_id, expected_seq, envelopes)
 
     store, run_id, a = Slow(), RunId.mint(), "a" * 64
-    store.append(run_id, 0, [EventDraft(event=RunStarted(op_id="x", manifest_id=a,
-                                                         initial_snapshot_id=a), ts_millis=0).at(run_id, 1)])
+    started = RunStarted(op_id="x", manifest_id=a, initial_snapshot_id=a)
+    store.append(run_id, 0, [EventDraft(event=started, ts_millis=0).at(run_id, 1)])
     writer = RunWriter(store, run_id, 1)
     outcomes: dict[str, object] = {}
 

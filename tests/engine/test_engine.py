@@ -1,4 +1,5 @@
-"""LocalEngine semantics (docs/plans.md#starting-a-run, docs/execution.md#one-attempt, docs/execution.md#resume) on the in-memory stores."""
+"""LocalEngine semantics (docs/plans.md#starting-a-run, docs/execution.md#one-attempt,
+docs/execution.md#resume) on the in-memory stores."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-from support.engine_helpers import GraphOp, Harness, registry_with
 
 from mfm_dist import (
     Duration,
@@ -32,8 +32,10 @@ from mfm_dist.events import (
     StateEntered,
     StateFailed,
 )
+from mfm_dist.ids import OpId, RunId
 from mfm_dist.plan import ExecutionPlan, StateGraph
 from mfm_dist.stores import InMemoryEventStore
+from support.engine_helpers import GraphOp, Harness, registry_with
 
 
 def setter(key: str, value: Any) -> FnState:
@@ -111,10 +113,13 @@ def _prepare(h: Harness, target: str, cfg: RunConfig | None = None) -> Any:
             "run_config_mismatch",
         ),
         (
-            lambda p, cfg: {"plan": ExecutionPlan(op_id="other", graph=p.plan.graph)},
+            lambda p, cfg: {"plan": ExecutionPlan(op_id=OpId("other"), graph=p.plan.graph)},
             "manifest_op_id_mismatch",
         ),
-        (lambda p, cfg: {"plan": ExecutionPlan(op_id="chain", graph=StateGraph())}, "invalid_plan"),
+        (
+            lambda p, cfg: {"plan": ExecutionPlan(op_id=OpId("chain"), graph=StateGraph())},
+            "invalid_plan",
+        ),
         (lambda p, cfg: {"initial_context": {"x": 1.5}}, "float_not_allowed"),
         (lambda p, cfg: {"initial_context": {"token": "Bearer abc"}}, "secrets_detected"),
     ],
@@ -447,7 +452,7 @@ def test_resume_of_failed_run_is_idempotent() -> None:
 def test_resume_unknown_run() -> None:
     h = Harness(registry_with())
     with pytest.raises(NotFound) as info:
-        h.engine().resume("1b4e28ba-2fa1-41d2-883f-0e3b2f1b5b2a")
+        h.engine().resume(RunId("1b4e28ba-2fa1-41d2-883f-0e3b2f1b5b2a"))
     assert info.value.code == "run_not_found"
 
 
@@ -484,9 +489,8 @@ def test_resume_retries_a_failed_state_when_policy_allows() -> None:
 
 @pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "awaiting"])
 def test_hung_handler_is_failed_by_its_timeout_and_retried(blocking: bool) -> None:
-    from support import dist_ops
-
     from mfm_dist.events import StateFailed
+    from support import dist_ops
 
     h = _dist_ops()
     dist_ops.LATE_RESULTS.clear()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from support.engine_helpers import GraphOp, Harness, registry_with
 
 from mfm_dist import FanOutJoin, FnState, RunConfig, RunPhase, StateMeta
 from mfm_dist.engine.snapshots import SnapshotStore
@@ -15,6 +15,7 @@ from mfm_dist.errors import StorageError
 from mfm_dist.events import DomainEvent, RunCompleted, StateCompleted, StateEntered, StateFailed
 from mfm_dist.stores import InMemoryEventStore
 from mfm_dist.verify import verify_run
+from support.engine_helpers import GraphOp, Harness, registry_with
 
 
 def fan(n: int) -> RunConfig:
@@ -42,7 +43,7 @@ def diamond_op() -> GraphOp:
         ctx.set("x", [1, 2])
 
     def y(ctx, io, rec):  # type: ignore[no-untyped-def]
-        ctx.set("x", ctx.get("x") + [3])  # overwrite its ancestor's key: ordered, so fine
+        ctx.set("x", [*ctx.get("x"), 3])  # overwrite its ancestor's key: ordered, so fine
 
     return GraphOp(
         "diamond",
@@ -287,13 +288,15 @@ def test_run_writer_group_commits_and_returns_each_callers_envelopes() -> None:
     import threading as th
 
     from mfm_dist.engine.local import RunWriter
-    from mfm_dist.events import DomainEvent, EventDraft, RunStarted
+    from mfm_dist.events import DomainEvent, EventDraft, EventEnvelope, RunStarted
     from mfm_dist.ids import RunId
 
     class Slow(InMemoryEventStore):
         calls = 0
 
-        def append(self, run_id, expected_seq, envelopes):  # type: ignore[no-untyped-def]
+        def append(
+            self, run_id: RunId, expected_seq: int, envelopes: Sequence[EventEnvelope]
+        ) -> None:
             Slow.calls += 1
             time.sleep(0.01)  # a slow fsync: lets other callers queue up
             return super().append(run_id, expected_seq, envelopes)
@@ -301,8 +304,8 @@ def test_run_writer_group_commits_and_returns_each_callers_envelopes() -> None:
     store = Slow()
     run_id = RunId.mint()
     a = "a" * 64
-    store.append(run_id, 0, [EventDraft(event=RunStarted(op_id="x", manifest_id=a,
-                                                         initial_snapshot_id=a), ts_millis=0).at(run_id, 1)])
+    started = RunStarted(op_id="x", manifest_id=a, initial_snapshot_id=a)
+    store.append(run_id, 0, [EventDraft(event=started, ts_millis=0).at(run_id, 1)])
     Slow.calls = 0
     writer = RunWriter(store, run_id, 1)
     results: dict[int, list[Any]] = {}

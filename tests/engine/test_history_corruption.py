@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from support.engine_helpers import GraphOp, Harness, registry_with
 
 from mfm_dist import FnState, RunConfig
 from mfm_dist.errors import MfmError
@@ -17,6 +16,7 @@ from mfm_dist.events import (
 )
 from mfm_dist.ids import RunId
 from mfm_dist.stores import InMemoryEventStore
+from support.engine_helpers import GraphOp, Harness, registry_with
 
 
 class RawEventStore(InMemoryEventStore):
@@ -29,9 +29,13 @@ class RawEventStore(InMemoryEventStore):
 
 def crashed_run() -> tuple[Harness, RunId, list[EventEnvelope]]:
     """A three-state chain stopped after its first state (history: RS, SE, SC)."""
+
+    def sets(name: str) -> FnState:
+        return FnState(lambda c, i, r: c.set(name, 1))
+
     op = GraphOp(
         "chain",
-        {n: FnState(lambda c, i, r, n=n: c.set(n, 1)) for n in ("a", "b", "c")},
+        {n: sets(n) for n in ("a", "b", "c")},
         [("a", "b"), ("b", "c")],
     )
     h = Harness(registry_with(op), events=RawEventStore())
@@ -141,7 +145,7 @@ def _secret_manifest(h: Harness, envs: list[EventEnvelope]) -> None:
     h.artifacts._blobs[mid] = ("Manifest", data)  # type: ignore[attr-defined]
     rs = envs[0]
     envs[0] = rs.model_copy(
-        update={"event": rs.event.model_copy(update={"manifest_id": mid})}  # type: ignore[union-attr]
+        update={"event": rs.event.model_copy(update={"manifest_id": mid})}
     )
     h.events.rewrite(rs.run_id, envs)  # type: ignore[attr-defined]
 
@@ -182,7 +186,7 @@ def test_non_canonical_bytes_under_the_right_id_are_rejected() -> None:
     sid = h.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, data)
     rs = envs[0]
     envs[0] = rs.model_copy(
-        update={"event": rs.event.model_copy(update={"initial_snapshot_id": sid})}  # type: ignore[union-attr]
+        update={"event": rs.event.model_copy(update={"initial_snapshot_id": sid})}
     )
     h.events.rewrite(run_id, envs)  # type: ignore[attr-defined]
     with pytest.raises(MfmError) as info:

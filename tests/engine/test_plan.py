@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from support.engine_helpers import GraphOp, registry_with
 
 from mfm_dist import (
     ExecutionPlan,
@@ -14,7 +13,9 @@ from mfm_dist import (
     RunConfig,
     StateGraph,
 )
+from mfm_dist.ids import OpId
 from mfm_dist.operations import OperationNotFound
+from support.engine_helpers import GraphOp, registry_with
 
 NOOP = FnState(lambda ctx, io, rec: None)
 
@@ -25,7 +26,7 @@ def plan_of(names: list[str], edges: list[tuple[str, str]]) -> ExecutionPlan:
         graph.add(f"m.main.{n}", NOOP)
     for a, b in edges:
         graph.edge(f"m.main.{a}", f"m.main.{b}")
-    return ExecutionPlan(op_id="m", graph=graph)
+    return ExecutionPlan(op_id=OpId("m"), graph=graph)
 
 
 def reason(plan: ExecutionPlan) -> dict[str, object]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.engine_helpers import GraphOp, Harness, registry_with
 
 from mfm_dist import FnState, RunConfig, StateError
 from mfm_dist.errors import MfmError
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.sqlite import SqliteEventStore
+from support.engine_helpers import GraphOp, Harness, registry_with
 
 SECRET = "hunter2-very-secret"
 

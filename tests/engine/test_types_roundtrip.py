@@ -1,4 +1,5 @@
-"""Persisted JSON shapes (docs/events.md#serialized-shapes): every shape round-trips to literal expected text."""
+"""Persisted JSON shapes (docs/events.md#serialized-shapes): every shape round-trips to literal
+expected text."""
 
 from __future__ import annotations
 
@@ -38,17 +39,17 @@ RUN = "1b4e28ba-2fa1-41d2-883f-0e3b2f1b5b2a"
 EVENTS = [
     (
         RunStarted(op_id="demo", manifest_id=A, initial_snapshot_id=B),
-        '{"Kernel":{"RunStarted":{"op_id":"demo","manifest_id":"%s","initial_snapshot_id":"%s"}}}'
-        % (A, B),
+        '{"Kernel":{"RunStarted":{"op_id":"demo","manifest_id":"' + A
+        + '","initial_snapshot_id":"' + B + '"}}}',
     ),
     (
         StateEntered(state_id="m.main.a", attempt=0, base_snapshot_id=A),
-        '{"Kernel":{"StateEntered":{"state_id":"m.main.a","attempt":0,"base_snapshot_id":"%s"}}}'
-        % A,
+        '{"Kernel":{"StateEntered":{"state_id":"m.main.a","attempt":0,"base_snapshot_id":"'
+        + A + '"}}}',
     ),
     (
         StateCompleted(state_id="m.main.a", context_snapshot_id=B),
-        '{"Kernel":{"StateCompleted":{"state_id":"m.main.a","context_snapshot_id":"%s"}}}' % B,
+        '{"Kernel":{"StateCompleted":{"state_id":"m.main.a","context_snapshot_id":"' + B + '"}}}',
     ),
     (
         StateFailed(
@@ -61,7 +62,7 @@ EVENTS = [
     ),
     (
         RunCompleted(status=RunStatus.COMPLETED, final_snapshot_id=B),
-        '{"Kernel":{"RunCompleted":{"status":"Completed","final_snapshot_id":"%s"}}}' % B,
+        '{"Kernel":{"RunCompleted":{"status":"Completed","final_snapshot_id":"' + B + '"}}}',
     ),
     (
         RunCompleted(status=RunStatus.FAILED, final_snapshot_id=None),
@@ -69,8 +70,8 @@ EVENTS = [
     ),
     (
         DomainEvent(name="fact_recorded", payload={"key": "k", "payload_id": A, "meta": {}}),
-        '{"Domain":{"name":"fact_recorded","payload":{"key":"k","payload_id":"%s","meta":{}},'
-        '"payload_ref":null}}' % A,
+        '{"Domain":{"name":"fact_recorded","payload":{"key":"k","payload_id":"' + A
+        + '","meta":{}},"payload_ref":null}}',
     ),
 ]
 
@@ -79,9 +80,9 @@ EVENTS = [
 def test_event_shapes_round_trip(event: object, text: str) -> None:
     env = EventEnvelope(run_id=RUN, seq=1, ts_millis=7, event=event)
     dumped = env.model_dump_json()
-    expected = '{"run_id":"%s","seq":1,"ts_millis":7,"event":%s,"state_id":null,"attempt":null}' % (
-        RUN,
-        text,
+    expected = (
+        '{"run_id":"' + RUN + '","seq":1,"ts_millis":7,"event":' + text
+        + ',"state_id":null,"attempt":null}'
     )
     assert dumped == expected
     assert EventEnvelope.model_validate_json(expected) == env
@@ -99,9 +100,9 @@ def test_envelope_attribution_and_canonical_bytes() -> None:
     assert (
         env.to_bytes()
         == (
-            '{"attempt":1,"event":{"Kernel":{"StateEntered":{"attempt":1,"base_snapshot_id":"%s",'
-            '"state_id":"m.main.a"}}},"run_id":"%s","seq":2,"state_id":"m.main.a","ts_millis":1}'
-            % (A, RUN)
+            '{"attempt":1,"event":{"Kernel":{"StateEntered":{"attempt":1,"base_snapshot_id":"'
+            + A + '","state_id":"m.main.a"}}},"run_id":"' + RUN
+            + '","seq":2,"state_id":"m.main.a","ts_millis":1}'
         ).encode()
     )
     assert EventEnvelope.from_bytes(env.to_bytes()) == env
@@ -211,8 +212,8 @@ def test_manifest_round_trip() -> None:
 def test_run_result_round_trip() -> None:
     result = RunResult(run_id=RUN, phase=RunPhase.COMPLETED, final_snapshot_id=A)
     text = (
-        '{"run_id":"%s","phase":"Completed","final_snapshot_id":"%s","failed_state":null,'
-        '"error":null}' % (RUN, A)
+        '{"run_id":"' + RUN + '","phase":"Completed","final_snapshot_id":"' + A
+        + '","failed_state":null,"error":null}'
     )
     assert result.model_dump_json() == text
     assert RunResult.model_validate_json(text) == result

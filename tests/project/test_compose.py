@@ -3,10 +3,10 @@ this checks the files themselves: topology, durability settings, health checks, 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
+
 from support import REPO
 
 COMPOSE = REPO / "compose"
@@ -15,7 +15,8 @@ COMPOSE = REPO / "compose"
 def services() -> dict[str, Any]:
     data = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
     assert isinstance(data, dict)
-    return data["services"]
+    found: dict[str, Any] = data["services"]
+    return found
 
 
 def test_topology_and_queues() -> None:

@@ -4,7 +4,6 @@ README's test command."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from support import REPO
 

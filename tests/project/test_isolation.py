@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from support import REPO
 
 PROBE = "MFM_TEST_ISOLATION_PROBE"

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from support.engine_helpers import Harness, registry_with
 
 from mfm_dist import FanOutJoin, RunConfig, RunPhase
 from mfm_dist.cli.main import cli
@@ -20,6 +19,7 @@ from mfm_dist.events import StateCompleted
 from mfm_dist.stores.redis_events import RedisEventStore
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 from mfm_dist.verify import verify_run
+from support.engine_helpers import Harness, registry_with
 
 
 def run_cli(*args: str) -> Any:
@@ -31,7 +31,9 @@ def test_cli_fanout_on_redis_and_s3_matches_embedded(
     redis_url: str, s3_artifacts_url: str, tmp_path: Path
 ) -> None:
     dist = ["--events-url", redis_url, "--artifacts-url", s3_artifacts_url]
-    run = run_cli(*dist, "run", "fanout_demo", "--input", '{"items": 50}', "--fan-out", "8", "--json")
+    run = run_cli(
+        *dist, "run", "fanout_demo", "--input", '{"items": 50}', "--fan-out", "8", "--json"
+    )
     assert run.exit_code == 0, run.output
     import json
 
@@ -58,13 +60,15 @@ def completed_count(events: RedisEventStore, run_id: str) -> int:
     return sum(isinstance(e.event, StateCompleted) for e in events.read_range(run_id))  # type: ignore[arg-type]
 
 
-def start_in_thread(h: Harness, cfg: RunConfig, run_input: dict[str, int]) -> tuple[threading.Thread, dict[str, Any]]:
+def start_in_thread(
+    h: Harness, cfg: RunConfig, run_input: dict[str, int]
+) -> tuple[threading.Thread, dict[str, Any]]:
     outcome: dict[str, Any] = {}
 
     def target() -> None:
         try:
             outcome["result"] = h.run("slow_fanout", run_input, cfg)
-        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+        except BaseException as exc:  # inspected by the test
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)
@@ -91,7 +95,9 @@ def test_s3_outage_mid_run_is_retryable_and_resume_completes(
     h = Harness(slow_registry(), events=events, artifacts=artifacts)
     cfg = RunConfig(execution_mode=FanOutJoin(max_concurrency=4))
     thread, outcome = start_in_thread(h, cfg, {"items": 40, "sleep_ms": 60})
-    wait_for(lambda: events.list_runs() and completed_count(events, events.list_runs()[0].run_id) >= 5)
+    wait_for(
+        lambda: events.list_runs() and completed_count(events, events.list_runs()[0].run_id) >= 5
+    )
     run_id = events.list_runs()[0].run_id
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGSTOP)  # the S3 server stops answering
@@ -112,14 +118,18 @@ def test_s3_outage_mid_run_is_retryable_and_resume_completes(
 
 
 @pytest.mark.slow
-def test_redis_restart_mid_run_with_aof_loses_nothing(redis_factory: Any, s3_artifacts_url: str) -> None:
+def test_redis_restart_mid_run_with_aof_loses_nothing(
+    redis_factory: Any, s3_artifacts_url: str
+) -> None:
     server = redis_factory(appendonly=True, appendfsync="always")
     events = RedisEventStore.from_url(server.url)
     artifacts = S3ArtifactStore.from_url(s3_artifacts_url)
     h = Harness(slow_registry(), events=events, artifacts=artifacts)
     cfg = RunConfig(execution_mode=FanOutJoin(max_concurrency=4))
     thread, outcome = start_in_thread(h, cfg, {"items": 40, "sleep_ms": 60})
-    wait_for(lambda: events.list_runs() and completed_count(events, events.list_runs()[0].run_id) >= 5)
+    wait_for(
+        lambda: events.list_runs() and completed_count(events, events.list_runs()[0].run_id) >= 5
+    )
     run_id = events.list_runs()[0].run_id
     seen = events.read_range(run_id)
     server.restart(kill=True)  # SIGKILL: only what AOF fsynced survives

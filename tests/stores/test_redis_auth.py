@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from support.servers import RedisServer
 
 from mfm_dist.cli.main import cli
 from mfm_dist.errors import StorageError
 from mfm_dist.stores.redis_events import RedisEventStore
+from support.servers import RedisServer
 from workers.faults import is_permanent_storage_fault, is_transient
 from workers.runtime import redis_client
 
@@ -30,10 +30,15 @@ def locked_redis(redis_factory: Callable[..., RedisServer]) -> RedisServer:
     admin = admin_client(server)
     try:
         # A user that may do everything except list runs (ZREVRANGE): NOPERM on `mfm runs`.
-        admin.execute_command(
-            "ACL", "SETUSER", "reader", "on", f">{READER_SECRET}", "~*", "&*", "+@all",
-            "-zrevrange",
-        )  # fmt: skip
+        admin.acl_setuser(
+            "reader",
+            enabled=True,
+            passwords=[f"+{READER_SECRET}"],
+            categories=["+@all"],
+            commands=["-zrevrange"],
+            keys=["*"],
+            channels=["*"],
+        )
         admin.acl_log_reset()
     finally:
         admin.close()
@@ -51,7 +56,13 @@ def failed_auths(server: RedisServer) -> int:
         entries = admin.acl_log()
     finally:
         admin.close()
-    return sum(int(e["count"]) for e in entries if e["reason"] == "auth")
+    refused = 0
+    for entry in entries:
+        if entry["reason"] == "auth":
+            count = entry["count"]
+            assert isinstance(count, int | str), entry
+            refused += int(count)
+    return refused
 
 
 def mfm(tmp_path: Path, url: str, *args: str) -> Result:

@@ -684,7 +684,11 @@ def test_undecodable_or_misplaced_stream_entries_are_corruption(
     run = new_run()
     store.append_next(run, [started()])
     raw = redis.Redis.from_url(redis_url)
-    good = raw.xrange(f"mfm:{{{run}}}:events")[0][1][b"body"]
+    entries = raw.xrange(f"mfm:{{{run}}}:events")
+    assert entries is not None
+    fields = entries[0][1]
+    assert fields is not None
+    good = fields[b"body"]
     raw.xadd(f"mfm:{{{run}}}:events", {"seq": seq_field, "body": body or good}, id="2-1")
     with pytest.raises(Corruption) as caught:
         store.read_range(run)

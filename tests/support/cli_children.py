@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from support import TESTS
 
 from mfm_dist.cli.main import cli
+from support import TESTS
 
 CLI = [sys.executable, "-m", "mfm_dist.cli.main"]
 

@@ -9,8 +9,6 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from support.cluster import LocalCluster
-
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import prepare_run, store_manifest
@@ -20,6 +18,7 @@ from mfm_dist.ids import RunId
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.results import RunPhase, RunResult
 from mfm_dist.stores.memory import InMemoryArtifactStore, InMemoryEventStore
+from support.cluster import LocalCluster
 from workers.runtime import Runtime
 from workers.submit import wait_for_run
 
@@ -52,7 +51,7 @@ def finished(cluster: LocalCluster, run_id: RunId, rt: Runtime) -> RunResult:
 def embedded_final(target: str, run_input: object, config: RunConfig) -> str:
     events, artifacts = InMemoryEventStore(), InMemoryArtifactStore()
     reg = registry()
-    prepared = prepare_run(reg, target, run_input, config)  # type: ignore[arg-type]
+    prepared = prepare_run(reg, target, run_input, config)
     manifest_id = store_manifest(artifacts, prepared.manifest)
     result = LocalEngine(events, artifacts, reg).start(
         plan=prepared.plan,

@@ -1,4 +1,5 @@
-"""Test operations for the distributed tests, loaded by workers via `MFM_OPERATIONS=support.dist_ops`.
+"""Test operations for the distributed tests, loaded by workers via
+`MFM_OPERATIONS=support.dist_ops`.
 
 * `gated_demo` — input `{"items": N, "gate_dir": path}`: N item states and one `slow`
   state that records its process id in `gate_dir` (`started-<attempt>-<pid>`) and blocks

@@ -1,4 +1,5 @@
-"""Test operations module (loaded with `--ops support.slow_ops` / `MFM_OPERATIONS=support.slow_ops`)."""
+"""Test operations module (loaded with `--ops support.slow_ops` /
+`MFM_OPERATIONS=support.slow_ops`)."""
 
 from __future__ import annotations
 

@@ -15,13 +15,13 @@ from typing import Any
 
 import httpx
 from click.testing import CliRunner, Result
-from support import REPO
-from support.servers import free_port
 
 from mfm_dist.cli.app import App
 from mfm_dist.cli.main import cli
 from mfm_dist.ui.app import create_app
 from mfm_dist.ui.data import Dashboard
+from support import REPO
+from support.servers import free_port
 
 SCREENSHOTS = REPO / "docs" / "images"
 CHROMIUM = "/usr/bin/chromium"

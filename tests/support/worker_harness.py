@@ -1,7 +1,8 @@
 """In-process harness for the distributed workers: a real redis-server, a local artifact
 directory, the real `Coordinator` and `execute_attempt`, and a dispatcher that records what
-would be sent to Celery (tests run the attempts themselves). Import the fixtures `env` and
-`h` (and `redis_server`, `redis_url` from `servers`) into a test module to use them."""
+would be sent to Celery (tests run the attempts themselves). Its fixtures `env` and `h` (like
+`redis_server` and `redis_url` of `servers`) are a pytest plugin (see `pyproject.toml`): a test
+asks for them by name."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import dist_ops
-from support.servers import redis_url  # noqa: F401
 
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.lifecycle import prepare_run, record_run_start, store_manifest, validate_start
 from mfm_dist.events import EventEnvelope, RunCompleted
 from mfm_dist.ids import RunId
+from support import dist_ops
 from workers.attempts import execute_attempt
 from workers.coordinator import AttemptTask, Coordinator
 from workers.runtime import Runtime
@@ -55,7 +55,7 @@ class FakeDispatcher:
 
 
 @pytest.fixture
-def env(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:  # noqa: F811
+def env(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("MFM_EVENTS_URL", redis_url)
     monkeypatch.setenv("MFM_BROKER_URL", redis_url)
     monkeypatch.setenv("MFM_ARTIFACTS_URL", f"file://{tmp_path / 'art'}")

@@ -7,14 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import REGISTRY
-from support.servers import redis_server, redis_url  # noqa: F401
-from support.worker_harness import Harness, env, h  # noqa: F401
 
 from mfm_dist import metrics
 from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.cancellation import request_cancel
 from mfm_dist.events import EventDraft, StateEntered
 from mfm_dist.ids import ArtifactId, RunId, StateId
+from support.worker_harness import Harness
 
 
 def value(name: str, **labels: str) -> float:

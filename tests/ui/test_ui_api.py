@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support.ui_helpers import dashboard_for, mfm, mfm_json
 
 with warnings.catch_warnings():  # "install httpx2": the test client works with httpx

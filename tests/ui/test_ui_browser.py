@@ -14,6 +14,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from mfm_dist import api
 from support.slow_ops import SlowFanOut
 from support.ui_helpers import (
     SCREENSHOTS,
@@ -24,8 +26,6 @@ from support.ui_helpers import (
     serve_dashboard,
     wait_for,
 )
-
-from mfm_dist import api
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,8 @@ def shot(browser: Any, name: str) -> None:
 
 
 def rows(browser: Any) -> list[Any]:
-    return browser.find_elements(By.CSS_SELECTOR, "#runs tr.run-row")
+    found: list[Any] = browser.find_elements(By.CSS_SELECTOR, "#runs tr.run-row")
+    return found
 
 
 def apply(browser: Any, **fields: str) -> None:
@@ -146,8 +147,9 @@ def test_paging(browser: Any, url: str, home: Path) -> None:
             break
         navigate(browser, lambda: browser.find_element(By.ID, "next-page").click())
     assert [len(p) for p in pages] == [4, 4, 2]
-    assert sum(pages, []) == [r for r in everything if r in sum(pages, [])]
-    assert len(set(sum(pages, []))) == 10
+    listed = [r for page in pages for r in page]
+    assert listed == [r for r in everything if r in listed]
+    assert len(set(listed)) == 10
 
 
 def test_failed_state_shows_its_error_code(browser: Any, url: str, home: Path) -> None:
@@ -177,14 +179,16 @@ def test_live_graph_changes_colour(browser: Any, url: str, home: Path) -> None:
     )
     thread.start()
     try:
+        # fmt: off
         rid = wait_for(
             lambda: next(
                 (r["run_id"] for r in mfm_json(["--home", str(home)], "runs", "--json",
-                                               "--op", "slow_fanout")),  # fmt: skip
+                                               "--op", "slow_fanout")),
                 None,
             ),
             "the run to start",
         )
+        # fmt: on
         browser.get(f"{url}/runs/{rid}")
 
         def classes() -> list[str]:

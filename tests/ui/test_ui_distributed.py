@@ -14,11 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from support.servers import redis_server, redis_url  # noqa: F401
-from support.ui_helpers import dashboard_for, mfm, mfm_json, serve_dashboard, wait_for
-from support.worker_harness import Harness, env, h  # noqa: F401
 
 from mfm_dist.config import Duration, FixedBackoff, RetryPolicy, RunConfig
+from support.ui_helpers import dashboard_for, mfm, mfm_json, serve_dashboard, wait_for
+from support.worker_harness import Harness
 from workers.runtime import reset_runtime
 from workers.submit import receive
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support.ui_helpers import chromium_driver, dashboard_for, serve_dashboard
 
 from mfm_dist.config import FanOutJoin, RunConfig
 from mfm_dist.engine.lifecycle import prepare_run, record_run_start, store_manifest, validate_start
@@ -20,6 +20,7 @@ from mfm_dist.events import EventDraft, RunCompleted, RunStatus, StateCompleted,
 from mfm_dist.ids import StateId
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.stores.urls import open_stores
+from support.ui_helpers import chromium_driver, dashboard_for, serve_dashboard
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,9 @@ BUDGET_S = 2.0
 def big_run(home: Path) -> str:
     stores = open_stores(home=str(home))
     config = RunConfig(execution_mode=FanOutJoin(max_concurrency=64))
-    prepared = prepare_run(OperationRegistry.default(), "fanout_demo", {"items": STATES - 1}, config)
+    prepared = prepare_run(
+        OperationRegistry.default(), "fanout_demo", {"items": STATES - 1}, config
+    )
     manifest_id = store_manifest(stores.artifacts, prepared.manifest)
     initial = validate_start(
         stores.artifacts,
@@ -61,9 +64,9 @@ def big_run(home: Path) -> str:
     return str(rid)
 
 
-def page_load_s(browser: object, url: str) -> float:
-    browser.get(url)  # type: ignore[attr-defined]
-    timing = browser.execute_script(  # type: ignore[attr-defined]
+def page_load_s(browser: Any, url: str) -> float:
+    browser.get(url)
+    timing: list[int] = browser.execute_script(
         "var t = performance.timing; return [t.navigationStart, t.loadEventEnd,"
         " document.querySelectorAll('#graph i').length];"
     )

@@ -9,11 +9,9 @@ import json
 import warnings
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from support.ui_helpers import dashboard_for
 
 from mfm_dist.artifacts import ArtifactKind
 from mfm_dist.config import RunConfig
@@ -33,6 +31,7 @@ from mfm_dist.operations import OperationRegistry
 from mfm_dist.secrets import contains_secret, is_secret_string
 from mfm_dist.stores.urls import open_stores
 from mfm_dist.ui.app import create_app
+from support.ui_helpers import dashboard_for
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -75,25 +74,27 @@ def secret_history(home: Path) -> tuple[str, str]:
         retryable=False,
         message="Authorization: Bearer tok-123 refused",
     )
+    # fmt: off
     drafts = [
         EventDraft(event=DomainEvent(name="run_submitted", payload={
             "fingerprint": "0" * 64, "idempotency_key": None,
             "labels": {"password": "hunter2", "team": MNEMONIC},
             "on_complete": None, "submitted_ms": 1,
-        }), ts_millis=1),  # fmt: skip
+        }), ts_millis=1),
         EventDraft(event=StateEntered(state_id=s0, attempt=0, base_snapshot_id=initial_id),
-                   ts_millis=2, state_id=s0, attempt=0),  # fmt: skip
+                   ts_millis=2, state_id=s0, attempt=0),
         EventDraft(event=DomainEvent(name="leak", payload={"token": "Bearer tok-123"}),
-                   ts_millis=3, state_id=s0, attempt=0),  # fmt: skip
+                   ts_millis=3, state_id=s0, attempt=0),
         EventDraft(event=StateCompleted(state_id=s0, context_snapshot_id=ArtifactId(snapshot)),
-                   ts_millis=4, state_id=s0, attempt=0),  # fmt: skip
+                   ts_millis=4, state_id=s0, attempt=0),
         EventDraft(event=StateEntered(state_id=s1, attempt=0, base_snapshot_id=initial_id),
-                   ts_millis=5, state_id=s1, attempt=0),  # fmt: skip
+                   ts_millis=5, state_id=s1, attempt=0),
         EventDraft(event=StateFailed(state_id=s1, error=error, failure_snapshot_id=None),
-                   ts_millis=6, state_id=s1, attempt=0),  # fmt: skip
+                   ts_millis=6, state_id=s1, attempt=0),
         EventDraft(event=RunCompleted(status=RunStatus.FAILED,
                                       final_snapshot_id=ArtifactId(snapshot)), ts_millis=7),
-    ]  # fmt: skip
+    ]
+    # fmt: on
     for draft in drafts:
         events.append_next(rid, [draft])
     stores.close()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.ui_helpers import dashboard_for, mfm, serve_dashboard
 
 from mfm_dist.ui.server import BindRefused, check_binding, is_loopback
+from support.ui_helpers import dashboard_for, mfm, serve_dashboard
 
 TOKEN = "0123456789abcdef-token"
 
@@ -41,7 +41,8 @@ def test_the_cli_refuses_before_serving(tmp_path: Path) -> None:
 
 def test_token_is_required_on_every_request(tmp_path: Path) -> None:
     home = tmp_path / ".mfm"
-    assert mfm(["--home", str(home)], "run", "chain_demo", "--input", '{"states": 2}').exit_code == 0
+    ran = mfm(["--home", str(home)], "run", "chain_demo", "--input", '{"states": 2}')
+    assert ran.exit_code == 0
     with serve_dashboard(dashboard_for(home=str(home)), token=TOKEN) as url:
         for path in ("/api/runs", "/metrics", "/api/health"):
             response = httpx.get(url + path)
@@ -80,7 +81,8 @@ def test_mfm_ui_serves_until_stopped(tmp_path: Path) -> None:
     from support.servers import free_port
 
     home = tmp_path / ".mfm"
-    assert mfm(["--home", str(home)], "run", "chain_demo", "--input", '{"states": 3}').exit_code == 0
+    ran = mfm(["--home", str(home)], "run", "chain_demo", "--input", '{"states": 3}')
+    assert ran.exit_code == 0
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mfm_dist.cli.main", "--home", str(home), "ui", "--port", str(port)],

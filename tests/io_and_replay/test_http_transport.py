@@ -7,6 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from mfm_dist.errors import InvalidInput, MfmError, RateLimited
+from mfm_dist.io.base import IoCall
+from mfm_dist.io.live import LiveIo
+from mfm_dist.io.router import TransportRegistry
+from mfm_dist.io.transports.http import HttpTransport
 from support.io_helpers import (
     FactHarness,
     JsonHandler,
@@ -14,12 +20,6 @@ from support.io_helpers import (
     loopback_server,
     stall_until_released,
 )
-
-from mfm_dist.errors import InvalidInput, MfmError, RateLimited
-from mfm_dist.io.base import IoCall
-from mfm_dist.io.live import LiveIo
-from mfm_dist.io.router import TransportRegistry
-from mfm_dist.io.transports.http import HttpTransport
 
 TOKEN = "tok-9c1e55d0"
 LEAK = "leaky-body-51aa"

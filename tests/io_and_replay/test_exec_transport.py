@@ -6,13 +6,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from support.io_helpers import FactHarness, exec_request, wait_for_pid_exit, write_program
 
 from mfm_dist.errors import InvalidInput, MfmError
 from mfm_dist.io.base import IoCall
 from mfm_dist.io.live import LiveIo
 from mfm_dist.io.router import TransportRegistry
 from mfm_dist.io.transports.exec import ExecError, ExecTransport
+from support.io_helpers import FactHarness, exec_request, wait_for_pid_exit, write_program
 
 SECRET_OUTPUT = "leaky-output-7f3a"
 

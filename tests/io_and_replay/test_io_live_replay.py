@@ -7,7 +7,6 @@ import threading
 from typing import Any
 
 import pytest
-from support.io_helpers import CountingTransport, ExplodingTransport, FactHarness
 
 from mfm_dist.artifacts import ArtifactKind
 from mfm_dist.canonical import artifact_id_of_bytes, canonical_bytes
@@ -27,6 +26,7 @@ from mfm_dist.io.factory import DefaultIoFactory, default_io_factory
 from mfm_dist.io.live import LiveIo
 from mfm_dist.io.replay import ReplayIo
 from mfm_dist.io.router import TransportRegistry
+from support.io_helpers import CountingTransport, ExplodingTransport, FactHarness
 
 REPLAY = RunConfig(io_mode=IoMode.REPLAY)
 

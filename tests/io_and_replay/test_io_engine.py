@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.engine_helpers import GraphOp, Harness, registry_with
-from support.io_helpers import CountingTransport, ExplodingTransport, JsonHandler, loopback_server
 
 from mfm_dist import FnState, IoCall, IoMode, RetryPolicy, RunConfig, RunPhase, StateError
 from mfm_dist.engine.snapshots import SnapshotStore
@@ -23,6 +21,8 @@ from mfm_dist.io.router import TransportRegistry
 from mfm_dist.replay_check import replay_run
 from mfm_dist.stores import InMemoryEventStore
 from mfm_dist.verify import verify_run
+from support.engine_helpers import GraphOp, Harness, registry_with
+from support.io_helpers import CountingTransport, ExplodingTransport, JsonHandler, loopback_server
 
 
 def facts_for(h: Harness, run_id: str, key: str) -> list[DomainEvent]:
@@ -161,7 +161,7 @@ class CrashPublish(InMemoryEventStore):
 
 
 def test_io_demo_replays_bit_for_bit_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    with io_demo_services(monkeypatch) as (server, counter, run_input):
+    with io_demo_services(monkeypatch) as (_server, _counter, run_input):
         h = Harness(registry_with())
         result = h.run("io_demo", run_input)
         assert result.phase == RunPhase.COMPLETED, result.error
@@ -171,11 +171,14 @@ def test_io_demo_replays_bit_for_bit_without_network(monkeypatch: pytest.MonkeyP
     exploding = TransportRegistry()
     exploding.register("http", ExplodingTransport())
     exploding.register("exec", ExplodingTransport())
-    report = replay_run(h.events, h.artifacts, h.registry, result.run_id, default_io_factory(exploding))
+    report = replay_run(
+        h.events, h.artifacts, h.registry, result.run_id, default_io_factory(exploding)
+    )
     assert report.ok, report
     assert [s.match for s in report.states] == [True] * 4
     final = SnapshotStore(h.artifacts).load(str(result.final_snapshot_id))
-    assert final["measurement"] == {"stdin_bytes": len(json.dumps(final["quote"], separators=(",", ":")))}
+    quote = json.dumps(final["quote"], separators=(",", ":"))
+    assert final["measurement"] == {"stdin_bytes": len(quote)}
     kinds = [e.event.payload["key"] for e in h.events.read_range(result.run_id)
              if isinstance(e.event, DomainEvent) and e.event.name == "fact_recorded"]
     assert "quote" in kinds and "measurement" in kinds and "publish" in kinds
@@ -253,9 +256,12 @@ def test_replay_reports_a_missing_fact() -> None:
 def test_replay_mode_missing_fact_fails_the_run(retryable: bool) -> None:
     h = Harness(registry_with(GraphOp("miss", {"a": keyed_call_state(fail_first=False)})))
     cfg = RunConfig(io_mode=IoMode.REPLAY, replay_missing_fact_retryable=retryable)
-    result = h.run("miss", {}, cfg, io_factory=default_io_factory(registry_for(ExplodingTransport())))
+    io_factory = default_io_factory(registry_for(ExplodingTransport()))
+    result = h.run("miss", {}, cfg, io_factory=io_factory)
     assert result.phase == RunPhase.FAILED
-    failed = [e.event for e in h.events.read_range(result.run_id) if isinstance(e.event, StateFailed)]
+    failed = [
+        e.event for e in h.events.read_range(result.run_id) if isinstance(e.event, StateFailed)
+    ]
     assert failed[0].error.code == "missing_fact"
     assert failed[0].error.retryable is retryable
     assert failed[0].error.category.value == "Rpc"
@@ -271,7 +277,7 @@ def test_missing_fact_key_in_replay_mode() -> None:
 
 
 def test_dry_run_skips_the_side_effect(monkeypatch: pytest.MonkeyPatch) -> None:
-    with io_demo_services(monkeypatch) as (server, counter, run_input):
+    with io_demo_services(monkeypatch) as (_server, counter, run_input):
         h = Harness(registry_with())
         result = h.run("io_demo", run_input, RunConfig(skip_tags=["apply_side_effect"]))
     assert result.phase == RunPhase.COMPLETED and counter.posts == 0
@@ -282,9 +288,8 @@ def _unused(path: Path) -> None:
 
 
 def test_user_transports_from_an_operations_module() -> None:
-    from support import custom_transport_ops
-
     from mfm_dist.operations import OperationRegistry
+    from support import custom_transport_ops
 
     custom_transport_ops.CALLS.clear()
     registry = OperationRegistry.default(["support.custom_transport_ops"])
