@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from mfm_dist.artifacts import ArtifactStore, OtherArtifactKind
-from mfm_dist.canonical import JsonValue, canonical_bytes, canonical_bytes_unchecked
+from mfm_dist.canonical import JsonValue, canonical_bytes
 from mfm_dist.config import RunConfig
 from mfm_dist.context import StagedContext
 from mfm_dist.engine.cancellation import CANCELLED_CODE
@@ -30,7 +30,7 @@ from mfm_dist.engine.deadlines import (
     effective_timeout_ms,
 )
 from mfm_dist.engine.drafts import now_millis as now_millis  # re-exported: callers time attempts
-from mfm_dist.engine.merge import Delta, compute_delta
+from mfm_dist.engine.merge import Delta
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import (
     ErrorCategory,
@@ -301,9 +301,11 @@ def run_attempt(
         if result is not None and not isinstance(result, StateOutcome):
             raise TypeError("a state handler returns None or a StateOutcome")
         content = ctx.merged()
+        delta = ctx.delta()
         # Not re-checked: the base was verified when it was read, and every value the
         # handler wrote was checked (and copied) by `ctx.set` (docs/canonical-json.md).
-        snapshot_bytes = canonical_bytes_unchecked(content)
+        # Only the changed members are encoded when the base's encoding is cached.
+        prepared = env.snapshots.prepare(base_snapshot_id, base, delta, content)
     except StorageError:
         raise
     except (Exception, asyncio.CancelledError) as exc:
@@ -331,7 +333,7 @@ def run_attempt(
             cause=cause,
             abandoned=abandoned,
         )
-    snapshot_id = env.snapshots.save_bytes(snapshot_bytes, content)
+    snapshot_id = env.snapshots.commit(prepared)
     env.append(
         [
             _draft(
@@ -341,6 +343,4 @@ def run_attempt(
             )
         ]
     )
-    return AttemptOutcome(
-        state_id, attempt, base_snapshot_id, True, snapshot_id, compute_delta(base, content)
-    )
+    return AttemptOutcome(state_id, attempt, base_snapshot_id, True, snapshot_id, delta)
