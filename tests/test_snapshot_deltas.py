@@ -81,11 +81,44 @@ def test_member_encoding_is_rfc8785_through_random_changes() -> None:
         for _ in range(10):
             assert encoded.to_bytes() == rfc8785.dumps(content) == canonical_bytes(content)
             assert encoded.size == len(encoded.to_bytes())
+            assert encoded.digest() == hashlib.sha256(encoded.to_bytes()).hexdigest()
             delta = _changes(rng, content)
             derived = encoded.derive(delta.writes, delta.deletes)
             assert derived is not None
             delta.apply_to(content)
             encoded = derived
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hash_marks_give_the_hash_of_the_whole_bytes(seed: int) -> None:
+    """Many members (several hash blocks), changes anywhere: the digest derived from the
+    base's hash marks is always the SHA-256 of the full bytes."""
+    rng = random.Random(seed)
+    content: dict[str, JsonValue] = {f"k{i:05d}": i for i in range(0, 3000, 3)}
+    encoded = EncodedSnapshot.of(content)
+    assert encoded is not None
+    for step in range(60):
+        encoded.digest()  # hashed or not, a base's marks must not leak into the wrong place
+        if step % 7 == 0:  # a bulk change
+            writes: dict[str, JsonValue] = {
+                f"k{rng.randrange(3000):05d}": step for _ in range(rng.randrange(200, 400))
+            }
+        else:
+            writes = {f"k{rng.randrange(3200):05d}": [step] for _ in range(rng.randrange(3))}
+        deletes = frozenset(k for k in rng.sample(sorted(content), rng.randrange(4)))
+        derived = encoded.derive(writes, deletes)
+        assert derived is not None
+        Delta(writes=writes, deletes=deletes).apply_to(content)
+        encoded = derived
+        assert encoded.digest() == artifact_id_of_bytes(canonical_bytes(content))
+        if step % 10 == 0:  # shrink below a few block boundaries as well
+            gone = frozenset(sorted(content)[len(content) // 2 :])
+            shrunk = encoded.derive({}, gone)
+            assert shrunk is not None
+            for key in gone:
+                del content[key]
+            encoded = shrunk
+            assert encoded.digest() == artifact_id_of_bytes(canonical_bytes(content))
 
 
 def test_bulk_changes_rebuild_the_member_list() -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mfm_dist.artifacts import ArtifactKind, ArtifactStore
 from mfm_dist.canonical import (
@@ -99,14 +99,26 @@ class SnapshotStats:
 
 @dataclass(frozen=True)
 class PreparedSnapshot:
-    """A snapshot encoded and hashed, not yet stored (`SnapshotStore.prepare`)."""
+    """A snapshot encoded and hashed, not yet stored (`SnapshotStore.prepare`). Its full
+    bytes are built only if they are stored (`encoded` holds them as members)."""
 
     snapshot_id: ArtifactId
     content: dict[str, JsonValue]
-    data: bytes
+    size: int
     encoded: EncodedSnapshot | None
+    data: bytes | None = None
     base_id: str | None = None
     delta: Delta | None = None
+
+    def full_bytes(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.encoded is not None
+        return self.encoded.to_bytes()
+
+    @classmethod
+    def of_bytes(cls, data: bytes, content: dict[str, JsonValue]) -> PreparedSnapshot:
+        return cls(artifact_id_of_bytes(data), content, len(data), None, data)
 
 
 class SnapshotStore:
@@ -153,14 +165,16 @@ class SnapshotStore:
 
     def load_bytes(self, snapshot_id: str) -> bytes:
         """The snapshot's full canonical bytes (what `mfm artifact` prints), verified."""
+        data: bytes | None = None
+        if self._cached(snapshot_id) is None:
+            data = self._resolve(snapshot_id)[1]
+        if data is not None:
+            return data
         with self._lock:
             encoded = self._encodings.get(snapshot_id)
         if encoded is not None:
             return encoded.to_bytes()
-        hit = self._cached(snapshot_id)
-        if hit is not None:  # verified when it was cached
-            return canonical_bytes_unchecked(hit)
-        return self._resolve(snapshot_id)[1]
+        return canonical_bytes_unchecked(self.load(snapshot_id))  # verified when cached
 
     def is_cached(self, snapshot_id: str) -> bool:
         return self._cached(snapshot_id) is not None
@@ -196,9 +210,11 @@ class SnapshotStore:
         encoded = (
             base_encoded.derive(delta.writes, delta.deletes) if base_encoded is not None else None
         )
-        data = encoded.to_bytes() if encoded is not None else canonical_bytes_unchecked(content)
+        if encoded is None:
+            whole = PreparedSnapshot.of_bytes(canonical_bytes_unchecked(content), content)
+            return replace(whole, base_id=base_id, delta=delta)
         return PreparedSnapshot(
-            artifact_id_of_bytes(data), content, data, encoded, base_id=base_id, delta=delta
+            encoded.digest(), content, encoded.size, encoded, base_id=base_id, delta=delta
         )
 
     def commit(self, prepared: PreparedSnapshot) -> ArtifactId:
@@ -208,7 +224,7 @@ class SnapshotStore:
         stored: StoredAs | None = None
         if sid != prepared.base_id and self._stored_as(sid) is None:
             stored = self._write(prepared)
-        self._remember(sid, prepared.content, len(prepared.data), stored, recent=True)
+        self._remember(sid, prepared.content, prepared.size, stored, recent=True)
         if prepared.encoded is not None:
             with self._lock:
                 self._encodings.put(sid, prepared.encoded, len(prepared.encoded.keys))
@@ -224,8 +240,7 @@ class SnapshotStore:
         """Store a snapshot in full (checked first); identical content gives the identical
         id."""
         value = dict(content)
-        data = canonical_bytes(value, where)
-        return self.commit(PreparedSnapshot(artifact_id_of_bytes(data), value, data, None))
+        return self.commit(PreparedSnapshot.of_bytes(canonical_bytes(value, where), value))
 
     def id_of(self, content: Snapshot) -> ArtifactId:
         """The id `save` would return, without storing anything."""
@@ -261,7 +276,7 @@ class SnapshotStore:
                 # record differs): store ours in full, which readers also accept.
                 if exc.info.code != "artifact_content_address_mismatch":
                     raise
-        self._put_full(p.data)
+        self._put_full(p.full_bytes())
         return FULL
 
     def _put_full(self, data: bytes) -> None:
@@ -277,7 +292,7 @@ class SnapshotStore:
         base = self._stored_as(p.base_id)
         if base is None or base.depth + 1 > self.max_depth:
             return None
-        size = len(p.data)
+        size = p.size
         record = self._link_bytes(p, base)
         with self._lock:
             self.stats.deltas += 1
@@ -371,7 +386,7 @@ class SnapshotStore:
         self._remember(snapshot_id, value, len(data), FULL)
         return value, data
 
-    def _resolve(self, snapshot_id: str) -> tuple[dict[str, JsonValue], bytes]:
+    def _resolve(self, snapshot_id: str) -> tuple[dict[str, JsonValue], bytes | None]:
         """Read a snapshot not in the cache: through its link if it has one (falling back
         to a full copy if the link is broken and one exists), else in full."""
         try:
@@ -390,7 +405,9 @@ class SnapshotStore:
         except NotFound:
             raise failed from None
 
-    def _rebuild(self, snapshot_id: str, top: SnapshotLink) -> tuple[dict[str, JsonValue], bytes]:
+    def _rebuild(
+        self, snapshot_id: str, top: SnapshotLink
+    ) -> tuple[dict[str, JsonValue], bytes | None]:
         """Walk the links back to a snapshot in memory or stored in full, apply them forward,
         and require the result to hash to `snapshot_id`. Depths must fall by one per link
         (so a walk ends); a link of depth 1 names a base stored in full."""
@@ -415,13 +432,18 @@ class SnapshotStore:
             link.apply_to(content)
             if encoded is not None:
                 encoded = encoded.derive(link.writes, link.deletes)
-        data = encoded.to_bytes() if encoded is not None else canonical_bytes_unchecked(content)
-        if artifact_id_of_bytes(data) != snapshot_id:
+        data: bytes | None = None
+        if encoded is not None:
+            size, rebuilt_id = encoded.size, encoded.digest()
+        else:
+            data = canonical_bytes_unchecked(content)
+            size, rebuilt_id = len(data), artifact_id_of_bytes(data)
+        if rebuilt_id != snapshot_id:
             raise broken_link(snapshot_id, "the rebuilt bytes hash to another id")
         with self._lock:
-            size = self._links.get(snapshot_id)
-        stored = StoredAs(top.depth, top.chain + size[1]) if size is not None else None
-        self._remember(snapshot_id, content, len(data), stored, recent=True)
+            record = self._links.get(snapshot_id)
+        stored = StoredAs(top.depth, top.chain + record[1]) if record is not None else None
+        self._remember(snapshot_id, content, size, stored, recent=True)
         if encoded is not None:
             with self._lock:
                 self._encodings.put(snapshot_id, encoded, len(encoded.keys))
