@@ -79,13 +79,13 @@ def encode_link(
 ) -> bytes:
     """Canonical bytes of a link. Not checked again: every value was checked when a handler
     wrote it (docs/canonical-json.md); a reader checks the whole record."""
-    record = {
-        "base": base_id,
+    record = {  # plain `str`s: id subclasses would send the encoder down its slow path
+        "base": str(base_id),
         "chain": chain,
         "depth": depth,
         "link": 1,
         "set": dict(writes),
-        "snapshot": snapshot_id,
+        "snapshot": str(snapshot_id),
         "unset": sorted(deletes),
     }
     return canonical_bytes_unchecked(record)
