@@ -758,7 +758,13 @@ class Coordinator:
             return Step(f"unrecoverable:{unreadable.info.code}", None)
         if history.completed is None:
             log.error("run %s: ending the run, permanent fault %s", rid, error.code)
-            final = cached.progress.final_snapshot() if cached is not None else None
+            final: str | None = None
+            if cached is not None:
+                try:  # stores it (in full): the very store that failed may refuse
+                    final = cached.progress.final_snapshot()
+                except MfmError as unstorable:
+                    if is_transient(unstorable):
+                        raise
             self.rt.events.append_next(RunId(rid), abort_drafts(history, error, final))
             worker_metrics.run_finished(history, "Failed")  # [metrics hook]
         self._forget(rid)
