@@ -9,6 +9,7 @@ import io
 import itertools
 import os
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -559,6 +560,22 @@ def test_the_cli_shows_linked_snapshots_in_full(tmp_path: Path) -> None:
     assert _mfm(home, "verify", rid).exit_code == 0
     replayed = _mfm(home, "replay", rid)
     assert replayed.exit_code == 0, replayed.output
+    # The dashboard: the artifact endpoint (full id and prefix) and the state's delta.
+    from ui_helpers import dashboard_for
+
+    from mfm_dist.ui.app import create_app
+
+    with warnings.catch_warnings():  # "install httpx2": the test client works with httpx
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    client = TestClient(create_app(dashboard_for(home=str(home))))
+    for shown_id in (sid, sid[:12]):
+        response = client.get(f"/api/artifacts/{shown_id}")
+        assert response.status_code == 200 and response.content == full
+    detail = client.get(f"/api/runs/{rid}/states/item_0100").json()
+    assert detail["delta"]["snapshot_id"] == sid
+    assert list(detail["delta"]["writes"]) == ["item_0100"]
     events.close()
 
 
