@@ -19,7 +19,6 @@ import orjson
 import pytest
 import rfc8785
 from click.testing import CliRunner
-from engine_helpers import GraphOp, Harness, registry_with
 
 from mfm_dist import FnState, RunConfig
 from mfm_dist.artifacts import ArtifactKind, ArtifactStore
@@ -35,12 +34,21 @@ from mfm_dist.errors import MfmError, StorageError
 from mfm_dist.ids import RunId
 from mfm_dist.lookup import resolve_artifact_id
 from mfm_dist.operations import OperationRegistry
-from mfm_dist.replay import replay_run
 from mfm_dist.stores import InMemoryArtifactStore
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 from mfm_dist.stores.sqlite import SqliteEventStore
 from mfm_dist.verify import verify_run
+
+try:  # the test tree by area (tests/support/), and the replay module's later name
+    from mfm_dist.replay_check import replay_run
+    from support.engine_helpers import GraphOp, Harness, registry_with
+    from support.ui_helpers import dashboard_for
+except ImportError:  # the flat test tree
+    from engine_helpers import GraphOp, Harness, registry_with
+    from ui_helpers import dashboard_for
+
+    from mfm_dist.replay import replay_run
 
 # -- the member encoding is exactly RFC 8785 ------------------------------------------------------
 
@@ -561,8 +569,6 @@ def test_the_cli_shows_linked_snapshots_in_full(tmp_path: Path) -> None:
     replayed = _mfm(home, "replay", rid)
     assert replayed.exit_code == 0, replayed.output
     # The dashboard: the artifact endpoint (full id and prefix) and the state's delta.
-    from ui_helpers import dashboard_for
-
     from mfm_dist.ui.app import create_app
 
     with warnings.catch_warnings():  # "install httpx2": the test client works with httpx

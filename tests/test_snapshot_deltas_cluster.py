@@ -10,9 +10,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from engine_helpers import Harness as EngineHarness
-from servers import redis_url  # noqa: F401
-from worker_harness import FakeDispatcher, Harness, completed_status, env  # noqa: F401
 
 from mfm_dist.canonical import JsonValue, canonical_bytes
 from mfm_dist.config import RunConfig
@@ -28,6 +25,20 @@ from mfm_dist.verify import verify_run
 from workers.coordinator import Coordinator
 from workers.runtime import RedisCachedArtifacts, Runtime, redis_client
 
+try:  # the test tree by area (tests/support/)
+    from support.engine_helpers import Harness as EngineHarness
+    from support.servers import redis_url
+    from support.worker_harness import (
+        FakeDispatcher,
+        Harness,
+        completed_status,
+        env,
+    )
+except ImportError:  # the flat test tree
+    from engine_helpers import Harness as EngineHarness
+    from servers import redis_url  # noqa: F401
+    from worker_harness import FakeDispatcher, Harness, completed_status, env  # noqa: F401
+
 ITEMS = 60
 
 
@@ -41,7 +52,7 @@ def embedded_final(items: int) -> str:
 @pytest.fixture(params=["file", "s3+redis-cache"])
 def cluster(
     request: pytest.FixtureRequest,
-    env: None,  # noqa: F811
+    env: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Harness]:
     if request.param != "file":
@@ -111,7 +122,7 @@ def test_workers_rebuild_linked_bases_and_end_with_the_embedded_ids(cluster: Har
 
 
 def test_the_redis_cache_serves_link_records_and_their_hash_check_still_holds(
-    redis_url: str,  # noqa: F811
+    redis_url: str,
     tmp_path: Path,
 ) -> None:
     client = redis_client(redis_url)
