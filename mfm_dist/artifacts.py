@@ -88,6 +88,18 @@ class ArtifactStore(ABC):
         verify_content(aid, data)
         return data
 
+    def put_keyed(self, key: str, kind: KindLike, data: bytes) -> None:
+        """Store a record under a key its writer derives from another artifact's id rather
+        than from the record's own bytes (a snapshot link, docs/storage.md#snapshot-links).
+        Create-only like `put`: a key that holds other bytes is refused with
+        `artifact_content_address_mismatch` (the in-memory store keeps the first)."""
+        self._put_raw(ArtifactId(key), kind, data)
+
+    def get_keyed(self, key: str) -> bytes:
+        """The bytes `put_keyed` stored (`NotFound` when absent). Not hash-verified: the
+        caller verifies what it builds from them."""
+        return self._get_raw(ArtifactId(key))
+
     @abstractmethod
     def exists(self, artifact_id: str) -> bool: ...
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mfm_dist.canonical import JsonValue, canonical_copy
+from mfm_dist.deltas import Delta, json_equal
 from mfm_dist.errors import MissingKey, SecretsDetected
 from mfm_dist.secrets import is_secret_string
 
@@ -72,10 +73,26 @@ class StagedContext:
         yield from self._overlay
 
     def merged(self) -> dict[str, JsonValue]:
-        """Base with the overlay applied: the content of the next snapshot."""
-        out = {k: v for k, v in self._base.items() if k not in self._deleted}
+        """Base with the overlay applied: the content of the next snapshot. (A C-level copy
+        of the base, then the few changes: unchanged values are the base's own objects.)"""
+        out = dict(self._base)
+        for key in self._deleted:
+            out.pop(key, None)
         out.update(self._overlay)
         return out
+
+    def delta(self) -> Delta:
+        """What `merged()` changed relative to the base — exactly `compute_delta(base,
+        merged())` (docs/merge.md#deltas), found from the overlay alone: writes are the
+        overlay's keys whose value is new or differs from the base's, deletes the base keys
+        deleted and not written again."""
+        base = self._base
+        writes = {
+            k: v
+            for k, v in self._overlay.items()
+            if k not in base or not json_equal(base[k], v)
+        }
+        return Delta(writes=writes, deletes=frozenset(self._deleted))
 
 
 StateContext = StagedContext

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from mfm_dist.artifacts import ArtifactStore
+from mfm_dist.engine.snapshot_links import snapshots_behind_links
 from mfm_dist.errors import InvalidId, InvalidInput, NotFound
 from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.stores.base import EventStore
@@ -63,11 +64,13 @@ def resolve_run_id(events: EventStore, text: str, *, limit: int = 10) -> RunId:
 
 def resolve_artifact_id(artifacts: ArtifactStore, text: str, *, limit: int = 10) -> ArtifactId:
     """The artifact `text` names: a full artifact id as is, else the one stored artifact
-    whose id starts with it."""
+    whose id starts with it (a snapshot stored as a link counts as stored,
+    docs/storage.md#snapshot-links)."""
     if ArtifactId._check(text):
         return ArtifactId(text)
     _check_prefix(text, "artifact id", _ARTIFACT_PREFIX_RE)
     found = [str(a) for a in artifacts.ids_with_prefix(text, limit + 1)]
+    found = snapshots_behind_links(artifacts, found, text)
     if not found:
         where = artifacts.url or "the artifact store"
         raise NotFound(f"no artifact {text} in {where}", code="artifact_not_found")

@@ -67,7 +67,9 @@ class OverlayArtifactStore(InMemoryArtifactStore):
     def _get_raw(self, artifact_id: ArtifactId) -> bytes:
         if super().exists(artifact_id):
             return super()._get_raw(artifact_id)
-        return self._base.get(artifact_id)
+        # Raw, like every backend: `get` verifies content addresses, and a snapshot link's
+        # reader verifies what it rebuilds (docs/storage.md#snapshot-links).
+        return self._base.get_keyed(artifact_id)
 
     def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         return super()._put_raw(artifact_id, kind, data)

@@ -128,8 +128,20 @@ class _ArtifactChecker:
         for ref in refs:
             if ref.artifact_id not in self.checked:
                 todo.setdefault((ref.how, ref.artifact_id), ref)
-        fetched = _batched_map(self.pool, self._fetch, list(todo.values()))
-        results = dict(zip(todo, fetched, strict=True))
+        # Snapshots: their stored objects (full snapshots, link records) are read in
+        # parallel, then loaded in log order, so each linked one is rebuilt from the one
+        # before it in memory (docs/storage.md#snapshot-links). Other artifacts: in parallel.
+        snapshot_refs = [r for r in todo.values() if r.how == "snapshot"]
+        self.snapshots.prefetch(
+            [r.artifact_id for r in snapshot_refs],
+            lambda fetch, ids: _batched_map(self.pool, fetch, ids),
+        )
+        others = [r for r in todo.values() if r.how != "snapshot"]
+        fetched = [self._fetch(r) for r in snapshot_refs]
+        fetched += _batched_map(self.pool, self._fetch, others)
+        results = dict(
+            zip(((r.how, r.artifact_id) for r in snapshot_refs + others), fetched, strict=True)
+        )
         for ref in refs:
             if ref.artifact_id in self.checked:
                 continue
@@ -217,7 +229,7 @@ def _prefetcher(
     snapshots: SnapshotStore, pool: ThreadPoolExecutor
 ) -> Callable[[list[str]], None]:
     def prefetch(ids: list[str]) -> None:
-        _batched_map(pool, snapshots.load, sorted(set(ids)))
+        snapshots.prefetch(ids, lambda fetch, todo: _batched_map(pool, fetch, todo))
 
     return prefetch
 

@@ -391,13 +391,17 @@ class Coordinator:
                 if record is not None and record.last is not None:
                     wanted.add(record.last.base_snapshot_id)
         if len(wanted) > 1:
-            ids = sorted(wanted)
-            # A few batches, not one task per snapshot: submitting thousands of tiny tasks
-            # costs more than the loads.
-            batches = [ids[k::PREFETCH_THREADS] for k in range(PREFETCH_THREADS)]
-            load = self.rt.snapshots.load
+
+            def run_all(fetch: Callable[[str], None], ids: list[str]) -> None:
+                # A few batches, not one task per snapshot: submitting thousands of tiny
+                # tasks costs more than the reads.
+                batches = [ids[k::PREFETCH_THREADS] for k in range(PREFETCH_THREADS)]
+                list(self._pool.map(lambda part: list(map(fetch, part)), batches))
+
+            # Reads what the loads need (link records, full snapshots) in parallel; `observe`
+            # then rebuilds linked snapshots in order, from memory.
             with self.rt.timings.phase("coord_prefetch"):
-                list(self._pool.map(lambda batch: [load(i) for i in batch], batches))
+                self.rt.snapshots.prefetch(wanted, run_all)
 
     # -- one advance ----------------------------------------------------------------------------
     def _advance_locked(self, rid: str, lock: _Lock) -> Step:
@@ -775,7 +779,13 @@ class Coordinator:
             return Step(f"unrecoverable:{unreadable.info.code}", None)
         if history.completed is None:
             log.error("run %s: ending the run, permanent fault %s", rid, error.code)
-            final = cached.progress.final_snapshot() if cached is not None else None
+            final: str | None = None
+            if cached is not None:
+                try:  # stores it (in full): the very store that failed may refuse
+                    final = cached.progress.final_snapshot()
+                except MfmError as unstorable:
+                    if is_transient(unstorable):
+                        raise
             self.rt.events.append_next(RunId(rid), abort_drafts(history, error, final))
             worker_metrics.run_finished(history, "Failed")  # [metrics hook]
         self._forget(rid)

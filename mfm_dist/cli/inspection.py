@@ -28,7 +28,7 @@ from mfm_dist.cli.output import (
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import load_run, prepare_run
-from mfm_dist.engine.snapshots import SnapshotStore
+from mfm_dist.engine.snapshots import SnapshotStore, read_artifact
 from mfm_dist.errors import InvalidInput, MfmError, NotFound
 from mfm_dist.ids import RunId, StateId
 from mfm_dist.reports import RunReport, run_report
@@ -263,7 +263,7 @@ def artifact(app: App, artifact_id: str, output: str | None) -> None:
     with ID: at least 8 characters, such as the snapshot ids `mfm status` prints)."""
     where = app.artifacts.url or "the artifact store"
     try:
-        data = app.artifacts.get(app.artifact_id(artifact_id))
+        data = read_artifact(app.artifacts, app.artifact_id(artifact_id))
     except NotFound as exc:
         if exc.code != "artifact_not_found":
             raise

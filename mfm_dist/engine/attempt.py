@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from mfm_dist.artifacts import ArtifactStore, OtherArtifactKind
-from mfm_dist.canonical import JsonValue, canonical_bytes, canonical_bytes_unchecked
+from mfm_dist.canonical import JsonValue, canonical_bytes
 from mfm_dist.config import RunConfig
 from mfm_dist.context import StagedContext
 from mfm_dist.engine.cancellation import CANCELLED_CODE
@@ -30,7 +30,7 @@ from mfm_dist.engine.deadlines import (
     effective_timeout_ms,
 )
 from mfm_dist.engine.drafts import now_millis as now_millis  # re-exported: callers time attempts
-from mfm_dist.engine.merge import Delta, compute_delta
+from mfm_dist.engine.merge import Delta
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import (
     ErrorCategory,
@@ -118,6 +118,8 @@ class AttemptOutcome:
     entered: bool = True
     """False when the store refused `StateEntered` because the run's cancel was requested
     (nothing of the attempt was recorded)."""
+    pending: tuple[EventDraft, ...] = ()
+    """The attempt's `StateCompleted`, not yet appended (`run_attempt(defer_completion=True)`)."""
 
 
 def refused_by_cancel() -> ErrorInfo:
@@ -224,12 +226,16 @@ def _attempt_fence(
     return fence
 
 
-def _enter(env: AttemptEnv, drafts: list[EventDraft]) -> bool:
-    """Append the attempt's opening batch; False if the run's cancel forbids it."""
+def _enter(env: AttemptEnv, drafts: list[EventDraft], carried: Sequence[EventDraft]) -> bool:
+    """Append the attempt's opening batch, after the `carried` events of the attempt before
+    it (one commit); False if the run's cancel forbids it — the carried events are then
+    appended on their own (closing an attempt is allowed after a cancel request)."""
     try:
-        env.append(drafts)
+        env.append([*carried, *drafts])
     except GuardViolation as exc:
         if exc.rule == "run_cancel_requested":
+            if carried:
+                env.append(list(carried))
             return False
         raise
     return True
@@ -247,8 +253,17 @@ def run_attempt(
     attempt: int,
     base_snapshot_id: str,
     base: Mapping[str, JsonValue],
+    *,
+    carried: Sequence[EventDraft] = (),
+    defer_completion: bool = False,
 ) -> AttemptOutcome:
-    """Run and record one attempt. Raises only for infrastructure faults."""
+    """Run and record one attempt. Raises only for infrastructure faults.
+
+    `carried`: a previous attempt's deferred `StateCompleted`, appended in the same commit
+    as this attempt's `StateEntered`. `defer_completion`: on success, do not append
+    `StateCompleted` but return it as `pending` for the caller to carry into the next
+    attempt's opening commit (or to append) — the embedded engine's sequential runs, where
+    it saves one durable commit per state (docs/execution.md#one-attempt)."""
     meta = state.meta()
     entered = _draft(
         StateEntered(
@@ -263,12 +278,12 @@ def run_attempt(
             state_id,
             attempt,
         )
-        if not _enter(env, [entered, done]):
+        if not _enter(env, [entered, done], carried):
             return _refused(state_id, attempt, base_snapshot_id)
         return AttemptOutcome(
             state_id, attempt, base_snapshot_id, True, base_snapshot_id, Delta(), skipped=True
         )
-    if not _enter(env, [entered]):
+    if not _enter(env, [entered], carried):
         return _refused(state_id, attempt, base_snapshot_id)
     ctx = StagedContext(base)
     stopped = threading.Event()
@@ -301,9 +316,11 @@ def run_attempt(
         if result is not None and not isinstance(result, StateOutcome):
             raise TypeError("a state handler returns None or a StateOutcome")
         content = ctx.merged()
+        delta = ctx.delta()
         # Not re-checked: the base was verified when it was read, and every value the
         # handler wrote was checked (and copied) by `ctx.set` (docs/canonical-json.md).
-        snapshot_bytes = canonical_bytes_unchecked(content)
+        # Only the changed members are encoded when the base's encoding is cached.
+        prepared = env.snapshots.prepare(base_snapshot_id, base, delta, content)
     except StorageError:
         raise
     except (Exception, asyncio.CancelledError) as exc:
@@ -331,16 +348,13 @@ def run_attempt(
             cause=cause,
             abandoned=abandoned,
         )
-    snapshot_id = env.snapshots.save_bytes(snapshot_bytes, content)
-    env.append(
-        [
-            _draft(
-                StateCompleted(state_id=state_id, context_snapshot_id=snapshot_id),
-                state_id,
-                attempt,
-            )
-        ]
+    snapshot_id = env.snapshots.commit(prepared)
+    done = _draft(
+        StateCompleted(state_id=state_id, context_snapshot_id=snapshot_id), state_id, attempt
     )
-    return AttemptOutcome(
-        state_id, attempt, base_snapshot_id, True, snapshot_id, compute_delta(base, content)
-    )
+    if defer_completion:
+        return AttemptOutcome(
+            state_id, attempt, base_snapshot_id, True, snapshot_id, delta, pending=(done,)
+        )
+    env.append([done])
+    return AttemptOutcome(state_id, attempt, base_snapshot_id, True, snapshot_id, delta)

@@ -438,6 +438,11 @@ class LocalEngine(ExecutionEngine):
             schedule(candidates[0])
         running: dict[Future[AttemptOutcome], int] = {}
         infra: BaseException | None = None
+        # Sequential runs: a completed state's `StateCompleted` is carried into the next
+        # state's opening commit (one durable commit per state instead of two); when no
+        # attempt starts at once to carry it, it is appended on its own.
+        defer = not progress.fan_out
+        pending: list[EventDraft] = []
         pool = ThreadPoolExecutor(max_workers=max_conc, thread_name_prefix="mfm-attempt")
         try:
             while True:
@@ -453,10 +458,22 @@ class LocalEngine(ExecutionEngine):
                     attempt = progress.next_attempt[i]
                     base_id, base = progress.base_for(i)
                     progress.record_attempt(i, attempt, base_id)
+                    carried, pending = pending, []
                     fut = pool.submit(
-                        run_attempt, env, plan.order[i], plan.states[i], attempt, base_id, base
+                        run_attempt,
+                        env,
+                        plan.order[i],
+                        plan.states[i],
+                        attempt,
+                        base_id,
+                        base,
+                        carried=carried,
+                        defer_completion=defer,
                     )
                     running[fut] = i
+                if pending:
+                    env.append(pending)
+                    pending = []
                 if not running and (
                     infra is not None or cancelled or (not ready and not delayed)
                 ):
@@ -481,6 +498,7 @@ class LocalEngine(ExecutionEngine):
                         continue
                     if outcome.completed:
                         assert outcome.snapshot_id is not None and outcome.delta is not None
+                        pending.extend(outcome.pending)
                         progress.record_completed(i, outcome.snapshot_id, outcome.delta)
                         if progress.fan_out:
                             for j in plan.succs[i]:

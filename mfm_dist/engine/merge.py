@@ -10,40 +10,17 @@ of the plan and the completed set, so every backend and every schedule agrees.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
 from mfm_dist.canonical import JsonValue
+from mfm_dist.deltas import Delta as Delta
+from mfm_dist.deltas import compute_delta as compute_delta
+from mfm_dist.deltas import json_equal as json_equal
 from mfm_dist.errors import ContextError, ErrorInfo
 from mfm_dist.ids import StateId
 from mfm_dist.plan import CompiledPlan
-
-
-def json_equal(a: JsonValue, b: JsonValue) -> bool:
-    """Structural equality that, unlike `==`, tells `true` from `1`."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
-    if isinstance(a, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
-@dataclass(frozen=True)
-class Delta:
-    writes: dict[str, JsonValue] = field(default_factory=dict)
-    deletes: frozenset[str] = frozenset()
-
-    @property
-    def keys(self) -> frozenset[str]:
-        return frozenset(self.writes) | self.deletes
-
-    def apply_to(self, content: dict[str, JsonValue]) -> None:
-        for key in self.deletes:
-            content.pop(key, None)
-        content.update(self.writes)
 
 
 class PackedDelta:
@@ -97,12 +74,6 @@ class PackedDelta:
 
     def unpack(self) -> Delta:
         return Delta(writes=self.writes, deletes=self.deletes)
-
-
-def compute_delta(base: Mapping[str, JsonValue], new: Mapping[str, JsonValue]) -> Delta:
-    writes = {k: v for k, v in new.items() if k not in base or not json_equal(base[k], v)}
-    deletes = frozenset(k for k in base if k not in new)
-    return Delta(writes=writes, deletes=deletes)
 
 
 @dataclass(frozen=True)

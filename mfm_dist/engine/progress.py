@@ -183,26 +183,33 @@ class RunProgress:
         return self.initial_snapshot_id if prev is None else self.completed[prev]
 
     def final_snapshot(self, *, store: bool = True) -> str:
-        """The last successful checkpoint: the merge of every completed state."""
+        """The last successful checkpoint: the merge of every completed state. Stored in
+        full when `store` (a run's final snapshot is never only a link,
+        docs/storage.md#snapshot-links)."""
         if not self.completed:
-            return self.initial_snapshot_id
-        if not self.fan_out:
-            return self.completed[max(self.completed)]
-        if self.conflict is not None:  # keep strict canonical order when deltas clash
-            return self._materialize(None, sorted(self.completed), store=store)[0]
-        start, rest = self.tracker.final_plan()
-        return self._materialize(start, rest, store=store)[0]
+            sid = self.initial_snapshot_id
+        elif not self.fan_out:
+            sid = self.completed[max(self.completed)]
+        elif self.conflict is not None:  # keep strict canonical order when deltas clash
+            sid = self._materialize(None, sorted(self.completed), store=store)[0]
+        else:
+            start, rest = self.tracker.final_plan()
+            sid = self._materialize(start, rest, store=store)[0]
+        if store:
+            self.snapshots.ensure_full(sid)
+        return sid
 
     def _materialize(
         self, start: int | None, rest: list[int], *, store: bool = True
     ) -> tuple[str, dict[str, JsonValue]]:
         start_id = self.initial_snapshot_id if start is None else self.completed[start]
+        base = self.snapshots.load(start_id)
         if not rest:
-            return start_id, self.snapshots.load(start_id)
-        content = apply_deltas(
-            self.snapshots.load(start_id), (self.tracker.deltas[j] for j in sorted(rest))
-        )
-        sid = self.snapshots.save(content) if store else self.snapshots.id_of(content)
+            return start_id, base
+        content = apply_deltas(base, (self.tracker.deltas[j] for j in sorted(rest)))
+        # Stored like a state's snapshot: as a link to `start` when the merge is small.
+        prepared = self.snapshots.prepare(start_id, base, compute_delta(base, content), content)
+        sid = self.snapshots.commit(prepared) if store else prepared.snapshot_id
         return sid, content
 
     # -- rebuilding from history --------------------------------------------------------------
@@ -227,7 +234,8 @@ class RunProgress:
     def observe(self, history: RunHistory, envelopes: Iterable[EventEnvelope]) -> None:
         """Catch up with envelopes just applied to `history` (incremental `from_history`)."""
         touched = {str(e.state_id) for e in envelopes if e.state_id is not None}
-        for state_id in touched:
+        # In plan order: a chain's snapshots are then rebuilt each from the one before.
+        for state_id in sorted(touched, key=self.plan.position.__getitem__):
             record = history.states.get(state_id)
             if record is not None:
                 self._sync(self.plan.position[state_id], record)

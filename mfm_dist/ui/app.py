@@ -32,6 +32,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mfm_dist.engine.lifecycle import submission_of
+from mfm_dist.engine.snapshots import read_artifact
 from mfm_dist.errors import ErrorInfo, InvalidId, InvalidInput, MfmError, NotFound
 from mfm_dist.ids import RunId
 from mfm_dist.secrets import contains_secret, is_secret_string
@@ -357,7 +358,7 @@ def create_app(
     def api_artifact(request: Request) -> Response:
         app = dashboard.app
         aid = app.artifact_id(str(request.path_params["artifact"]))
-        data = app.artifacts.get(aid)
+        data = read_artifact(app.artifacts, aid)
         if is_secret_string(data.decode("utf-8", errors="replace")):
             raise MfmError("secret_output_refused", "artifact content is secret-shaped; not shown")
         return Response(data, media_type="application/json")

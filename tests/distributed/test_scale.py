@@ -21,7 +21,7 @@ from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.merge import Delta, MergeTracker, PackedDelta
 from mfm_dist.engine.progress import RunProgress
-from mfm_dist.engine.snapshots import SnapshotStore
+from mfm_dist.engine.snapshots import RECENT, SnapshotStore
 from mfm_dist.events import EventDraft, StateCompleted, StateEntered, StateFailed
 from mfm_dist.examples import item_value
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
@@ -305,10 +305,13 @@ def test_a_packed_delta_gives_back_exactly_what_was_recorded(writes: dict[str, A
 def test_the_snapshot_cache_is_bounded_in_bytes() -> None:
     store = SnapshotStore(InMemoryArtifactStore(), cache_size=1000, cache_bytes=4000)
     ids = [store.save({"k": "x" * 90, "n": i}) for i in range(100)]
-    assert store._cached_bytes <= 4000 and 0 < len(store._cache) < 100
-    huge = store.save({"k": "y" * 2000})  # over a quarter of the budget: never cached
-    assert huge not in store._cache
-    assert store.load(huge) == {"k": "y" * 2000} and huge not in store._cache
+    assert store._contents.weight <= 4000 and 0 < len(store._contents) < 100
+    huge = store.save({"k": "y" * 2000})  # over a quarter of the budget: only kept as recent
+    assert huge not in store._contents
+    for i in range(RECENT):
+        store.save({"n": i})
+    assert not store.is_cached(huge)
+    assert store.load(huge) == {"k": "y" * 2000} and huge not in store._contents
     assert store.load(ids[0]) == {"k": "x" * 90, "n": 0}  # evicted ones load again
 
 

@@ -1,0 +1,146 @@
+"""Snapshot links on the cluster path (docs/storage.md#snapshot-links): attempt workers
+that start from a base stored as a link rebuild it through their `SnapshotStore` — cold
+or warm, with the Redis write-through cache in front of the store or not, on files and on
+S3 — and a run ends with the ids the embedded engine gives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from mfm_dist.canonical import JsonValue, canonical_bytes
+from mfm_dist.config import RunConfig
+from mfm_dist.deltas import compute_delta
+from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.snapshot_links import link_key
+from mfm_dist.engine.snapshots import SnapshotStore
+from mfm_dist.errors import MfmError
+from mfm_dist.ids import RunId
+from mfm_dist.operations import OperationRegistry
+from mfm_dist.stores.files import FileArtifactStore
+from mfm_dist.verify import verify_run
+from workers.coordinator import Coordinator
+from workers.runtime import RedisCachedArtifacts, Runtime, redis_client
+
+try:  # the test tree by area (tests/support/)
+    from support.engine_helpers import Harness as EngineHarness
+    from support.servers import redis_url
+    from support.worker_harness import (
+        FakeDispatcher,
+        Harness,
+        completed_status,
+        env,
+    )
+except ImportError:  # the flat test tree
+    from engine_helpers import Harness as EngineHarness
+    from servers import redis_url  # noqa: F401
+    from worker_harness import FakeDispatcher, Harness, completed_status, env  # noqa: F401
+
+ITEMS = 60
+
+
+def embedded_final(items: int) -> str:
+    h = EngineHarness(OperationRegistry.default())
+    result = h.run("fanout_demo", {"items": items}, RunConfig())
+    assert result.final_snapshot_id is not None
+    return str(result.final_snapshot_id)
+
+
+@pytest.fixture(params=["file", "s3+redis-cache"])
+def cluster(
+    request: pytest.FixtureRequest,
+    env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Harness]:
+    if request.param != "file":
+        monkeypatch.setenv("MFM_ARTIFACTS_URL", request.getfixturevalue("s3_artifacts_url"))
+        monkeypatch.setenv("MFM_ARTIFACT_CACHE_TTL_S", "60")
+    from workers import tasks
+
+    rt = Runtime()
+    dispatcher = FakeDispatcher()
+    coordinator = Coordinator(rt, dispatcher)
+    monkeypatch.setattr(tasks, "send_advance", dispatcher.send_advance)
+    yield Harness(rt, dispatcher, coordinator)
+    coordinator.close()
+    rt.close()
+
+
+def test_workers_rebuild_linked_bases_and_end_with_the_embedded_ids(cluster: Harness) -> None:
+    h = cluster
+    assert isinstance(h.rt.artifacts, RedisCachedArtifacts) == (
+        "s3" in h.rt.settings.artifacts_url
+    )
+    rid = h.submit("fanout_demo", {"items": ITEMS})  # sequential: one growing context
+    warm = Runtime()  # a second worker process that keeps its caches
+    cold_starts_from_links = 0
+    try:
+        for n in range(ITEMS + 5):
+            if h.coordinator.advance(rid) == "finished":
+                break
+            for task in h.dispatcher.take():
+                if n % 7 == 3:
+                    # A worker that has seen nothing: its base is a link, rebuilt from the
+                    # store (or the Redis cache) through the chain.
+                    rt = Runtime()
+                    linked = not rt.artifacts.exists(task.base_snapshot_id)
+                    if linked:
+                        assert rt.artifacts.exists(link_key(task.base_snapshot_id))
+                        cold_starts_from_links += 1
+                    worker = Harness(rt, FakeDispatcher(), h.coordinator)
+                    try:
+                        assert worker.run(task) == "completed"
+                    finally:
+                        rt.close()
+                else:
+                    worker = h if n % 2 else Harness(warm, FakeDispatcher(), h.coordinator)
+                    assert worker.run(task) == "completed"
+        else:
+            raise AssertionError("the run did not finish")
+    finally:
+        warm.close()
+    assert completed_status(h, rid) == "Completed"
+    assert cold_starts_from_links >= 5
+    history = RunHistory.load(h.rt.events, RunId(rid))
+    assert history.completed is not None
+    final = str(history.completed.final_snapshot_id)
+    assert final == embedded_final(ITEMS)
+    assert h.rt.artifacts.exists(final)  # the final snapshot is stored in full
+    # The stored form: most snapshots are links.
+    snapshots = [r.snapshot_id for r in history.states.values() if r.snapshot_id is not None]
+    links = [s for s in snapshots if not h.rt.artifacts.exists(s)]
+    assert len(links) > ITEMS // 2
+    # A coordinator that never saw the run rebuilds it from the log and the links.
+    fresh = Runtime()
+    try:
+        assert verify_run(fresh.events, fresh.artifacts, fresh.registry, rid).ok
+    finally:
+        fresh.close()
+
+
+def test_the_redis_cache_serves_link_records_and_their_hash_check_still_holds(
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    client = redis_client(redis_url)
+    inner = FileArtifactStore(tmp_path / "art")
+    cached = RedisCachedArtifacts(inner, client, ttl_s=60)
+    store = SnapshotStore(cached)
+    base: dict[str, JsonValue] = {"k": "v" * 500}
+    base_id = store.save(base)
+    new: dict[str, JsonValue] = {**base, "n": 1}
+    sid = store.save_derived(base_id, base, compute_delta(base, new), new)
+    key = link_key(sid)
+    assert inner.exists(key) and not inner.exists(sid)
+    inner.object_path(key).unlink()  # only the cache holds the link now
+    assert SnapshotStore(cached).load(sid) == new
+    link = orjson.loads(client.get(f"mfm:art:{key}"))
+    link["set"] = {"n": 2}
+    client.set(f"mfm:art:{key}", canonical_bytes(link))  # a poisoned cache entry
+    with pytest.raises(MfmError) as info:
+        SnapshotStore(cached).load(sid)
+    assert info.value.code == "artifact_content_address_mismatch"
+    client.close()
