@@ -7,11 +7,11 @@ redis-server, with the real `execute_attempt` task body and a recording dispatch
 from __future__ import annotations
 
 import time
+
 import pytest
-from support.servers import redis_server, redis_url  # noqa: F401
-from support.worker_harness import Harness, completed_status, env, h  # noqa: F401
 
 from mfm_dist.config import FanOutJoin, RunConfig
+from support.worker_harness import Harness, completed_status
 from workers import carry, tasks
 from workers.carry import CARRY_BUDGET_S, Carry, may_carry
 from workers.coordinator import CARRY_ALLOWANCE_S, AttemptTask
@@ -50,7 +50,8 @@ def test_a_chain_runs_to_its_end_in_one_task_without_a_chord(in_process: Harness
 
 def test_a_wave_is_sent_and_only_its_single_join_is_carried(in_process: Harness) -> None:
     h = in_process
-    rid = h.submit("fanout_demo", {"items": 3}, RunConfig(execution_mode=FanOutJoin(max_concurrency=4)))
+    config = RunConfig(execution_mode=FanOutJoin(max_concurrency=4))
+    rid = h.submit("fanout_demo", {"items": 3}, config)
     assert h.coordinator.advance(rid) == "dispatched:3"
     wave = h.dispatcher.take()
     assert [run_task(t) for t in wave] == ["completed"] * 3

@@ -22,22 +22,10 @@ from mfm_dist.ids import RunId
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.verify import verify_run
+from support.engine_helpers import Harness as EngineHarness
+from support.worker_harness import FakeDispatcher, Harness, completed_status
 from workers.coordinator import Coordinator
 from workers.runtime import RedisCachedArtifacts, Runtime, redis_client
-
-try:  # the test tree by area (tests/support/)
-    from support.engine_helpers import Harness as EngineHarness
-    from support.servers import redis_url
-    from support.worker_harness import (
-        FakeDispatcher,
-        Harness,
-        completed_status,
-        env,
-    )
-except ImportError:  # the flat test tree
-    from engine_helpers import Harness as EngineHarness
-    from servers import redis_url  # noqa: F401
-    from worker_harness import FakeDispatcher, Harness, completed_status, env  # noqa: F401
 
 ITEMS = 60
 
@@ -72,7 +60,7 @@ def cluster(
 def test_workers_rebuild_linked_bases_and_end_with_the_embedded_ids(cluster: Harness) -> None:
     h = cluster
     assert isinstance(h.rt.artifacts, RedisCachedArtifacts) == (
-        "s3" in h.rt.settings.artifacts_url
+        "s3" in (h.rt.settings.artifacts_url or "")
     )
     rid = h.submit("fanout_demo", {"items": ITEMS})  # sequential: one growing context
     warm = Runtime()  # a second worker process that keeps its caches
@@ -137,7 +125,9 @@ def test_the_redis_cache_serves_link_records_and_their_hash_check_still_holds(
     assert inner.exists(key) and not inner.exists(sid)
     inner.object_path(key).unlink()  # only the cache holds the link now
     assert SnapshotStore(cached).load(sid) == new
-    link = orjson.loads(client.get(f"mfm:art:{key}"))
+    raw = client.get(f"mfm:art:{key}")
+    assert isinstance(raw, bytes)
+    link = orjson.loads(raw)
     link["set"] = {"n": 2}
     client.set(f"mfm:art:{key}", canonical_bytes(link))  # a poisoned cache entry
     with pytest.raises(MfmError) as info:

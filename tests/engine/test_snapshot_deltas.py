@@ -34,21 +34,14 @@ from mfm_dist.errors import MfmError, StorageError
 from mfm_dist.ids import RunId
 from mfm_dist.lookup import resolve_artifact_id
 from mfm_dist.operations import OperationRegistry
+from mfm_dist.replay_check import replay_run
 from mfm_dist.stores import InMemoryArtifactStore
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 from mfm_dist.stores.sqlite import SqliteEventStore
 from mfm_dist.verify import verify_run
-
-try:  # the test tree by area (tests/support/), and the replay module's later name
-    from mfm_dist.replay_check import replay_run
-    from support.engine_helpers import GraphOp, Harness, registry_with
-    from support.ui_helpers import dashboard_for
-except ImportError:  # the flat test tree
-    from engine_helpers import GraphOp, Harness, registry_with
-    from ui_helpers import dashboard_for
-
-    from mfm_dist.replay import replay_run
+from support.engine_helpers import GraphOp, Harness, registry_with
+from support.ui_helpers import dashboard_for
 
 # -- the member encoding is exactly RFC 8785 ------------------------------------------------------
 
@@ -183,7 +176,7 @@ def test_compute_delta_tells_true_from_one_even_for_shared_objects() -> None:
 class Backend:
     store: ArtifactStore
     tamper: Callable[[str, bytes], None]
-    delete: Callable[[str], None]
+    delete: Callable[[str], object]
 
 
 def _memory(request: pytest.FixtureRequest, tmp: Path) -> Backend:
@@ -613,7 +606,7 @@ def test_prefetch_then_ordered_loads_read_each_record_once() -> None:
     ids = [sid for _, sid in snapshot_ids(h, rid)]
     counting.reads.clear()
     store = SnapshotStore(counting)
-    store.prefetch(ids, lambda fetch, todo: [fetch(i) for i in todo])
+    store.prefetch(ids, lambda fetch, todo: list(map(fetch, todo)))
     for sid in ids:
         store.load(sid)
     assert max(counting.reads.values()) == 1  # nothing read twice, even the chain's start
