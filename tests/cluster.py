@@ -3,7 +3,7 @@ SeaweedFS S3 server behind a switchable TCP proxy, and real `celery -A workers.a
 subprocesses (prefork pool).
 
     with LocalCluster(root, attempt_workers=2) as cluster:
-        cluster.activate()          # point this process's env/app/runtime at it
+        cluster.activate()          # point this process's runtime at it
         run_id = submit_run(...)
 
 Workers are process-group leaders, so stopping one reliably stops its pool children;
@@ -34,6 +34,8 @@ from servers import (
     S3Server,
     free_port,
 )
+
+from workers.settings import ClusterSettings
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -319,17 +321,21 @@ class LocalCluster:
             **self.settings_env,
         }
 
+    def settings(self) -> ClusterSettings:
+        """The cluster's settings, as its workers read them."""
+        return ClusterSettings.from_env(self.env)
+
     def activate(self) -> None:
-        """Point this process (environment, Celery app, runtime) at the cluster."""
+        """Point this process's runtime (`workers.runtime.get_runtime`, what `submit_run`
+        uses by default) at the cluster, and export the cluster's environment for the
+        benchmark scripts' own reads. Tests clear `MFM_*` variables around each test
+        (tests/conftest.py): their in-process CLI calls pass `env=cluster.env`."""
         for key, value in self.env.items():
             self._saved_env.setdefault(key, os.environ.get(key))
             os.environ[key] = value
-        from workers.app import configure_app
-        from workers.runtime import reset_runtime
-        from workers.settings import Settings
+        from workers.runtime import configure
 
-        configure_app(Settings.from_env())
-        reset_runtime()
+        configure(self.settings())
 
     def restore_env(self) -> None:
         for key, value in self._saved_env.items():
@@ -338,9 +344,9 @@ class LocalCluster:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
-        from workers.runtime import reset_runtime
+        from workers.runtime import configure
 
-        reset_runtime()
+        configure(None)
 
     # -- workers --------------------------------------------------------------------------------
     def start_worker(

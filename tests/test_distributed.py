@@ -305,7 +305,7 @@ def test_cli_submit_and_inspect_on_the_cluster(cluster: LocalCluster, rt: Runtim
 
     from mfm_dist.cli.main import cli
 
-    runner = CliRunner()
+    runner = CliRunner(env=cluster.env)  # the settings the CLI reads at its start
     submitted = runner.invoke(
         cli,
         ["submit", "fanout_demo", "--input", '{"items": 24}', "--fan-out", "6", "--wait",
@@ -341,7 +341,7 @@ def test_two_concurrent_cluster_resumes_leave_one_history(
     outputs: list[int] = []
 
     def resume() -> None:
-        res = CliRunner().invoke(
+        res = CliRunner(env=cluster.env).invoke(
             cli, ["resume", str(run_id), "--cluster", "--wait", "--timeout", "120", "--json"]
         )
         outputs.append(res.exit_code)
@@ -371,7 +371,7 @@ def test_cli_run_backend_celery_follow_detach_and_status_why(
 
     from mfm_dist.cli.main import cli
 
-    runner = CliRunner()
+    runner = CliRunner(env=cluster.env)  # the settings the CLI reads at its start
     followed = runner.invoke(
         cli,
         ["--ops", "dist_ops", "run", "fanout_demo", "--input", '{"items": 10}', "--fan-out", "4",
@@ -414,7 +414,8 @@ def test_mfm_worker_command_starts_a_configured_worker(cluster: LocalCluster) ->
         [str(script), "worker", "--queues", "attempts", "-c", "1", "--loglevel", "INFO"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "MFM_OPERATIONS": "dist_ops", "PYTHONPATH": str(Path(__file__).parent)},
+        env={**os.environ, **cluster.env, "MFM_OPERATIONS": "dist_ops",
+             "PYTHONPATH": str(Path(__file__).parent)},  # fmt: skip
     )
     try:
         lines: list[str] = []
@@ -448,7 +449,7 @@ def test_plain_resume_refuses_a_cluster_run(cluster: LocalCluster, rt: Runtime, 
     run_input, gate = gated_input(tmp_path)
     run_id = submit_run("gated_demo", run_input, FAN16, runtime=rt)
     slow_started(gate)
-    refused = CliRunner().invoke(cli, ["--ops", "dist_ops", "resume", str(run_id)])
+    refused = CliRunner(env=cluster.env).invoke(cli, ["--ops", "dist_ops", "resume", str(run_id)])
     assert refused.exit_code == 2
     assert "error[run_managed_by_cluster]" in refused.output
     (gate / "open").write_text("")
@@ -473,7 +474,9 @@ def test_forced_resume_is_refused_while_a_worker_holds_a_live_lease(
         >= run_input["items"],  # type: ignore[operator]
         "the items to complete",
     )
-    refused = CliRunner().invoke(cli, ["--ops", "dist_ops", "resume", str(run_id), "--force"])
+    refused = CliRunner(env=cluster.env).invoke(
+        cli, ["--ops", "dist_ops", "resume", str(run_id), "--force"]
+    )
     assert refused.exit_code == 2, refused.output
     assert "error[attempt_lease_live]" in refused.output and ".slow attempt 0 on " in refused.output
     (gate / "open").write_text("")

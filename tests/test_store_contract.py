@@ -48,6 +48,7 @@ from mfm_dist.events import (
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId
 from mfm_dist.journal import JournalDraft, JournalRecord, RecordCodec
 from mfm_dist.run import RunPhase, RunQuery
+from mfm_dist.settings import Settings
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.guards import GuardViolation
@@ -105,7 +106,7 @@ ARTIFACT_BACKENDS: dict[str, ArtifactBackend] = {
                             tamper=_tamper_file),
     "s3": ArtifactBackend(
         open=lambda request, tmp: S3ArtifactStore.from_url(
-            request.getfixturevalue("s3_artifacts_url")
+            request.getfixturevalue("s3_artifacts_url"), credentials=Settings.from_env().s3
         ),
         tamper=_tamper_s3,
     ),
