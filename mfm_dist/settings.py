@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,20 +27,31 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import SecretStr
 
 from mfm_dist.errors import InvalidInput
-from mfm_dist.secrets import redact_url
+from mfm_dist.secrets import SECRET_MARKERS, redact_url
 
 DEFAULT_HOME = ".mfm"
 
 
 class SettingsError(InvalidInput):
     """An environment variable with a value the settings cannot use. The message names
-    the variable and what it must be — never the value, which may be a secret."""
+    the variable and what it must be — never the value, which may be a secret. A name
+    that itself looks secret-shaped (`MFM_REDIS_PASSWORD_FILE`) is shown with its marker
+    masked (`MFM_REDIS_*_FILE`), since the secrets policy redacts any message carrying a
+    marker; `details["variable"]` holds the exact name."""
 
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(
-            "settings_invalid", f"{variable} {problem}", details={"variable": variable}
+            "settings_invalid",
+            f"{_masked(variable)} {problem}",
+            details={"variable": variable},
         )
         self.variable = variable
+
+
+def _masked(name: str) -> str:
+    for marker in SECRET_MARKERS:
+        name = re.sub(re.escape(marker), "*", name, flags=re.IGNORECASE)
+    return name
 
 
 @dataclass(frozen=True)

@@ -474,7 +474,7 @@ class Soak:
         from workers.runtime import Runtime, get_runtime
 
         self.rt = get_runtime()
-        self.rt2 = Runtime()  # a second "process" for duplicated submissions
+        self.rt2 = Runtime.from_env()  # a second "process" for duplicated submissions
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -798,7 +798,7 @@ class Soak:
 
         def waiter() -> None:
             try:
-                rt = Runtime()
+                rt = Runtime.from_env()
                 try:
                     wake(rt, st.run_id)
                     res = wait_for_run(st.run_id, self.opts.trial_timeout_s, runtime=rt)
