@@ -623,13 +623,12 @@ class Soak:
         """Inject one fault; returns when it healed (epoch seconds)."""
         kind = f.kind
         if kind == "dup_advance":
-            from workers.tasks import advance
+            from workers.factory import ADVANCE_TASK
 
             queue = self.rt.settings.control_queue
             for _ in range(int(f.params["copies"])):
-                st.async_results.append(
-                    ("advance", advance.apply_async(args=(st.run_id,), queue=queue))
-                )
+                sent = self.rt.app.send_task(ADVANCE_TASK, args=(st.run_id,), queue=queue)
+                st.async_results.append(("advance", sent))
             return _now()
         if kind == "dup_attempt":
             return self._dup_attempt(st, f, rec)
@@ -750,7 +749,7 @@ class Soak:
         return str(candidates[min(len(candidates) - 1, int(pick * len(candidates)))])
 
     def _dup_attempt(self, st: TrialState, f: FaultPlan, rec: dict[str, Any]) -> float:
-        from workers.tasks import execute_attempt
+        from workers.factory import ATTEMPT_TASK
 
         envelopes = self.rt.events.read_range(RunId(st.run_id))
         started = envelopes[0].event
@@ -780,7 +779,7 @@ class Soak:
         queue = self.rt.settings.attempt_queue
         for _ in range(int(f.params["copies"])):
             st.async_results.append(
-                ("attempt", execute_attempt.apply_async(kwargs=kwargs, queue=queue))
+                ("attempt", self.rt.app.send_task(ATTEMPT_TASK, kwargs=kwargs, queue=queue))
             )
         return _now()
 

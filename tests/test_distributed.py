@@ -25,7 +25,7 @@ from mfm_dist.stores.memory import InMemoryArtifactStore, InMemoryEventStore
 from mfm_dist.verify import verify_run
 from workers.runtime import Runtime, get_runtime
 from workers.submit import submit_run, wait_for_run
-from workers.tasks import advance, execute_attempt
+from workers.factory import ADVANCE_TASK, ATTEMPT_TASK
 
 pytestmark = pytest.mark.slow
 
@@ -197,8 +197,8 @@ def test_duplicate_attempt_deliveries_and_joins_leave_one_history(
         "base_snapshot_id": str(entered.base_snapshot_id),
         "plan_fingerprint": fingerprint,
     }
-    copies = [execute_attempt.apply_async(kwargs=kwargs) for _ in range(2)]
-    joins = [advance.apply_async(args=(str(run_id),)) for _ in range(2)]
+    copies = [rt.app.send_task(ATTEMPT_TASK, kwargs=kwargs) for _ in range(2)]
+    joins = [rt.app.send_task(ADVANCE_TASK, args=(str(run_id),)) for _ in range(2)]
     assert [c.get(timeout=WAIT_S) for c in copies] == ["duplicate", "duplicate"]
     for j in joins:
         j.get(timeout=WAIT_S)
@@ -214,8 +214,9 @@ def test_duplicate_attempt_deliveries_and_joins_leave_one_history(
         if isinstance(e.event, StateEntered) and str(e.event.state_id) == item
     )
     late = [
-        execute_attempt.apply_async(kwargs=kwargs),
-        execute_attempt.apply_async(
+        rt.app.send_task(ATTEMPT_TASK, kwargs=kwargs),
+        rt.app.send_task(
+            ATTEMPT_TASK,
             kwargs={
                 **kwargs,
                 "state_id": item,
@@ -224,7 +225,8 @@ def test_duplicate_attempt_deliveries_and_joins_leave_one_history(
         ),
     ]
     assert [c.get(timeout=WAIT_S) for c in late] == ["duplicate", "duplicate"]
-    assert [advance.apply_async(args=(str(run_id),)).get(timeout=WAIT_S) for _ in range(2)] == [
+    joins = [rt.app.send_task(ADVANCE_TASK, args=(str(run_id),)) for _ in range(2)]
+    assert [j.get(timeout=WAIT_S) for j in joins] == [
         "finished",
         "finished",
     ]

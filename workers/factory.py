@@ -48,9 +48,14 @@ def declared_queues(s: ClusterSettings) -> tuple[Queue, ...]:
 
 def create_app(settings: ClusterSettings) -> Celery:
     """A Celery app for these settings (broker, result backend, queues, routes, limits).
-    Builds nothing else and connects to nothing until used."""
+    Builds nothing else and connects to nothing until used. It does not make itself
+    Celery's *current* app (a worker makes the app it runs current): a client sends
+    through the app it holds (`Runtime.app`, `Runtime.dispatcher`), never through the
+    shared tasks' proxies, which follow whatever app is current."""
     s = settings
-    celery_app = Celery("mfm_dist", broker=s.broker_url, backend=s.result_backend)
+    celery_app = Celery(
+        "mfm_dist", broker=s.broker_url, backend=s.result_backend, set_as_current=False
+    )
     routes: dict[str, dict[str, str]] = {name: {"queue": s.control_queue} for name in CONTROL_TASKS}
     routes.update({name: {"queue": s.submit_queue} for name in SUBMIT_TASKS})
     routes[ATTEMPT_TASK] = {"queue": s.attempt_queue}
