@@ -327,15 +327,19 @@ class LocalCluster:
 
     def activate(self) -> None:
         """Point this process's runtime (`workers.runtime.get_runtime`, what `submit_run`
-        uses by default) at the cluster, and export the cluster's environment for the
-        benchmark scripts' own reads. Tests clear `MFM_*` variables around each test
-        (tests/conftest.py): their in-process CLI calls pass `env=cluster.env`."""
+        uses by default) and Celery's current app at the cluster, and export the cluster's
+        environment for the benchmark scripts' own reads. Tests clear `MFM_*` variables
+        around each test (tests/conftest.py): their in-process CLI calls pass
+        `env=cluster.env`."""
         for key, value in self.env.items():
             self._saved_env.setdefault(key, os.environ.get(key))
             os.environ[key] = value
-        from workers.runtime import configure
+        from workers.runtime import configure, get_runtime
 
         configure(self.settings())
+        # The benchmarks send through the shared tasks' proxies (`noop.apply_async()`),
+        # which follow Celery's current app: make it this cluster's.
+        get_runtime().app.set_current()
 
     def restore_env(self) -> None:
         for key, value in self._saved_env.items():
