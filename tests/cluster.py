@@ -14,6 +14,7 @@ makes S3 unreachable while the server keeps running (and its data).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -289,6 +290,10 @@ class LocalCluster:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        # Let go of this process's runtime (and its Celery app) and finalize its results
+        # while Redis is still up: an AsyncResult's __del__ unsubscribes from the backend.
+        self.restore_env()
+        gc.collect()
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=5)
@@ -299,7 +304,6 @@ class LocalCluster:
             self.s3_proxy.disable()
         self.s3.stop()
         self.redis.cleanup()
-        self.restore_env()
 
     def __enter__(self) -> LocalCluster:
         return self.start()
@@ -325,21 +329,22 @@ class LocalCluster:
         """The cluster's settings, as its workers read them."""
         return ClusterSettings.from_env(self.env)
 
-    def activate(self) -> None:
+    def activate(self, *, current_app: bool = False) -> None:
         """Point this process's runtime (`workers.runtime.get_runtime`, what `submit_run`
-        uses by default) and Celery's current app at the cluster, and export the cluster's
-        environment for the benchmark scripts' own reads. Tests clear `MFM_*` variables
-        around each test (tests/conftest.py): their in-process CLI calls pass
-        `env=cluster.env`."""
+        uses by default) at the cluster, and export the cluster's environment for the
+        benchmark scripts' own reads. Tests clear `MFM_*` variables around each test
+        (tests/conftest.py): their in-process CLI calls pass `env=cluster.env`.
+
+        `current_app`: also make the runtime's app Celery's current app, for a benchmark
+        that sends through the shared tasks' proxies (`noop.apply_async()`)."""
         for key, value in self.env.items():
             self._saved_env.setdefault(key, os.environ.get(key))
             os.environ[key] = value
         from workers.runtime import configure, get_runtime
 
         configure(self.settings())
-        # The benchmarks send through the shared tasks' proxies (`noop.apply_async()`),
-        # which follow Celery's current app: make it this cluster's.
-        get_runtime().app.set_current()
+        if current_app:
+            get_runtime().app.set_current()
 
     def restore_env(self) -> None:
         for key, value in self._saved_env.items():
