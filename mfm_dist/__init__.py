@@ -60,6 +60,7 @@ from mfm_dist.manifest import BuildInfo, RunManifest
 from mfm_dist.operations import Operation, OperationRegistry, Pipeline, PipelineStep
 from mfm_dist.plan import DependencyEdge, ExecutionPlan, StateGraph, StateNode
 from mfm_dist.results import RunPhase, RunResult, RunSummary
+from mfm_dist.settings import Settings, SettingsError
 from mfm_dist.state import (
     EventRecorder,
     FnState,
@@ -139,6 +140,8 @@ __all__ = [
     "RunStarted",
     "RunStatus",
     "RunSummary",
+    "Settings",
+    "SettingsError",
     "SideEffects",
     "SnapshotPolicy",
     "StagedContext",

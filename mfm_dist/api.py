@@ -6,6 +6,10 @@
 The building blocks (`prepare_run`, `store_manifest`, `LocalEngine`, the stores) stay
 public for callers that need more control; these functions are those blocks in their usual
 order. On a Celery cluster the matching call is `workers.submit_run(...)` (docs/submission.md).
+
+These are public entry points: without `settings` each reads the environment once
+(`Settings.from_env()`: `MFM_HOME`, `MFM_EVENTS_URL`, `MFM_OPERATIONS`, credentials, …) and
+passes what it read down; give `settings` to decide instead (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mfm_dist.engine.local import EventListener, LocalEngine
 from mfm_dist.ids import RunId
 from mfm_dist.operations import Operation, OperationRegistry
 from mfm_dist.results import RunResult
+from mfm_dist.settings import Settings
 from mfm_dist.stores.urls import Stores, open_stores
 
 Home = str | os.PathLike[str]
@@ -40,17 +45,19 @@ def run(
     stores: Stores | None = None,
     home: Home | None = None,
     listener: EventListener | None = None,
+    settings: Settings | None = None,
 ) -> RunResult:
     """Run `target` (a registered op or pipeline id, or an `Operation` object) on `input`
     to its end and return the result; a failed run is a result, not an exception.
 
     `config` (default `RunConfig()`), or just `fan_out=N` for `FanOutJoin(N)`; `labels` are
     kept with the run for `mfm runs --label` (never in its manifest). The stores are
-    `stores`, else those under `home` (else `$MFM_HOME`, else `./.mfm`), as the CLI uses."""
-    registry, op_id = _registry_for(target, registry)
+    `stores`, else the settings' (`home`, else `MFM_HOME`, else `./.mfm`), as the CLI uses."""
+    settings = _read_once(settings, registry, stores)
+    registry, op_id = _registry_for(target, registry, settings)
     run_config = _config(config, fan_out)
     prepared = prepare_run(registry, op_id, input, run_config, version=version)
-    with _stores(stores, home) as opened:
+    with _stores(stores, home, settings) as opened:
         store_manifest(opened.artifacts, prepared.manifest)
         engine = LocalEngine(opened.events, opened.artifacts, registry, listener=listener)
         return engine.start(
@@ -71,14 +78,16 @@ def resume(
     stores: Stores | None = None,
     home: Home | None = None,
     listener: EventListener | None = None,
+    settings: Settings | None = None,
 ) -> RunResult:
     """Continue a run after a crash (closing its orphaned attempts); a finished run's
     result is returned and nothing is appended."""
-    with _stores(stores, home) as opened:
+    settings = _read_once(settings, registry, stores)
+    with _stores(stores, home, settings) as opened:
         engine = LocalEngine(
             opened.events,
             opened.artifacts,
-            registry or OperationRegistry.default(),
+            registry or OperationRegistry.default(settings=settings),
             listener=listener,
         )
         return engine.resume(RunId(run_id))
@@ -91,16 +100,27 @@ def cancel(
     requested_by: str | None = None,
     stores: Stores | None = None,
     home: Home | None = None,
+    settings: Settings | None = None,
 ) -> CancelOutcome:
     """Record the run's cancel request (docs/cancellation.md); its driver ends it."""
-    with _stores(stores, home) as opened:
+    with _stores(stores, home, settings) as opened:
         return request_cancel(opened.events, RunId(run_id), reason, requested_by)
 
 
+def _read_once(
+    settings: Settings | None, registry: OperationRegistry | None, stores: Stores | None
+) -> Settings | None:
+    """The caller's settings; else, when the registry or the stores are ours to make, the
+    environment, read here once for both."""
+    if settings is None and (registry is None or stores is None):
+        return Settings.from_env()
+    return settings
+
+
 def _registry_for(
-    target: str | Operation, registry: OperationRegistry | None
+    target: str | Operation, registry: OperationRegistry | None, settings: Settings | None
 ) -> tuple[OperationRegistry, str]:
-    registry = registry or OperationRegistry.default()
+    registry = registry or OperationRegistry.default(settings=settings)
     if isinstance(target, Operation):
         registry.register(target)
         return registry, str(target.op_id)
@@ -115,12 +135,14 @@ def _config(config: RunConfig | None, fan_out: int | None) -> RunConfig:
 
 
 @contextmanager
-def _stores(stores: Stores | None, home: Home | None) -> Iterator[Stores]:
-    """The caller's stores (left open), or the ones under `home` (closed after)."""
+def _stores(
+    stores: Stores | None, home: Home | None, settings: Settings | None
+) -> Iterator[Stores]:
+    """The caller's stores (left open), or the settings' (under `home`; closed after)."""
     if stores is not None:
         yield stores
         return
-    opened = open_stores(home=home)
+    opened = open_stores(home=home, settings=settings)
     try:
         yield opened
     finally:

@@ -14,7 +14,6 @@ The `build` field keeps the reference's field names; for Python they hold:
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import subprocess
 from pathlib import Path
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mfm_dist.canonical import JsonValue, artifact_id_of_json, canonical_bytes
 from mfm_dist.config import RunConfig
 from mfm_dist.ids import ArtifactId, OpId
+from mfm_dist.settings import Provenance
 
 LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "requirements.txt", "pylock.toml")
 
@@ -67,9 +67,6 @@ def _file_hash(path: Path) -> str | None:
 
 
 def _git_commit(cwd: Path) -> str | None:
-    env_value = os.environ.get("MFM_GIT_COMMIT")
-    if env_value:
-        return env_value
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -85,16 +82,18 @@ def _git_commit(cwd: Path) -> str | None:
     return commit if out.returncode == 0 and len(commit) == 40 else None
 
 
-def current_build_info(cwd: Path | None = None) -> BuildInfo:
-    """Provenance of the current process, recorded in every manifest."""
+def current_build_info(cwd: Path | None = None, provenance: Provenance | None = None) -> BuildInfo:
+    """Provenance of the current process, recorded in every manifest. `provenance` (from
+    the settings: `MFM_GIT_COMMIT`, `MFM_ENV_ALLOWLIST`) overrides the commit `git` reports
+    and names the allow-listed variables; without it, `git` is asked and the list is empty."""
     root = cwd or Path.cwd()
+    given = provenance if provenance is not None else Provenance()
     lock_hash = next((h for name in LOCK_FILES if (h := _file_hash(root / name)) is not None), None)
-    allow = [n for n in os.environ.get("MFM_ENV_ALLOWLIST", "").split(",") if n.strip()]
     return BuildInfo(
-        git_commit=_git_commit(root),
+        git_commit=given.git_commit or _git_commit(root),
         cargo_lock_hash=lock_hash,
         flake_lock_hash=_file_hash(root / "flake.lock"),
         rustc_version=f"{platform.python_implementation()} {platform.python_version()}",
         target_triple=f"{platform.machine()}-{platform.system().lower()}",
-        env_allowlist=sorted(n.strip() for n in allow),
+        env_allowlist=sorted(given.env_allowlist),
     )

@@ -10,7 +10,6 @@ from a manifest's `input_params`.
 from __future__ import annotations
 
 import importlib
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
@@ -23,10 +22,12 @@ from mfm_dist.config import RunConfig
 from mfm_dist.errors import InvalidInput, InvalidPlan, RunError
 from mfm_dist.ids import MachineId, OpId, OpPath, StepId
 from mfm_dist.plan import DependencyEdge, ExecutionPlan, StateGraph, gc_paused
+from mfm_dist.settings import Settings
 
 if TYPE_CHECKING:
     from mfm_dist.io.base import IoFactory
     from mfm_dist.io.router import TransportRegistry
+    from mfm_dist.manifest import BuildInfo
 
 ENTRY_POINT_GROUP = "mfm_dist.operations"
 
@@ -85,7 +86,11 @@ class OperationNotFound(InvalidInput):
 class OperationRegistry:
     """Resolves `(op_id, op_version)` to operations and names to pipelines."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        """`settings`: what the registry's IO and manifests take from the configuration
+        (the transports' allow-lists, build provenance); default `Settings()`, which
+        allows no `exec` program and no `http` host."""
+        self.settings = settings if settings is not None else Settings()
         self._ops: dict[str, dict[str, Operation]] = {}
         self._pipelines: dict[str, Pipeline] = {}
         self._loaded: set[str] = set()
@@ -141,24 +146,39 @@ class OperationRegistry:
             self.load_module(ep.value)
 
     @classmethod
-    def default(cls, extra_modules: Iterable[str] = ()) -> OperationRegistry:
-        """Entry points, then `MFM_OPERATIONS`, then `extra_modules` (e.g. `--ops`)."""
-        registry = cls()
+    def default(
+        cls, extra_modules: Iterable[str] = (), *, settings: Settings | None = None
+    ) -> OperationRegistry:
+        """Entry points, the built-in examples, the settings' operations modules
+        (`MFM_OPERATIONS`), then `extra_modules` (e.g. `--ops`); the registry keeps the
+        settings for its transports and manifests.
+
+        A public entry point: without `settings` it reads the environment
+        (`Settings.from_env()`); programs pass the settings they read at their start."""
+        config = settings if settings is not None else Settings.from_env()
+        registry = cls(config)
         registry.load_entry_points()
         registry.load_module("mfm_dist.examples")
-        registry.load_modules(os.environ.get("MFM_OPERATIONS", "").split(","))
+        registry.load_modules(config.operations)
         registry.load_modules(extra_modules)
         return registry
 
     def build_transports(self) -> TransportRegistry:
-        """`TransportRegistry.default()` plus every loaded module's
-        `register_transports(transports)` hook: how users add their own transports."""
+        """`TransportRegistry.default()` configured by the settings, plus every loaded
+        module's `register_transports(transports)` hook: how users add their own transports."""
         from mfm_dist.io.router import TransportRegistry
 
-        transports: TransportRegistry = TransportRegistry.default()
+        transports: TransportRegistry = TransportRegistry.default(self.settings.transports)
         for hook in self._transport_hooks:
             hook(transports)
         return transports
+
+    def build_info(self) -> BuildInfo:
+        """The build record of a manifest this process writes: the working directory's
+        provenance, with the settings' `MFM_GIT_COMMIT` / `MFM_ENV_ALLOWLIST`."""
+        from mfm_dist.manifest import current_build_info
+
+        return current_build_info(provenance=self.settings.provenance)
 
     def io_factory(self) -> IoFactory:
         """The default IO factory with this registry's transports (built on first Live use)."""

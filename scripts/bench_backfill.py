@@ -143,7 +143,7 @@ def measure(
 
 def cluster_backfills(args: argparse.Namespace, root: Path) -> list[tuple[str, str]]:
     with bench_cluster(root / "cluster", "s3") as c:
-        c.activate()
+        c.activate(current_app=True)  # noop/advance/submit via task proxies
         from celery import group
 
         from workers.backfills import arm

@@ -141,7 +141,7 @@ def main() -> None:
         args.artifacts,
         {"MFM_INLINE_COORDINATION": "1" if args.inline == "on" else "0"},
     ) as c:
-        c.activate()
+        c.activate(current_app=True)  # noop/advance/submit via task proxies
         mfm_run("fanout_demo", {"items": 50}, fan)  # warm up workers and caches
         raw_chord(50)
 

@@ -135,6 +135,7 @@ def run_one(c: object, n: int, fan_out: int, timeout_s: float) -> list[tuple[str
     from mfm_dist.config import FanOutJoin, RunConfig
     from mfm_dist.events import RunCompleted, RunStatus
     from mfm_dist.ids import RunId
+    from mfm_dist.settings import Settings
     from mfm_dist.stores.urls import open_artifact_store, open_event_store
     from mfm_dist.verify import verify_run
     from workers.runtime import get_runtime
@@ -170,9 +171,10 @@ def run_one(c: object, n: int, fan_out: int, timeout_s: float) -> list[tuple[str
     steps = longest_steps(control.logfile, log_offset)
 
     # As `mfm verify` does it: the stores opened from their URLs (no Redis artifact cache).
-    env = c.env  # type: ignore[attr-defined]
-    events = open_event_store(env["MFM_EVENTS_URL"])
-    artifacts = open_artifact_store(env["MFM_ARTIFACTS_URL"])
+    settings = Settings.from_env(c.env)  # type: ignore[attr-defined]
+    assert settings.events_url is not None and settings.artifacts_url is not None
+    events = open_event_store(settings.events_url, redis=settings.redis)
+    artifacts = open_artifact_store(settings.artifacts_url, s3=settings.s3)
     rss_before = _status_kb(os.getpid(), "VmRSS") or 0
     with contextlib.suppress(OSError):  # reset this process's peak RSS (VmHWM)
         Path("/proc/self/clear_refs").write_text("5")

@@ -37,6 +37,7 @@ import redis  # noqa: E402
 from mfm_dist.artifacts import ArtifactKind  # noqa: E402
 from mfm_dist.events import DomainEvent, EventDraft, RunStarted, StateEntered  # noqa: E402
 from mfm_dist.ids import ArtifactId, OpId, RunId, StateId  # noqa: E402
+from mfm_dist.settings import Settings  # noqa: E402
 from mfm_dist.stores.redis_events import (  # noqa: E402
     RedisEventStore,
     _append_keys,
@@ -305,7 +306,7 @@ S3_SIZES = {1024: 300, 64 * 1024: 200, 1024 * 1024: 40}
 def bench_s3(url: str, iterations: dict[int, int]) -> list[S3Row]:
     """Latencies of the artifact store on `url` (its bucket must exist)."""
     rows: list[S3Row] = []
-    store = S3ArtifactStore.from_url(url)
+    store = S3ArtifactStore.from_url(url, credentials=Settings.from_env().s3)
     store.put(ArtifactKind.OUTPUT, b"warm-up")  # the bucket's first put creates its volume
     for size, n in iterations.items():
         blobs = [os.urandom(size) for _ in range(n)]

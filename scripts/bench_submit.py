@@ -141,7 +141,7 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     with bench_cluster(root, args.artifacts) as c:
         c.start_worker("submit", "submit", concurrency=2)
-        c.activate()
+        c.activate(current_app=True)  # noop/advance/submit via task proxies
         submit_batches(requests(20, "warm"), 10)  # warm up every process
         raw_throughput(100)
 

@@ -52,8 +52,8 @@ def profile(n: int, top: int, use_cprofile: bool, concurrency: int | None) -> No
     from workers.coordinator import Coordinator
     from workers.runtime import Runtime
 
-    coord_rt = Runtime()
-    worker_rt = Runtime()
+    coord_rt = Runtime.from_env()
+    worker_rt = Runtime.from_env()
     dispatcher = FakeDispatcher()
     coordinator = Coordinator(coord_rt, dispatcher)
     h = Harness(coord_rt, dispatcher, coordinator)
@@ -95,7 +95,7 @@ def profile(n: int, top: int, use_cprofile: bool, concurrency: int | None) -> No
         if any(t.state_id.endswith(".join") for t in tasks):
             # Every item completed and the join is out: the coordinator's peak for this run.
             # Measured apart: a fresh coordinator (own runtime) loads the run from the log.
-            fresh_rt = Runtime()
+            fresh_rt = Runtime.from_env()
             fresh = Coordinator(fresh_rt, FakeDispatcher())
             gc.collect()
             before = tracemalloc.take_snapshot()

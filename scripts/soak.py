@@ -472,7 +472,7 @@ class Soak:
         from workers.runtime import Runtime, get_runtime
 
         self.rt = get_runtime()
-        self.rt2 = Runtime()  # a second "process" for duplicated submissions
+        self.rt2 = Runtime.from_env()  # a second "process" for duplicated submissions
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -621,13 +621,12 @@ class Soak:
         """Inject one fault; returns when it healed (epoch seconds)."""
         kind = f.kind
         if kind == "dup_advance":
-            from workers.tasks import advance
+            from workers.factory import ADVANCE_TASK
 
             queue = self.rt.settings.control_queue
             for _ in range(int(f.params["copies"])):
-                st.async_results.append(
-                    ("advance", advance.apply_async(args=(st.run_id,), queue=queue))
-                )
+                sent = self.rt.app.send_task(ADVANCE_TASK, args=(st.run_id,), queue=queue)
+                st.async_results.append(("advance", sent))
             return _now()
         if kind == "dup_attempt":
             return self._dup_attempt(st, f, rec)
@@ -748,7 +747,7 @@ class Soak:
         return str(candidates[min(len(candidates) - 1, int(pick * len(candidates)))])
 
     def _dup_attempt(self, st: TrialState, f: FaultPlan, rec: dict[str, Any]) -> float:
-        from workers.tasks import execute_attempt
+        from workers.factory import ATTEMPT_TASK
 
         envelopes = self.rt.events.read_range(RunId(st.run_id))
         started = envelopes[0].event
@@ -778,7 +777,7 @@ class Soak:
         queue = self.rt.settings.attempt_queue
         for _ in range(int(f.params["copies"])):
             st.async_results.append(
-                ("attempt", execute_attempt.apply_async(kwargs=kwargs, queue=queue))
+                ("attempt", self.rt.app.send_task(ATTEMPT_TASK, kwargs=kwargs, queue=queue))
             )
         return _now()
 
@@ -796,7 +795,7 @@ class Soak:
 
         def waiter() -> None:
             try:
-                rt = Runtime()
+                rt = Runtime.from_env()
                 try:
                     wake(rt, st.run_id)
                     res = wait_for_run(st.run_id, self.opts.trial_timeout_s, runtime=rt)

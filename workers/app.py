@@ -1,135 +1,40 @@
-"""The Celery app: `celery -A workers.app worker -Q mfm.control -c 1` (coordination),
+"""The worker boot: `celery -A workers.app worker -Q mfm.control -c 1` (coordination),
 `-Q mfm.submit,celery` (submissions) and `-Q mfm.attempts` (state attempts).
 
-JSON only; late acks and re-queue on a lost worker (at-least-once: the guarded event
-log and attempt leases make redelivery harmless); prefetch 1 so a long attempt never
-holds other messages hostage. Control tasks, submissions and attempts use separate queues
-so coordination is never starved by work or by a submission backlog.
+This module is a program's entry point: it reads the environment once
+(`ClusterSettings.from_env()`, docs/configuration.md) and builds the module-level `app`
+Celery's `-A` option needs. When a worker starts, its process runtime is bound to the
+settings of the app it runs (`workers.factory`). Everything else — `mfm worker`, the
+CLI's cluster commands, clients, tests — builds its own app from the settings it holds
+with `create_app(settings)`, never this one: an app built at import time keeps whatever
+the environment said then.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from workers.factory import (
+    ATTEMPT_TASK,
+    CONTROL_TASKS,
+    SUBMIT_TASKS,
+    _control_workers_keep_their_child,
+    create_app,
+    declared_queues,
+    only_control_queue,
+    worker_app,
+)
+from workers.settings import ClusterSettings
 
-from celery import Celery
-from celery.signals import celeryd_init, worker_process_init
-from kombu import Exchange, Queue  # type: ignore[attr-defined]
+__all__ = [
+    "ATTEMPT_TASK",
+    "CONTROL_TASKS",
+    "SUBMIT_TASKS",
+    "_control_workers_keep_their_child",
+    "app",
+    "create_app",
+    "declared_queues",
+    "only_control_queue",
+    "settings",
+]
 
-from workers import metrics as worker_metrics
-from workers.settings import Settings
-
-# [metrics hook] Multiprocess metrics must be set up before any metric exists.
-worker_metrics.prepare_multiprocess()
-
-CONTROL_TASKS = ("mfm.advance", "mfm.backfill_tick")
-SUBMIT_TASKS = ("mfm.submit", "mfm.submit_batch")
-ATTEMPT_TASK = "mfm.execute_attempt"
-
-
-def declared_queues(s: Settings) -> tuple[Queue, ...]:
-    """Each queue bound to its own direct exchange under its own name, so a client that
-    publishes by exchange and routing key reaches exactly one queue. The default queue
-    (`celery`) is where a plain `send_task("mfm.submit", ...)` lands: submission workers
-    consume it too."""
-    names = [s.control_queue, s.attempt_queue, s.submit_queue]
-    if s.default_queue and s.default_queue not in names:
-        names.append(s.default_queue)
-    return tuple(
-        Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
-        for name in names
-    )
-
-
-def create_app(settings: Settings | None = None) -> Celery:
-    s = settings or Settings.from_env()
-    celery_app = Celery("mfm_dist", broker=s.broker_url, backend=s.result_backend)
-    routes: dict[str, dict[str, str]] = {name: {"queue": s.control_queue} for name in CONTROL_TASKS}
-    routes.update({name: {"queue": s.submit_queue} for name in SUBMIT_TASKS})
-    routes[ATTEMPT_TASK] = {"queue": s.attempt_queue}
-    celery_app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        # Bounds what a long-lived prefork child accumulates (caches, fragmentation).
-        worker_max_tasks_per_child=s.max_tasks_per_child or None,
-        broker_transport_options={"visibility_timeout": s.visibility_timeout_s},
-        result_backend_transport_options={"visibility_timeout": s.visibility_timeout_s},
-        broker_connection_retry_on_startup=True,
-        task_queues=declared_queues(s),
-        task_default_queue=s.default_queue or s.submit_queue,
-        task_default_exchange=s.default_queue or s.submit_queue,
-        task_default_routing_key=s.default_queue or s.submit_queue,
-        # Undecodable messages (e.g. pickle) get a structured reply, not a silent drop.
-        worker_consumer="workers.consumer:MfmConsumer",
-        task_routes=routes,
-        result_expires=3600,
-        task_track_started=False,
-        worker_hijack_root_logger=False,
-        # Opt-in (MFM_TASK_EVENTS=1): task events for `celery events` and Flower.
-        worker_send_task_events=s.task_events,
-        task_send_sent_event=s.task_events,
-        imports=("workers.tasks",),
-    )
-    return celery_app
-
-
-app = create_app()
-worker_metrics.connect(app)  # [metrics hook] the exporter of MFM_METRICS_PORT
-
-
-def configure_app(settings: Settings) -> None:
-    """Point the (already imported) app at other URLs/queues — for tests and tools that
-    set the environment after import."""
-    fresh = create_app(settings)
-    app.conf.update(
-        broker_url=settings.broker_url,
-        result_backend=settings.result_backend,
-        broker_transport_options=fresh.conf.broker_transport_options,
-        result_backend_transport_options=fresh.conf.result_backend_transport_options,
-        task_queues=fresh.conf.task_queues,
-        task_default_queue=fresh.conf.task_default_queue,
-        task_default_exchange=fresh.conf.task_default_exchange,
-        task_default_routing_key=fresh.conf.task_default_routing_key,
-        task_routes=fresh.conf.task_routes,
-        worker_max_tasks_per_child=fresh.conf.worker_max_tasks_per_child,
-        worker_send_task_events=fresh.conf.worker_send_task_events,
-        task_send_sent_event=fresh.conf.task_send_sent_event,
-    )
-
-
-@worker_process_init.connect  # type: ignore[untyped-decorator]
-def _fresh_runtime(**_: Any) -> None:
-    """A forked pool child builds its own connections."""
-    from workers.runtime import mark_pool_child, reset_runtime
-
-    reset_runtime()
-    mark_pool_child()
-
-
-def only_control_queue(queues: object, settings: Settings) -> bool:
-    """Does a worker started with these `-Q` queues consume the control queue only?"""
-    if isinstance(queues, str):
-        names = {q.strip() for q in queues.split(",") if q.strip()}
-    elif isinstance(queues, (list, tuple, set)):
-        names = {str(q).strip() for q in queues}
-    else:
-        return False
-    return names == {settings.control_queue}
-
-
-@celeryd_init.connect  # type: ignore[untyped-decorator]
-def _control_workers_keep_their_child(
-    sender: Any = None, conf: Any = None, options: Any = None, **_: Any
-) -> None:
-    """A worker that only coordinates keeps its pool child: what it accumulates is bounded
-    (the cached runs by their plans' states, the snapshot cache by bytes), while a replaced
-    child would rebuild each run it coordinates from the log — for a run of 100,000 states
-    a step of minutes, re-reading every snapshot, in the middle of the run."""
-    if conf is None or not isinstance(options, dict):
-        return
-    if only_control_queue(options.get("queues"), Settings.from_env()):
-        conf.worker_max_tasks_per_child = None
+settings = ClusterSettings.from_env()
+app = worker_app(settings)

@@ -17,7 +17,6 @@ a timer for every unfinished backfill that lacks one.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,15 +32,12 @@ from mfm_dist.backfill.model import (
     partition_request,
 )
 from mfm_dist.errors import MfmError
-from mfm_dist.manifest import current_build_info
 from workers.leases import _POP_DUE, Coordination
 from workers.runtime import Runtime
 
 log = logging.getLogger("mfm.backfill")
 
 BACKFILL_TIMERS_KEY = "mfm:backfill_timers"
-POLL_S = float(os.environ.get("MFM_BACKFILL_POLL_S", "0.25"))
-"""How soon a tick looks again while the backfill has runs in flight."""
 IDLE_S = 30.0
 """The watchdog period of a backfill with nothing in flight (paused): a safety net only;
 `resume`, `cancel` and `retry` make the timer due at once."""
@@ -111,7 +107,7 @@ class ClusterStarter:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self._build = current_build_info()  # once: it spawns `git` (see mfm_dist.manifest)
+        self._build = rt.registry.build_info()  # once: it spawns `git` (see mfm_dist.manifest)
 
     def start(self, plan: BackfillPlan, index: int, generation: int) -> str:
         from workers.submit import accept
@@ -157,7 +153,8 @@ def _driver(rt: Runtime, name: str) -> BackfillDriver:
             name,
             ClusterStarter(rt),
             ClusterCanceller(rt, name),
-            poll_s=POLL_S,
+            # How soon a tick looks again while the backfill has runs in flight.
+            poll_s=rt.settings.backfill_poll_s,
         )
         _drivers[name] = driver
         while len(_drivers) > DRIVER_CACHE:

@@ -56,8 +56,8 @@ from mfm_dist.engine.lifecycle import (
     result_from_history,
     submission_of,
 )
-from mfm_dist.engine.progress import ORPHAN_CODE, RunProgress
-from mfm_dist.errors import ErrorCategory, ErrorInfo, MfmError, NotFound, RunError
+from mfm_dist.engine.progress import RunProgress, orphan_error
+from mfm_dist.errors import ErrorInfo, MfmError, NotFound, RunError
 from mfm_dist.events import (
     DomainEvent,
     EventDraft,
@@ -143,20 +143,15 @@ class Dispatcher(Protocol):
         """`task(message)` on `queue`, with the given task id (a run's `on_complete`)."""
 
 
+LEASE_GONE = "but its worker lease had expired"
+"""How the coordinator knew an open attempt was orphaned (its error message)."""
+
 COORDINATOR_REQUESTER = "mfm coordinator (run deadline)"
 
 
 class LockLost(Exception):
     """The coordinator lock expired under a long advance; someone else may coordinate."""
 
-
-def orphan_error() -> ErrorInfo:
-    return ErrorInfo(
-        code=ORPHAN_CODE,
-        category=ErrorCategory.UNKNOWN,
-        retryable=True,
-        message="attempt was open but its worker lease had expired; closed and retried",
-    )
 
 
 @dataclass
@@ -619,7 +614,9 @@ class Coordinator:
         for state_id, attempt in orphans:
             draft = EventDraft(
                 event=StateFailed(
-                    state_id=StateId(state_id), error=orphan_error(), failure_snapshot_id=None
+                    state_id=StateId(state_id),
+                    error=orphan_error(LEASE_GONE),
+                    failure_snapshot_id=None,
                 ),
                 ts_millis=now_millis(),
                 state_id=StateId(state_id),

@@ -1,13 +1,16 @@
 """Worker metrics and the attempt-holder record (docs/dashboard.md#metrics).
 
-**Exporting.** With `MFM_METRICS_PORT` set, the worker's main process serves the
-Prometheus text format at `http://MFM_METRICS_ADDR:MFM_METRICS_PORT/metrics` (address
-`127.0.0.1` by default). Celery's prefork pool runs tasks in child processes, so metrics
-use `prometheus_client`'s multiprocess mode: every process writes its values to files in
-`PROMETHEUS_MULTIPROC_DIR` and the main process adds them up at each scrape. When that
-variable is unset, this module (imported by `workers.app`, before any metric exists) sets
-it to a fresh private directory; a directory given by the deployment must be emptied
-before the worker starts (stale files would add old values). A replaced pool child's
+**Exporting.** With `MFM_METRICS_PORT` set (the settings' `metrics_port`), the worker's
+main process serves the Prometheus text format at
+`http://MFM_METRICS_ADDR:MFM_METRICS_PORT/metrics` (address `127.0.0.1` by default).
+Celery's prefork pool runs tasks in child processes, so metrics use `prometheus_client`'s
+multiprocess mode: every process writes its values to files in `PROMETHEUS_MULTIPROC_DIR`
+and the main process adds them up at each scrape. That variable is `prometheus_client`'s
+own configuration, which it reads from the process environment (and pool children
+inherit): so this module is the one place that reads and sets it — when it is unset, the
+worker boot (`prepare_multiprocess`, before any metric exists) sets it to a fresh private
+directory; a directory given by the deployment must be emptied before the worker starts
+(stale files would add old values). A replaced pool child's
 counts stay in the sums (counters never go back). The queue depths (`mfm_queue_depth`) are
 asked from the broker at scrape time.
 
@@ -30,27 +33,15 @@ from typing import Any
 log = logging.getLogger("mfm.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-PORT_ENV = "MFM_METRICS_PORT"
-ADDR_ENV = "MFM_METRICS_ADDR"
 HOLDERS_PART = "workers"
 HOLDERS_TTL_S = 7 * 24 * 3600
 
 
-def metrics_port() -> int:
-    """`MFM_METRICS_PORT` (0: no exporter)."""
-    raw = os.environ.get(PORT_ENV, "").strip()
-    if not raw:
-        return 0
-    port = int(raw)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{PORT_ENV} must be a TCP port")
-    return port
-
-
-def prepare_multiprocess() -> str | None:
+def prepare_multiprocess(port: int) -> str | None:
     """Make this process (and the pool children it forks) record metrics in multiprocess
-    mode when the worker exports them; returns the directory (None: not exporting)."""
-    if not metrics_port():
+    mode when the worker exports them (`port` > 0); returns the directory (None: not
+    exporting)."""
+    if not port:
         return None
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
@@ -132,16 +123,17 @@ def worker_registry(depths: Callable[[], dict[str, int]] | None) -> Any:
 _server: Any = None
 
 
-def start_exporter(app: Any, queues: Callable[[], Iterable[str]]) -> int | None:
-    """Serve `/metrics` from this (the worker's main) process; the bound port, or None."""
+def start_exporter(
+    app: Any, queues: Callable[[], Iterable[str]], port: int, addr: str = "127.0.0.1"
+) -> int | None:
+    """Serve `/metrics` on `addr:port` from this (the worker's main) process; the bound
+    port, or None (`port` 0: no exporter)."""
     global _server
-    port = metrics_port()
     if not port or _server is not None:
         return None
     from prometheus_client import start_http_server
 
     registry = worker_registry(lambda: broker_queue_depths(app, queues()))
-    addr = os.environ.get(ADDR_ENV, "").strip() or "127.0.0.1"
     _server = start_http_server(port, addr=addr, registry=registry)
     log.info("metrics on http://%s:%d/metrics", addr, port)
     return port
@@ -156,9 +148,9 @@ def process_exited(pid: int) -> None:
             multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def connect(app: Any) -> None:
-    """Start the exporter in the worker's main process (before the pool forks) and clean
-    up after each pool child (Celery signals)."""
+def connect(app: Any, port: int, addr: str = "127.0.0.1") -> None:
+    """Start the exporter (`port` 0: none) in the worker's main process (before the pool
+    forks) and clean up after each pool child (Celery signals)."""
     from celery.signals import worker_init, worker_process_shutdown
 
     def queue_names() -> list[str]:
@@ -166,7 +158,7 @@ def connect(app: Any) -> None:
 
     def on_init(**_: Any) -> None:
         try:
-            start_exporter(app, queue_names)
+            start_exporter(app, queue_names, port, addr)
         except Exception as exc:  # metrics never stop a worker
             log.error("metrics exporter not started: %s", exc)
 

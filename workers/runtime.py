@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -34,12 +34,16 @@ from mfm_dist.io.base import FactIndex, IoFactory
 from mfm_dist.manifest import RunManifest
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.plan import ExecutionPlan, gc_paused
+from mfm_dist.settings import RedisCredentials
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.redis_events import is_auth_failure
 from mfm_dist.stores.urls import open_artifact_store, open_event_store
 from workers.leases import Coordination, LeaseKeeper
-from workers.settings import Settings
+from workers.settings import ClusterSettings
 from workers.timing import Timings
+
+if TYPE_CHECKING:
+    from workers.coordinator import Dispatcher
 
 log = logging.getLogger("mfm.worker")
 T = TypeVar("T")
@@ -78,17 +82,14 @@ def _retry_policy() -> Retry:
     return _RetryButAuth(ExponentialBackoff(cap=1.0, base=0.01), 10)
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A client for the Redis behind an events URL (its own query options stripped).
+def redis_client(url: str, credentials: RedisCredentials | None = None) -> redis.Redis:
+    """A client for the Redis behind an events URL (its own query options stripped), with
+    `credentials` when the URL has none of its own.
 
     Connection faults are retried (redis-py's default policy); refused credentials are not."""
     parts = urlsplit(url)
     plain = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    kwargs: dict[str, Any] = {}
-    if parts.password is None and os.environ.get("MFM_REDIS_PASSWORD"):
-        kwargs["password"] = os.environ["MFM_REDIS_PASSWORD"]
-        if os.environ.get("MFM_REDIS_USERNAME"):
-            kwargs["username"] = os.environ["MFM_REDIS_USERNAME"]
+    kwargs: dict[str, Any] = dict(credentials.client_kwargs(url)) if credentials else {}
     return redis.Redis.from_url(
         plain,
         socket_timeout=5.0,
@@ -239,14 +240,30 @@ FACT_CACHE_SIZE = 256
 
 
 class Runtime:
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env()
+    """One process's connections and caches, built from explicit settings.
+
+    `app`: the Celery app messages are sent through (a worker passes its own; by default
+    one is built from the settings on first send). `dispatcher`: what the coordinator and
+    wake-ups send through (default: a `CeleryDispatcher` on `app`; tests pass a recorder)."""
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        *,
+        app: Any = None,
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
+        self.settings = settings
         if not self.settings.artifacts_url:
             raise InvalidInput("artifacts_url_missing", "set MFM_ARTIFACTS_URL for the workers")
+        self._app = app
+        self._owns_app = False
+        self._dispatcher = dispatcher
+        core = self.settings.core
         self.timings = Timings(self.settings.timing)
-        self.events: EventStore = open_event_store(self.settings.events_url)
-        self.redis = redis_client(self.settings.events_url)
-        base = open_artifact_store(self.settings.artifacts_url)
+        self.events: EventStore = open_event_store(self.settings.events_url, redis=core.redis)
+        self.redis = redis_client(self.settings.events_url, core.redis)
+        base = open_artifact_store(self.settings.artifacts_url, s3=core.s3)
         if self.timings.enabled:
             base = TimedArtifacts(base, self.timings)
         self.artifacts: ArtifactStore = (
@@ -268,10 +285,35 @@ class Runtime:
         self._facts: OrderedDict[str, FactIndex] = OrderedDict()
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Runtime:
+        """A runtime from the environment (`ClusterSettings.from_env`): for a script or a
+        test, at its start."""
+        return cls(ClusterSettings.from_env(environ))
+
+    @property
+    def app(self) -> Any:
+        """The Celery app this runtime sends through (built from the settings on first use)."""
+        if self._app is None:
+            from workers.factory import create_app
+
+            self._app = create_app(self.settings)
+            self._owns_app = True
+        return self._app
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Where chords, wake-ups and callbacks go (a `CeleryDispatcher` on `app`)."""
+        if self._dispatcher is None:
+            from workers.dispatch import CeleryDispatcher
+
+            self._dispatcher = CeleryDispatcher(self.app, self.settings)
+        return self._dispatcher
+
     @property
     def registry(self) -> OperationRegistry:
         if self._registry is None:
-            self._registry = OperationRegistry.default()
+            self._registry = OperationRegistry.default(settings=self.settings.core)
         return self._registry
 
     @property
@@ -328,6 +370,8 @@ class Runtime:
         self.events.close()
         self.artifacts.close()
         self.redis.close()
+        if self._owns_app:
+            self._app.close()  # its broker and result-backend connections
 
 
 RETIRE_GRACE_S = 2.0
@@ -363,21 +407,45 @@ def retire_if_stuck(thread: threading.Thread | None) -> None:
 
 _runtime: Runtime | None = None
 _runtime_pid: int | None = None
+_bound: tuple[ClusterSettings, Any] | None = None
 _runtime_lock = threading.Lock()
 
 
+def configure(settings: ClusterSettings | None, app: Any = None) -> None:
+    """Bind this process's cluster settings (and the Celery app it runs, if any): what
+    `get_runtime()` builds from. The worker boot binds the settings of the app it runs
+    (`workers.factory`); a test or tool pointing this process at a cluster binds its own;
+    None unbinds. The current runtime is dropped (the next use builds a fresh one)."""
+    global _bound, _runtime, _runtime_pid
+    with _runtime_lock:
+        _bound = None if settings is None else (settings, app)
+        _runtime, _runtime_pid = None, None
+
+
+def process_settings() -> ClusterSettings:
+    """The settings bound by `configure`; unbound, the environment's — the documented
+    default of a Python client that calls `submit_run` / `wait_for_run` without a runtime
+    (docs/configuration.md), read when its first runtime is built."""
+    bound = _bound
+    return bound[0] if bound is not None else ClusterSettings.from_env()
+
+
 def get_runtime() -> Runtime:
-    """This process's runtime (rebuilt after a fork)."""
+    """This process's runtime, built from its bound settings (see `process_settings`) and
+    rebuilt after a fork."""
     global _runtime, _runtime_pid
     with _runtime_lock:
         if _runtime is None or _runtime_pid != os.getpid():
-            _runtime = Runtime()
+            bound = _bound
+            settings, app = bound if bound is not None else (process_settings(), None)
+            _runtime = Runtime(settings, app=app)
             _runtime_pid = os.getpid()
         return _runtime
 
 
 def reset_runtime() -> None:
-    """Forget the runtime (a forked child must not reuse its parent's connections)."""
+    """Forget the runtime (a forked child must not reuse its parent's connections); the
+    bound settings stay."""
     global _runtime, _runtime_pid
     with _runtime_lock:
         _runtime, _runtime_pid = None, None

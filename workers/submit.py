@@ -1,5 +1,6 @@
-"""Accept submissions on the cluster and wait for results — from any process that has the
-stores and the broker configured (`MFM_EVENTS_URL`, `MFM_ARTIFACTS_URL`, `MFM_BROKER_URL`).
+"""Accept submissions on the cluster and wait for results — from any process that holds the
+cluster's settings (a `Runtime` built from `ClusterSettings`; without one, the process's
+runtime: see `workers.runtime.process_settings`).
 
 `accept` does everything `LocalEngine.start` does before executing, records the plan
 fingerprint for workers to check, arms the run's timer and wakes the coordinator; the
@@ -66,7 +67,9 @@ def submit_run(
     form of a `mfm.submit` message). Raises the rejection instead of returning it.
 
     `submission_id` (e.g. a Celery task id) or `idempotency_key` make the call idempotent:
-    a repeated call continues or just returns the run the first one started."""
+    a repeated call continues or just returns the run the first one started. `runtime`:
+    the cluster to submit to; a public entry point, it defaults to this process's runtime
+    (`workers.runtime.get_runtime`: the bound settings, else the environment's)."""
     request = SubmitRequest(
         op=target,
         version=version,
@@ -268,10 +271,8 @@ def _record(rt: Runtime, outcomes: list[str], rejections: list[tuple[str, str | 
 def wake(rt: Runtime, run_id: str) -> bool:
     """Send the run's coordinator one `advance` now (True). If the broker cannot take it,
     make the run's timer due now instead, so a control worker's poller sends it (False)."""
-    from workers.tasks import send_advance
-
     try:
-        send_advance(run_id)
+        rt.dispatcher.send_advance(run_id)
         return True
     except Exception as exc:
         log.warning(
@@ -285,7 +286,8 @@ def wait_for_run(
     run_id: str, timeout_s: float, *, poll_s: float = 0.1, runtime: Runtime | None = None
 ) -> RunResult:
     """Poll the cluster's event log until the run has finished; its result (riding out
-    Redis restarts and dropped connections until the deadline)."""
+    Redis restarts and dropped connections until the deadline). `runtime` as for
+    `submit_run`."""
     from workers.faults import is_transient
 
     rt = runtime or get_runtime()

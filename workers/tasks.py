@@ -1,6 +1,10 @@
 """Celery tasks: `mfm.submit` and `mfm.advance` (control queue), `mfm.execute_attempt`
 (attempt queue), and the timer poller every control worker runs. Thin wrappers: the logic
 lives in `coordinator`, `attempts`, `submit`, `timers`.
+
+They are shared tasks: they belong to no app built at import, so whichever app a worker
+runs (`workers.app`, `mfm worker`, a test's) has them; each task finds its process's
+runtime (`workers.runtime.get_runtime`, built from the settings the worker boot bound).
 """
 
 from __future__ import annotations
@@ -9,16 +13,17 @@ import logging
 import time
 from typing import Any
 
-from celery import chord, group
+from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 
 from mfm_dist import metrics
 from mfm_dist.errors import MfmError
 from mfm_dist.ids import RunId
-from workers.app import ATTEMPT_TASK, app
 from workers.attempts import execute_attempt as run_one_attempt
 from workers.carry import Carry
 from workers.coordinator import AttemptTask, Coordinator
+from workers.dispatch import CeleryDispatcher
+from workers.factory import ATTEMPT_TASK
 from workers.faults import is_transient
 from workers.leases import Coordination
 from workers.metrics import op_of
@@ -28,67 +33,9 @@ from workers.timers import TimerPoller
 log = logging.getLogger("mfm.tasks")
 
 
-class CeleryDispatcher:
-    """Sends chords and wake-ups through the Celery app."""
-
-    def send_chord(self, run_id: str, attempts: list[AttemptTask]) -> None:
-        """One chord: the attempts (each with its hard time limit, if its state has a
-        timeout) and `advance(run_id)` as the join. Nothing carries a countdown: retries
-        in backoff are held by the coordinator and sent when due."""
-        settings = get_runtime().settings
-        header = group(
-            execute_attempt.signature(
-                kwargs={
-                    "run_id": t.run_id,
-                    "manifest_id": t.manifest_id,
-                    "state_id": t.state_id,
-                    "attempt": t.attempt,
-                    "base_snapshot_id": t.base_snapshot_id,
-                    "plan_fingerprint": t.plan_fingerprint,
-                    "sent_ms": t.sent_ms,
-                },
-                queue=settings.attempt_queue,
-                time_limit=t.time_limit_s,
-            )
-            for t in attempts
-        )
-        body = advance.si(run_id, join=True).set(queue=settings.control_queue)
-        chord(header, body).apply_async()
-
-    def send_advance(self, run_id: str) -> None:
-        send_advance(run_id)
-
-    def attempt_queue_depth(self) -> int | None:
-        """Messages waiting in the attempt queue (None when the broker cannot say)."""
-        try:
-            with app.connection_for_read() as conn:
-                declared = conn.default_channel.queue_declare(
-                    queue=get_runtime().settings.attempt_queue, passive=False
-                )
-                return int(declared.message_count)
-        except Exception as exc:
-            log.debug("attempt queue depth unknown: %s", type(exc).__name__)
-            return None
-
-    def send_callback(
-        self, task: str, queue: str, message: dict[str, object], task_id: str
-    ) -> None:
-        app.send_task(task, args=[message], queue=queue, task_id=task_id)
-
-
 def send_advance(run_id: str) -> None:
-    """Enqueue one `advance(run_id)` on the control queue, now."""
-    advance.apply_async(
-        args=(run_id,),
-        queue=get_runtime().settings.control_queue,
-        # Fail fast: a wake-up that cannot be sent is left to the run's timer; nobody reads
-        # its result, so the result store is not touched.
-        retry_policy=WAKE_RETRY_POLICY,
-        ignore_result=True,
-    )
-
-
-WAKE_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
+    """Enqueue one `advance(run_id)` on the control queue, now (this process's runtime)."""
+    get_runtime().dispatcher.send_advance(run_id)
 
 
 _coordinator: Coordinator | None = None
@@ -100,11 +47,11 @@ def coordinator() -> Coordinator:
     if _coordinator is None or _coordinator.rt is not rt:
         if _coordinator is not None:
             _coordinator.close()
-        _coordinator = Coordinator(rt, CeleryDispatcher())
+        _coordinator = Coordinator(rt, rt.dispatcher)
     return _coordinator
 
 
-@app.task(name="mfm.advance", bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
+@shared_task(name="mfm.advance", bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
 def advance(self: Any, run_id: str, watchdog: object = None, join: bool = False) -> str:
     """Coordinate a run one step. A transient fault is logged and left to the run's timer
     (it looks again within one watchdog period); a permanent one ends the run. `join`: a
@@ -131,7 +78,7 @@ def advance(self: Any, run_id: str, watchdog: object = None, join: bool = False)
         )
 
 
-@app.task(name=ATTEMPT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+@shared_task(name=ATTEMPT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def execute_attempt(
     self: Any,
     run_id: str,
@@ -238,7 +185,7 @@ def coordinate_now(run_id: str, carry: Carry | None = None) -> None:
         metrics.coordinator_step("inline", status, time.perf_counter() - started)
 
 
-@app.task(name="mfm.submit", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+@shared_task(name="mfm.submit", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def submit(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Start a run (the submission contract, docs/submission.md): keyword arguments
     `op`, `version`, `input`, `config`, `idempotency_key`, `labels`, `on_complete`. Returns
@@ -250,7 +197,7 @@ def submit(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return receive(rt, args, kwargs, self.request.id, inline)
 
 
-@app.task(name="mfm.submit_batch", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+@shared_task(name="mfm.submit_batch", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def submit_batch(self: Any, requests: Any = None, **unknown: Any) -> dict[str, Any]:
     """Many submissions in one message: `requests=[{...}, ...]` → `{"replies": [...]}`."""
     from workers.submit import receive_batch
@@ -258,13 +205,13 @@ def submit_batch(self: Any, requests: Any = None, **unknown: Any) -> dict[str, A
     return receive_batch(get_runtime(), requests, self.request.id, sorted(unknown), coordinate_now)
 
 
-@app.task(name="mfm.noop", acks_late=True)  # type: ignore[untyped-decorator]
+@shared_task(name="mfm.noop", acks_late=True)  # type: ignore[untyped-decorator]
 def noop(*_: Any) -> None:
     """Does nothing: the raw-Celery baseline of `scripts/bench_cluster.py`."""
     return None
 
 
-@app.task(name="mfm.backfill_tick", acks_late=True)  # type: ignore[untyped-decorator]
+@shared_task(name="mfm.backfill_tick", acks_late=True)  # type: ignore[untyped-decorator]
 def backfill_tick(name: str) -> str:
     """Drive one backfill for a moment (docs/backfills.md); its Redis timer brings the next
     tick. Never raises: a fault is logged and the timer looks again."""
@@ -281,12 +228,8 @@ def backfill_tick(name: str) -> str:
 
 
 def send_backfill_tick(name: str) -> None:
-    backfill_tick.apply_async(
-        args=(name,),
-        queue=get_runtime().settings.control_queue,
-        retry_policy=WAKE_RETRY_POLICY,
-        ignore_result=True,
-    )
+    rt = get_runtime()
+    CeleryDispatcher(rt.app, rt.settings).send_backfill_tick(name)
 
 
 _poller: TimerPoller | None = None
@@ -314,7 +257,7 @@ def _start_timer_poller(sender: Any = None, **_: Any) -> None:
         get_runtime, send_backfill_tick, rearm_ms=int(settings.watchdog_s * 1000)
     )
     _poller = TimerPoller(
-        Coordination(redis_client(settings.events_url)),
+        Coordination(redis_client(settings.events_url, settings.core.redis)),
         send_advance,
         poll_s=settings.timer_poll_s,
         rearm_ms=int(settings.watchdog_s * 1000),

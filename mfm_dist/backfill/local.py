@@ -29,7 +29,7 @@ from mfm_dist.engine.lifecycle import (
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.errors import ConcurrencyError, MfmError
 from mfm_dist.ids import RunId
-from mfm_dist.manifest import BuildInfo, current_build_info
+from mfm_dist.manifest import BuildInfo
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.guards import GuardViolation
@@ -117,7 +117,7 @@ class LocalPool:
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="mfm-backfill")
         self._active: dict[str, Future[None]] = {}
         self._guard = threading.Lock()
-        self._build = current_build_info()
+        self._build = registry.build_info()
         self._engine_factory = engine_factory or (
             lambda: LocalEngine(self.events, self.artifacts, self.registry)
         )

@@ -42,7 +42,6 @@ from mfm_dist.config import RunConfig
 from mfm_dist.engine.lifecycle import prepare_run
 from mfm_dist.errors import ConcurrencyError, MfmError
 from mfm_dist.ids import RunId
-from mfm_dist.manifest import current_build_info
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.results import RunPhase, RunSummary
 from mfm_dist.stores.base import EventStore
@@ -148,7 +147,7 @@ def build_plan(registry: OperationRegistry, request: CreateRequest) -> BackfillP
     """Validate the op and every partition's input (each must expand to a valid plan)
     before anything is stored; a refusal names the partition."""
     check_name(request.name)
-    build = current_build_info()
+    build = registry.build_info()
     op_version = ""
     for number, part in enumerate(request.partitions):
         try:

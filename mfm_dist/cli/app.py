@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
@@ -19,8 +19,12 @@ from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.lookup import resolve_artifact_id, resolve_run_id
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.secrets import redact_url
+from mfm_dist.settings import Settings
 from mfm_dist.stores.base import EventStore
-from mfm_dist.stores.urls import Stores, default_urls, open_stores
+from mfm_dist.stores.urls import Stores, open_stores
+
+if TYPE_CHECKING:
+    from workers.settings import ClusterSettings
 
 MAX_ATTEMPTS_LIMIT = 2**32 - 1
 MAX_FAN_OUT = 1_000_000
@@ -30,7 +34,12 @@ R = TypeVar("R")
 
 @dataclass
 class App:
-    """Global options, and the stores and registry they select (opened on first use).
+    """Global options, the settings the CLI read at its start, and the stores and registry
+    they select (opened on first use).
+
+    `home`, `events_url`, `artifacts_url` and `ops_modules` are the options given on the
+    command line; they apply over `settings` (`config()`). `environ` is the environment as
+    the CLI read it, kept for the cluster's settings (built only by cluster commands).
 
     `read_only` (set by the read commands) opens the embedded stores without creating or
     changing anything, so they work on an archived, read-only home and never create
@@ -42,19 +51,35 @@ class App:
     ops_modules: tuple[str, ...] = ()
     debug: bool = False
     read_only: bool = False
+    settings: Settings = field(default_factory=Settings)
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     _stores: Stores | None = field(default=None, repr=False)
     _registry: OperationRegistry | None = field(default=None, repr=False)
 
+    def config(self) -> Settings:
+        """The settings in force: the environment's, with the command line's store options."""
+        return self.settings.with_stores(
+            home=self.home, events_url=self.events_url, artifacts_url=self.artifacts_url
+        )
+
+    def cluster_settings(self) -> ClusterSettings:
+        """The distributed backend's settings: read from the environment the CLI read at
+        its start, over this command line's stores (so a cluster command needs no
+        environment of its own, and the CLI never writes one)."""
+        from workers.settings import ClusterSettings
+
+        return ClusterSettings.from_env(self.environ).with_core(self.config())
+
     def registry(self) -> OperationRegistry:
         if self._registry is None:
-            self._registry = OperationRegistry.default(extra_modules=self.ops_modules)
+            self._registry = OperationRegistry.default(
+                extra_modules=self.ops_modules, settings=self.config()
+            )
         return self._registry
 
     def stores(self) -> Stores:
         if self._stores is None:
-            self._stores = open_stores(
-                self.events_url, self.artifacts_url, self.home, read_only=self.read_only
-            )
+            self._stores = open_stores(read_only=self.read_only, settings=self.config())
         return self._stores
 
     @property
@@ -79,13 +104,13 @@ class App:
         opened = getattr(self._stores.events, "url", "") if self._stores is not None else ""
         if opened:
             return redact_url(str(opened))
-        default_events, _ = default_urls(self.home)
-        return redact_url(self.events_url or default_events)
+        events, _ = self.config().store_urls()
+        return redact_url(events)
 
     def global_options(self) -> list[str]:
-        """The global options that select these stores and operations, as arguments (for a
-        command to suggest); a URL is shown redacted, so one with credentials needs them
-        put back (or taken from the environment)."""
+        """The global options given on this command line, as arguments (for a command to
+        suggest; what came from the environment still does); a URL is shown redacted, so
+        one with credentials needs them put back (or taken from the environment)."""
         args: list[str] = []
         if self.home:
             args += ["--home", self.home]
@@ -139,15 +164,14 @@ class MfmGroup(click.Group):
 @click.group(cls=MfmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--home",
-    envvar="MFM_HOME",
     type=click.Path(file_okay=False),
-    help="Embedded store root (default ./.mfm).",
+    help="Embedded store root (default: MFM_HOME, else ./.mfm).",
 )
 @click.option(
-    "--events-url", envvar="MFM_EVENTS_URL", help="Event store URL (sqlite://, redis://…)."
+    "--events-url", help="Event store URL (sqlite://, redis://…; default: MFM_EVENTS_URL)."
 )
 @click.option(
-    "--artifacts-url", envvar="MFM_ARTIFACTS_URL", help="Artifact store URL (file://, s3://…)."
+    "--artifacts-url", help="Artifact store URL (file://, s3://…; default: MFM_ARTIFACTS_URL)."
 )
 @click.option(
     "--ops",
@@ -170,7 +194,17 @@ def cli(
     MfmGroup.debug = debug
     if os.getcwd() not in sys.path:  # --ops / MFM_OPERATIONS modules in the working directory
         sys.path.append(os.getcwd())
-    app = App(home, events_url or None, artifacts_url or None, ops_modules, debug)
+    # The program's start: the one read of the environment (docs/configuration.md).
+    environ = dict(os.environ)
+    app = App(
+        home,
+        events_url or None,
+        artifacts_url or None,
+        ops_modules,
+        debug,
+        settings=Settings.from_env(environ),
+        environ=environ,
+    )
     ctx.obj = app
     ctx.call_on_close(app.close)
 

@@ -61,11 +61,7 @@ from mfm_dist.cli.drivers import DrivenElsewhere, DriverLock
 from mfm_dist.cli.errors import CliError, ExitCode
 from mfm_dist.cli.options import PROFILES, parse_input
 from mfm_dist.cli.output import format_ms, stderr_console
-from mfm_dist.cli.running import (
-    _export_store_urls,
-    _run_config,
-    on_cluster,
-)
+from mfm_dist.cli.running import _run_config, on_cluster
 from mfm_dist.ids import RunId
 from mfm_dist.results import RunPhase
 from mfm_dist.stores.base import EventStore
@@ -205,8 +201,6 @@ def create_cmd(
         rate=rate,
         backend="cluster" if backend == "celery" else "local",
     )
-    if backend == "celery":
-        _export_store_urls(app)
     if dry_run:
         app.read_only = True
         result = create(app.events, app.artifacts, app.registry(), request, dry_run=True)
@@ -297,11 +291,10 @@ def _continue(app: App, name: str, celery: bool, detach: bool, wait: bool, as_js
 
 
 def _wake_cluster(app: App, name: str) -> None:
-    with on_cluster(app):
+    with on_cluster(app) as rt:
         from workers.backfills import arm
-        from workers.runtime import get_runtime
 
-        arm(get_runtime().redis, name)
+        arm(rt.redis, name)
 
 
 # -- driving here ------------------------------------------------------------------------------

@@ -91,11 +91,9 @@ def cancel(
         return
     requester = default_requester()
     if cluster:
-        with on_cluster(app):
+        with on_cluster(app) as rt:
             from workers.cancel import cancel_run
-            from workers.runtime import get_runtime
 
-            rt = get_runtime()
             outcomes = [cancel_run(rt, str(rid), reason, requester) for rid in ids]
     else:
         outcomes = [request_cancel(app.events, rid, reason, requester) for rid in ids]

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -61,6 +61,9 @@ from mfm_dist.plan import ExecutionPlan
 from mfm_dist.reports import StateStatus, run_report
 from mfm_dist.results import RunPhase, RunResult
 from mfm_dist.secrets import redact_url
+
+if TYPE_CHECKING:
+    from workers.runtime import Runtime
 
 # -- run / resume ---------------------------------------------------------------------------------
 
@@ -471,17 +474,19 @@ def _run_on_cluster(
 ) -> None:
     """Submit to the cluster; then either return the run id or follow the run live (it
     says its id at once; Ctrl-C stops following, and the run continues on the cluster)."""
-    _export_store_urls(app)
-    try:
-        from workers.submit import submit_run
-    except ImportError as exc:
-        raise _distributed_unavailable(exc) from None
     prepared = prepare_run(
         app.registry(), spec.op, spec.run_input, spec.run_config, version=spec.version
     )
-    with _broker_errors():
+    with on_cluster(app) as rt:
+        from workers.submit import submit_run
+
         run_id = submit_run(
-            spec.op, spec.run_input, spec.run_config, version=spec.version, labels=spec.labels
+            spec.op,
+            spec.run_input,
+            spec.run_config,
+            version=spec.version,
+            labels=spec.labels,
+            runtime=rt,
         )
     if detach:
         click.echo(json.dumps({"run_id": str(run_id)}) if as_json else f"submitted run {run_id}")
@@ -545,14 +550,16 @@ def _follow(
 )
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), help="Worker processes.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(queues: str, concurrency: int | None, loglevel: str) -> None:
-    """Start a Celery worker configured for mfm-dist (settings from MFM_* variables)."""
+@pass_app
+def worker(app: App, queues: str, concurrency: int | None, loglevel: str) -> None:
+    """Start a Celery worker configured for mfm-dist (settings from MFM_* variables and the
+    global store options)."""
     try:
-        from workers.app import app as celery_app
-        from workers.settings import Settings
+        from workers.factory import worker_app
     except ImportError as exc:
         raise _distributed_unavailable(exc) from None
-    settings = Settings.from_env()
+    settings = app.cluster_settings()
+    celery_app = worker_app(settings)  # its process runtime is bound when the worker starts
     submit = [settings.submit_queue] + ([settings.default_queue] if settings.default_queue else [])
     names = {
         "control": [settings.control_queue],
@@ -711,15 +718,14 @@ def resume(
     registry = app.registry()
     loaded = load_run(app.events, app.artifacts, registry, rid)
     if cluster:
-        with on_cluster(app):
-            from workers.runtime import get_runtime
+        with on_cluster(app) as rt:
             from workers.submit import wait_for_run, wake
 
-            wake(get_runtime(), str(rid))
+            wake(rt, str(rid))
             if not wait:
                 click.echo(json.dumps({"run_id": str(rid)}) if as_json else f"woke run {rid}")
                 return
-            result = wait_for_run(str(rid), timeout_s)
+            result = wait_for_run(str(rid), timeout_s, runtime=rt)
     else:
         if loaded.history.completed is None:
             _refuse_cluster_runs(app, loaded.history, force=force)
@@ -770,44 +776,41 @@ def _refuse_cluster_runs(app: App, history: RunHistory, *, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def _broker_errors() -> Iterator[None]:
+def _broker_errors(broker_url: str) -> Iterator[None]:
     """Celery's connection failures, as one structured infrastructure error."""
     try:
         yield
-    except MfmError:
+    except (MfmError, ImportError):
         raise
     except Exception as exc:
-        from workers.settings import Settings
-
-        broker = redact_url(Settings.from_env().broker_url)
         raise CliError(
             "broker_unavailable",
-            f"cannot reach the Celery broker or result store at {broker} ({type(exc).__name__})",
+            f"cannot reach the Celery broker or result store at {redact_url(broker_url)} "
+            f"({type(exc).__name__})",
             ExitCode.INFRASTRUCTURE,
         ) from None
 
 
 @contextlib.contextmanager
-def on_cluster(app: App) -> Iterator[None]:
-    """Work on the distributed backend from the CLI: its stores are the CLI's; importing
-    `workers` without the `dist` extra is `distributed_unavailable`, a broker fault
-    `broker_unavailable`."""
-    _export_store_urls(app)
+def on_cluster(app: App) -> Iterator[Runtime]:
+    """Work on the distributed backend from the CLI: a runtime built from the settings the
+    CLI read at its start, over its own stores (`App.cluster_settings`) — handed to the
+    cluster code as a parameter, never through the environment — and closed after.
+    Importing `workers` without the `dist` extra is `distributed_unavailable`, a broker
+    fault `broker_unavailable`."""
     try:
-        with _broker_errors():
-            yield
+        from workers.runtime import Runtime
     except ImportError as exc:
         raise _distributed_unavailable(exc) from None
-
-
-def _export_store_urls(app: App) -> None:
-    """The distributed runtime reads its stores from the environment: pass ours on."""
-    for name, value in (
-        ("MFM_EVENTS_URL", app.events_url),
-        ("MFM_ARTIFACTS_URL", app.artifacts_url),
-    ):
-        if value:
-            os.environ[name] = value
+    settings = app.cluster_settings()
+    rt = Runtime(settings)
+    try:
+        with _broker_errors(settings.broker_url):
+            yield rt
+    except ImportError as exc:
+        raise _distributed_unavailable(exc) from None
+    finally:
+        rt.close()
 
 
 def _distributed_unavailable(exc: ImportError) -> CliError:

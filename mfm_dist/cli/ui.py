@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
@@ -15,14 +14,19 @@ DEFAULT_PORT = 8765
 
 def _queue_depths(app: App) -> Any:
     """Broker queue depths for `mfm_queue_depth`, when the stores are the cluster's and a
-    broker is configured (None otherwise)."""
-    if getattr(app.events, "client", None) is None or not os.environ.get("MFM_BROKER_URL"):
+    broker is configured (None otherwise), asked through an app built from the settings
+    the CLI read at its start."""
+    if getattr(app.events, "client", None) is None:
         return None
     try:
-        from workers.app import app as celery_app
+        from workers.factory import create_app
         from workers.metrics import broker_queue_depths
     except ImportError:
         return None
+    settings = app.cluster_settings()
+    if settings.broker is None:
+        return None
+    celery_app = create_app(settings)
 
     def depths() -> dict[str, int]:
         names = [q.name for q in celery_app.conf.task_queues or ()]

@@ -33,7 +33,7 @@ from mfm_dist.events import (
     RunStatus,
 )
 from mfm_dist.ids import ArtifactId, RunId
-from mfm_dist.manifest import BuildInfo, RunManifest, current_build_info
+from mfm_dist.manifest import BuildInfo, RunManifest
 from mfm_dist.operations import OperationRegistry, Pipeline, input_params_for
 from mfm_dist.plan import ExecutionPlan
 from mfm_dist.results import RunPhase, RunResult
@@ -86,7 +86,7 @@ def prepare_run(
         op_version=pipeline.pipeline_version,
         input_params=input_params_for(pipeline, run_input),
         run_config=run_config,
-        build=build if build is not None else current_build_info(),
+        build=build if build is not None else registry.build_info(),
     )
     manifest_id = manifest.manifest_id()
     plan = registry.plan_for(pipeline, run_config)

@@ -41,9 +41,9 @@ from mfm_dist.engine.lifecycle import (
     result_from_history,
     validate_start,
 )
-from mfm_dist.engine.progress import ORPHAN_CODE, RunProgress
+from mfm_dist.engine.progress import RunProgress, orphan_error
 from mfm_dist.engine.snapshots import SnapshotStore
-from mfm_dist.errors import ConcurrencyError, ErrorCategory, ErrorInfo
+from mfm_dist.errors import ConcurrencyError
 from mfm_dist.events import (
     DomainEvent,
     EventDraft,
@@ -194,14 +194,9 @@ def _fail(batch: list[_Ticket], exc: BaseException) -> None:
         ticket.envelopes, ticket.error = None, exc
 
 
-def orphan_error() -> ErrorInfo:
-    return ErrorInfo(
-        code=ORPHAN_CODE,
-        category=ErrorCategory.UNKNOWN,
-        retryable=True,
-        message="attempt was open when the run was resumed; closed and retried",
-    )
 
+RESUMED = "when the run was resumed"
+"""How resume knew an open attempt was orphaned (its error message)."""
 
 POLL_S = 0.2
 """How often a driving engine looks for a cancel request from another process."""
@@ -373,7 +368,9 @@ class LocalEngine(ExecutionEngine):
                 [
                     EventDraft(
                         event=StateFailed(
-                            state_id=StateId(sid), error=orphan_error(), failure_snapshot_id=None
+                            state_id=StateId(sid),
+                            error=orphan_error(RESUMED),
+                            failure_snapshot_id=None,
                         ),
                         ts_millis=now_millis(),
                         state_id=StateId(sid),
@@ -383,7 +380,7 @@ class LocalEngine(ExecutionEngine):
                 ]
             )
             for sid, _ in orphans:
-                progress.record_failed(progress.index(sid), orphan_error(), now_millis())
+                progress.record_failed(progress.index(sid), orphan_error(RESUMED), now_millis())
         return self._drive(history.run_id, progress, writer, control, facts, io_factory)
 
     # -- execution ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from mfm_dist.config import RunConfig, backoff_delay
 from mfm_dist.engine.history import RunHistory, StateRecord
 from mfm_dist.engine.merge import Delta, MergeConflict, MergeTracker, apply_deltas, compute_delta
 from mfm_dist.engine.snapshots import SnapshotStore
-from mfm_dist.errors import ErrorInfo
+from mfm_dist.errors import ErrorCategory, ErrorInfo
 from mfm_dist.events import EventEnvelope
 from mfm_dist.ids import StateId
 from mfm_dist.plan import CompiledPlan
@@ -25,6 +25,18 @@ ORPHAN_CODE = "orphan_attempt_recovered"
 MAX_ORPHAN_RECOVERIES = 3
 """Consecutive orphan recoveries of one state before the run gives up on it: a fault that
 kills every attempt (a poisoned input, an OOM-killed handler) must end the run, not loop."""
+
+
+def orphan_error(why: str) -> ErrorInfo:
+    """The error an orphaned attempt is closed with (docs/execution.md): retryable, and
+    counted against `MAX_ORPHAN_RECOVERIES`, not the state's retries. `why` says how the
+    engine knew its attempt was gone (the run resumed; the worker's lease expired)."""
+    return ErrorInfo(
+        code=ORPHAN_CODE,
+        category=ErrorCategory.UNKNOWN,
+        retryable=True,
+        message=f"attempt was open {why}; closed and retried",
+    )
 
 
 class RunProgress:

@@ -9,14 +9,14 @@ but not `httpx`).
 from __future__ import annotations
 
 import inspect
-import os
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from mfm_dist.canonical import JsonValue
 from mfm_dist.errors import ErrorCategory, InvalidInput, IoError
 from mfm_dist.secrets import is_secret_string
+from mfm_dist.settings import TransportSettings
 
 
 @runtime_checkable
@@ -110,13 +110,15 @@ class TransportRegistry:
         )
 
     @classmethod
-    def default(cls, environ: Mapping[str, str] | None = None) -> TransportRegistry:
-        """`exec` and `http`, configured from `MFM_EXEC_ALLOW` / `MFM_HTTP_ALLOW_HOSTS`."""
-        from mfm_dist.io.transports.exec import ExecTransport
+    def default(cls, settings: TransportSettings | None = None) -> TransportRegistry:
+        """`exec` and `http`, with the allow-lists of `settings` (`MFM_EXEC_ALLOW` /
+        `MFM_HTTP_ALLOW_HOSTS`, read where the program started); without settings they
+        allow nothing."""
+        from mfm_dist.io.transports.exec import ExecTransport, parse_allow
         from mfm_dist.io.transports.http import HttpTransport
 
-        env = os.environ if environ is None else environ
+        config = settings if settings is not None else TransportSettings()
         registry = cls()
-        registry.register("exec", ExecTransport.from_env(env))
-        registry.register("http", HttpTransport.from_env(env))
+        registry.register("exec", ExecTransport(parse_allow(config.exec_allow)))
+        registry.register("http", HttpTransport(config.http_allow_hosts))
         return registry

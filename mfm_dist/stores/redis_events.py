@@ -106,6 +106,7 @@ from mfm_dist.journal import (
 )
 from mfm_dist.results import RunPhase, RunQuery, RunSummary
 from mfm_dist.secrets import redact_url
+from mfm_dist.settings import RedisCredentials
 from mfm_dist.stores.base import (
     EventStore,
     labels_of_submission,
@@ -322,8 +323,12 @@ class RedisEventStore(EventStore):
         socket_timeout_s: float = 5.0,
         connect_timeout_s: float = 2.0,
         retries: int = 5,
+        credentials: RedisCredentials | None = None,
     ) -> RedisEventStore:
-        """`redis://[user:pass@]host:port/db[?durable=1&durable_timeout_ms=N]`, rediss://, unix://."""
+        """`redis://[user:pass@]host:port/db[?durable=1&durable_timeout_ms=N]`, rediss://, unix://.
+
+        `credentials` (the settings' `MFM_REDIS_USERNAME`/`MFM_REDIS_PASSWORD`) are used when
+        the URL carries no password of its own; the store never reads the environment."""
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         own = {k: v for k, v in query if k in _OWN_QUERY_KEYS}
@@ -331,11 +336,7 @@ class RedisEventStore(EventStore):
         client_url = urlunsplit(
             (parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment)
         )
-        kwargs: dict[str, Any] = {}
-        if parts.password is None and os.environ.get("MFM_REDIS_PASSWORD"):
-            kwargs["password"] = os.environ["MFM_REDIS_PASSWORD"]
-            if os.environ.get("MFM_REDIS_USERNAME"):
-                kwargs["username"] = os.environ["MFM_REDIS_USERNAME"]
+        kwargs: dict[str, Any] = dict(credentials.client_kwargs(url)) if credentials else {}
         try:
             client = redis.Redis.from_url(
                 client_url,

@@ -4,11 +4,10 @@ URL: `s3://bucket/prefix?endpoint=http://host:9000&region=us-east-1&create_bucke
 (`endpoint` defaults to AWS, `https://s3.amazonaws.com`). Objects live at
 `<prefix>/<id[:2]>/<id>` with the kind in the `x-amz-meta-mfm-kind` metadata.
 
-Credentials come only from the environment — `MFM_S3_ACCESS_KEY`,
-`MFM_S3_SECRET_KEY` (optional `MFM_S3_SESSION_TOKEN`), else the standard
-`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; with none set
-the client is anonymous. A URL carrying user info is refused, and URLs are
-redacted in every error.
+Credentials come only from the settings (`S3Credentials`, read from `MFM_S3_ACCESS_KEY`,
+`MFM_S3_SECRET_KEY`, `MFM_S3_SESSION_TOKEN`, else the standard `AWS_*` variables, where
+the program starts); without them the client is anonymous. A URL carrying user info is
+refused, and URLs are redacted in every error.
 
 Puts are create-only: a `HEAD` first (an existing object is not re-uploaded; its
 size and single-part ETag must match our bytes), then a conditional
@@ -22,7 +21,6 @@ timeouts are short so a dead endpoint is detected in seconds.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,6 +29,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error, ServerError
+from pydantic import SecretStr
 
 from mfm_dist.artifacts import ArtifactStore, KindLike, kind_label
 from mfm_dist.errors import (
@@ -43,6 +42,7 @@ from mfm_dist.errors import (
 )
 from mfm_dist.ids import ArtifactId
 from mfm_dist.secrets import redact_url
+from mfm_dist.settings import S3Credentials
 
 T = TypeVar("T")
 
@@ -60,19 +60,8 @@ _MISSING_CODES = {"NoSuchKey", "NoSuchObject", "NotFound"}
 _HEX = frozenset("0123456789abcdef")
 
 
-def _env_credentials() -> tuple[str | None, str | None, str | None]:
-    env = os.environ
-    if env.get("MFM_S3_ACCESS_KEY"):
-        return (
-            env["MFM_S3_ACCESS_KEY"],
-            env.get("MFM_S3_SECRET_KEY"),
-            env.get("MFM_S3_SESSION_TOKEN"),
-        )
-    return (
-        env.get("AWS_ACCESS_KEY_ID"),
-        env.get("AWS_SECRET_ACCESS_KEY"),
-        env.get("AWS_SESSION_TOKEN"),
-    )
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
 
 
 def _truthy(value: str) -> bool:
@@ -127,8 +116,10 @@ class S3ArtifactStore(ArtifactStore):
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 20.0,
         retries: int = 4,
+        credentials: S3Credentials | None = None,
     ) -> S3ArtifactStore:
-        """Build from `s3://bucket/prefix?endpoint=…&region=…&create_bucket=1`.
+        """Build from `s3://bucket/prefix?endpoint=…&region=…&create_bucket=1`, signing with
+        `credentials` (None: anonymous requests).
 
         `connect_timeout_s`, `read_timeout_s` and `retries` may also be given as query
         parameters (URL values win), so deployments tune them by configuration.
@@ -140,7 +131,7 @@ class S3ArtifactStore(ArtifactStore):
         if parts.username is not None or parts.password is not None:
             raise InvalidInput(
                 "store_url_invalid",
-                f"S3 credentials must come from the environment, not the URL: {shown}",
+                f"S3 credentials must come from the settings, not the URL: {shown}",
             )
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         try:
@@ -156,7 +147,7 @@ class S3ArtifactStore(ArtifactStore):
             raise InvalidInput(
                 "store_url_invalid", f"endpoint must be http(s)://host[:port]: {shown}"
             )
-        access, secret, token = _env_credentials()
+        creds = credentials or S3Credentials()
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
             retries=urllib3.Retry(total=0, redirect=0),  # retries are ours, bounded
@@ -165,9 +156,9 @@ class S3ArtifactStore(ArtifactStore):
         try:
             client = Minio(
                 endpoint.netloc,
-                access_key=access,
-                secret_key=secret,
-                session_token=token,
+                access_key=creds.access_key,
+                secret_key=_reveal(creds.secret_key),
+                session_token=_reveal(creds.session_token),
                 secure=endpoint.scheme == "https",
                 region=query.get("region") or None,
                 http_client=http,

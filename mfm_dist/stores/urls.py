@@ -2,9 +2,10 @@
 
 Events: `memory://`, `sqlite:///path/to/events.sqlite3`, `redis://host:port/db`.
 Artifacts: `memory://`, `file:///path/to/dir`, `s3://bucket/prefix?endpoint=http://host:9000`.
-`MFM_EVENTS_URL` / `MFM_ARTIFACTS_URL` override the embedded defaults under
-`MFM_HOME` (default `./.mfm`). Backends with extra dependencies are imported
-only when their scheme is used, so the core needs no Redis or S3 client.
+The settings (`mfm_dist.settings.Settings`: `MFM_EVENTS_URL` / `MFM_ARTIFACTS_URL`, else
+the embedded stores under `MFM_HOME`, default `./.mfm`) choose the URLs and carry the
+credentials; the backends never read the environment. Backends with extra dependencies are
+imported only when their scheme is used, so the core needs no Redis or S3 client.
 
 `read_only=True` opens the embedded backends (SQLite, files) without creating or
 changing anything, for commands that only read; the other backends are opened as
@@ -22,9 +23,8 @@ from urllib.parse import urlsplit
 from mfm_dist.artifacts import ArtifactStore
 from mfm_dist.errors import InvalidInput
 from mfm_dist.secrets import redact_url
+from mfm_dist.settings import DEFAULT_HOME, RedisCredentials, S3Credentials, Settings
 from mfm_dist.stores.base import EventStore
-
-DEFAULT_HOME = ".mfm"
 
 
 class UnsupportedStoreUrl(InvalidInput):
@@ -40,7 +40,10 @@ def _local_path(url: str) -> Path:
     return Path(path)
 
 
-def open_event_store(url: str, *, read_only: bool = False) -> EventStore:
+def open_event_store(
+    url: str, *, read_only: bool = False, redis: RedisCredentials | None = None
+) -> EventStore:
+    """The event store at `url`; `redis`: the credentials for a Redis URL without its own."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from mfm_dist.stores.memory import InMemoryEventStore
@@ -53,11 +56,15 @@ def open_event_store(url: str, *, read_only: bool = False) -> EventStore:
     if scheme in ("redis", "rediss", "unix"):
         from mfm_dist.stores.redis_events import RedisEventStore
 
-        return RedisEventStore.from_url(url)
+        return RedisEventStore.from_url(url, credentials=redis)
     raise UnsupportedStoreUrl("event", url)
 
 
-def open_artifact_store(url: str, *, read_only: bool = False) -> ArtifactStore:
+def open_artifact_store(
+    url: str, *, read_only: bool = False, s3: S3Credentials | None = None
+) -> ArtifactStore:
+    """The artifact store at `url`; `s3`: the credentials for an `s3://` URL (none:
+    anonymous requests)."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from mfm_dist.stores.memory import InMemoryArtifactStore
@@ -70,7 +77,7 @@ def open_artifact_store(url: str, *, read_only: bool = False) -> ArtifactStore:
     if scheme == "s3":
         from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 
-        return S3ArtifactStore.from_url(url)
+        return S3ArtifactStore.from_url(url, credentials=s3)
     raise UnsupportedStoreUrl("artifact", url)
 
 
@@ -85,16 +92,13 @@ class Stores:
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
-    return Path(home or os.environ.get("MFM_HOME") or DEFAULT_HOME)
+    """`home`, else the default `./.mfm` (the configured home is `Settings.home`)."""
+    return Path(home or DEFAULT_HOME)
 
 
 def default_urls(home: str | os.PathLike[str] | None = None) -> tuple[str, str]:
-    """The URLs in force: explicit environment settings, else the embedded defaults."""
-    root = resolve_home(home).absolute()
-    # `root` is absolute, so these read sqlite:///abs/path and file:///abs/path.
-    events = os.environ.get("MFM_EVENTS_URL") or f"sqlite://{root / 'events.sqlite3'}"
-    artifacts = os.environ.get("MFM_ARTIFACTS_URL") or f"file://{root / 'artifacts'}"
-    return events, artifacts
+    """The embedded stores' URLs under `home` (absolute `sqlite:///…` and `file:///…`)."""
+    return Settings(home=resolve_home(home)).store_urls()
 
 
 def open_stores(
@@ -103,11 +107,20 @@ def open_stores(
     home: str | os.PathLike[str] | None = None,
     *,
     read_only: bool = False,
+    settings: Settings | None = None,
 ) -> Stores:
-    default_events, default_artifacts = default_urls(home)
-    events = open_event_store(events_url or default_events, read_only=read_only)
+    """Open the event and artifact stores: the URLs given, else those of `settings`, else
+    the embedded stores under `home` (else the settings' home).
+
+    A public entry point: without `settings` it reads the environment
+    (`Settings.from_env()`), as `open_stores()` always has — pass settings to choose."""
+    config = (settings if settings is not None else Settings.from_env()).with_stores(
+        home=home, events_url=events_url, artifacts_url=artifacts_url
+    )
+    events_in_force, artifacts_in_force = config.store_urls()
+    events = open_event_store(events_in_force, read_only=read_only, redis=config.redis)
     try:
-        artifacts = open_artifact_store(artifacts_url or default_artifacts, read_only=read_only)
+        artifacts = open_artifact_store(artifacts_in_force, read_only=read_only, s3=config.s3)
     except BaseException:
         events.close()
         raise

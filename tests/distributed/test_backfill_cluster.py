@@ -33,6 +33,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield c
 
 
+@pytest.fixture(autouse=True)
+def _cluster_environment(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process CLI reads the cluster's settings from the environment at its start."""
+    for key, value in cluster.env.items():
+        monkeypatch.setenv(key, value)
+
+
 def mfm(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 

@@ -30,9 +30,9 @@ from support.cluster_checks import (
     slow_started,
     wait_until,
 )
+from workers.factory import ADVANCE_TASK, ATTEMPT_TASK
 from workers.runtime import Runtime, get_runtime
 from workers.submit import submit_run
-from workers.tasks import advance, execute_attempt
 
 pytestmark = pytest.mark.slow
 
@@ -118,8 +118,8 @@ def test_duplicate_attempt_deliveries_and_joins_leave_one_history(
         "base_snapshot_id": str(entered.base_snapshot_id),
         "plan_fingerprint": fingerprint,
     }
-    copies = [execute_attempt.apply_async(kwargs=kwargs) for _ in range(2)]
-    joins = [advance.apply_async(args=(str(run_id),)) for _ in range(2)]
+    copies = [rt.app.send_task(ATTEMPT_TASK, kwargs=kwargs) for _ in range(2)]
+    joins = [rt.app.send_task(ADVANCE_TASK, args=(str(run_id),)) for _ in range(2)]
     assert [c.get(timeout=WAIT_S) for c in copies] == ["duplicate", "duplicate"]
     for j in joins:
         j.get(timeout=WAIT_S)
@@ -135,8 +135,9 @@ def test_duplicate_attempt_deliveries_and_joins_leave_one_history(
         if isinstance(e.event, StateEntered) and str(e.event.state_id) == item
     )
     late = [
-        execute_attempt.apply_async(kwargs=kwargs),
-        execute_attempt.apply_async(
+        rt.app.send_task(ATTEMPT_TASK, kwargs=kwargs),
+        rt.app.send_task(
+            ATTEMPT_TASK,
             kwargs={
                 **kwargs,
                 "state_id": item,
@@ -145,7 +146,8 @@ def test_duplicate_attempt_deliveries_and_joins_leave_one_history(
         ),
     ]
     assert [c.get(timeout=WAIT_S) for c in late] == ["duplicate", "duplicate"]
-    assert [advance.apply_async(args=(str(run_id),)).get(timeout=WAIT_S) for _ in range(2)] == [
+    joins = [rt.app.send_task(ADVANCE_TASK, args=(str(run_id),)) for _ in range(2)]
+    assert [j.get(timeout=WAIT_S) for j in joins] == [
         "finished",
         "finished",
     ]
@@ -226,7 +228,7 @@ def test_cli_submit_and_inspect_on_the_cluster(cluster: LocalCluster, rt: Runtim
 
     from mfm_dist.cli.main import cli
 
-    runner = CliRunner()
+    runner = CliRunner(env=cluster.env)  # the settings the CLI reads at its start
     submitted = runner.invoke(
         cli,
         ["submit", "fanout_demo", "--input", '{"items": 24}', "--fan-out", "6", "--wait",
@@ -264,7 +266,7 @@ def test_two_concurrent_cluster_resumes_leave_one_history(
     outputs: list[int] = []
 
     def resume() -> None:
-        res = CliRunner().invoke(
+        res = CliRunner(env=cluster.env).invoke(
             cli, ["resume", str(run_id), "--cluster", "--wait", "--timeout", "120", "--json"]
         )
         outputs.append(res.exit_code)
@@ -294,7 +296,7 @@ def test_cli_run_backend_celery_follow_detach_and_status_why(
 
     from mfm_dist.cli.main import cli
 
-    runner = CliRunner()
+    runner = CliRunner(env=cluster.env)  # the settings the CLI reads at its start
     followed = runner.invoke(
         cli,
         ["--ops", "support.dist_ops", "run", "fanout_demo", "--input", '{"items": 10}',
@@ -337,7 +339,12 @@ def test_mfm_worker_command_starts_a_configured_worker(cluster: LocalCluster) ->
         [str(script), "worker", "--queues", "attempts", "-c", "1", "--loglevel", "INFO"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "MFM_OPERATIONS": "support.dist_ops", "PYTHONPATH": str(TESTS)},
+        env={
+            **os.environ,
+            **cluster.env,
+            "MFM_OPERATIONS": "support.dist_ops",
+            "PYTHONPATH": str(TESTS),
+        },
     )
     try:
         lines: list[str] = []
@@ -373,7 +380,9 @@ def test_plain_resume_refuses_a_cluster_run(
     run_input, gate = gated_input(tmp_path)
     run_id = submit_run("gated_demo", run_input, FAN16, runtime=rt)
     slow_started(gate)
-    refused = CliRunner().invoke(cli, ["--ops", "support.dist_ops", "resume", str(run_id)])
+    refused = CliRunner(env=cluster.env).invoke(
+        cli, ["--ops", "support.dist_ops", "resume", str(run_id)]
+    )
     assert refused.exit_code == 2
     assert "error[run_managed_by_cluster]" in refused.output
     (gate / "open").write_text("")
@@ -398,7 +407,7 @@ def test_forced_resume_is_refused_while_a_worker_holds_a_live_lease(
         >= run_input["items"],  # type: ignore[operator]
         "the items to complete",
     )
-    refused = CliRunner().invoke(
+    refused = CliRunner(env=cluster.env).invoke(
         cli, ["--ops", "support.dist_ops", "resume", str(run_id), "--force"]
     )
     assert refused.exit_code == 2, refused.output

@@ -196,7 +196,7 @@ def test_cancel_on_the_cluster_stops_a_handler_that_ignores_it(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     asked = time.monotonic()
-    out = CliRunner().invoke(
+    out = CliRunner(env=cluster.env).invoke(
         cli, ["cancel", str(run_id), "--cluster", "--reason", "stop it", "--json"]
     )
     assert out.exit_code == 0, out.output

@@ -87,7 +87,9 @@ def client(cluster: LocalCluster) -> Iterator[Celery]:
 
 
 def submit(client: Celery, **request: Any) -> dict[str, Any]:
-    reply: dict[str, Any] = client.send_task("mfm.submit", kwargs=request).get(timeout=60)
+    sent = client.send_task("mfm.submit", kwargs=request)
+    reply: dict[str, Any] = sent.get(timeout=60)
+    sent.forget()  # no longer pending in the client's backend (its __del__ needs Redis)
     return reply
 
 

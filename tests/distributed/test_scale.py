@@ -216,7 +216,7 @@ def test_a_coordinator_holds_a_5000_state_run_in_under_5_kb_per_state(h: Harness
     rid = h.submit("fanout_demo", {"items": states - 1}, fan(states))
     write_fanout_history(h, rid, states - 1)
 
-    rt = Runtime()  # a coordinator process that has never seen the run
+    rt = Runtime.from_env()  # a coordinator process that has never seen the run
     coordinator = Coordinator(rt, FakeDispatcher())
     try:
         gc.collect()
@@ -410,7 +410,7 @@ def test_run_contexts_are_bounded_by_their_plans_states(
     monkeypatch.setattr(runtime_module, "CONTEXT_CACHE_STATES", 30)
     first = h.submit("fanout_demo", {"items": 19}, fan(4))  # 20 states
     second = h.submit("fanout_demo", {"items": 14}, fan(4))  # 15 states
-    rt = Runtime()
+    rt = Runtime.from_env()
     try:
         ids = [
             str(RunHistory.load(rt.events, RunId(r)).started.manifest_id) for r in (first, second)
@@ -484,9 +484,9 @@ def test_a_worker_that_only_coordinates_keeps_its_pool_child() -> None:
     from types import SimpleNamespace
 
     from workers.app import _control_workers_keep_their_child, only_control_queue
-    from workers.settings import Settings
+    from workers.settings import ClusterSettings
 
-    settings = Settings.from_env()
+    settings = ClusterSettings.from_env()
     assert only_control_queue([settings.control_queue], settings)
     assert only_control_queue(settings.control_queue, settings)
     assert not only_control_queue([settings.control_queue, settings.attempt_queue], settings)

@@ -48,7 +48,7 @@ def cluster(
         monkeypatch.setenv("MFM_ARTIFACT_CACHE_TTL_S", "60")
     from workers import tasks
 
-    rt = Runtime()
+    rt = Runtime.from_env()
     dispatcher = FakeDispatcher()
     coordinator = Coordinator(rt, dispatcher)
     monkeypatch.setattr(tasks, "send_advance", dispatcher.send_advance)
@@ -63,7 +63,7 @@ def test_workers_rebuild_linked_bases_and_end_with_the_embedded_ids(cluster: Har
         "s3" in (h.rt.settings.artifacts_url or "")
     )
     rid = h.submit("fanout_demo", {"items": ITEMS})  # sequential: one growing context
-    warm = Runtime()  # a second worker process that keeps its caches
+    warm = Runtime.from_env()  # a second worker process that keeps its caches
     cold_starts_from_links = 0
     try:
         for n in range(ITEMS + 5):
@@ -73,7 +73,7 @@ def test_workers_rebuild_linked_bases_and_end_with_the_embedded_ids(cluster: Har
                 if n % 7 == 3:
                     # A worker that has seen nothing: its base is a link, rebuilt from the
                     # store (or the Redis cache) through the chain.
-                    rt = Runtime()
+                    rt = Runtime.from_env()
                     linked = not rt.artifacts.exists(task.base_snapshot_id)
                     if linked:
                         assert rt.artifacts.exists(link_key(task.base_snapshot_id))
@@ -102,7 +102,7 @@ def test_workers_rebuild_linked_bases_and_end_with_the_embedded_ids(cluster: Har
     links = [s for s in snapshots if not h.rt.artifacts.exists(s)]
     assert len(links) > ITEMS // 2
     # A coordinator that never saw the run rebuilds it from the log and the links.
-    fresh = Runtime()
+    fresh = Runtime.from_env()
     try:
         assert verify_run(fresh.events, fresh.artifacts, fresh.registry, rid).ok
     finally:

@@ -117,7 +117,7 @@ def test_two_concurrent_deliveries_of_one_key_start_one_run(h: Harness) -> None:
     barrier = threading.Barrier(4)
 
     def deliver(n: int) -> None:
-        rt = Runtime()  # each "worker" with its own connections
+        rt = Runtime.from_env()  # each "worker" with its own connections
         try:
             barrier.wait()
             replies.append(receive(rt, (), {**OK, "idempotency_key": "race"}, f"d{n}"))

@@ -40,7 +40,7 @@ from workers.coordinator import AttemptTask, Coordinator
 from workers.faults import is_permanent_storage_fault, is_transient
 from workers.leases import Coordination, LeaseKeeper, lease_key, run_key
 from workers.runtime import FACT_CACHE_SIZE, Runtime
-from workers.settings import Settings, with_redis_credentials
+from workers.settings import ClusterSettings, with_redis_credentials
 from workers.timers import arm_unscheduled, running_runs
 
 # -- 1: permanent faults end the run instead of looping ------------------------------------------
@@ -59,7 +59,7 @@ def test_missing_base_snapshot_is_recorded_as_a_non_retryable_failure(h: Harness
     rid = h.submit("chain_demo", {"states": 2})
     assert h.coordinator.advance(rid) == "dispatched:1"
     (task,) = h.dispatcher.take()
-    worker = Harness(Runtime(), FakeDispatcher(), h.coordinator)  # another process
+    worker = Harness(Runtime.from_env(), FakeDispatcher(), h.coordinator)  # another process
     worker.rt.artifacts.object_path(task.base_snapshot_id).unlink()  # type: ignore[attr-defined]
     try:
         status = worker.run(task)
@@ -392,10 +392,8 @@ def test_rejected_run_completed_keeps_the_run_watched(
 
 def test_redelivered_submission_starts_one_run(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     from workers import submit as submit_mod
-    from workers import tasks
 
-    sent: list[str] = []
-    monkeypatch.setattr(tasks, "send_advance", sent.append)
+    sent = h.dispatcher.advances  # the runtime's wake-ups
     first = submit_mod.submit_run(
         "chain_demo", {"states": 1}, RunConfig(), runtime=h.rt, submission_id="task-1"
     )
@@ -426,7 +424,7 @@ def test_redis_credentials_apply_to_broker_and_result_backend(
     monkeypatch.setenv("MFM_REDIS_USERNAME", "mfm")
     monkeypatch.setenv("MFM_BROKER_URL", "redis://broker:6379/1")
     monkeypatch.delenv("MFM_RESULT_BACKEND", raising=False)
-    settings = Settings.from_env()
+    settings = ClusterSettings.from_env()
     assert settings.broker_url == "redis://mfm:p%40ss%20word@broker:6379/1"
     assert settings.result_backend == settings.broker_url
     assert with_redis_credentials("redis://u:own@h:1/0") == "redis://u:own@h:1/0"
@@ -437,24 +435,24 @@ def test_runtime_caches_are_bounded_and_replaced_coordinators_stop_their_threads
     h: Harness,
 ) -> None:
     from workers import tasks
-    from workers.app import create_app
+    from workers.factory import create_app
 
     for n in range(FACT_CACHE_SIZE + 10):
         h.rt.facts(f"00000000-0000-4000-8000-{n:012d}")
     assert len(h.rt._facts) == FACT_CACHE_SIZE
     old = tasks.coordinator()
-    tasks._coordinator = Coordinator(Runtime(), FakeDispatcher())  # another runtime's
+    tasks._coordinator = Coordinator(Runtime.from_env(), FakeDispatcher())  # another runtime's
     tasks._coordinator.rt.close()
     fresh = tasks.coordinator()
     assert fresh is not old
     assert tasks._coordinator is fresh
-    assert create_app().conf.worker_max_tasks_per_child == 1000
+    assert create_app(h.rt.settings).conf.worker_max_tasks_per_child == 1000
 
 
 def test_chords_carry_time_limits_and_header_errors_are_statuses(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers import tasks
+    from workers import dispatch, tasks
 
     sent: list[tuple[list[Any], Any]] = []
 
@@ -465,13 +463,14 @@ def test_chords_carry_time_limits_and_header_errors_are_statuses(
         def apply_async(self) -> None:
             sent.append((list(self.header.tasks), self.body))
 
-    monkeypatch.setattr(tasks, "chord", FakeChord)
+    monkeypatch.setattr(dispatch, "chord", FakeChord)
     monkeypatch.setattr(tasks, "get_runtime", lambda: h.rt)
 
     def task(sid: str, limit: float | None) -> AttemptTask:
         return AttemptTask("r", "m", sid, 0, "b", "f", 0, limit)
 
-    tasks.CeleryDispatcher().send_chord("r", [task("a", None), task("b", 30.0)])
+    dispatcher = dispatch.CeleryDispatcher(h.rt.app, h.rt.settings)
+    dispatcher.send_chord("r", [task("a", None), task("b", 30.0)])
     ((header, _),) = sent
     assert [s.kwargs["state_id"] for s in header] == ["a", "b"]
     assert [s.options.get("time_limit") for s in header] == [None, 30.0]
@@ -492,4 +491,4 @@ def test_redis_password_can_come_from_a_file(
     secret.write_text("from-a-secret\n")
     monkeypatch.setenv("MFM_REDIS_PASSWORD_FILE", str(secret))
     monkeypatch.setenv("MFM_BROKER_URL", "redis://broker:6379/1")
-    assert Settings.from_env().broker_url == "redis://:from-a-secret@broker:6379/1"
+    assert ClusterSettings.from_env().broker_url == "redis://:from-a-secret@broker:6379/1"

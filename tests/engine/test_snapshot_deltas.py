@@ -35,6 +35,7 @@ from mfm_dist.ids import RunId
 from mfm_dist.lookup import resolve_artifact_id
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.replay_check import replay_run
+from mfm_dist.settings import Settings
 from mfm_dist.stores import InMemoryArtifactStore
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore
@@ -196,7 +197,8 @@ def _files(request: pytest.FixtureRequest, tmp: Path) -> Backend:
 
 
 def _s3(request: pytest.FixtureRequest, tmp: Path) -> Backend:
-    store = S3ArtifactStore.from_url(request.getfixturevalue("s3_artifacts_url"))
+    url = request.getfixturevalue("s3_artifacts_url")
+    store = S3ArtifactStore.from_url(url, credentials=Settings.from_env().s3)
     client = store.raw_client()
 
     def tamper(key: str, data: bytes) -> None:

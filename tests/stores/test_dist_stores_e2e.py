@@ -16,6 +16,7 @@ from mfm_dist import FanOutJoin, RunConfig, RunPhase
 from mfm_dist.cli.main import cli
 from mfm_dist.errors import StorageError
 from mfm_dist.events import StateCompleted
+from mfm_dist.settings import Settings
 from mfm_dist.stores.redis_events import RedisEventStore
 from mfm_dist.stores.s3_artifacts import S3ArtifactStore
 from mfm_dist.verify import verify_run
@@ -90,7 +91,7 @@ def test_s3_outage_mid_run_is_retryable_and_resume_completes(
     server = s3_factory()
     server.create_bucket("outage")
     url = server.url_for("outage", "a") + "&read_timeout_s=1&connect_timeout_s=1&retries=1"
-    artifacts = S3ArtifactStore.from_url(url)
+    artifacts = S3ArtifactStore.from_url(url, credentials=Settings.from_env().s3)
     events = RedisEventStore.from_url(redis_url)
     h = Harness(slow_registry(), events=events, artifacts=artifacts)
     cfg = RunConfig(execution_mode=FanOutJoin(max_concurrency=4))
@@ -123,7 +124,7 @@ def test_redis_restart_mid_run_with_aof_loses_nothing(
 ) -> None:
     server = redis_factory(appendonly=True, appendfsync="always")
     events = RedisEventStore.from_url(server.url)
-    artifacts = S3ArtifactStore.from_url(s3_artifacts_url)
+    artifacts = S3ArtifactStore.from_url(s3_artifacts_url, credentials=Settings.from_env().s3)
     h = Harness(slow_registry(), events=events, artifacts=artifacts)
     cfg = RunConfig(execution_mode=FanOutJoin(max_concurrency=4))
     thread, outcome = start_in_thread(h, cfg, {"items": 40, "sleep_ms": 60})

@@ -23,6 +23,7 @@ from mfm_dist.errors import (
     StorageError,
     StorageUnavailable,
 )
+from mfm_dist.settings import Settings
 from mfm_dist.stores.s3_artifacts import KIND_METADATA, S3ArtifactStore
 from mfm_dist.stores.urls import open_artifact_store
 
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
 
 # Fixtures s3_server, s3_artifacts_url, s3_factory, s3_credentials (imported lazily by
 # pytest, so the helper module is not imported twice).
+
+
+def s3_store(url: str) -> S3ArtifactStore:
+    """The store at `url`, signed with the S3 credentials of this test's settings (the
+    `s3_credentials` fixture puts the test identity in the environment)."""
+    return S3ArtifactStore.from_url(url, credentials=Settings.from_env().s3)
 
 
 def new_bucket_name() -> str:
@@ -44,7 +51,7 @@ def _bucket_and_key(store_url: str, artifact_id: str) -> tuple[str, str]:
 
 
 def test_put_get_exists_roundtrip(s3_artifacts_url: str, s3_server: S3Server) -> None:
-    store = open_artifact_store(s3_artifacts_url)
+    store = open_artifact_store(s3_artifacts_url, s3=Settings.from_env().s3)
     assert isinstance(store, S3ArtifactStore)
     data = b"hello artifacts"
     aid = store.put(ArtifactKind.OUTPUT, data)
@@ -64,7 +71,7 @@ def test_put_get_exists_roundtrip(s3_artifacts_url: str, s3_server: S3Server) ->
 
 
 def test_missing_artifact_is_not_found(s3_artifacts_url: str) -> None:
-    store = S3ArtifactStore.from_url(s3_artifacts_url)
+    store = s3_store(s3_artifacts_url)
     missing = "0" * 64
     assert not store.exists(missing)
     with pytest.raises(NotFound) as err:
@@ -73,7 +80,7 @@ def test_missing_artifact_is_not_found(s3_artifacts_url: str) -> None:
 
 
 def test_concurrent_puts_of_same_bytes(s3_artifacts_url: str, s3_server: S3Server) -> None:
-    store = S3ArtifactStore.from_url(s3_artifacts_url)
+    store = s3_store(s3_artifacts_url)
     data = bytes(range(256)) * 64
     with ThreadPoolExecutor(max_workers=32) as pool:
         ids = list(pool.map(lambda _: store.put(ArtifactKind.OUTPUT, data), range(32)))
@@ -85,7 +92,7 @@ def test_concurrent_puts_of_same_bytes(s3_artifacts_url: str, s3_server: S3Serve
 
 
 def test_tampered_object_detected(s3_artifacts_url: str, s3_server: S3Server) -> None:
-    store = S3ArtifactStore.from_url(s3_artifacts_url)
+    store = s3_store(s3_artifacts_url)
     data = b"original bytes"
     aid = store.put(ArtifactKind.OUTPUT, data)
     bucket, key = _bucket_and_key(s3_artifacts_url, aid)
@@ -103,7 +110,7 @@ def test_lost_race_with_different_bytes_is_corruption(
     s3_artifacts_url: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The create-only PUT loses to a writer whose bytes differ: never silently accepted."""
-    store = S3ArtifactStore.from_url(s3_artifacts_url)
+    store = s3_store(s3_artifacts_url)
     data = b"ours"
     aid = artifact_id_of_bytes(data)
     bucket, key = _bucket_and_key(s3_artifacts_url, aid)
@@ -126,7 +133,7 @@ def test_create_only_put_under_contention_has_one_winner(
     """16 writers race to create one key with different bytes of the same size: the
     server's `If-None-Match: *` lets exactly one in; every other writer sees that the
     stored object is not its own (412 + read-back, or the HEAD short cut's ETag check)."""
-    store = S3ArtifactStore.from_url(s3_artifacts_url)
+    store = s3_store(s3_artifacts_url)
     aid = artifact_id_of_bytes(b"the id all writers claim")
     candidates = [f"candidate {i:02d}".encode() for i in range(16)]
     barrier = threading.Barrier(len(candidates))
@@ -153,7 +160,7 @@ def test_create_only_put_under_contention_has_one_winner(
 
 
 def test_missing_bucket_is_not_found(s3_server: S3Server, s3_credentials: None) -> None:
-    store = S3ArtifactStore.from_url(s3_server.url_for(new_bucket_name(), "p"))
+    store = s3_store(s3_server.url_for(new_bucket_name(), "p"))
     with pytest.raises(NotFound) as err:
         store.put(ArtifactKind.OUTPUT, b"nowhere to go")
     assert err.value.code == "s3_bucket_not_found"
@@ -169,12 +176,12 @@ def test_missing_bucket_is_not_found(s3_server: S3Server, s3_credentials: None) 
 def test_create_bucket_option(s3_server: S3Server, s3_credentials: None) -> None:
     bucket = new_bucket_name()
     assert not s3_server.client().bucket_exists(bucket)
-    store = S3ArtifactStore.from_url(s3_server.url_for(bucket, "p") + "&create_bucket=1")
+    store = s3_store(s3_server.url_for(bucket, "p") + "&create_bucket=1")
     assert s3_server.client().bucket_exists(bucket)
     aid = store.put(ArtifactKind.OUTPUT, b"x")
     assert store.get(aid) == b"x"
     # Opening it again with the option is fine: the bucket already exists.
-    again = S3ArtifactStore.from_url(s3_server.url_for(bucket, "p") + "&create_bucket=1")
+    again = s3_store(s3_server.url_for(bucket, "p") + "&create_bucket=1")
     assert again.get(aid) == b"x"
 
 
@@ -183,12 +190,12 @@ def test_wrong_credentials_are_refused(
 ) -> None:
     """The server checks signatures: a wrong secret is a permanent (non-retryable) error
     that names no secret, for puts and gets alike; so is an unknown access key."""
-    good = S3ArtifactStore.from_url(s3_artifacts_url)
+    good = s3_store(s3_artifacts_url)
     aid = good.put(ArtifactKind.OUTPUT, b"signed for real")
     for access, secret in (("mfm-test", "not-the-secret"), ("nobody", "whatever-secret")):
         monkeypatch.setenv("MFM_S3_ACCESS_KEY", access)
         monkeypatch.setenv("MFM_S3_SECRET_KEY", secret)
-        bad = S3ArtifactStore.from_url(s3_artifacts_url)
+        bad = s3_store(s3_artifacts_url)
         for attempt in (partial(bad.put, ArtifactKind.OUTPUT, b"x"), partial(bad.get, aid)):
             with pytest.raises(StorageError) as err:
                 attempt()
@@ -200,11 +207,11 @@ def test_wrong_credentials_are_refused(
 def test_anonymous_requests_are_refused(
     s3_artifacts_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    aid = S3ArtifactStore.from_url(s3_artifacts_url).put(ArtifactKind.OUTPUT, b"private")
+    aid = s3_store(s3_artifacts_url).put(ArtifactKind.OUTPUT, b"private")
     for name in ("MFM_S3_ACCESS_KEY", "MFM_S3_SECRET_KEY", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
-    anonymous = S3ArtifactStore.from_url(s3_artifacts_url)
+    anonymous = s3_store(s3_artifacts_url)
     with pytest.raises(StorageError) as err:
         anonymous.get(aid)
     assert err.value.code == "s3_request_failed"
@@ -213,7 +220,7 @@ def test_anonymous_requests_are_refused(
 def test_credentials_in_url_refused_and_redacted(s3_server: S3Server) -> None:
     url = f"s3://user:hunter2@bucket/p?endpoint={s3_server.endpoint}"
     with pytest.raises(InvalidInput) as err:
-        S3ArtifactStore.from_url(url)
+        s3_store(url)
     assert "hunter2" not in str(err.value)
 
 
@@ -221,7 +228,7 @@ def test_server_down_then_back(s3_factory: Callable[[], S3Server]) -> None:
     server = s3_factory()
     bucket = new_bucket_name()
     server.create_bucket(bucket)
-    store = S3ArtifactStore.from_url(server.url_for(bucket, "a"))
+    store = s3_store(server.url_for(bucket, "a"))
     aid = store.put(ArtifactKind.OUTPUT, b"before")
 
     server.stop()
@@ -245,7 +252,7 @@ def test_server_killed_then_back_keeps_acknowledged_puts(
     server = s3_factory()
     bucket = new_bucket_name()
     server.create_bucket(bucket)
-    store = S3ArtifactStore.from_url(server.url_for(bucket, "a"))
+    store = s3_store(server.url_for(bucket, "a"))
     blobs = [f"acknowledged {i}".encode() * 50 for i in range(20)]
     ids = [store.put(ArtifactKind.OUTPUT, b) for b in blobs]
     server.stop(kill=True)

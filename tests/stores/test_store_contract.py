@@ -15,6 +15,7 @@ import pytest
 from mfm_dist.artifacts import ArtifactStore
 from mfm_dist.errors import InvalidInput
 from mfm_dist.journal import JournalDraft
+from mfm_dist.settings import Settings
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.memory import InMemoryArtifactStore, InMemoryEventStore
@@ -73,7 +74,7 @@ class TestFileArtifacts(ArtifactStoreContract):
 class TestS3Artifacts(ArtifactStoreContract):
     @pytest.fixture
     def artifact_store(self, s3_artifacts_url: str) -> Iterator[ArtifactStore]:
-        store = S3ArtifactStore.from_url(s3_artifacts_url)
+        store = S3ArtifactStore.from_url(s3_artifacts_url, credentials=Settings.from_env().s3)
         yield store
         store.close()
 

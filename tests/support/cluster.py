@@ -3,7 +3,7 @@ SeaweedFS S3 server behind a switchable TCP proxy, and real `celery -A workers.a
 subprocesses (prefork pool).
 
     with LocalCluster(root, attempt_workers=2) as cluster:
-        cluster.activate()          # point this process's env/app/runtime at it
+        cluster.activate()          # point this process's runtime at it
         run_id = submit_run(...)
 
 Workers are process-group leaders, so stopping one reliably stops its pool children;
@@ -14,6 +14,7 @@ makes S3 unreachable while the server keeps running (and its data).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -35,6 +36,7 @@ from support.servers import (
     S3Server,
     free_port,
 )
+from workers.settings import ClusterSettings
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -286,6 +288,10 @@ class LocalCluster:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        # Let go of this process's runtime (and its Celery app) and finalize its results
+        # while Redis is still up: an AsyncResult's __del__ unsubscribes from the backend.
+        self.restore_env()
+        gc.collect()
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=5)
@@ -296,7 +302,6 @@ class LocalCluster:
             self.s3_proxy.disable()
         self.s3.stop()
         self.redis.cleanup()
-        self.restore_env()
 
     def __enter__(self) -> LocalCluster:
         return self.start()
@@ -318,17 +323,26 @@ class LocalCluster:
             **self.settings_env,
         }
 
-    def activate(self) -> None:
-        """Point this process (environment, Celery app, runtime) at the cluster."""
+    def settings(self) -> ClusterSettings:
+        """The cluster's settings, as its workers read them."""
+        return ClusterSettings.from_env(self.env)
+
+    def activate(self, *, current_app: bool = False) -> None:
+        """Point this process's runtime (`workers.runtime.get_runtime`, what `submit_run`
+        uses by default) at the cluster, and export the cluster's environment for the
+        benchmark scripts' own reads. Tests clear `MFM_*` variables around each test
+        (tests/conftest.py): their in-process CLI calls pass `env=cluster.env`.
+
+        `current_app`: also make the runtime's app Celery's current app, for a benchmark
+        that sends through the shared tasks' proxies (`noop.apply_async()`)."""
         for key, value in self.env.items():
             self._saved_env.setdefault(key, os.environ.get(key))
             os.environ[key] = value
-        from workers.app import configure_app
-        from workers.runtime import reset_runtime
-        from workers.settings import Settings
+        from workers.runtime import configure, get_runtime
 
-        configure_app(Settings.from_env())
-        reset_runtime()
+        configure(self.settings())
+        if current_app:
+            get_runtime().app.set_current()
 
     def restore_env(self) -> None:
         for key, value in self._saved_env.items():
@@ -337,9 +351,9 @@ class LocalCluster:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
-        from workers.runtime import reset_runtime
+        from workers.runtime import configure
 
-        reset_runtime()
+        configure(None)
 
     # -- workers --------------------------------------------------------------------------------
     def start_worker(

@@ -18,7 +18,7 @@ from mfm_dist import (
 )
 from mfm_dist.artifacts import ArtifactStore
 from mfm_dist.ids import OpPath
-from mfm_dist.io.factory import default_io_factory
+from mfm_dist.settings import Settings
 from mfm_dist.state import State
 from mfm_dist.stores import InMemoryArtifactStore, InMemoryEventStore
 from mfm_dist.stores.base import EventStore
@@ -51,7 +51,9 @@ class GraphOp(Operation):
 
 
 def registry_with(*ops: Operation) -> OperationRegistry:
-    reg = OperationRegistry()
+    """The examples and `ops`, with the transports the test's environment allows (a test is
+    a program: it reads its settings where it starts)."""
+    reg = OperationRegistry(Settings.from_env())
     reg.load_module("mfm_dist.examples")
     for op in ops:
         reg.register(op)
@@ -65,7 +67,7 @@ class Harness:
     artifacts: ArtifactStore = field(default_factory=InMemoryArtifactStore)
 
     def engine(self, **kwargs: Any) -> LocalEngine:
-        kwargs.setdefault("io_factory", default_io_factory())
+        kwargs.setdefault("io_factory", self.registry.io_factory())  # its transports' settings
         return LocalEngine(self.events, self.artifacts, self.registry, **kwargs)
 
     def run(

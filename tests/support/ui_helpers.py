@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 
 from mfm_dist.cli.app import App
 from mfm_dist.cli.main import cli
+from mfm_dist.settings import Settings
 from mfm_dist.ui.app import create_app
 from mfm_dist.ui.data import Dashboard
 from support import REPO
@@ -39,7 +40,9 @@ def mfm_json(global_args: list[str], *args: str) -> Any:
 
 
 def dashboard_for(**app_args: Any) -> Dashboard:
-    return Dashboard(App(read_only=True, **app_args))
+    """A dashboard over the stores `app_args` name, with the test environment's settings
+    (what `mfm ui` reads at its start)."""
+    return Dashboard(App(read_only=True, settings=Settings.from_env(), **app_args))
 
 
 @contextlib.contextmanager

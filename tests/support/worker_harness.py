@@ -22,6 +22,7 @@ from support import dist_ops
 from workers.attempts import execute_attempt
 from workers.coordinator import AttemptTask, Coordinator
 from workers.runtime import Runtime
+from workers.settings import ClusterSettings
 
 LEASE_TTL_S = 0.4
 WAIT_S = 10.0
@@ -123,13 +124,16 @@ class Harness:
 
 @pytest.fixture
 def h(env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    from workers import tasks
+    from workers.dispatch import CeleryDispatcher
 
-    rt = Runtime()
     dispatcher = FakeDispatcher()
+    rt = Runtime(ClusterSettings.from_env(), dispatcher=dispatcher)
     coordinator = Coordinator(rt, dispatcher)
-    # Wake-ups go to the recording dispatcher, never to whatever broker Celery points at.
-    monkeypatch.setattr(tasks, "send_advance", dispatcher.send_advance)
+    # Wake-ups go to the recording dispatcher, never to a broker — also those of the
+    # runtimes the CLI builds for its cluster commands.
+    monkeypatch.setattr(
+        CeleryDispatcher, "send_advance", lambda _self, run_id: dispatcher.send_advance(run_id)
+    )
     yield Harness(rt, dispatcher, coordinator)
     coordinator.close()
     rt.close()

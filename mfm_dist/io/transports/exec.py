@@ -138,9 +138,10 @@ class ExecTransport:
         self.max_stderr_bytes = max_stderr_bytes
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ExecTransport:
-        env = os.environ if environ is None else environ
-        return cls(parse_allow(env.get("MFM_EXEC_ALLOW", "")))
+    def from_env(cls, environ: Mapping[str, str]) -> ExecTransport:
+        """Configured from `MFM_EXEC_ALLOW` in `environ`, a mapping the caller read
+        (programs use `TransportRegistry.default(settings.transports)`)."""
+        return cls(parse_allow(environ.get("MFM_EXEC_ALLOW", "")))
 
     def call(self, request: JsonValue) -> JsonValue:
         req = parse_request(request)

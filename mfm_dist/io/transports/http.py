@@ -14,7 +14,6 @@ URL: they carry only method, host, status, limits and counts.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -96,9 +95,10 @@ class HttpTransport:
         self.max_response_bytes = max_response_bytes
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpTransport:
-        env = os.environ if environ is None else environ
-        return cls(env.get("MFM_HTTP_ALLOW_HOSTS", ""))
+    def from_env(cls, environ: Mapping[str, str]) -> HttpTransport:
+        """Configured from `MFM_HTTP_ALLOW_HOSTS` in `environ`, a mapping the caller read
+        (programs use `TransportRegistry.default(settings.transports)`)."""
+        return cls(environ.get("MFM_HTTP_ALLOW_HOSTS", ""))
 
     def _parse(self, request: JsonValue) -> tuple[HttpRequest, str, int]:
         if not isinstance(request, dict):
