@@ -42,8 +42,12 @@ def test_sigkill_mid_fan_out_then_resume(tmp_path: Path) -> None:
             runs = store.list_runs()
             if runs:
                 run_id = runs[0].run_id
-                done = [e for e in store.read_range(run_id) if isinstance(e.event, StateCompleted)]
-                if len(done) >= 8:
+                log = store.read_range(run_id)
+                done = sum(isinstance(e.event, StateCompleted) for e in log)
+                entered = sum(isinstance(e.event, StateEntered) for e in log)
+                # Kill mid-flight: some states done and some attempts open (between two
+                # commits of the driver nothing may be open for a moment).
+                if done >= 8 and entered > done:
                     store.close()
                     break
             store.close()
@@ -57,7 +61,10 @@ def test_sigkill_mid_fan_out_then_resume(tmp_path: Path) -> None:
     before = store.read_range(run_id)
     entered = sum(isinstance(e.event, StateEntered) for e in before)
     closed = sum(isinstance(e.event, (StateCompleted, StateFailed)) for e in before)
-    assert entered > closed, "the kill should leave attempts open"
+    # Almost always attempts are open (the wait above saw some); an attempt may still have
+    # closed in the millisecond before the kill. Either way resume must finish the run, and
+    # close exactly the attempts left open as orphans (checked below).
+    assert entered >= closed
     assert len(before) < 1 + 2 * 41 + 1
     store.close()
 
