@@ -5,6 +5,8 @@ backfill's counts. The README's screenshots (docs/images/) are taken here."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,9 +62,17 @@ def browser() -> Iterator[Any]:
     driver.quit()
 
 
+SHOTS = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else None
+"""The README's screenshots are refreshed only on request (`UPDATE_SCREENSHOTS=1 pytest
+tests/ui/test_ui_browser.py`); an ordinary run takes them into a temporary directory, so the
+suite never leaves the checkout modified."""
+
+
 def shot(browser: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / name))
+    folder = SHOTS or Path(tempfile.mkdtemp(prefix="mfm-screens-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(folder / name))
+    assert (folder / name).stat().st_size > 0
 
 
 def rows(browser: Any) -> list[Any]:
