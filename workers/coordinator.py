@@ -52,6 +52,7 @@ from mfm_dist.engine.history import LOAD_CHUNK, RunHistory, read_chunks
 from mfm_dist.engine.lifecycle import (
     CONFLICT_EVENT,
     abort_drafts,
+    check_states_in_plan,
     open_in_entry_order,
     result_from_history,
     submission_of,
@@ -343,13 +344,7 @@ class Coordinator:
     def _apply(self, run: CachedRun, envelopes: list[EventEnvelope]) -> None:
         """Bring the progress up to date with envelopes just applied to the history."""
         position = run.ctx.plan.compiled.position
-        for env in envelopes:
-            if env.state_id is not None and str(env.state_id) not in position:
-                raise RunError(
-                    "recovery_state_not_in_plan",
-                    f"history names state {env.state_id}, which the plan does not have",
-                    details={"state_id": str(env.state_id)},
-                )
+        check_states_in_plan((env.state_id for env in envelopes), position)
         self._prefetch(run.history, envelopes)
         run.progress.observe(run.history, envelopes)
 

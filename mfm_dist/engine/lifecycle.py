@@ -5,7 +5,7 @@ and loading a run for resume with every check of docs/execution.md#resume done b
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mfm_dist.artifacts import ArtifactKind, ArtifactStore, get_json
@@ -296,15 +296,22 @@ def load_run(
     plan = registry.plan_from_input_params(manifest.input_params, manifest.run_config)
     if str(plan.op_id) != str(history.started.op_id) or str(manifest.op_id) != str(plan.op_id):
         raise RunError("plan_op_id_mismatch", "the re-derived plan is for another op")
-    for state_id in history.states:
-        if state_id not in plan.compiled.position:
+    check_states_in_plan(history.states, plan.compiled.position)
+    SnapshotStore(artifacts).load(str(history.started.initial_snapshot_id))
+    return LoadedRun(history, manifest, plan)
+
+
+def check_states_in_plan(state_ids: Iterable[str | None], position: Container[str]) -> None:
+    """A history that names a state the re-derived plan does not have was written by other
+    code: `recovery_state_not_in_plan` (docs/execution.md#resume). Both engines check every
+    state id they read (the coordinator as its log grows)."""
+    for state_id in state_ids:
+        if state_id is not None and str(state_id) not in position:
             raise RunError(
                 "recovery_state_not_in_plan",
                 f"history names state {state_id}, which the plan does not have",
-                details={"state_id": state_id},
+                details={"state_id": str(state_id)},
             )
-    SnapshotStore(artifacts).load(str(history.started.initial_snapshot_id))
-    return LoadedRun(history, manifest, plan)
 
 
 def result_from_history(

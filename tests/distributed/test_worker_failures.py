@@ -492,3 +492,20 @@ def test_redis_password_can_come_from_a_file(
     monkeypatch.setenv("MFM_REDIS_PASSWORD_FILE", str(secret))
     monkeypatch.setenv("MFM_BROKER_URL", "redis://broker:6379/1")
     assert ClusterSettings.from_env().broker_url == "redis://:from-a-secret@broker:6379/1"
+
+
+def test_a_history_naming_a_state_the_plan_lacks_ends_the_run(h: Harness) -> None:
+    """The coordinator checks every state id of the log it reads (the same rule resume
+    applies): another plan's history is a permanent fault, so the run ends `Failed`."""
+    from mfm_dist.events import EventDraft, StateEntered
+    from mfm_dist.ids import RunId, StateId
+
+    rid = h.submit("chain_demo", {"states": 1})
+    base = h.log(rid)[0].event.initial_snapshot_id  # type: ignore[union-attr]
+    stranger = StateId("chain_demo.main.not_in_the_plan")
+    entered = StateEntered(state_id=stranger, attempt=0, base_snapshot_id=base)
+    h.rt.events.append_next(
+        RunId(rid), [EventDraft(event=entered, ts_millis=1, state_id=stranger, attempt=0)]
+    )
+    assert h.coordinator.advance(rid) == "aborted:recovery_state_not_in_plan"
+    assert completed_status(h, rid) == "Failed"
