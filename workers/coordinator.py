@@ -696,7 +696,7 @@ class Coordinator:
             pending = {t.state_id: Reservation(t.attempt, now, PENDING, now) for t in batch}
             coord.reserve(rid, pending)
             carry: Carry | None = getattr(self._local, "carry", None)
-            if carry is None or len(tasks) != 1 or not carry.take(batch):
+            if carry is None or not carry.take(tasks):  # carries a lone attempt only
                 with self.rt.timings.phase("coord_send"):
                     self.dispatcher.send_chord(rid, batch)
             now = now_millis()
