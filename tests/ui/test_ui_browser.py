@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from mfm_dist import api
@@ -92,11 +92,21 @@ def apply(browser: Any, **fields: str) -> None:
 
 
 def navigate(browser: Any, action: Any) -> None:
-    """Do `action` and wait until the browser shows the page it leads to."""
-    old = browser.find_element(By.TAG_NAME, "main")
+    """Do `action` and wait until the browser shows the page it leads to.
+
+    The old document is marked with a window property a new document lacks. Waiting on element
+    staleness instead is racy in chromium: mid-navigation it may answer "node does not belong to
+    the document" (a WebDriverException, not a StaleElementReferenceException)."""
+    browser.execute_script("window.__mfmOldPage = true;")
     action()
-    WebDriverWait(browser, 20).until(staleness_of(old))
-    wait_for(lambda: browser.execute_script("return document.readyState") == "complete", "page")
+
+    def arrived(driver: Any) -> bool:
+        state = driver.execute_script(
+            "return window.__mfmOldPage === true ? 'old' : document.readyState;"
+        )
+        return bool(state == "complete")
+
+    WebDriverWait(browser, 20, ignored_exceptions=(WebDriverException,)).until(arrived)
 
 
 def clear(browser: Any) -> None:
