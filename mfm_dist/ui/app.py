@@ -13,7 +13,6 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from urllib.parse import urlencode
 
 import jinja2
 import orjson
-from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
@@ -37,15 +35,8 @@ from mfm_dist.errors import ErrorInfo, InvalidId, InvalidInput, MfmError, NotFou
 from mfm_dist.ids import RunId
 from mfm_dist.secrets import contains_secret, is_secret_string
 from mfm_dist.ui.backfills import routes as backfill_routes
-from mfm_dist.ui.data import (
-    LEVELED_MAX,
-    STATUS_LETTERS,
-    Dashboard,
-    RunFilters,
-    RunView,
-    now_ms,
-    short_ids,
-)
+from mfm_dist.ui.data import STATUS_LETTERS, Dashboard, RunFilters, gc_paused, now_ms, short_ids
+from mfm_dist.ui.run_page import run_graph
 from mfm_dist.ui.safety import label_pairs, scrub, shown
 
 log = logging.getLogger("mfm.ui")
@@ -279,23 +270,22 @@ def create_app(
         history = view.history
         submission = submission_of(history.envelopes[:2])
         ended = history.envelopes[-1].ts_millis if view.finished else None
-        groups = _groups(view, report)
-        return page(
-            "run.html",
-            request,
-            view=view,
-            report=report,
-            driver=driver,
-            labels=dict(submission.labels) if submission is not None else {},
-            started_ms=history.started_ms,
-            ended_ms=ended,
-            duration_ms=(ended if ended is not None else now_ms()) - history.started_ms,
-            groups=groups,
-            graph_data=_graph_data(report, groups),
-            failed=[s for s in report.states if s.status.value in ("failed", "retrying")],
-            cancel=history.cancel,
-            letters={s.value: letter for s, letter in STATUS_LETTERS.items()},
-        )
+        with gc_paused():  # the page walks every state: no collection of the cached runs
+            return page(
+                "run.html",
+                request,
+                view=view,
+                report=report,
+                driver=driver,
+                labels=dict(submission.labels) if submission is not None else {},
+                started_ms=history.started_ms,
+                ended_ms=ended,
+                duration_ms=(ended if ended is not None else now_ms()) - history.started_ms,
+                graph=run_graph(view, report),
+                failed=[s for s in report.states if s.status.value in ("failed", "retrying")],
+                cancel=history.cancel,
+                letters={s.value: letter for s, letter in STATUS_LETTERS.items()},
+            )
 
     def ops_page(request: Request) -> Response:
         return page("ops.html", request, ops=dashboard.ops())
@@ -400,44 +390,3 @@ def create_app(
             Middleware(GZipMiddleware, minimum_size=2048),
         ],
     )
-
-
-@dataclass(frozen=True)
-class CellGroup:
-    letters: list[str]
-    indices: list[int]
-
-
-def _groups(view: RunView, report: Any) -> list[tuple[str, CellGroup]]:
-    """The graph's cells — status letters, and the canonical index of each — one group per
-    dependency level, or one group in canonical order for deep plans."""
-    letters = [STATUS_LETTERS[s.status] for s in report.states]
-    if not letters:
-        return []
-    depth = max(view.levels, default=0) + 1 if len(view.levels) == len(letters) else 0
-    if not 0 < depth <= LEVELED_MAX:
-        return [("canonical order", CellGroup(letters, list(range(len(letters)))))]
-    rows: list[CellGroup] = [CellGroup([], []) for _ in range(depth)]
-    for i, letter in enumerate(letters):
-        row = rows[view.levels[i]]
-        row.letters.append(letter)
-        row.indices.append(i)
-    return [(f"level {k}", row) for k, row in enumerate(rows) if row.letters]
-
-
-def _graph_data(report: Any, groups: list[tuple[str, CellGroup]]) -> Markup:
-    """What the page's script needs to map cells to states: ids in canonical order, each
-    group's indices, and the error code of failed or retrying states (JSON, safe to
-    embed in a <script> element)."""
-    codes = {
-        str(i): s.last_error_code
-        for i, s in enumerate(report.states)
-        if s.last_error_code is not None and s.status.value in ("failed", "retrying")
-    }
-    data = {
-        "ids": [s.state_id for s in report.states],
-        "groups": [g.indices for _, g in groups],
-        "codes": codes,
-    }
-    text = orjson.dumps(scrub(data)).decode()
-    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))

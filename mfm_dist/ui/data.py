@@ -28,7 +28,6 @@ from mfm_dist.cli.drivers import DriverStatus, Liveness, driver_status
 from mfm_dist.cli.inspection import run_query
 from mfm_dist.config import RunConfig, backoff_delay
 from mfm_dist.engine.history import RunHistory
-from mfm_dist.engine.lifecycle import load_run
 from mfm_dist.engine.merge import compute_delta
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import InvalidInput, MfmError, NotFound
@@ -37,6 +36,7 @@ from mfm_dist.ids import RunId
 from mfm_dist.plan import ExecutionPlan
 from mfm_dist.reports import LeaseView, RunReport, StateStatus, run_report
 from mfm_dist.results import RunPhase, RunSummary
+from mfm_dist.ui.loading import PlanCache, PlanShape, load_view
 
 STATUS_LETTERS = {
     StateStatus.PENDING: "P",
@@ -203,7 +203,8 @@ def short_ids(run_ids: list[str]) -> dict[str, str]:
 
 @dataclass
 class RunView:
-    """A run decoded for display: its history, and its plan when the code can re-derive it."""
+    """A run decoded for display: its history, and its plan's shape when the code can
+    re-derive it (`mfm_dist.ui.loading`)."""
 
     run_id: RunId
     history: RunHistory
@@ -214,39 +215,42 @@ class RunView:
     preds: list[list[int]]
     levels: list[int]
     position: dict[str, int]
+    shape: PlanShape | None = None
+    succs: list[list[int]] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    """How the first load spent its time (seconds by step; `scripts/bench_ui.py`)."""
+    plan_s: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     report: RunReport | None = None
     report_head: int = -1
     report_at: float = 0.0
 
     @classmethod
-    def build(
-        cls,
-        history: RunHistory,
-        plan: ExecutionPlan | None,
-        config: RunConfig | None,
-        problem: str | None,
-    ) -> RunView:
-        if plan is not None:
-            compiled = plan.compiled
-            order = [str(s) for s in compiled.order]
-            preds = [sorted(compiled.preds[i]) for i in range(len(compiled))]
-        else:
-            order = list(history.states)
-            preds = [[] for _ in order]
-        levels = [0] * len(order)
-        for i, ps in enumerate(preds):  # canonical order is topological
-            if ps:
-                levels[i] = 1 + max(levels[p] for p in ps)
+    def build(cls, history: RunHistory, shape: PlanShape | None, problem: str | None) -> RunView:
+        if shape is not None:
+            return cls(
+                run_id=history.run_id,
+                history=history,
+                plan=shape.plan,
+                run_config=shape.manifest.run_config,
+                plan_problem=None,
+                order=shape.order,
+                preds=shape.preds,
+                levels=shape.levels,
+                position=shape.position,
+                shape=shape,
+                succs=shape.succs,
+            )
+        order = list(history.states)
         return cls(
             run_id=history.run_id,
             history=history,
-            plan=plan,
-            run_config=config,
+            plan=None,
+            run_config=None,
             plan_problem=problem,
             order=order,
-            preds=preds,
-            levels=levels,
+            preds=[[] for _ in order],
+            levels=[0] * len(order),
             position={s: i for i, s in enumerate(order)},
         )
 
@@ -255,6 +259,8 @@ class RunView:
         return self.history.completed is not None
 
     def successors(self, i: int) -> list[int]:
+        if self.succs is not None:
+            return self.succs[i]
         return [j for j, ps in enumerate(self.preds) if i in ps]
 
 
@@ -266,6 +272,7 @@ class Dashboard:
         self._views: OrderedDict[str, RunView] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._plans = PlanCache()
 
     # -- stores ----------------------------------------------------------------------------------
     @property
@@ -356,17 +363,10 @@ class Dashboard:
 
     def _load(self, rid: RunId) -> RunView:
         app = self.app
-        try:
-            loaded = load_run(app.events, app.artifacts, app.registry(), rid)
-        except NotFound as exc:
-            if exc.code == "run_not_found":
-                raise
-            problem: str = exc.code
-        except MfmError as exc:
-            problem = exc.code
-        else:
-            return RunView.build(loaded.history, loaded.plan, loaded.manifest.run_config, None)
-        return RunView.build(RunHistory.load(app.events, rid), None, None, problem)
+        loaded = load_view(app.events, app.artifacts, app.registry(), self._plans, rid)
+        view = RunView.build(loaded.history, loaded.shape, loaded.problem)
+        view.timings, view.plan_s = loaded.timings, loaded.plan_s
+        return view
 
     def leases(self, view: RunView) -> Mapping[str, LeaseView] | None:
         """Live attempt leases (distributed backend; None elsewhere)."""

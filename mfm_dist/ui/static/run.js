@@ -7,10 +7,17 @@
   var api = "/api/runs/" + encodeURIComponent(runId);
   var NAMES = { P: "pending", R: "running", T: "retrying", C: "completed", S: "skipped", F: "failed" };
   var graphData = JSON.parse(document.getElementById("graph-data").textContent);
-  var ids = graphData.ids, codesNow = graphData.codes || {};
-  var cells = [], indexOf = new Map(), selected = null;
+  /* State ids come as a common prefix and each state's rest; index lists as [start, count]. */
+  var ids = graphData.rests.map(function (r) { return r.charAt(0) === "<" ? r : graphData.prefix + r; });
+  var codesNow = graphData.codes || {};
+  var cells = [], indexOf = new Map(), selected = [];
+  function expand(ranges) {
+    var out = [];
+    ranges.forEach(function (r) { for (var k = 0; k < r[1]; k++) out.push(r[0] + k); });
+    return out;
+  }
   document.querySelectorAll("#graph .cells").forEach(function (box, g) {
-    var idx = graphData.groups[g], kids = box.children;
+    var idx = expand(graphData.rows[g]), kids = box.children;
     for (var k = 0; k < kids.length; k++) { cells[idx[k]] = kids[k]; indexOf.set(kids[k], idx[k]); }
   });
   /* Tooltips are made on demand: 10,000 title attributes would slow the first render. */
@@ -19,6 +26,9 @@
     var i = indexOf.get(c), letter = c.className.charAt(0);
     c.title = ids[i] + " — " + NAMES[letter] + (codesNow[i] ? ": " + codesNow[i] : "");
   });
+  var dag = window.mfmDag(document.getElementById("dag"), graphData.groups || {},
+    function (i) { showState(ids[i], i); },
+    function (members, box) { showGroup(members, box); });
 
   function el(tag, attrs, text) {
     var e = document.createElement(tag);
@@ -52,10 +62,11 @@
       var c = cells[i]; if (!c) continue;
       var letter = s.charAt(i);
       if (c.className.charAt(0) !== letter) {
-        c.className = letter + (c === selected ? " sel" : "");
+        c.className = letter + (selected.indexOf(c) >= 0 ? " sel" : "");
         c.removeAttribute("title");
       }
     }
+    dag.apply(s);
     Object.keys(live.counts).forEach(function (k) {
       var b = document.querySelector('[data-count="' + k + '"]'); if (b) b.textContent = live.counts[k];
     });
@@ -102,14 +113,46 @@
 
   /* -- state detail ---------------------------------------------------------------------- */
   var detail = document.getElementById("detail"), body = document.getElementById("detail-body");
-  function showState(stateId, cell) {
-    if (selected) selected.classList.remove("sel");
-    selected = cell || null; if (selected) selected.classList.add("sel");
+  function select(elements) {
+    selected.forEach(function (e) { e.classList.remove("sel"); });
+    selected = elements.filter(function (e) { return e; });
+    selected.forEach(function (e) { e.classList.add("sel"); });
+  }
+  /* A state by id (and its canonical index, when known): its square and its box are marked. */
+  function showState(stateId, i) {
+    if (i === undefined || i === null) i = ids.indexOf(stateId);
+    select(i >= 0 ? [cells[i], dag.boxOf(i)] : []);
     detail.classList.remove("hidden");
     body.textContent = "loading " + stateId + " …";
     get(api + "/states/" + encodeURIComponent(stateId)).then(renderState).catch(function (e) {
       body.textContent = "error: " + e.message;
     });
+  }
+  /* A group of the drawing: its states by status, the unfinished and failed ones first. */
+  function showGroup(members, box) {
+    select([box]);
+    detail.classList.remove("hidden");
+    body.textContent = "";
+    var rank = { F: 0, T: 1, R: 2, P: 3, S: 4, C: 5 };
+    function letterOf(i) { var c = cells[i]; return c ? c.className.charAt(0) : "P"; }
+    var counts = {};
+    members.forEach(function (i) { var l = letterOf(i); counts[l] = (counts[l] || 0) + 1; });
+    body.appendChild(el("h2", { id: "detail-group" }, members.length.toLocaleString("en-US") + " states"));
+    var p = el("p", { id: "group-counts" });
+    "CSRTFP".split("").forEach(function (l) {
+      if (counts[l]) p.appendChild(el("span", { "class": "st " + NAMES[l] }, counts[l].toLocaleString("en-US") + " " + NAMES[l] + "  "));
+    });
+    body.appendChild(p);
+    var shown = members.slice().sort(function (a, b) { return rank[letterOf(a)] - rank[letterOf(b)] || a - b; }).slice(0, 200);
+    var list = el("div", { "class": "group-list" });
+    shown.forEach(function (i) {
+      var row = el("div"); row.appendChild(el("i", { "class": "dot " + letterOf(i) }));
+      row.appendChild(stateLink(ids[i]));
+      if (codesNow[i]) { row.appendChild(document.createTextNode(" ")); row.appendChild(el("code", { "class": "code" }, codesNow[i])); }
+      list.appendChild(row);
+    });
+    body.appendChild(list);
+    if (members.length > shown.length) body.appendChild(el("p", { "class": "muted" }, "and " + (members.length - shown.length).toLocaleString("en-US") + " more (every state is a square below)"));
   }
   function stateLink(sid) {
     var a = el("a", { href: "#", "class": "state-link", "data-state": sid });
@@ -181,16 +224,15 @@
   }
   document.getElementById("graph").addEventListener("click", function (e) {
     var c = e.target; if (!indexOf.has(c)) return;
-    showState(ids[indexOf.get(c)], c);
+    showState(ids[indexOf.get(c)], indexOf.get(c));
   });
   document.addEventListener("click", function (e) {
     var a = e.target.closest(".state-link"); if (!a) return;
     e.preventDefault();
-    var sid = a.dataset.state, i = ids.indexOf(sid);
-    showState(sid, i >= 0 ? cells[i] : null);
+    showState(a.dataset.state);
   });
   document.getElementById("detail-close").addEventListener("click", function () {
-    detail.classList.add("hidden"); if (selected) selected.classList.remove("sel"); selected = null;
+    detail.classList.add("hidden"); select([]);
   });
 
   /* -- tabs ---------------------------------------------------------------------------------- */

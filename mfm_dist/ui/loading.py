@@ -1,0 +1,211 @@
+"""Loading a run for the dashboard: its checked history, and its plan — re-derived from the
+run's manifest once, then kept by manifest id (every run of one manifest has one plan, and
+re-deriving a 10,000-state plan costs about as much as reading its history).
+
+It checks what `load_run` checks (docs/execution.md#resume) — the history's envelopes and
+guards, the manifest against its id, the re-derived plan's op, every state of the history
+in the plan — except reading the initial snapshot, which no page shows (`verify` reads
+every snapshot). The first event names the manifest, so the plan is derived on a worker
+thread while the rest of the history is read: the waits on the stores overlap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
+
+from mfm_dist.artifacts import ArtifactStore, get_json
+from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.lifecycle import check_states_in_plan
+from mfm_dist.engine.lru import Lru
+from mfm_dist.errors import Corruption, MfmError, NotFound, RunError
+from mfm_dist.events import RunStarted
+from mfm_dist.ids import RunId
+from mfm_dist.manifest import RunManifest
+from mfm_dist.operations import OperationRegistry
+from mfm_dist.plan import ExecutionPlan
+from mfm_dist.stores.base import EventStore
+
+T = TypeVar("T")
+PLAN_CACHE_ENTRIES = 32
+PLAN_CACHE_STATES = 400_000
+"""Plans kept by manifest id: at most this many, holding at most this many states in all."""
+
+
+@dataclass(eq=False)
+class PlanShape:
+    """A re-derived plan and what the pages need of it, by canonical index."""
+
+    manifest: RunManifest
+    plan: ExecutionPlan
+    order: list[str]
+    preds: list[list[int]]
+    succs: list[list[int]]
+    levels: list[int]
+    """Each state's dependency level: the longest path to it from a state without
+    predecessors."""
+    position: dict[str, int]
+    _memo: dict[str, object] = field(default_factory=dict, repr=False)
+    _memo_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def of(cls, manifest: RunManifest, plan: ExecutionPlan) -> PlanShape:
+        compiled = plan.compiled
+        order = [str(s) for s in compiled.order]
+        preds = [sorted(ps) for ps in compiled.preds]
+        return cls(
+            manifest=manifest,
+            plan=plan,
+            order=order,
+            preds=preds,
+            succs=[sorted(ss) for ss in compiled.succs],
+            levels=dependency_levels(preds),
+            position=dict(compiled.position),
+        )
+
+    def memo(self, name: str, make: Callable[[], T]) -> T:
+        """Something derived from the plan alone (the drawing's layout, the page's rows),
+        made once per plan."""
+        with self._memo_lock:
+            if name not in self._memo:
+                self._memo[name] = make()
+            return cast(T, self._memo[name])
+
+
+def dependency_levels(preds: list[list[int]]) -> list[int]:
+    """Longest-path levels of states in canonical order (which is topological)."""
+    levels = [0] * len(preds)
+    for i, ps in enumerate(preds):
+        if ps:
+            levels[i] = 1 + max(levels[p] for p in ps)
+    return levels
+
+
+@dataclass
+class LoadedView:
+    """A run's history with its plan's shape, or the reason the plan is unavailable."""
+
+    history: RunHistory
+    shape: PlanShape | None
+    problem: str | None
+    timings: dict[str, float]
+    """Seconds spent in each step on the request's own thread, in order."""
+    plan_s: float | None
+    """Seconds spent deriving the plan (on the worker thread, overlapping the history
+    read), or None when it came from the cache."""
+
+
+class PlanCache:
+    """Plans by manifest id (an LRU bounded by count and total states)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._plans: Lru[PlanShape] = Lru(PLAN_CACHE_ENTRIES, PLAN_CACHE_STATES)
+        self._building: dict[str, Future[tuple[PlanShape, float | None]]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mfm-ui-plan")
+
+    def cached(self, manifest_id: str) -> PlanShape | None:
+        with self._lock:
+            return self._plans.get(manifest_id)
+
+    def shape(
+        self, artifacts: ArtifactStore, registry: OperationRegistry, started: RunStarted
+    ) -> Future[tuple[PlanShape, float | None]]:
+        """The plan of the run `started` began (and the seconds its derivation took, None
+        when cached), derived on a worker thread; one derivation per manifest at a time."""
+        key = str(started.manifest_id)
+        with self._lock:
+            hit = self._plans.get(key)
+            if hit is not None:
+                done: Future[tuple[PlanShape, float | None]] = Future()
+                done.set_result((hit, None))
+                return done
+            pending = self._building.get(key)
+            if pending is None:
+                pending = self._pool.submit(self._derive, artifacts, registry, key)
+                self._building[key] = pending
+        return pending
+
+    def _derive(
+        self, artifacts: ArtifactStore, registry: OperationRegistry, manifest_id: str
+    ) -> tuple[PlanShape, float | None]:
+        started = time.perf_counter()
+        try:
+            shape = PlanShape.of(*derive_plan(artifacts, registry, manifest_id))
+            with self._lock:
+                self._plans.put(manifest_id, shape, max(1, len(shape.order)))
+            return shape, time.perf_counter() - started
+        finally:
+            with self._lock:
+                self._building.pop(manifest_id, None)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def derive_plan(
+    artifacts: ArtifactStore, registry: OperationRegistry, manifest_id: str
+) -> tuple[RunManifest, ExecutionPlan]:
+    """The stored manifest (checked against its id) and the plan this code derives from it,
+    with `load_run`'s error codes."""
+    try:
+        manifest = RunManifest.model_validate(get_json(artifacts, manifest_id, "manifest"))
+    except MfmError:
+        raise
+    except ValueError as exc:
+        raise Corruption("manifest_invalid", f"stored manifest does not decode: {exc}") from None
+    if manifest.manifest_id() != manifest_id:
+        raise Corruption("manifest_id_mismatch", "stored manifest does not hash to its id")
+    plan = registry.plan_from_input_params(manifest.input_params, manifest.run_config)
+    if str(manifest.op_id) != str(plan.op_id):
+        raise RunError("plan_op_id_mismatch", "the re-derived plan is for another op")
+    return manifest, plan
+
+
+def load_view(
+    events: EventStore,
+    artifacts: ArtifactStore,
+    registry: OperationRegistry,
+    plans: PlanCache,
+    rid: RunId,
+) -> LoadedView:
+    """Read and check the run's history; its plan from `plans` (derived meanwhile on a
+    miss). A plan that cannot be had (unknown op, changed code, a missing manifest) leaves
+    the view without one and says why (`problem`); a run that does not exist raises."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
+    first = events.read_range(rid, 1, 1)
+    if not first:
+        raise NotFound(f"run {rid} not found", code="run_not_found")
+    start = first[0].event
+    pending = plans.shape(artifacts, registry, start) if isinstance(start, RunStarted) else None
+    lap("first event")
+    envelopes = first + events.read_range(rid, 2, None)
+    lap("events: read and decode")
+    history = RunHistory.from_envelopes(rid, envelopes)
+    del envelopes
+    lap("history: check")
+    shape: PlanShape | None = None
+    problem: str | None = None
+    plan_s: float | None = None
+    if pending is not None:
+        try:
+            shape, plan_s = pending.result()
+            if str(shape.plan.op_id) != str(history.started.op_id):
+                raise RunError("plan_op_id_mismatch", "the re-derived plan is for another op")
+            check_states_in_plan(history.states, shape.position)
+        except MfmError as exc:
+            shape, problem = None, exc.code
+    lap("plan: wait and check")
+    return LoadedView(history, shape, problem, timings, plan_s)
