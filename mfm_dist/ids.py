@@ -31,30 +31,35 @@ _VALID_CACHE_SIZE = 1 << 16
 class _ValidatedStr(str):
     """A string validated by `_check`; pydantic validates it the same way.
 
-    Values that passed are remembered per class (a bounded set): a run's log repeats the
-    same run id and state ids in every envelope, and decoding 100,000 states' events
-    would otherwise re-check each of them several times."""
+    Ids that passed are remembered per class (a bounded map, each id the key to itself): a
+    run's log repeats the same run id and state ids in every envelope, and decoding 100,000
+    states' events would otherwise re-check — and re-make — each of them several times.
+    Decoding hands out the remembered object (ids are immutable), which also leaves one
+    copy of each in memory."""
 
     kind: ClassVar[str] = "id"
-    _valid: ClassVar[set[str]]
+    _valid: ClassVar[dict[str, _ValidatedStr]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._valid = set()
+        cls._valid = {}
 
     def __new__(cls, value: object) -> _ValidatedStr:
         if isinstance(value, cls):
             return value
-        if type(value) is str and value in cls._valid:
-            return super().__new__(cls, value)
+        if type(value) is str:
+            hit = cls._valid.get(value)
+            if hit is not None:
+                return hit
         if not isinstance(value, str) or not cls._check(value):
             raise InvalidId(cls.kind, value)
+        made = super().__new__(cls, value)
         if type(value) is str:
             valid = cls._valid
             if len(valid) >= _VALID_CACHE_SIZE:
                 valid.clear()
-            valid.add(value)
-        return super().__new__(cls, value)
+            valid[made] = made  # keyed by itself: a plain str of equal text finds it
+        return made
 
     @classmethod
     def _check(cls, value: str) -> bool:
@@ -64,7 +69,13 @@ class _ValidatedStr(str):
     def __get_pydantic_core_schema__(
         cls, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
+        valid = cls._valid
+
         def validate(value: Any) -> _ValidatedStr:
+            if type(value) is str:
+                hit = valid.get(value)
+                if hit is not None:
+                    return hit
             try:
                 return cls(value)
             except InvalidId as exc:
