@@ -71,6 +71,7 @@ class Backend:
     app_args: dict[str, Any]
     settings: Settings
     run_id: str = ""
+    events: int = 0
 
 
 @dataclass
@@ -89,6 +90,7 @@ def embedded(states: int) -> Iterator[Backend]:
         backend = Backend("embedded (SQLite + files)", {"home": home}, Settings())
         stores = open_stores(home=home, settings=backend.settings)
         backend.run_id = write_fanout_run(stores, states)
+        backend.events = stores.events.head_seq(RunId(backend.run_id))
         stores.close()
         yield backend
 
@@ -106,6 +108,7 @@ def distributed(states: int) -> Iterator[Backend]:
         backend = Backend("distributed (Redis + SeaweedFS S3)", urls, settings)
         stores = open_stores(events_url, artifacts_url, settings=settings)
         backend.run_id = write_fanout_run(stores, states)
+        backend.events = stores.events.head_seq(RunId(backend.run_id))
         stores.close()
         yield backend
     finally:
@@ -158,7 +161,7 @@ def fmt(values: list[float]) -> str:
 
 
 def report(backend: Backend, samples: Samples, states: int) -> None:
-    print(f"\n## {backend.name}: {states:,} states, {2 * states + 2:,} events")
+    print(f"\n## {backend.name}: {states:,} states, {backend.events:,} events")
     print(f"server, first view (HTTP, last byte):  {fmt(samples.server_s)}")
     names = list(samples.stages[0]) if samples.stages else []
     for name in names:

@@ -281,18 +281,13 @@ def _reindex(column: list[int], pos: list[float]) -> None:
 
 
 def common_prefix(order: Sequence[str]) -> str:
-    """The dotted segments every state id starts with (all but each id's last one)."""
-    first = order[0].split(".")[:-1]
-    keep = len(first)
-    for sid in order[1:]:
-        parts = sid.split(".")[:-1]
-        k = 0
-        while k < min(keep, len(parts)) and parts[k] == first[k]:
-            k += 1
-        keep = k
-        if keep == 0:
-            break
-    return ".".join(first[:keep]) + "." if keep else ""
+    """The dotted segments every state id starts with (never an id's last segment)."""
+    low, high = min(order), max(order)  # what these two share, every id between shares
+    k = 0
+    while k < len(low) and k < len(high) and low[k] == high[k]:
+        k += 1
+    cut = low.rfind(".", 0, k)
+    return low[: cut + 1] if cut >= 0 else ""
 
 
 def _short(text: str) -> str:

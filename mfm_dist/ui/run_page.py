@@ -17,7 +17,7 @@ import orjson
 from markupsafe import Markup, escape
 
 from mfm_dist.reports import RunReport, StateStatus
-from mfm_dist.secrets import is_secret_string
+from mfm_dist.secrets import contains_secret, is_secret_string
 from mfm_dist.ui.data import LEVELED_MAX, STATUS_LETTERS, RunView
 from mfm_dist.ui.graph_layout import Layout, common_prefix, layout
 from mfm_dist.ui.graph_svg import render_svg
@@ -83,7 +83,11 @@ def _plan_parts(view: RunView, n: int) -> _PlanParts:
     drawn = layout(view.order, view.preds, view.levels) if view.shape is not None else None
     rows = grid_rows(view.levels, n)
     prefix = common_prefix(view.order) if view.order else ""
-    rests = [REDACTED if is_secret_string(s) else s[len(prefix) :] for s in view.order]
+    cut = len(prefix)
+    if contains_secret(view.order):  # one compiled scan; per id only when something is
+        rests = [REDACTED if is_secret_string(s) else s[cut:] for s in view.order]
+    else:
+        rests = [s[cut:] for s in view.order]
     groups = {}
     if drawn is not None:
         groups = {str(b.key): index_ranges(b.members) for b in drawn.boxes if b.kind != "state"}
