@@ -88,21 +88,17 @@ def run_report(
     order = [str(s) for s in plan.canonical_order()] if plan is not None else list(history.states)
     skip_tags = set(run_config.skip_tags) if run_config is not None else set()
     tags: dict[str, set[str]] = {}
-    preds: dict[str, list[str]] = {}
-    if plan is not None:
+    if plan is not None and skip_tags:  # tags only tell skipped states from completed ones
         tags = {str(n.id): set(n.state.meta().tags) for n in plan.graph.states}
-        compiled = plan.compiled
-        preds = {
-            str(compiled.order[i]): [str(compiled.order[p]) for p in sorted(compiled.preds[i])]
-            for i in range(len(compiled))
-        }
+    compiled = plan.compiled if plan is not None else None
     finished = history.completed is not None
     reports: list[StateReport] = []
     by_id: dict[str, StateReport] = {}
-    for state_id in order:
+    for i, state_id in enumerate(order):
         report = _state_report(state_id, history, run_config, leases, finished, tags, skip_tags)
         if report.status == StateStatus.PENDING:
-            report = _pending_reason(report, preds.get(state_id, []), by_id, finished)
+            preds = [order[p] for p in sorted(compiled.preds[i])] if compiled is not None else []
+            report = _pending_reason(report, preds, by_id, finished)
         by_id[state_id] = report
         reports.append(report)
     counts: dict[str, int] = {s.value: 0 for s in StateStatus}
