@@ -1,6 +1,7 @@
 """The dashboard in a real browser (headless Chromium + Selenium): the runs list filters, a
-live run's graph changing colour as its states complete, a failed state's error code, a
-backfill's counts. The README's screenshots (docs/images/) are taken here."""
+live run's graph — the drawing and the squares — changing colour as its states complete, the
+drawing's boxes and edges against the plan, a group of states, a failed state's error code,
+a backfill's counts. The README's screenshots (docs/images/) are taken here."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from support.ui_helpers import (
     SCREENSHOTS,
     chromium_driver,
     dashboard_for,
+    get_json,
     mfm,
     mfm_json,
     serve_dashboard,
@@ -182,10 +184,14 @@ def test_failed_state_shows_its_error_code(browser: Any, url: str, home: Path) -
     assert "flaky_demo.main.call_upstream" in table and "upstream_unavailable" in table
     cells = browser.find_elements(By.CSS_SELECTOR, "#graph i")
     assert [c.get_attribute("class") for c in cells] == ["C", "F"]
-    cells[1].click()
+    drawn = {b.get_attribute("data-state"): b.get_attribute("class")
+             for b in browser.find_elements(By.CSS_SELECTOR, "#dag g.n")}  # fmt: skip
+    assert drawn == {"flaky_demo.main.prepare": "n C", "flaky_demo.main.call_upstream": "n F"}
+    browser.find_element(By.CSS_SELECTOR, '#dag g.n[data-state$="call_upstream"]').click()
     code = wait_for(lambda: browser.find_elements(By.ID, "detail-error-code"), "the detail")
     assert code[0].text == "upstream_unavailable"
     assert browser.find_element(By.ID, "detail-status").text == "failed"
+    assert "sel" in cells[1].get_attribute("class")  # its square is marked too
     shot(browser, "dashboard-failed-state.png")
 
 
@@ -210,16 +216,24 @@ def test_live_graph_changes_colour(browser: Any, url: str, home: Path) -> None:
         )
         # fmt: on
         browser.get(f"{url}/runs/{rid}")
+        check_drawing_against_plan(browser, url, rid)
 
         def classes() -> list[str]:
             return [c.get_attribute("class")[0] for c in
                     browser.find_elements(By.CSS_SELECTOR, "#graph i")]  # fmt: skip
 
+        def drawn() -> list[str]:
+            return [b.get_attribute("class").split()[1] for b in
+                    browser.find_elements(By.CSS_SELECTOR, "#dag g.n")]  # fmt: skip
+
         first = classes()
         assert len(first) == 13 and first.count("C") < 13
+        assert sorted(drawn()) == sorted(first)  # one box per state, the same colours
         assert browser.find_element(By.ID, "phase").text == "Running"
+        wait_for(lambda: "R" in drawn() and "C" in drawn(), "boxes done and boxes running")
         wait_for(lambda: "R" in classes() and "C" in classes(), "some states done, some running")
         shot(browser, "dashboard-run-live.png")
+        wait_for(lambda: drawn() == ["C"] * 13, "every box to turn green", timeout_s=30)
         wait_for(lambda: classes() == ["C"] * 13, "every state to turn green", timeout_s=30)
         wait_for(lambda: browser.find_element(By.ID, "phase").text == "Completed", "the phase")
         # shown in place, no reload: the duration is final
@@ -239,6 +253,45 @@ def test_live_graph_changes_colour(browser: Any, url: str, home: Path) -> None:
     browser.find_element(By.ID, "do-verify").click()
     outcome = wait_for(lambda: browser.find_elements(By.ID, "verify-outcome"), "verify")
     assert outcome[0].text == "verified"
+
+
+def check_drawing_against_plan(browser: Any, url: str, rid: str) -> None:
+    """The drawing has one box per state of the run and one edge per dependency of its plan
+    (each state's predecessors, as the API gives them)."""
+    states = [s["state_id"] for s in get_json(f"{url}/api/runs/{rid}")["states"]]
+    boxes = {b.get_attribute("data-box"): b.get_attribute("data-state")
+             for b in browser.find_elements(By.CSS_SELECTOR, "#dag g.n")}  # fmt: skip
+    assert sorted(boxes.values()) == sorted(states)
+    drawn = {(boxes[e.get_attribute("data-from")], boxes[e.get_attribute("data-to")])
+             for e in browser.find_elements(By.CSS_SELECTOR, "#dag path.e")}  # fmt: skip
+    preds = {s: get_json(f"{url}/api/runs/{rid}/states/{s}")["predecessors"] for s in states}
+    plan = {(before, state) for state in states for before in preds[state]}
+    assert drawn == plan and len(plan) == 12
+
+
+def test_a_wide_level_is_drawn_as_a_group(browser: Any, url: str, home: Path) -> None:
+    rid = mfm_json(["--home", str(home)], "runs", "--json", "--op", "fanout_demo")[0]["run_id"]
+    browser.get(f"{url}/runs/{rid}")
+    group = browser.find_element(By.CSS_SELECTOR, "#dag g.grp")
+    assert group.get_attribute("data-size") == "40" and group.get_attribute("data-kind") == "family"
+    assert group.find_element(By.CSS_SELECTOR, "text.gc").text == "40/40 done"
+    bar = {r.get_attribute("class"): int(r.get_attribute("width"))
+           for r in group.find_elements(By.CSS_SELECTOR, "g.bar rect")}  # fmt: skip
+    assert bar["C"] == 160 and sum(bar.values()) == 160
+    assert [
+        b.get_attribute("data-state") for b in browser.find_elements(By.CSS_SELECTOR, "#dag g.n")
+    ] == ["fanout_demo.main.join"]
+    edge = browser.find_element(By.CSS_SELECTOR, "#dag path.e")
+    assert edge.get_attribute("data-count") == "40"
+    group.click()
+    title = wait_for(lambda: browser.find_elements(By.ID, "detail-group"), "the group's detail")
+    assert title[0].text == "40 states"
+    assert browser.find_element(By.ID, "group-counts").text.strip() == "40 completed"
+    links = browser.find_elements(By.CSS_SELECTOR, "#detail-body .group-list a.state-link")
+    assert len(links) == 40 and links[3].text == "fanout_demo.main.item_0003"
+    links[3].click()
+    shown = wait_for(lambda: browser.find_elements(By.ID, "detail-state"), "the state's detail")
+    assert shown[0].text == "fanout_demo.main.item_0003"
 
 
 def test_backfill_page_counts(browser: Any, url: str) -> None:
