@@ -6,6 +6,8 @@ as a plugin (`-p support.servers`, with `tests/` on the `pythonpath`).
 * `redis_server` (session): one `redis-server` without persistence.
 * `redis_url` (function): `redis://127.0.0.1:PORT/DB` on that server, with the
   database flushed first, so every test starts empty.
+* `redis_module_url` (module): a database of that server kept for one test module (its
+  module-scoped fixtures write there, its tests read), flushed first.
 * `redis_factory` (function): `redis_factory(appendonly=True, appendfsync="always")`
   starts a private server (for tests that stop, kill or restart it, or that need
   `requirepass="…"`); all are stopped at teardown.
@@ -15,6 +17,8 @@ as a plugin (`-p support.servers`, with `tests/` on the `pythonpath`).
 * `s3_artifacts_url` (function): `s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:PORT`
   for a fresh bucket. Credentials come from the environment, never from the URL:
   the fixture sets `MFM_S3_ACCESS_KEY` / `MFM_S3_SECRET_KEY`.
+* `s3_module_artifacts_url` (module): the same for one test module, its credentials set
+  in the environment while the module runs.
 * `s3_factory` (function): private S3 servers that a test may stop, kill, pause (SIGSTOP)
   or restart; a restarted server keeps its data dir, so its buckets and objects.
 
@@ -182,7 +186,9 @@ def redis_server() -> Iterator[RedisServer]:
         server.cleanup()
 
 
-_db_numbers = itertools.cycle(range(16))
+_db_numbers = itertools.cycle(range(15))
+MODULE_DB = 15
+"""The database `redis_module_url` holds for one test module (never handed out per test)."""
 
 
 @pytest.fixture
@@ -197,6 +203,20 @@ def redis_url(redis_server: RedisServer) -> str:
     finally:
         client.close()
     return redis_server.url_for_db(db)
+
+
+@pytest.fixture(scope="module")
+def redis_module_url(redis_server: RedisServer) -> str:
+    """A flushed database of the session server for one test module's data (tests of the
+    module share what its fixtures wrote there)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, db=MODULE_DB)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_server.url_for_db(MODULE_DB)
 
 
 @pytest.fixture
@@ -479,6 +499,18 @@ def s3_artifacts_url(s3_server: S3Server, s3_credentials: None) -> str:
     bucket = new_bucket_name()
     s3_server.create_bucket(bucket)
     return s3_server.url_for(bucket, "artifacts")
+
+
+@pytest.fixture(scope="module")
+def s3_module_artifacts_url(s3_server: S3Server) -> Iterator[str]:
+    """A fresh bucket for one test module's data, with the test credentials in the
+    environment for as long as the module runs."""
+    bucket = new_bucket_name()
+    s3_server.create_bucket(bucket)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(S3_ACCESS_ENV, TEST_S3_ACCESS)
+        env.setenv(S3_SECRET_ENV, TEST_S3_SECRET)
+        yield s3_server.url_for(bucket, "artifacts")
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from mfm_dist.ui.run_page import grid_rows, index_ranges
 
 
 def shape(op: str, run_input: JsonValue) -> PlanShape:
-    registry = OperationRegistry.default(("support.graph_ops",))
+    registry = OperationRegistry.default(("support.ui_ops",))
     prepared = prepare_run(registry, op, run_input, RunConfig())
     return PlanShape.of(prepared.manifest, prepared.plan)
 

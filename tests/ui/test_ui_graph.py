@@ -24,7 +24,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-OPS = ("support.graph_ops",)
+OPS = ("support.ui_ops",)
 
 
 @pytest.fixture

@@ -1,11 +1,16 @@
-"""Test operations for the drawn run graph (loaded with `--ops support.graph_ops`)."""
+"""Test operations of the dashboard's tests (loaded with `--ops support.ui_ops`): `lattice`,
+a dense plan for the drawn graph's limits; `stamped`, a state that binds facts and emits a
+domain event (what a state's detail shows)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from mfm_dist import FnState, Operation, OperationRegistry, RunConfig, StateGraph, StateMeta
+from mfm_dist.context import StagedContext
 from mfm_dist.ids import OpPath
+from mfm_dist.io.base import IoProvider
+from mfm_dist.state import EventRecorder
 
 NOTHING = StateMeta(tags=["compute"])
 
@@ -36,5 +41,24 @@ def _nothing(ctx: Any, io: Any, rec: Any) -> None:
     return None
 
 
+class Stamped(Operation):
+    """One state: the time (a derived-key fact), a recorded value (fact `receipt`) and a
+    domain event `stamped`."""
+
+    op_id = "stamped"
+    op_version = "1"
+
+    def expand(self, op_path: OpPath, op_config: Any, run_config: RunConfig) -> StateGraph:
+        async def stamp(ctx: StagedContext, io: IoProvider, rec: EventRecorder) -> None:
+            ctx.set("at", await io.now_millis())
+            ctx.set("receipt", await io.record_value("receipt", {"number": 42}))
+            await rec.emit("stamped", {"ok": True})
+
+        graph = StateGraph()
+        graph.add(f"{op_path}.stamp", FnState(stamp, NOTHING))
+        return graph
+
+
 def register_operations(registry: OperationRegistry) -> None:
     registry.register(Lattice())
+    registry.register(Stamped())
