@@ -43,14 +43,20 @@ def _queue_depths(app: App) -> Any:
     envvar="MFM_UI_TOKEN",
     help="Bearer token every request must carry (required off loopback; ≥ 16 characters).",
 )
+@click.option(
+    "--token-file",
+    envvar="MFM_UI_TOKEN_FILE",
+    help="A file holding the token (e.g. a compose secret; its final newline dropped). "
+    "--token wins.",
+)
 @pass_reader
-def ui(app: App, host: str, port: int, token: str | None) -> None:
+def ui(app: App, host: str, port: int, token: str | None, token_file: str | None) -> None:
     """Serve the read-only web dashboard (runs, run graphs, timelines, events, verify and
     replay, a JSON API under /api/ and Prometheus /metrics) over the stores in force."""
     try:
         from mfm_dist.ui.app import create_app
         from mfm_dist.ui.data import Dashboard
-        from mfm_dist.ui.server import BindRefused, check_binding, serve
+        from mfm_dist.ui.server import BindRefused, check_binding, read_token_file, serve
     except ImportError as exc:
         raise CliError(
             "ui_unavailable",
@@ -59,6 +65,8 @@ def ui(app: App, host: str, port: int, token: str | None) -> None:
         ) from None
     token = token or None
     try:
+        if token is None and token_file:
+            token = read_token_file(token_file)
         check_binding(host, token)
     except BindRefused as exc:
         raise CliError(exc.code, exc.message) from None

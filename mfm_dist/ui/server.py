@@ -56,6 +56,24 @@ def check_binding(host: str, token: str | None) -> None:
         )
 
 
+def read_token_file(path: str) -> str:
+    """The token held in a file (e.g. a compose secret), its final newline dropped. The
+    file's content is never shown, whatever goes wrong."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise BindRefused(
+            "ui_token_invalid", f"cannot read the dashboard token file {path}: {why}"
+        ) from None
+    if text.endswith("\n"):
+        text = text[:-1]
+        if text.endswith("\r"):
+            text = text[:-1]
+    return text
+
+
 def serve(
     app: Any,
     host: str,

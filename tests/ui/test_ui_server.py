@@ -36,6 +36,13 @@ def test_the_cli_refuses_before_serving(tmp_path: Path) -> None:
     assert result.stderr.startswith("error[ui_token_required]:")
     short = mfm(g, "ui", "--host", "0.0.0.0", "--token", "short")
     assert short.exit_code == 2 and short.stderr.startswith("error[ui_token_invalid]:")
+    secret = tmp_path / "ui_token"
+    secret.write_text("too-short\n")
+    from_file = mfm(g, "ui", "--host", "0.0.0.0", "--token-file", str(secret))
+    assert from_file.exit_code == 2 and from_file.stderr.startswith("error[ui_token_invalid]:")
+    assert "too-short" not in from_file.stderr  # a file's content is never shown
+    missing = mfm(g, "ui", "--host", "0.0.0.0", "--token-file", str(tmp_path / "none"))
+    assert missing.exit_code == 2 and "cannot read the dashboard token file" in missing.stderr
     assert not (tmp_path / ".mfm").exists()  # nothing was created: it never opened a store
 
 
@@ -71,7 +78,8 @@ def test_without_token_loopback_serves_everything(tmp_path: Path) -> None:
 
 
 def test_mfm_ui_serves_until_stopped(tmp_path: Path) -> None:
-    """`mfm ui` itself: a real process on a loopback port, stopped by its pid."""
+    """`mfm ui` itself: a real process on a loopback port, its token read from a file (as
+    the compose service does), stopped by its pid."""
     import os
     import signal
     import subprocess
@@ -84,20 +92,25 @@ def test_mfm_ui_serves_until_stopped(tmp_path: Path) -> None:
     ran = mfm(["--home", str(home)], "run", "chain_demo", "--input", '{"states": 3}')
     assert ran.exit_code == 0
     port = free_port()
+    secret = tmp_path / "ui_token"
+    secret.write_text(TOKEN + "\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mfm_dist.cli.main", "--home", str(home), "ui", "--port", str(port)],
         stderr=subprocess.PIPE,
-        env={**os.environ, "MFM_UI_TOKEN": ""},
+        env={**os.environ, "MFM_UI_TOKEN": "", "MFM_UI_TOKEN_FILE": str(secret)},
     )
+    api = f"http://127.0.0.1:{port}/api/runs"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                rows = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=5).json()
+                refused = httpx.get(api, timeout=5)
                 break
             except httpx.TransportError:
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
+        assert refused.status_code == 401
+        rows = httpx.get(api, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).json()
         assert [r["op_id"] for r in rows] == ["chain_demo"]
     finally:
         proc.send_signal(signal.SIGINT)
