@@ -145,9 +145,6 @@ def server_first_view(backend: Backend) -> tuple[float, float, dict[str, float]]
     view = dashboard.view(RunId(backend.run_id))
     stages = dict(getattr(view, "timings", {}) or {})
     stages["page (report, layout, template, gzip, HTTP)"] = took - sum(stages.values())
-    plan_s = getattr(view, "plan_s", None)
-    if plan_s is not None:
-        stages["(plan derived meanwhile, on another thread)"] = plan_s
     return took, cpu, stages
 
 

@@ -5,8 +5,12 @@ re-deriving a 10,000-state plan costs about as much as reading its history).
 It checks what `load_run` checks (docs/execution.md#resume) — the history's envelopes and
 guards, the manifest against its id, the re-derived plan's op, every state of the history
 in the plan — except reading the initial snapshot, which no page shows (`verify` reads
-every snapshot). The first event names the manifest, so the plan is derived on a worker
-thread while the rest of the history is read: the waits on the stores overlap.
+every snapshot).
+
+The plan is derived after the history is read, not beside it on another thread: both are
+CPU-bound Python, and a thread deriving the plan slows the read more than it saves (with
+SQLite, the row fetch — which gives up the interpreter lock for every row — took 20 times
+longer next to it).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
@@ -22,8 +25,7 @@ from mfm_dist.artifacts import ArtifactStore, get_json
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import check_states_in_plan
 from mfm_dist.engine.lru import Lru
-from mfm_dist.errors import Corruption, MfmError, NotFound, RunError
-from mfm_dist.events import RunStarted
+from mfm_dist.errors import Corruption, MfmError, RunError
 from mfm_dist.ids import RunId
 from mfm_dist.manifest import RunManifest
 from mfm_dist.operations import OperationRegistry
@@ -93,10 +95,9 @@ class LoadedView:
     shape: PlanShape | None
     problem: str | None
     timings: dict[str, float]
-    """Seconds spent in each step on the request's own thread, in order."""
+    """Seconds spent in each step, in order."""
     plan_s: float | None
-    """Seconds spent deriving the plan (on the worker thread, overlapping the history
-    read), or None when it came from the cache."""
+    """Seconds spent deriving the plan, or None when it came from the cache."""
 
 
 class PlanCache:
@@ -104,47 +105,31 @@ class PlanCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._deriving = threading.Lock()
         self._plans: Lru[PlanShape] = Lru(PLAN_CACHE_ENTRIES, PLAN_CACHE_STATES)
-        self._building: dict[str, Future[tuple[PlanShape, float | None]]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mfm-ui-plan")
 
-    def cached(self, manifest_id: str) -> PlanShape | None:
+    def _cached(self, manifest_id: str) -> PlanShape | None:
         with self._lock:
             return self._plans.get(manifest_id)
 
     def shape(
-        self, artifacts: ArtifactStore, registry: OperationRegistry, started: RunStarted
-    ) -> Future[tuple[PlanShape, float | None]]:
-        """The plan of the run `started` began (and the seconds its derivation took, None
-        when cached), derived on a worker thread; one derivation per manifest at a time."""
-        key = str(started.manifest_id)
-        with self._lock:
-            hit = self._plans.get(key)
-            if hit is not None:
-                done: Future[tuple[PlanShape, float | None]] = Future()
-                done.set_result((hit, None))
-                return done
-            pending = self._building.get(key)
-            if pending is None:
-                pending = self._pool.submit(self._derive, artifacts, registry, key)
-                self._building[key] = pending
-        return pending
-
-    def _derive(
         self, artifacts: ArtifactStore, registry: OperationRegistry, manifest_id: str
     ) -> tuple[PlanShape, float | None]:
-        started = time.perf_counter()
-        try:
+        """The plan of `manifest_id`, and the seconds its derivation took (None when it was
+        cached). One derivation at a time: a second request for the same plan waits for the
+        first instead of deriving it again."""
+        hit = self._cached(manifest_id)
+        if hit is not None:
+            return hit, None
+        with self._deriving:
+            hit = self._cached(manifest_id)
+            if hit is not None:
+                return hit, None
+            started = time.perf_counter()
             shape = PlanShape.of(*derive_plan(artifacts, registry, manifest_id))
             with self._lock:
                 self._plans.put(manifest_id, shape, max(1, len(shape.order)))
             return shape, time.perf_counter() - started
-        finally:
-            with self._lock:
-                self._building.pop(manifest_id, None)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def derive_plan(
@@ -173,9 +158,9 @@ def load_view(
     plans: PlanCache,
     rid: RunId,
 ) -> LoadedView:
-    """Read and check the run's history; its plan from `plans` (derived meanwhile on a
-    miss). A plan that cannot be had (unknown op, changed code, a missing manifest) leaves
-    the view without one and says why (`problem`); a run that does not exist raises."""
+    """Read and check the run's history, then get its plan from `plans`. A plan that cannot
+    be had (unknown op, changed code, a missing manifest) leaves the view without one and
+    says why (`problem`); a run that does not exist raises `run_not_found`."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -185,13 +170,7 @@ def load_view(
         timings[name] = now - clock
         clock = now
 
-    first = events.read_range(rid, 1, 1)
-    if not first:
-        raise NotFound(f"run {rid} not found", code="run_not_found")
-    start = first[0].event
-    pending = plans.shape(artifacts, registry, start) if isinstance(start, RunStarted) else None
-    lap("first event")
-    envelopes = first + events.read_range(rid, 2, None)
+    envelopes = events.read_range(rid, 1, None)
     lap("events: read and decode")
     history = RunHistory.from_envelopes(rid, envelopes)
     del envelopes
@@ -199,13 +178,12 @@ def load_view(
     shape: PlanShape | None = None
     problem: str | None = None
     plan_s: float | None = None
-    if pending is not None:
-        try:
-            shape, plan_s = pending.result()
-            if str(shape.plan.op_id) != str(history.started.op_id):
-                raise RunError("plan_op_id_mismatch", "the re-derived plan is for another op")
-            check_states_in_plan(history.states, shape.position)
-        except MfmError as exc:
-            shape, problem = None, exc.code
-    lap("plan: wait and check")
+    try:
+        shape, plan_s = plans.shape(artifacts, registry, str(history.started.manifest_id))
+        if str(shape.plan.op_id) != str(history.started.op_id):
+            raise RunError("plan_op_id_mismatch", "the re-derived plan is for another op")
+        check_states_in_plan(history.states, shape.position)
+    except MfmError as exc:
+        shape, problem = None, exc.code
+    lap("plan: derive (or cached) and check")
     return LoadedView(history, shape, problem, timings, plan_s)
