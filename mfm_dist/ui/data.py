@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -272,7 +273,6 @@ class Dashboard:
         self._views: OrderedDict[str, RunView] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
-        self._plans = PlanCache()
 
     # -- stores ----------------------------------------------------------------------------------
     @property
@@ -360,6 +360,11 @@ class Dashboard:
             while len(self._views) > self._cache_size:
                 self._views.popitem(last=False)
         return view
+
+    @cached_property
+    def _plans(self) -> PlanCache:
+        """Plans by manifest id, shared by every run of one manifest (`mfm_dist.ui.loading`)."""
+        return PlanCache()
 
     def _load(self, rid: RunId) -> RunView:
         app = self.app
