@@ -226,9 +226,13 @@ def test_live_graph_changes_colour(browser: Any, url: str, home: Path) -> None:
             return [b.get_attribute("class").split()[1] for b in
                     browser.find_elements(By.CSS_SELECTOR, "#dag g.n")]  # fmt: skip
 
-        first = classes()
-        assert len(first) == 13 and first.count("C") < 13
-        assert sorted(drawn()) == sorted(first)  # one box per state, the same colours
+        squares, boxes = browser.execute_script(  # both at one moment: a poll updates both
+            "return [Array.from(document.querySelectorAll('#graph i'), e => e.className[0]),"
+            " Array.from(document.querySelectorAll('#dag g.n'),"
+            " e => e.getAttribute('class').split(' ')[1])];"
+        )
+        assert len(squares) == 13 and squares.count("C") < 13
+        assert sorted(boxes) == sorted(squares)  # one box per state, the same colours
         assert browser.find_element(By.ID, "phase").text == "Running"
         wait_for(lambda: "R" in drawn() and "C" in drawn(), "boxes done and boxes running")
         wait_for(lambda: "R" in classes() and "C" in classes(), "some states done, some running")
