@@ -412,7 +412,6 @@ def test_build_info_is_computed_once_per_process_and_directory(
     """A worker accepting many submissions asks `git` once, not once per manifest."""
     import subprocess
 
-    import mfm_dist.manifest as manifest
 
     calls: list[object] = []
     real_run = subprocess.run
@@ -421,7 +420,7 @@ def test_build_info_is_computed_once_per_process_and_directory(
         calls.append(args)
         return real_run(*args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(manifest.subprocess, "run", counting_run)
+    monkeypatch.setattr(subprocess, "run", counting_run)
     (tmp_path / "uv.lock").write_text("locked\n")
     first = [current_build_info(tmp_path) for _ in range(5)]
     assert len(calls) == 1 and all(b == first[0] for b in first)
