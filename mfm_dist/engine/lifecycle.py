@@ -184,14 +184,15 @@ def labelled_submission(
     )
 
 
-def submitted_as(events: EventStore, run_id: RunId, fingerprint_: str) -> bool:
+def submitted_as(events: EventStore, run_id: RunId, request: SubmissionRecord) -> bool:
     """Whether a keyed submission's run was started already: True if it was, with the same
-    request; `idempotency_conflict` if its `run_submitted` names another request."""
+    request; `idempotency_conflict` if its `run_submitted` names another request (another
+    payload, or other labels or completion callback: `SubmissionRecord.same_request`)."""
     head = events.read_range(run_id, 1, 2)
     if not head:
         return False
     record = submission_of(head)
-    if record is not None and record.fingerprint != fingerprint_:
+    if record is not None and not record.same_request(request):
         raise idempotency_conflict()
     return True
 
