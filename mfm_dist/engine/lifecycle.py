@@ -15,6 +15,7 @@ from mfm_dist.engine.cancellation import CancelRequest, cancelled_error
 from mfm_dist.engine.drafts import failed_drafts, now_millis
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.merge import MergeConflict
+from mfm_dist.engine.progress import RunProgress
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import (
     Corruption,
@@ -313,6 +314,25 @@ def check_states_in_plan(state_ids: Iterable[str | None], position: Container[st
                 f"history names state {state_id}, which the plan does not have",
                 details={"state_id": str(state_id)},
             )
+
+
+def explained(result: RunResult, progress: RunProgress) -> RunResult:
+    """A finished run's result with its failure explained exactly as when it ended: the
+    failed state first in canonical order, else the earliest merge conflict, which
+    `progress` recomputes from the recorded deltas — the history alone cannot say when the
+    `Minimal` profile kept no `context_merge_conflict` event. Other results (and a failure
+    `progress` cannot explain, such as an aborted run's) are returned as they are."""
+    if result.phase != RunPhase.FAILED:
+        return result
+    failed, error = progress.failure()
+    if error is None:
+        return result
+    return result.model_copy(
+        update={
+            "failed_state": progress.state_id(failed) if failed is not None else None,
+            "error": error,
+        }
+    )
 
 
 def result_from_history(

@@ -213,6 +213,22 @@ def test_failed_run_callback_names_the_failed_state_and_code(h: Harness) -> None
     assert error["code"] == "orphan_attempt_recovered"
 
 
+@pytest.mark.parametrize("profile", ["Normal", "Minimal"])
+def test_a_merge_conflict_callback_names_the_conflict_under_every_profile(
+    h: Harness, profile: str
+) -> None:
+    """The `Minimal` profile keeps no `context_merge_conflict` event: the callback's reason
+    is recomputed from the recorded deltas, as `resume` does."""
+    config = {"execution_mode": {"FanOutJoin": {"max_concurrency": 2}}, "event_profile": profile}
+    reply = send(h, "c", op="clash_demo", config=config, on_complete={"task": "d", "queue": "q"})
+    h.drive(reply["run_id"])
+    ((_, _, message, _),) = h.dispatcher.callbacks
+    error = message["error"]
+    assert message["phase"] == "Failed" and message["failed_state"] is None
+    assert isinstance(error, dict) and error["code"] == "context_merge_conflict"
+    assert "clash_demo.main.a and clash_demo.main.b" in error["message"]
+
+
 def test_batch_replies_in_order_and_is_idempotent_per_delivery(h: Harness) -> None:
     requests = [
         {"op": "chain_demo", "input": {"states": 1}},
