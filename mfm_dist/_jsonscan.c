@@ -600,21 +600,22 @@ scan_string(const unsigned char *s, const unsigned char *end, const unsigned cha
             break;
         case SC_CONTROL:
             return B_REJECT;
-        default: {
-            Py_UCS4 cp;
-            int len = utf8_char(s, end, &cp);
-            if (len == 0) {
-                return B_REJECT;
-            }
+        default:
             t |= T_NONASCII;
-            if (*s >= 0xEE) {
-                t |= T_HIGH;
-            }
-            if (cp == 0x130 || cp == 0x212A) {
-                t |= T_LOWERS_TO_ASCII;
-            }
-            s += len;
-        }
+            do { /* a run of non-ASCII characters */
+                Py_UCS4 cp;
+                int len = utf8_char(s, end, &cp);
+                if (len == 0) {
+                    return B_REJECT;
+                }
+                if (*s >= 0xEE) {
+                    t |= T_HIGH;
+                }
+                if (cp == 0x130 || cp == 0x212A) {
+                    t |= T_LOWERS_TO_ASCII;
+                }
+                s += len;
+            } while (s < end && *s >= 0x80);
         }
     }
 }
