@@ -16,6 +16,11 @@
  * maps only 'A'-'Z', U+0130 and U+212A to anything containing ASCII, and `str.split()`
  * splits on Py_UNICODE_ISSPACE. No Python code runs during a walk, so the borrowed
  * references taken from containers stay valid.
+ *
+ * Reads have a second pass, over JSON bytes (`check_bytes`, below the walks): it accepts
+ * exactly the canonical, clean bytes, so that a verified read is one `orjson.loads` and a
+ * check needs no value at all; it too only has to be sound, the reference read deciding
+ * everything it does not accept.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
