@@ -296,11 +296,18 @@ def _parse_canonical_reference(data: bytes, where: str) -> JsonValue:
     except orjson.JSONDecodeError:
         raise Corruption("artifact_json_decode_failed", f"{where} is not valid JSON") from None
     flags = _scan(value, True)
-    if flags & _DIRTY:
-        _read_checks_reference(value, where)
-        encoded = _jcs_reference(value)
-    else:
-        encoded = _encode_clean(value, flags)
+    try:
+        if flags & _DIRTY:
+            _read_checks_reference(value, where)
+            encoded = _jcs_reference(value)
+        else:
+            encoded = _encode_clean(value, flags)
+    except RecursionError:
+        # Deeper than the encoder's stack allows (nothing we write nests beyond
+        # MAX_JSON_DEPTH): a structured error, never a crash.
+        raise Corruption(
+            "artifact_json_decode_failed", f"{where} nests too deeply to be read"
+        ) from None
     if encoded != data:
         raise Corruption("artifact_not_canonical", f"{where} bytes are not canonical JSON")
     return value

@@ -1109,3 +1109,15 @@ def test_byte_reads_of_large_documents_in_threads() -> None:
     with ThreadPoolExecutor(4) as pool:
         for _ in range(3):
             assert list(pool.map(scan_module.check_bytes, variants)) == expected
+
+
+@pytest.mark.parametrize("depth", [1000, 1023, 1030, 5000])
+def test_a_read_too_deep_to_decode_is_a_structured_error_not_a_crash(depth: int) -> None:
+    """Nothing we write nests beyond MAX_JSON_DEPTH; stored bytes nested deeper than the
+    decoder or the reference encoder can walk are `artifact_json_decode_failed`, never a
+    RecursionError."""
+    for data in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"0" + b"}" * depth):
+        for read in (parse_canonical, check_canonical_bytes):
+            with pytest.raises(Corruption) as info:
+                read(data)
+            assert info.value.code == "artifact_json_decode_failed"
