@@ -12,3 +12,7 @@ def scan(value: Any, secrets: bool, /) -> int:
 
 def find_secret(value: Any, /) -> int:
     """0 no secret-shaped key or string; 1 one found; 2 undecided (ask the Python reference)."""
+def check_bytes(data: bytes, /) -> int:
+    """0 canonical JSON, clean for a read; 1 not canonical (or not JSON, or a non-integer or
+    out-of-range number); 2 a secret-shaped key or string; 3 nested deeper than the limit.
+    Anything but 0: ask the reference read."""

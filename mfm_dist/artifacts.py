@@ -6,6 +6,7 @@ Specified in docs/canonical-json.md and docs/storage.md.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from enum import Enum
 from typing import Annotated
 
@@ -99,6 +100,16 @@ class ArtifactStore(ABC):
         """The bytes `put_keyed` stored (`NotFound` when absent). Not hash-verified: the
         caller verifies what it builds from them."""
         return self._get_raw(ArtifactId(key))
+
+    def peek_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """What a fast tier in front of the durable store holds for `keys` (ids or keyed
+        records), in one round trip; keys it lacks are absent from the answer. It never reads
+        the durable store, so a miss only means "ask `get`". Not verified: the caller checks
+        what it uses. A store with no such tier holds nothing (a wrapper asks its store)."""
+        inner = getattr(self, "inner", None)
+        if isinstance(inner, ArtifactStore):
+            return inner.peek_many(keys)
+        return {}
 
     @abstractmethod
     def exists(self, artifact_id: str) -> bool: ...

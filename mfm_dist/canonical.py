@@ -12,9 +12,15 @@ sorted keys, which for such values is byte-identical to RFC 8785 (property-teste
 against the reference `rfc8785` package in tests/engine/test_canonical.py). Whatever the
 compiled pass cannot clear — a float, a secret, a subclass, a key beyond U+FFFF,
 any problem at all — goes to the exact pure-Python reference below, which also
-chooses every error code and message. A read re-encodes the parsed value and
-compares bytes. Without a C compiler the package installs without the compiled
-pass and every value takes the reference path (same results, slower).
+chooses every error code and message.
+
+A read (`parse_canonical`, and `check_canonical_bytes` where the value is not needed)
+runs a second compiled pass, over the bytes: it accepts exactly the canonical, clean
+ones (the tests hold it to the reference on random and mutated bytes), which then need
+only `orjson.loads`; anything else goes to the reference read, which decodes, checks the
+value and compares its re-encoding with the bytes. Without a C compiler the package
+installs without the compiled passes and every value takes the reference path (same
+results, slower).
 """
 
 from __future__ import annotations
@@ -254,18 +260,54 @@ def artifact_id_of_json(value: JsonValue, where: str = "value") -> ArtifactId:
 
 
 def parse_canonical(data: bytes, where: str = "artifact") -> JsonValue:
-    """Decode JSON artifact bytes, requiring canonical, float-free, secret-free content:
-    one compiled pass over the parsed value, then its re-encoding must equal `data`."""
+    """Decode JSON artifact bytes, requiring canonical, float-free, secret-free content.
+
+    One compiled pass over the bytes (`_jsonscan.check_bytes`) accepts what is exactly
+    canonical and clean, and the value is then a plain `orjson.loads`; whatever it does not
+    accept goes to the reference read (`_parse_canonical_reference`), which picks the
+    error."""
+    if _bytes_accepted(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:  # pragma: no cover - the pass accepts JSON only
+            pass
+    return _parse_canonical_reference(data, where)
+
+
+def check_canonical_bytes(data: bytes, where: str = "artifact") -> None:
+    """What `parse_canonical` checks — same errors, same order — without building the
+    value: for callers that only need to know the stored bytes are valid."""
+    if not _bytes_accepted(data):
+        _parse_canonical_reference(data, where)
+
+
+def _bytes_accepted(data: bytes) -> bool:
+    """The compiled pass over the bytes accepts them (without it: never, the reference
+    decides)."""
+    return _jsonscan is not None and type(data) is bytes and _jsonscan.check_bytes(data) == 0
+
+
+def _parse_canonical_reference(data: bytes, where: str) -> JsonValue:
+    """The read's reference: decode, the read rules (a compiled pass over the value, the
+    Python walk when it does not clear it), then the value's re-encoding must equal
+    `data`."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise Corruption("artifact_json_decode_failed", f"{where} is not valid JSON") from None
     flags = _scan(value, True)
-    if flags & _DIRTY:
-        _read_checks_reference(value, where)
-        encoded = _jcs_reference(value)
-    else:
-        encoded = _encode_clean(value, flags)
+    try:
+        if flags & _DIRTY:
+            _read_checks_reference(value, where)
+            encoded = _jcs_reference(value)
+        else:
+            encoded = _encode_clean(value, flags)
+    except RecursionError:
+        # Deeper than the encoder's stack allows (nothing we write nests beyond
+        # MAX_JSON_DEPTH): a structured error, never a crash.
+        raise Corruption(
+            "artifact_json_decode_failed", f"{where} nests too deeply to be read"
+        ) from None
     if encoded != data:
         raise Corruption("artifact_not_canonical", f"{where} bytes are not canonical JSON")
     return value

@@ -18,8 +18,8 @@ class Duration(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    secs: int = Field(ge=0)
-    nanos: int = Field(default=0, ge=0, lt=1_000_000_000)
+    secs: int = Field(strict=True, ge=0)
+    nanos: int = Field(strict=True, default=0, ge=0, lt=1_000_000_000)
 
     @classmethod
     def from_millis(cls, millis: int) -> Duration:
@@ -69,7 +69,7 @@ def backoff_delay(backoff: FixedBackoff | ExponentialBackoff, attempt: int) -> D
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_attempts: int = Field(default=1, ge=0, le=2**32 - 1)
+    max_attempts: int = Field(strict=True, default=1, ge=0, le=2**32 - 1)
     backoff: Backoff = FixedBackoff(delay=Duration(secs=0))
 
     def allows_retry(self, attempt: int) -> bool:
@@ -98,7 +98,7 @@ EventProfile = Annotated[
 
 class FanOutJoin(TaggedModel):
     TAG_PATH = ("FanOutJoin",)
-    max_concurrency: int = Field(ge=1, le=1_000_000)
+    max_concurrency: int = Field(strict=True, ge=1, le=1_000_000)
 
 
 ExecutionMode = Annotated[

@@ -30,7 +30,7 @@ class RunStarted(TaggedModel):
 class StateEntered(TaggedModel):
     TAG_PATH = ("Kernel", "StateEntered")
     state_id: StateId
-    attempt: int = Field(ge=0)
+    attempt: int = Field(strict=True, ge=0)
     base_snapshot_id: ArtifactId
 
 
@@ -103,11 +103,11 @@ class EventEnvelope(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     run_id: RunId
-    seq: int = Field(ge=1)
-    ts_millis: int = Field(ge=0)
+    seq: int = Field(strict=True, ge=1)
+    ts_millis: int = Field(strict=True, ge=0)
     event: Event
     state_id: StateId | None = None
-    attempt: int | None = Field(default=None, ge=0)
+    attempt: int | None = Field(strict=True, default=None, ge=0)
 
     def to_bytes(self) -> bytes:
         """The canonical persisted form."""
@@ -124,9 +124,9 @@ class EventDraft(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     event: Event
-    ts_millis: int = Field(ge=0)
+    ts_millis: int = Field(strict=True, ge=0)
     state_id: StateId | None = None
-    attempt: int | None = Field(default=None, ge=0)
+    attempt: int | None = Field(strict=True, default=None, ge=0)
 
     def at(self, run_id: RunId, seq: int) -> EventEnvelope:
         return EventEnvelope(

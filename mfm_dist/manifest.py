@@ -13,6 +13,7 @@ The `build` field keeps the reference's field names; for Python they hold:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import subprocess
@@ -85,15 +86,25 @@ def _git_commit(cwd: Path) -> str | None:
 def current_build_info(cwd: Path | None = None, provenance: Provenance | None = None) -> BuildInfo:
     """Provenance of the current process, recorded in every manifest. `provenance` (from
     the settings: `MFM_GIT_COMMIT`, `MFM_ENV_ALLOWLIST`) overrides the commit `git` reports
-    and names the allow-listed variables; without it, `git` is asked and the list is empty."""
-    root = cwd or Path.cwd()
+    and names the allow-listed variables; without it, `git` is asked and the list is empty.
+
+    Computed once per process and directory: a process runs the code it loaded, whatever
+    happens to the checkout later, and a worker accepting thousands of submissions must
+    not start `git` and hash lock files for each."""
     given = provenance if provenance is not None else Provenance()
+    return _build_info(
+        (cwd or Path.cwd()).resolve(), given.git_commit, tuple(sorted(given.env_allowlist))
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _build_info(root: Path, git_commit: str | None, env_allowlist: tuple[str, ...]) -> BuildInfo:
     lock_hash = next((h for name in LOCK_FILES if (h := _file_hash(root / name)) is not None), None)
     return BuildInfo(
-        git_commit=given.git_commit or _git_commit(root),
+        git_commit=git_commit or _git_commit(root),
         cargo_lock_hash=lock_hash,
         flake_lock_hash=_file_hash(root / "flake.lock"),
         rustc_version=f"{platform.python_implementation()} {platform.python_version()}",
         target_triple=f"{platform.machine()}-{platform.system().lower()}",
-        env_allowlist=sorted(given.env_allowlist),
+        env_allowlist=list(env_allowlist),
     )

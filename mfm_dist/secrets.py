@@ -52,9 +52,9 @@ def _looks_like_mnemonic(text: str) -> bool:
 def is_secret_string(text: str) -> bool:
     """True if `text` contains a secret marker or looks like a 12–24 word mnemonic.
 
-    This is the rule's reference definition; the compiled scan (mfm_dist/_jsonscan.c) applies
-    the same rule to whole JSON values, and tests/engine/test_canonical.py holds the two
-    together."""
+    This is the rule's reference definition; the compiled scans (mfm_dist/_jsonscan.c) apply
+    the same rule to whole JSON values and to the keys and strings of JSON bytes, and
+    tests/engine/test_canonical.py holds them together."""
     lowered = text.lower()
     if any(marker in lowered for marker in SECRET_MARKERS):
         return True

@@ -145,6 +145,17 @@ class SubmissionRecord(BaseModel):
     def event(self) -> DomainEvent:
         return DomainEvent(name=RUN_SUBMITTED_EVENT, payload=self.model_dump(mode="json"))
 
+    def same_request(self, other: SubmissionRecord) -> bool:
+        """Whether `other` asks for what this record did: the same op, version, input and
+        config (the fingerprint), key, labels and completion callback. Only the time may
+        differ: labels or a callback that differ are another request, not a repeat."""
+        return (
+            self.fingerprint == other.fingerprint
+            and self.idempotency_key == other.idempotency_key
+            and self.labels == other.labels
+            and self.on_complete == other.on_complete
+        )
+
 
 Outcome = Literal["created", "existing"]
 

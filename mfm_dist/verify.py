@@ -20,7 +20,8 @@ from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mfm_dist.artifacts import ArtifactStore, get_json
+from mfm_dist.artifacts import ArtifactStore
+from mfm_dist.canonical import check_canonical_bytes
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.cancellation import CANCELLED_CODE
 from mfm_dist.engine.history import LOAD_CHUNK, RunHistory, read_chunks
@@ -115,8 +116,8 @@ class _ArtifactChecker:
         try:
             if ref.how == "snapshot":
                 self.snapshots.load(ref.artifact_id)
-            elif ref.how == "json":
-                get_json(self.artifacts, ref.artifact_id, "fact payload")
+            elif ref.how == "json":  # the read's checks, without building the value
+                check_canonical_bytes(self.artifacts.get(ref.artifact_id), "fact payload")
             else:
                 self.artifacts.get(ref.artifact_id)
         except MfmError as exc:

@@ -8,8 +8,11 @@ Per shape, in MB of canonical bytes per second (best of several rounds):
 * `hash`: `artifact_id_of_json(value)` — every check, canonical bytes, SHA-256;
   baselines `rfc8785.dumps` + SHA-256 and `orjson.dumps(OPT_SORT_KEYS)` + SHA-256
   (no checks at all).
-* `read`: `parse_canonical(bytes)` — the verified read of every artifact; baseline a bare
-  `orjson.loads` (no checks, no canonical comparison).
+* `read`: `parse_canonical(bytes)` — the verified read of every artifact, returning the
+  value; baselines a bare `orjson.loads` (no checks, no canonical comparison) and the
+  reference's canonical read `rfc8785.dumps(orjson.loads(bytes)) == bytes` (no rules).
+* `bcheck`: `check_canonical_bytes(bytes)` — the same verified read without the value
+  (what `verify` runs on fact payloads); same baselines.
 * `check`: `check_json(value)` alone.
 
 Every project column is measured for this checkout ("now"), for its pure-Python reference
@@ -151,6 +154,11 @@ def rfc8785_sha(value: Any) -> str:
     return hashlib.sha256(rfc8785.dumps(value)).hexdigest()
 
 
+def rfc8785_read(data: bytes) -> bool:
+    """The reference's canonical read: decode, re-encode with `rfc8785`, compare."""
+    return rfc8785.dumps(orjson.loads(data)) == data
+
+
 def python_only(fn: Callable[[], object]) -> Callable[[], object]:
     """`fn` with the compiled pass switched off: the pure-Python reference path."""
 
@@ -190,30 +198,37 @@ def main() -> None:
             "orjson.loads": partial(orjson.loads, data),
             "hash now": partial(canonical.artifact_id_of_json, value),
             "read now": partial(canonical.parse_canonical, data),
+            "bcheck now": partial(canonical.check_canonical_bytes, data),
             "check now": partial(canonical.check_json, value),
         }
         # Slow group: the reference encoder and the pure-Python paths.
         slow: dict[str, Callable[[], object]] = {
             "rfc8785+sha": partial(rfc8785_sha, value),
+            "rfc8785 read": partial(rfc8785_read, data),
         }
         if before is not None:
             m: Any = before
+            # a revision without the value-free check: its read, value discarded
+            before_check = getattr(m, "check_canonical_bytes", m.parse_canonical)
             slow |= {
                 "hash before": partial(m.artifact_id_of_json, value),
                 "read before": partial(m.parse_canonical, data),
+                "bcheck before": partial(before_check, data),
                 "check before": partial(m.check_json, value),
             }
         if not args.no_python:
             slow |= {
                 "hash py": python_only(partial(canonical.artifact_id_of_json, value)),
                 "read py": python_only(partial(canonical.parse_canonical, data)),
+                "bcheck py": python_only(partial(canonical.check_canonical_bytes, data)),
                 "check py": python_only(partial(canonical.check_json, value)),
             }
         secs = best_seconds(fast, budget) | best_seconds(slow, slow_budget, min_rounds=2)
         for label in ("now", "before", "py"):
             for what, base_ref, base_orj in [
                 ("hash", "rfc8785+sha", "orjson+sha"),
-                ("read", "", "orjson.loads"),
+                ("read", "rfc8785 read", "orjson.loads"),
+                ("bcheck", "rfc8785 read", "orjson.loads"),
                 ("check", "", ""),
             ]:
                 key = f"{what} {label}"
@@ -226,7 +241,8 @@ def main() -> None:
         print(
             f"# {name}: {mb:.2f} MB canonical; rfc8785+sha256 {mb / secs['rfc8785+sha']:.1f} MB/s,"
             f" orjson sorted+sha256 {mb / secs['orjson+sha']:.0f} MB/s,"
-            f" orjson.loads {mb / secs['orjson.loads']:.0f} MB/s",
+            f" orjson.loads {mb / secs['orjson.loads']:.0f} MB/s,"
+            f" rfc8785 read {mb / secs['rfc8785 read']:.1f} MB/s",
             flush=True,
         )
 
@@ -237,8 +253,10 @@ def main() -> None:
         orj = f"{vs_orj:9.2f}" if vs_orj else f"{'':>9}"
         print(f"{name:<22} {what:<6} {label:<7} {mbs:8.1f} {ref} {orj}")
     print()
-    print("× rfc8785: time of rfc8785.dumps+sha256 / time of the project's function (hash only)")
-    print("× orjson: time of orjson sorted+sha256 (hash) or bare orjson.loads (read) / project's")
+    print("× rfc8785: time of rfc8785.dumps+sha256 (hash) or of the rfc8785 read (loads, dumps,")
+    print("  compare: read, bcheck) / time of the project's function")
+    print("× orjson: time of orjson sorted+sha256 (hash) or bare orjson.loads (read, bcheck) /")
+    print("  time of the project's function")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from mfm_dist.engine.lifecycle import (
     CONFLICT_EVENT,
     abort_drafts,
     check_states_in_plan,
+    explained,
     open_in_entry_order,
     result_from_history,
     submission_of,
@@ -798,7 +799,9 @@ class Coordinator:
             return True  # sent already
         if not claim:
             return False  # another coordinator is sending it right now
-        result = result_from_history(run.history, run.progress.plan.position)
+        result = explained(
+            result_from_history(run.history, run.progress.plan.position), run.progress
+        )
         self.dispatcher.send_callback(
             record.on_complete.task,
             record.on_complete.queue,

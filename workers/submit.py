@@ -120,9 +120,6 @@ def accept(
         rid = RunId(run_id_for_delivery(delivery_id))
     else:
         rid = RunId.mint()
-    found = _existing(rt, rid, fp)
-    if found is not None:
-        return found
     record = SubmissionRecord(
         fingerprint=fp,
         idempotency_key=request.idempotency_key,
@@ -130,6 +127,9 @@ def accept(
         on_complete=request.on_complete,
         submitted_ms=now_millis(),
     )
+    found = _existing(rt, rid, record)
+    if found is not None:
+        return found
     manifest_id, initial = stored_and_validated(rt.artifacts, prepared)
     rt.coord.record_plan(str(rid), prepared.plan.fingerprint())
     # The run's timer exists before the run does: whoever dies after `RunStarted`, a control
@@ -147,7 +147,7 @@ def accept(
         )
     except (GuardViolation, ConcurrencyError):
         # A concurrent delivery of the same submission appended `RunStarted` first.
-        found = _existing(rt, rid, fp)
+        found = _existing(rt, rid, record)
         if found is None:
             raise
         return found
@@ -159,9 +159,9 @@ def accept(
     return Accepted(str(rid), "created")
 
 
-def _existing(rt: Runtime, rid: RunId, fp: str) -> Accepted | None:
-    """The run `rid` if it was started already (refusing another payload under its key)."""
-    if not submitted_as(rt.events, rid, fp):
+def _existing(rt: Runtime, rid: RunId, record: SubmissionRecord) -> Accepted | None:
+    """The run `rid` if it was started already (refusing another request under its key)."""
+    if not submitted_as(rt.events, rid, record):
         return None
     if rt.events.head_seq(rid) <= 2:
         # Nothing happened since the start: the first delivery may have died before its

@@ -71,15 +71,15 @@ def accept_locally(
     fp = fingerprint(str(manifest.op_id), manifest.op_version, request.input, request.config)
     rid = RunId(run_id_for_key(request.op, request.idempotency_key))
 
-    if submitted_as(events, rid, fp):
-        return rid, False
-    manifest_id, initial = stored_and_validated(artifacts, prepared)
     record = SubmissionRecord(
         fingerprint=fp,
         idempotency_key=request.idempotency_key,
         labels=request.labels,
         submitted_ms=now_millis(),
     )
+    if submitted_as(events, rid, record):
+        return rid, False
+    manifest_id, initial = stored_and_validated(artifacts, prepared)
     try:
         record_run_start(
             events,
@@ -91,7 +91,7 @@ def accept_locally(
             submission=record,
         )
     except (GuardViolation, ConcurrencyError):
-        if not submitted_as(events, rid, fp):
+        if not submitted_as(events, rid, record):
             raise
         return rid, False
     return rid, True

@@ -15,6 +15,7 @@ from mfm_dist.engine.cancellation import CancelRequest, cancelled_error
 from mfm_dist.engine.drafts import failed_drafts, now_millis
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.merge import MergeConflict
+from mfm_dist.engine.progress import RunProgress
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import (
     Corruption,
@@ -184,14 +185,15 @@ def labelled_submission(
     )
 
 
-def submitted_as(events: EventStore, run_id: RunId, fingerprint_: str) -> bool:
+def submitted_as(events: EventStore, run_id: RunId, request: SubmissionRecord) -> bool:
     """Whether a keyed submission's run was started already: True if it was, with the same
-    request; `idempotency_conflict` if its `run_submitted` names another request."""
+    request; `idempotency_conflict` if its `run_submitted` names another request (another
+    payload, or other labels or completion callback: `SubmissionRecord.same_request`)."""
     head = events.read_range(run_id, 1, 2)
     if not head:
         return False
     record = submission_of(head)
-    if record is not None and record.fingerprint != fingerprint_:
+    if record is not None and not record.same_request(request):
         raise idempotency_conflict()
     return True
 
@@ -312,6 +314,25 @@ def check_states_in_plan(state_ids: Iterable[str | None], position: Container[st
                 f"history names state {state_id}, which the plan does not have",
                 details={"state_id": str(state_id)},
             )
+
+
+def explained(result: RunResult, progress: RunProgress) -> RunResult:
+    """A finished run's result with its failure explained exactly as when it ended: the
+    failed state first in canonical order, else the earliest merge conflict, which
+    `progress` recomputes from the recorded deltas — the history alone cannot say when the
+    `Minimal` profile kept no `context_merge_conflict` event. Other results (and a failure
+    `progress` cannot explain, such as an aborted run's) are returned as they are."""
+    if result.phase != RunPhase.FAILED:
+        return result
+    failed, error = progress.failure()
+    if error is None:
+        return result
+    return result.model_copy(
+        update={
+            "failed_state": progress.state_id(failed) if failed is not None else None,
+            "error": error,
+        }
+    )
 
 
 def result_from_history(

@@ -36,6 +36,7 @@ from mfm_dist.engine.cancellation import (
 from mfm_dist.engine.deadlines import StopSignal
 from mfm_dist.engine.lifecycle import (
     CONFLICT_EVENT,
+    explained,
     load_run,
     record_run_start,
     result_from_history,
@@ -339,16 +340,7 @@ class LocalEngine(ExecutionEngine):
             history, loaded.plan.compiled, run_config, self.snapshots
         )
         if history.completed is not None:
-            result = result_from_history(history)
-            if result.phase == RunPhase.FAILED:  # explain it exactly as `start` did
-                failed, error = progress.failure()
-                result = result.model_copy(
-                    update={
-                        "failed_state": progress.state_id(failed) if failed is not None else None,
-                        "error": error,
-                    }
-                )
-            return result
+            return explained(result_from_history(history), progress)  # as `start` said
         control = _RunControl(run_deadline_ms(history.started_ms, run_config.run_timeout_ms))
         writer = RunWriter(
             self.events, history.run_id, history.head, self.listener, control.cancelled

@@ -183,7 +183,9 @@ class SnapshotStore:
         """Fetch what loading `snapshot_ids` will read — a link record or a full snapshot
         each — with `run_all` (in parallel: the store's latency dominates), so the loads
         that follow, in chain order, rebuild from memory. Faults are left to `load`."""
-        todo = sorted({s for s in snapshot_ids if self._cached(s) is None})
+        wanted = sorted({s for s in snapshot_ids if self._cached(s) is None})
+        found = self.artifacts.peek_many([k for s in wanted for k in (link_key(s), s)])
+        todo = [s for s in wanted if self._take_peeked(s, found) is None]
 
         def fetch(snapshot_id: str) -> None:
             try:
@@ -386,9 +388,46 @@ class SnapshotStore:
         self._remember(snapshot_id, value, len(data), FULL)
         return value, data
 
+    def _take_peeked(
+        self, snapshot_id: str, found: Mapping[str, bytes]
+    ) -> SnapshotLink | tuple[dict[str, JsonValue], bytes] | None:
+        """Keep what the store's fast tier had for the snapshot (`ArtifactStore.peek_many`):
+        its link record (now cached), else its full content if the bytes hash to its id.
+        None: it had neither usable, and the durable store must be read."""
+        record = found.get(link_key(snapshot_id))
+        if record is not None:
+            try:
+                link = decode_link(record, snapshot_id)
+            except MfmError:
+                link = None
+            if link is not None:
+                with self._lock:
+                    self._links.put(snapshot_id, (link, len(record)), len(record))
+                return link
+        data = found.get(snapshot_id)
+        if data is None or artifact_id_of_bytes(data) != snapshot_id:
+            return None
+        try:
+            value = parse_canonical(data, "context snapshot")
+        except MfmError:
+            return None
+        if not isinstance(value, dict):
+            return None
+        self._remember(snapshot_id, value, len(data), FULL)
+        return value, data
+
     def _resolve(self, snapshot_id: str) -> tuple[dict[str, JsonValue], bytes | None]:
-        """Read a snapshot not in the cache: through its link if it has one (falling back
-        to a full copy if the link is broken and one exists), else in full."""
+        """Read a snapshot not in the cache: from the store's fast tier if it holds it in
+        full, else through its link if it has one (falling back to a full copy if the link
+        is broken and one exists), else in full."""
+        with self._lock:
+            linked = self._links.get(snapshot_id) is not None
+        if not linked:
+            peeked = self._take_peeked(
+                snapshot_id, self.artifacts.peek_many([link_key(snapshot_id), snapshot_id])
+            )
+            if isinstance(peeked, tuple):
+                return peeked
         try:
             link = self._link_of(snapshot_id)
             if link is None:

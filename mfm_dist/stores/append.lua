@@ -187,6 +187,10 @@ for i = 1, n do
     if started or seq ~= 1 then
       return {'guard', 'run_started_not_first', tostring(seq), 'RunStarted only at head 0'}
     end
+    if env_state ~= '' or env_attempt ~= '' then
+      return {'guard', 'envelope_attribution_mismatch', tostring(seq),
+        'run-level events carry no state_id/attempt'}
+    end
     started, start_new = true, true
     op_id, started_ms = a1, a2
   elseif not started then
@@ -241,6 +245,10 @@ for i = 1, n do
     end
     open_delta = open_delta - 1
   elseif kind == 'RC' then
+    if env_state ~= '' or env_attempt ~= '' then
+      return {'guard', 'envelope_attribution_mismatch', tostring(seq),
+        'run-level events carry no state_id/attempt'}
+    end
     if tonumber(g[oi] or '0') + open_delta > 0 then
       return {'guard', 'run_completed_with_open_attempt', tostring(seq), 'an attempt is still open'}
     end
@@ -256,6 +264,10 @@ for i = 1, n do
     final_status, ended_ms = a1, a2
   else
     -- Domain event ('D', 'F', 'FM', 'C' or 'L').
+    if env_state == '' and env_attempt ~= '' then
+      return {'guard', 'envelope_attribution_mismatch', tostring(seq),
+        'envelope names an attempt but no state_id'}
+    end
     if env_state ~= '' then
       local open = g[slot[env_state]]
       if open_now and open_now[env_state] ~= nil then

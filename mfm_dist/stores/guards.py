@@ -152,6 +152,7 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
                 raise GuardViolation(
                     "run_started_not_first", "RunStarted only at head 0", seq=env.seq
                 )
+            _check_run_level(env)
             started = True
             changes.started = True
             continue
@@ -198,6 +199,7 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
                 changes.completed_states.add(state)
             open_delta -= 1
         elif isinstance(ev, RunCompleted):
+            _check_run_level(env)
             if view.open_count() + open_delta > 0:
                 raise GuardViolation(
                     "run_completed_with_open_attempt", "an attempt is still open", seq=env.seq
@@ -209,6 +211,10 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
             changes.completed = True
             changes.completed_status = ev.status.value
         elif isinstance(ev, DomainEvent):
+            if env.state_id is None and env.attempt is not None:
+                raise GuardViolation(
+                    "envelope_attribution_mismatch", _ATTEMPT_WITHOUT_STATE, seq=env.seq
+                )
             if env.state_id is not None and (
                 env.attempt is None or open_of(str(env.state_id)) != env.attempt
             ):
@@ -236,6 +242,16 @@ def check_batch(view: GuardView, envelopes: list[EventEnvelope]) -> GuardChanges
                 elif bound != payload_id:
                     raise GuardViolation("fact_conflict", FACT_CONFLICT_MESSAGE, seq=env.seq)
     return changes
+
+
+_RUN_LEVEL_ATTRIBUTED = "run-level events carry no state_id/attempt"
+_ATTEMPT_WITHOUT_STATE = "envelope names an attempt but no state_id"
+
+
+def _check_run_level(env: EventEnvelope) -> None:
+    """`RunStarted` and `RunCompleted` belong to no attempt (docs/events.md#envelopes)."""
+    if env.state_id is not None or env.attempt is not None:
+        raise GuardViolation("envelope_attribution_mismatch", _RUN_LEVEL_ATTRIBUTED, seq=env.seq)
 
 
 def _check_attribution(env: EventEnvelope, state: str, attempt: int) -> None:

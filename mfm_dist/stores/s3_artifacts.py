@@ -9,10 +9,13 @@ Credentials come only from the settings (`S3Credentials`, read from `MFM_S3_ACCE
 the program starts); without them the client is anonymous. A URL carrying user info is
 refused, and URLs are redacted in every error.
 
-Puts are create-only: a `HEAD` first (an existing object is not re-uploaded; its
-size and single-part ETag must match our bytes), then a conditional
-`PUT If-None-Match: *`. If a concurrent writer won (412), its bytes are read back
-and must equal ours, else `Corruption`. Gets are hash-verified by the base class.
+Puts are create-only: a conditional `PUT If-None-Match: *`, one request for a new object
+(the common case: snapshots and facts are new). If the object exists (412: written
+earlier, or a concurrent writer won), it must hold our bytes: its size and single-part
+MD5 ETag from a `HEAD`, or the bytes themselves when the ETag is not a plain MD5, else
+`Corruption`. Objects of `head_first_bytes` (default 64 KiB) or more are `HEAD`ed
+first instead, so an existing large object is never uploaded again. Gets are
+hash-verified by the base class.
 Transient faults (connection refused/reset, timeouts, 5xx, throttling) are
 retried with bounded backoff, then `StorageUnavailable` (retryable); the HTTP
 timeouts are short so a dead endpoint is detected in seconds.
@@ -85,6 +88,11 @@ def _simple_etag(etag: str | None) -> str | None:
     return None
 
 
+HEAD_FIRST_BYTES = 64 * 1024
+"""Puts of at least this many bytes ask whether the object exists before uploading it; a
+smaller put is one conditional request (re-sending a few KB costs less than a round trip)."""
+
+
 class S3ArtifactStore(ArtifactStore):
     """Create-only, content-addressed objects in one bucket under one prefix."""
 
@@ -98,8 +106,10 @@ class S3ArtifactStore(ArtifactStore):
         create_bucket: bool = False,
         retries: int = 4,
         backoff_s: float = 0.1,
+        head_first_bytes: int = HEAD_FIRST_BYTES,
     ) -> None:
         self._client = client
+        self._head_first_bytes = head_first_bytes
         self._bucket = bucket
         self._prefix = prefix.strip("/")
         self.url = redact_url(url) if url else f"s3://{bucket}/{self._prefix}"
@@ -121,8 +131,9 @@ class S3ArtifactStore(ArtifactStore):
         """Build from `s3://bucket/prefix?endpoint=…&region=…&create_bucket=1`, signing with
         `credentials` (None: anonymous requests).
 
-        `connect_timeout_s`, `read_timeout_s` and `retries` may also be given as query
-        parameters (URL values win), so deployments tune them by configuration.
+        `connect_timeout_s`, `read_timeout_s`, `retries` and `head_first_bytes` may also be
+        given as query parameters (URL values win), so deployments tune them by
+        configuration.
         """
         shown = redact_url(url)
         parts = urlsplit(url)
@@ -138,6 +149,7 @@ class S3ArtifactStore(ArtifactStore):
             connect_timeout_s = float(query.get("connect_timeout_s", connect_timeout_s))
             read_timeout_s = float(query.get("read_timeout_s", read_timeout_s))
             retries = int(query.get("retries", retries))
+            head_first_bytes = int(query.get("head_first_bytes", HEAD_FIRST_BYTES))
         except ValueError:
             raise InvalidInput(
                 "store_url_invalid", f"timeouts and retries must be numbers: {shown}"
@@ -172,6 +184,7 @@ class S3ArtifactStore(ArtifactStore):
             url=url,
             create_bucket=_truthy(query.get("create_bucket", "0")),
             retries=retries,
+            head_first_bytes=head_first_bytes,
         )
 
     @property
@@ -304,10 +317,11 @@ class S3ArtifactStore(ArtifactStore):
 
     def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         aid = str(artifact_id)
-        info = self._stat(aid)
-        if info is not None:
-            self._check_existing(aid, info, data)
-            return aid
+        if len(data) >= self._head_first_bytes:
+            info = self._stat(aid)
+            if info is not None:
+                self._check_existing(aid, info, data)
+                return aid
         headers: dict[str, str | list[str] | tuple[str]] = {
             "Content-Type": "application/octet-stream",
             KIND_METADATA: quote(kind_label(kind), safe=":"),
@@ -322,9 +336,17 @@ class S3ArtifactStore(ArtifactStore):
         except S3Error as exc:
             if exc.code not in _EXISTS_CODES:
                 raise self._failed("put", exc) from None
-            if self._read(aid) != data:
-                raise self._mismatch(aid) from None
+            self._require_ours(aid, data)
         return aid
+
+    def _require_ours(self, artifact_id: str, data: bytes) -> None:
+        """The object a conditional put found must hold `data`: checked by size and MD5
+        ETag when the server gives a plain one, else by reading it back."""
+        info = self._stat(artifact_id)
+        if info is not None and _simple_etag(getattr(info, "etag", None)) is not None:
+            self._check_existing(artifact_id, info, data)
+        elif self._read(artifact_id) != data:
+            raise self._mismatch(artifact_id)
 
     def _get_raw(self, artifact_id: ArtifactId) -> bytes:
         return self._read(str(artifact_id))

@@ -220,6 +220,30 @@ GUARD_CASES: list[tuple[str, list[EventDraft], list[EventDraft], str]] = [
         "envelope_attribution_mismatch",
     ),
     (
+        "run_started_attributed",
+        [],
+        [d_started().model_copy(update={"state_id": A, "attempt": 0})],
+        "envelope_attribution_mismatch",
+    ),
+    (
+        "run_started_with_attempt_only",
+        [],
+        [d_started().model_copy(update={"attempt": 0})],
+        "envelope_attribution_mismatch",
+    ),
+    (
+        "run_completed_attributed",
+        [d_started()],
+        [d_run_completed().model_copy(update={"state_id": A})],
+        "envelope_attribution_mismatch",
+    ),
+    (
+        "domain_attempt_without_state",
+        [d_started(), d_entered(A, 0)],
+        [d_domain(None, 0)],
+        "envelope_attribution_mismatch",
+    ),
+    (
         "domain_state_without_attempt",
         [d_started()],
         [d_domain(A, None)],

@@ -18,7 +18,7 @@ from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.snapshot_links import link_key
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import MfmError
-from mfm_dist.ids import RunId
+from mfm_dist.ids import ArtifactId, RunId
 from mfm_dist.operations import OperationRegistry
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.verify import verify_run
@@ -133,4 +133,48 @@ def test_the_redis_cache_serves_link_records_and_their_hash_check_still_holds(
     with pytest.raises(MfmError) as info:
         SnapshotStore(cached).load(sid)
     assert info.value.code == "artifact_content_address_mismatch"
+    client.close()
+
+
+class CountingReads(FileArtifactStore):
+    """A file store that counts durable reads (hits and 404s alike)."""
+
+    reads = 0
+
+    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+        self.reads += 1
+        return super()._get_raw(artifact_id)
+
+
+def test_a_join_reads_its_members_snapshots_from_the_cache_without_a_durable_request(
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """What a join does with 40 member snapshots (full ones, and links to a shared base):
+    one `MGET` per chunk, no S3 read and no 404 for the link of a full snapshot. A poisoned
+    cache entry is not used: the durable copy is read instead."""
+    client = redis_client(redis_url)
+    inner = CountingReads(tmp_path / "art")
+    writer = SnapshotStore(RedisCachedArtifacts(inner, client, ttl_s=60))
+    base: dict[str, JsonValue] = {"k": "v" * 2000}
+    base_id = writer.save(base)
+    members: dict[str, dict[str, JsonValue]] = {}
+    for i in range(20):
+        small: dict[str, JsonValue] = {"item": i}
+        members[str(writer.save(small))] = small
+        grown: dict[str, JsonValue] = {**base, "item": i}
+        members[str(writer.save_derived(base_id, base, compute_delta(base, grown), grown))] = grown
+    assert sum(1 for s in members if inner.exists(link_key(s))) == 20
+
+    inner.reads = 0
+    reader = SnapshotStore(RedisCachedArtifacts(inner, client, ttl_s=60))
+    reader.prefetch(members, lambda fn, ids: list(map(fn, ids)))
+    assert {s: reader.load(s) for s in members} == members
+    assert inner.reads == 0
+
+    poisoned = next(s for s in members if not inner.exists(link_key(s)))
+    client.set(f"mfm:art:{poisoned}", canonical_bytes({"item": -1}))
+    cold = SnapshotStore(RedisCachedArtifacts(inner, client, ttl_s=60))
+    assert cold.load(poisoned) == members[poisoned]
+    assert inner.reads >= 1
     client.close()

@@ -92,6 +92,26 @@ def test_same_key_twice_is_one_run_and_a_different_payload_is_a_conflict(h: Harn
     assert len(list(h.rt.events.list_runs())) == 2
 
 
+def test_same_key_with_other_labels_or_callback_is_a_conflict_not_a_silent_repeat(
+    h: Harness,
+) -> None:
+    """Labels and `on_complete` are part of the request: a repeat that changes them would
+    otherwise be told `existing` while its labels and callback are silently dropped."""
+    callback = {"task": "orders.done", "queue": "orders"}
+    first = send(h, "t1", **OK, idempotency_key="k", labels={"team": "a"}, on_complete=callback)
+    same = send(h, "t2", **OK, idempotency_key="k", labels={"team": "a"}, on_complete=callback)
+    assert same == {"run_id": first["run_id"], "outcome": "existing"}
+    for delivery, changed in [
+        ("t3", {"labels": {"team": "b"}, "on_complete": callback}),
+        ("t4", {"labels": {}, "on_complete": callback}),
+        ("t5", {"labels": {"team": "a"}, "on_complete": {**callback, "queue": "other"}}),
+        ("t6", {"labels": {"team": "a"}}),
+    ]:
+        reply = send(h, delivery, **OK, idempotency_key="k", **changed)
+        assert reply["error"]["code"] == "idempotency_conflict", delivery
+    assert len(list(h.rt.events.list_runs())) == 1
+
+
 def test_key_survives_the_end_of_the_run_and_any_dedup_window(h: Harness) -> None:
     first = send(h, "t1", **OK, idempotency_key="k")
     h.drive(first["run_id"])
@@ -191,6 +211,22 @@ def test_failed_run_callback_names_the_failed_state_and_code(h: Harness) -> None
     assert isinstance(failed_state, str) and isinstance(error, dict)
     assert message["phase"] == "Failed" and failed_state.endswith(".bad")
     assert error["code"] == "orphan_attempt_recovered"
+
+
+@pytest.mark.parametrize("profile", ["Normal", "Minimal"])
+def test_a_merge_conflict_callback_names_the_conflict_under_every_profile(
+    h: Harness, profile: str
+) -> None:
+    """The `Minimal` profile keeps no `context_merge_conflict` event: the callback's reason
+    is recomputed from the recorded deltas, as `resume` does."""
+    config = {"execution_mode": {"FanOutJoin": {"max_concurrency": 2}}, "event_profile": profile}
+    reply = send(h, "c", op="clash_demo", config=config, on_complete={"task": "d", "queue": "q"})
+    h.drive(reply["run_id"])
+    ((_, _, message, _),) = h.dispatcher.callbacks
+    error = message["error"]
+    assert message["phase"] == "Failed" and message["failed_state"] is None
+    assert isinstance(error, dict) and error["code"] == "context_merge_conflict"
+    assert "clash_demo.main.a and clash_demo.main.b" in error["message"]
 
 
 def test_batch_replies_in_order_and_is_idempotent_per_delivery(h: Harness) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
+import re
 import uuid
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from typing import TypeAlias, TypeGuard
@@ -27,6 +29,7 @@ from mfm_dist.canonical import (
     artifact_id_of_json,
     canonical_bytes,
     canonical_copy,
+    check_canonical_bytes,
     check_json,
     parse_canonical,
 )
@@ -648,3 +651,473 @@ def test_context_set_checks_and_copies_once() -> None:
         with pytest.raises(error):
             ctx.set("w", bad)
     assert "w" not in ctx
+
+
+# --- Verified reads on bytes (`_jsonscan.check_bytes`) against the reference read -----------
+#
+# `parse_canonical` and `check_canonical_bytes` accept bytes the compiled pass over the bytes
+# accepts (then `orjson.loads` for the value) and hand everything else to the reference read
+# (decode, the read rules, re-encode and compare). The pass must accept exactly what the read
+# rules accept — canonical RFC 8785 bytes, integers within range, no secret-shaped key or
+# string — and the results (values, codes, messages) must be those of the reference. The
+# reference here is spelled out independently: `orjson.loads`, `is_secret_string` over every
+# key and string, the range rule, then `rfc8785.dumps` must give back the bytes.
+
+B_CANONICAL, B_REJECT, B_SECRET, B_DEEP = 0, 1, 2, 3
+
+
+def read_rules_code(data: bytes) -> str | None:
+    """The read rules from their definitions (docs/canonical-json.md#verified-reads): the
+    error code for `data`, None when it is accepted."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return "artifact_json_decode_failed"
+    if any(is_secret_string(s) for s in secrets_module.iter_strings(value)):
+        return "secrets_detected"
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) or (
+            type(item) is int and abs(item) > canonical_module.MAX_SAFE_INTEGER
+        ):
+            return "artifact_float_not_allowed"
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None if rfc8785.dumps(value) == data else "artifact_not_canonical"
+
+
+def code_of(result: tuple[str, object]) -> str | None:
+    if result[0] == "ok":
+        return None
+    detail = result[1]
+    assert isinstance(detail, tuple)
+    return str(detail[1])
+
+
+def assert_reads_agree(data: bytes) -> tuple[int, str | None]:
+    """`parse_canonical` and `check_canonical_bytes` with the compiled passes and without
+    them give the same results; the bytes pass's verdict and the code are the rules'."""
+    assert scan_module is not None
+    fast = outcome(partial(parse_canonical, data, "doc"))
+    fast_check = outcome(partial(check_canonical_bytes, data, "doc"))
+    with python_reference_only():
+        slow = outcome(partial(parse_canonical, data, "doc"))
+        slow_check = outcome(partial(check_canonical_bytes, data, "doc"))
+    assert fast == slow, data
+    assert fast_check == slow_check == ((fast[0], None) if fast[0] == "ok" else fast), data
+    verdict = scan_module.check_bytes(data)
+    code = code_of(fast)
+    assert code == read_rules_code(data), data
+    if verdict != B_DEEP:  # nesting beyond the rule's limit: the reference read decides
+        assert (verdict == B_CANONICAL) == (code is None), (data, verdict)
+    if verdict == B_SECRET:
+        assert code in ("secrets_detected", "artifact_json_decode_failed"), data
+    if fast[0] == "ok":
+        assert fast[1] == orjson.loads(data)
+    return verdict, code
+
+
+# Characters for keys and strings: every escape JCS writes (short forms, \u00xx), the ones it
+# does not ('/', U+007F, U+2028), characters on both sides of the UTF-8/UTF-16 order split
+# (U+D7FF, U+E000-U+FFFF, beyond U+FFFF), and the two whose lowercase form holds ASCII.
+_TRICKY = [chr(c) for c in range(0x20)] + [
+    " ", '"', "\\", "/", "/", "A", "Z", "a", "z", "~", "\x7f", "\x80", "\u00e9", "\u0130",
+    "\u212a", "\u2028", "\ud7ff", "\ue000", "\ufb01", "\uffff", "\U00010000", "\U0001f600",
+    "\U0010ffff", "ab", "key", "id", "x",
+]
+
+
+def doc_text(rng: random.Random) -> str:
+    if rng.random() < 0.03:
+        return random_text(rng)  # secret-shaped, mnemonic-like and surrogate-holding texts
+    return "".join(rng.choice(_TRICKY) for _ in range(rng.randint(0, 4)))
+
+
+def doc_value(rng: random.Random, depth: int = 0) -> Json:
+    pick = rng.random()
+    if depth > 3 or pick < 0.35:
+        return rng.choice([
+            None, True, False, 0, -1, 7, 10, 2**53 - 1, -(2**53 - 1), 2**53 - 10,
+            rng.randint(-(2**53) + 1, 2**53 - 1), rng.randint(-1000, 1000), doc_text(rng),
+        ])
+    n = rng.randint(0, 4)
+    if pick < 0.6:
+        return [doc_value(rng, depth + 1) for _ in range(n)]
+    return {doc_text(rng): doc_value(rng, depth + 1) for _ in range(n)}
+
+
+def shuffled(value: Json, rng: random.Random) -> Json:
+    """The same value with every object's keys in a random insertion order."""
+    if isinstance(value, dict):
+        items = list(value.items())
+        rng.shuffle(items)
+        return {k: shuffled(v, rng) for k, v in items}
+    if isinstance(value, list):
+        return [shuffled(v, rng) for v in value]
+    return value
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NUMBER = re.compile(rb"-?[0-9]+")
+_OBJECT_START = re.compile(rb'\{("(?:[^"\\]|\\.)*"):', re.DOTALL)
+_NUMBER_FORMS = [
+    b"-0", b"0", b"00", b"01", b"-01", b"+1", b"1.0", b"1.5", b"1e2", b"1E2", b"1e0", b"-1e-2",
+    b"0.0", b"-0.0", b"9007199254740991", b"-9007199254740991", b"9007199254740992",
+    b"-9007199254740992", b"18446744073709551616", b"99999999999999999999", b"1e400", b"-",
+    b"1.", b".5", b"Infinity", b"NaN",
+]
+_BAD_UTF8 = [
+    b"\x80", b"\xbf", b"\xc0\xaf", b"\xc1\xbf", b"\xc2", b"\xe0\x80\xaf", b"\xe0\x9f\xbf",
+    b"\xe2\x82", b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xed\xa0\xbd\xed\xb8\x80",
+    b"\xf0\x8f\xbf\xbf", b"\xf0\x9f\x98", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xfe",
+    b"\xff",
+]
+_SURROGATE_ESCAPES = [b"\\ud800", b"\\udfff", b"\\uDBFF", b"\\ud83d\\ude00", b"\\ud800\\u0041"]
+_SECRET_BYTES = [
+    b"password", b"PassWord", b"api_\xe2\x84\xaaey", b"pr\xc4\xb0vate_key", b"Bearer ",
+    b"bearer", b"\\bearer ", b"\\u0050assword", b"x-api-key", b"seed phrase",
+    b" abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon",
+]
+_NOISE = b'{}[]:,"\\0123456789-+.eEtrufalsn \n\tu'
+
+
+_CHARACTER = re.compile(rb"\\u[0-9a-fA-F]{4}|\\.|[\x00-\x7f]|[\xc0-\xff][\x80-\xbf]*|[\x80-\xbf]",
+                        re.DOTALL)
+_SHORT_FORMS = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"',
+                "\\": "\\\\"}
+
+
+def escape_one(rng: random.Random, text: bytes) -> bytes:
+    """A string token with one character written otherwise: \\u0041 for A, \\u000a for
+    \\n, uppercase hex, \\/, \\u escapes (surrogate pairs beyond U+FFFF) of non-ASCII
+    text, a raw control character, or the canonical spelling again."""
+    body = text[1:-1]
+    spans = list(_CHARACTER.finditer(body))
+    if not spans:
+        return b'"\\u0041"'
+    m = rng.choice(spans)
+    try:
+        char = orjson.loads(b'"' + m.group() + b'"')
+    except orjson.JSONDecodeError:  # an earlier mutation broke it
+        return text
+    units = char.encode("utf-16-be", "surrogatepass")
+    escaped = "".join(f"\\u{units[k:k + 2].hex()}" for k in range(0, len(units), 2))
+    spellings = [escaped, escaped.upper().replace("\\U", "\\u"), orjson.dumps(char)[1:-1].decode()]
+    spellings += [_SHORT_FORMS.get(char, char), "\\/" if char == "/" else char]
+    written = rng.choice(spellings).encode("utf-8", "surrogatepass")
+    return b'"' + body[: m.start()] + written + body[m.end() :] + b'"'
+
+
+def mutate(rng: random.Random, data: bytes, value: Json) -> bytes:
+    """One random change of canonical bytes, mostly one of the ways bytes can be almost
+    canonical."""
+    pos = rng.randrange(len(data) + 1)
+    strings = list(_STRING.finditer(data))
+    kind = rng.randrange(12)
+    if kind == 0:  # insignificant (or, inside a string, significant) whitespace
+        return data[:pos] + rng.choice([b" ", b"\n", b"\t", b"\r", b"  "]) + data[pos:]
+    if kind == 1:  # key order: insertion order, or code point order (orjson's)
+        if rng.random() < 0.5:
+            return orjson.dumps(shuffled(value, rng))
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    if kind == 2 and strings:  # an escape JCS does not write
+        m = rng.choice(strings)
+        return data[: m.start()] + escape_one(rng, m.group()) + data[m.end() :]
+    if kind == 3:  # a number written otherwise
+        numbers = list(_NUMBER.finditer(data))
+        if numbers:
+            m = rng.choice(numbers)
+            form = rng.choice([*_NUMBER_FORMS, m.group() + b".0", b"0" + m.group(),
+                               b"-" + m.group(), m.group() + b"e0", m.group() + b"0"])
+            return data[: m.start()] + form + data[m.end() :]
+    if kind == 4:  # a duplicate key
+        objects = list(_OBJECT_START.finditer(data))
+        if objects:
+            m = rng.choice(objects)
+            dup = m.group(1) + b":" + rng.choice([b"0", b"null", b'"x"', b"[]"]) + b","
+            at = m.start() + 1
+            return data[:at] + dup + data[at:]
+    if kind == 5:  # invalid UTF-8, or a multi-byte character cut short
+        high = [i for i, b in enumerate(data) if b >= 0xC0]
+        if high and rng.random() < 0.3:
+            i = rng.choice(high)
+            return data[: i + 1] + data[i + 2 :]
+        return data[:pos] + rng.choice(_BAD_UTF8) + data[pos:]
+    if kind == 6 and strings:  # a surrogate escape inside a string
+        m = rng.choice(strings)
+        at = rng.randrange(m.start() + 1, m.end())
+        if data[at - 1 : at] == b"\\":
+            at -= 1
+        return data[:at] + rng.choice(_SURROGATE_ESCAPES) + data[at:]
+    if kind == 7 and strings:  # secret-shaped text inside a string or key
+        m = rng.choice(strings)
+        at = rng.randrange(m.start() + 1, m.end())
+        if data[at - 1 : at] == b"\\":
+            at -= 1
+        return data[:at] + rng.choice(_SECRET_BYTES) + data[at:]
+    if kind == 8 and strings:  # other plain text inside a string: still canonical?
+        m = rng.choice(strings)
+        at = rng.randrange(m.start() + 1, m.end())
+        if data[at - 1 : at] == b"\\":
+            at -= 1
+        plain = rng.choice([b"a", b"~", b"\x7f", b"\xc3\xa9", b"\xee\x80\x80"])
+        return data[:at] + plain + data[at:]
+    if kind == 9 and data:  # a byte removed, doubled or replaced
+        i = rng.randrange(len(data))
+        how = rng.randrange(3)
+        if how == 0:
+            return data[:i] + data[i + 1 :]
+        if how == 1:
+            return data[: i + 1] + data[i:]
+        return data[:i] + bytes([rng.choice(_NOISE)]) + data[i + 1 :]
+    if kind == 10:  # cut short, or something after the value
+        if rng.random() < 0.5:
+            return data[:pos]
+        return data + rng.choice([b"", b" ", b"\n", b"0", b",1", b"]", b"}", b"\x00"])
+    return data[:pos] + bytes([rng.choice(_NOISE)]) + data[pos:]
+
+
+@needs_compiled
+def test_byte_reads_agree_with_the_reference_on_mutated_bytes() -> None:
+    rng = random.Random(8785_10)
+    seen: dict[object, int] = {}
+    for i in range(16_000):
+        value = doc_value(rng)
+        try:
+            data = rfc8785.dumps(value)  # canonical, secret-shaped or not
+        except (rfc8785.CanonicalizationError, UnicodeEncodeError):
+            continue  # a lone surrogate: no bytes to start from
+        for _ in range(1 if i % 4 == 0 else rng.randint(1, 2)):
+            if i % 4:
+                data = mutate(rng, data, value)
+        verdict, code = assert_reads_agree(data)
+        seen[code] = seen.get(code, 0) + 1
+        seen[verdict] = seen.get(verdict, 0) + 1
+    # Every outcome is exercised, and many mutants stay canonical.
+    for code in (None, "artifact_json_decode_failed", "secrets_detected",
+                 "artifact_float_not_allowed", "artifact_not_canonical"):
+        assert seen.get(code, 0) > 300, seen
+    assert seen.get(B_SECRET, 0) > 300, seen
+
+
+@needs_compiled
+def test_byte_reads_of_random_canonical_values() -> None:
+    """Canonical bytes of random values (the compiled pass's generator: secrets, mnemonics,
+    every whitespace, astral keys) are accepted exactly when no key or string is
+    secret-shaped and every integer is in range."""
+    rng = random.Random(14)
+    accepted = 0
+    for _ in range(8_000):
+        value = random_value(rng, exotic=False)
+        assert exact_json(value)
+        try:
+            data = rfc8785.dumps(value)
+        except (rfc8785.CanonicalizationError, UnicodeEncodeError):
+            continue
+        verdict, code = assert_reads_agree(data)
+        accepted += verdict == B_CANONICAL
+        assert code in (None, "secrets_detected", "artifact_float_not_allowed"), data
+    assert accepted > 2_000
+
+
+@needs_compiled
+def test_byte_secret_rule_is_is_secret_string() -> None:
+    """The secret rule on a string's raw bytes (escapes, non-ASCII, U+0130, U+212A) is
+    `is_secret_string` of the decoded text, as a value and as a key."""
+    assert scan_module is not None
+    rng = random.Random(15)
+    texts = [random_text(rng) for _ in range(30_000)]
+    texts += ["".join(rng.choice(_TRICKY + list(_PIECES)) for _ in range(rng.randint(1, 8)))
+              for _ in range(10_000)]
+    texts += ["\bearer x", "\x08earer ", "\npassword", "pass\nword", "\\password", "x\x00api_key",
+              "\t".join(["abandon"] * 12), "\x1c".join(["zoo"] * 12) + "\x1f",
+              "\x0b".join(["zoo"] * 12), "\x00".join(["zoo"] * 12), "\u2028".join(["ab"] * 12),
+              "\x85".join(["ab"] * 12), "api_\u212aey", "API_\u212aEY\n", "pr\u0130vate_key",
+              "\u0130d_token", "\u212a" * 3, "a\u0130d_token"]
+    secret = 0
+    for text in texts:
+        try:
+            as_value, as_key = rfc8785.dumps([text]), rfc8785.dumps({text: 1})
+        except (rfc8785.CanonicalizationError, UnicodeEncodeError):
+            continue  # a lone surrogate
+        expected = B_SECRET if is_secret_string(text) else B_CANONICAL
+        assert scan_module.check_bytes(as_value) == expected, ascii(text)
+        assert scan_module.check_bytes(as_key) == expected, ascii(text)
+        secret += expected == B_SECRET
+    assert secret > 5_000
+
+
+@needs_compiled
+def test_byte_key_order_is_utf16_order() -> None:
+    """Keys must ascend by UTF-16 code units: code point order (orjson's) differs once a key
+    holds a character beyond U+FFFF and another one from U+E000 up; escaped control
+    characters sort first; equal keys are duplicates."""
+    assert scan_module is not None
+    rng = random.Random(16)
+    alphabet = ["\x00", "\x1f", "\n", " ", '"', "\\", "a", "\x7f", "\u00e9", "\ud7ff", "\ue000",
+                "\uffff", "\U00010000", "\U0001f600", "\U0010ffff"]
+    differs = 0
+    for _ in range(5_000):
+        keys = {"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3)))
+                for _ in range(rng.randint(2, 5))}
+        value = dict.fromkeys(keys, 0)
+        jcs = rfc8785.dumps(value)
+        assert scan_module.check_bytes(jcs) == B_CANONICAL, jcs
+        by_code_point = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        if by_code_point != jcs:
+            differs += 1
+            assert scan_module.check_bytes(by_code_point) == B_REJECT, by_code_point
+        ordered = sorted(keys, key=lambda k: k.encode("utf-16-be"))
+        first = rfc8785.dumps(ordered[0])
+        assert scan_module.check_bytes(b"{" + first + b":0," + first + b":0}") == B_REJECT
+        if len(ordered) > 1:
+            swapped = b"{" + rfc8785.dumps(ordered[1]) + b":0," + first + b":0}"
+            assert scan_module.check_bytes(swapped) == B_REJECT, swapped
+    assert differs > 100
+
+
+@pytest.mark.parametrize(
+    ("data", "verdict"),
+    [
+        (b'{"a":1}', B_CANONICAL),
+        (b"0", B_CANONICAL),
+        (b"-1", B_CANONICAL),
+        (b'"x"', B_CANONICAL),
+        (b"null", B_CANONICAL),
+        (b"[true,false,null,[],{}]", B_CANONICAL),
+        (b'"\\u001f\\u0000\\b\\f\\n\\r\\t\\"\\\\\x7f\xe2\x80\xa8/"', B_CANONICAL),
+        (b"9007199254740991", B_CANONICAL),
+        (b"-9007199254740991", B_CANONICAL),
+        (b"9007199254740992", B_REJECT),
+        (b"-0", B_REJECT),
+        (b"01", B_REJECT),
+        (b"1.0", B_REJECT),
+        (b"1e2", B_REJECT),
+        (b"", B_REJECT),
+        (b" 1", B_REJECT),
+        (b"1 ", B_REJECT),
+        (b"[1,]", B_REJECT),
+        (b'{"a":1,}', B_REJECT),
+        (b'{"a"}', B_REJECT),
+        (b"nul", B_REJECT),
+        (b"True", B_REJECT),
+        (b'"\\u001F"', B_REJECT),
+        (b'"\\u000a"', B_REJECT),
+        (b'"\\u0041"', B_REJECT),
+        (b'"\\u007f"', B_REJECT),
+        (b'"\\/"', B_REJECT),
+        (b'"\\ud800"', B_REJECT),
+        (b'"\xed\xa0\x80"', B_REJECT),
+        (b'"\xc0\xaf"', B_REJECT),
+        (b'"\xf4\x90\x80\x80"', B_REJECT),
+        (b'"\x1f"', B_REJECT),
+        (b'"abc', B_REJECT),
+        (b'{"b":1,"a":2}', B_REJECT),
+        (b'{"a":1,"a":1}', B_REJECT),
+        (b'{"\xef\xac\x81":1,"\xf0\x90\x80\x80":2}', B_REJECT),
+        (b'{"\xf0\x90\x80\x80":2,"\xef\xac\x81":1}', B_CANONICAL),
+        (b'{"\\n":1,"!":2}', B_CANONICAL),
+        (b'{"!":1,"\\n":2}', B_REJECT),
+        (b'{"Password":1}', B_SECRET),
+        (b'["api_\xe2\x84\xaaey"]', B_SECRET),
+        (b'["pr\xc4\xb0vate_key"]', B_CANONICAL),
+        (b'["\\bearer x"]', B_CANONICAL),
+        (b'["\\nbearer x"]', B_SECRET),
+        (b"[" * 512 + b"]" * 512, B_CANONICAL),
+        (b"[" * 513 + b"]" * 513, B_DEEP),
+    ],
+)
+def test_byte_verdicts(data: bytes, verdict: int) -> None:
+    if scan_module is not None:
+        assert scan_module.check_bytes(data) == verdict
+        assert_reads_agree(data)
+    accepted = verdict in (B_CANONICAL, B_DEEP)
+    assert (outcome(partial(check_canonical_bytes, data))[0] == "ok") is accepted
+
+
+def test_byte_reads_beyond_the_depth_limit_are_the_reference_reads() -> None:
+    """Reads do not refuse nesting by themselves: the bytes pass leaves deep documents to the
+    reference read, which accepts canonical ones and reports the rest as before."""
+    for depth in (510, 511, 512, 513, 514, 600):
+        for inner in (b"", b"1", b'"password"', b"1.5", b" ", b'{"b":1,"a":2}'):
+            data = b"[" * depth + inner + b"]" * depth
+            if scan_module is not None:
+                assert_reads_agree(data)
+            else:
+                check_canonical_bytes(data) if inner in (b"", b"1") else None
+        obj = b'{"a":' * depth + b"0" + b"}" * depth
+        assert parse_canonical(obj) is not None
+        check_canonical_bytes(obj)
+
+
+def test_byte_reads_of_other_buffers_take_the_reference() -> None:
+    """Only `bytes` go through the bytes pass; other buffers get the reference read, as
+    before (a bytearray of canonical bytes compares equal to them)."""
+    assert parse_canonical(bytearray(b'{"a":1}')) == {"a": 1}  # type: ignore[arg-type]
+    check_canonical_bytes(memoryview(b"[1]"))  # type: ignore[arg-type]
+    with pytest.raises(Corruption) as info:
+        check_canonical_bytes(bytearray(b"[1.5]"))  # type: ignore[arg-type]
+    assert info.value.code == "artifact_float_not_allowed"
+    if scan_module is not None:
+        with pytest.raises(TypeError):
+            scan_module.check_bytes(bytearray(b"1"))  # type: ignore[arg-type]
+
+
+def test_check_canonical_bytes_codes() -> None:
+    check_canonical_bytes(b'{"a":1}')
+    for data, code in {
+        b'{"b":1,"a":2}': "artifact_not_canonical",
+        b'{"a": 1}': "artifact_not_canonical",
+        b'{"a":1.5}': "artifact_float_not_allowed",
+        b'{"a":9007199254740992}': "artifact_float_not_allowed",
+        b'{"password":1}': "secrets_detected",
+        b'[1.5, "password"]': "secrets_detected",
+        b"{nope": "artifact_json_decode_failed",
+        b'["\\ud800"]': "artifact_json_decode_failed",
+    }.items():
+        with pytest.raises(Corruption) as info:
+            check_canonical_bytes(data, "fact payload")
+        assert info.value.code == code, data
+        with python_reference_only(), pytest.raises(Corruption) as slow:
+            check_canonical_bytes(data, "fact payload")
+        assert (slow.value.code, slow.value.info.message) == (code, info.value.info.message)
+
+
+@needs_compiled
+def test_byte_reads_of_large_documents_in_threads() -> None:
+    """Long inputs are checked without the GIL: verdicts stay those of the reference, also
+    with several threads checking at once."""
+    assert scan_module is not None
+    rng = random.Random(17)
+    value: dict[str, Json] = {}
+    while len(value) < 360:
+        item: list[Json] = [doc_value(rng) for _ in range(3)]
+        try:
+            rfc8785.dumps(item)
+        except (rfc8785.CanonicalizationError, UnicodeEncodeError):
+            continue  # a lone surrogate
+        if not contains_secret(item):
+            value[f"k{len(value):05d}"] = item
+    data = rfc8785.dumps(value)
+    assert len(data) > 65_536, len(data)
+    variants = [data] + [mutate(rng, data, value) for _ in range(15)]
+    expected = [assert_reads_agree(d)[0] for d in variants]
+    assert expected.count(B_CANONICAL) >= 1 and expected.count(B_REJECT) >= 3
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(scan_module.check_bytes, variants)) == expected
+
+
+@pytest.mark.parametrize("depth", [1000, 1023, 1030, 5000])
+def test_a_read_too_deep_to_decode_is_a_structured_error_not_a_crash(depth: int) -> None:
+    """Nothing we write nests beyond MAX_JSON_DEPTH; stored bytes nested deeper than the
+    decoder or the reference encoder can walk are `artifact_json_decode_failed`, never a
+    RecursionError."""
+    for data in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"0" + b"}" * depth):
+        for read in (parse_canonical, check_canonical_bytes):
+            with pytest.raises(Corruption) as info:
+                read(data)
+            assert info.value.code == "artifact_json_decode_failed"

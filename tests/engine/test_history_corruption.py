@@ -193,3 +193,38 @@ def test_non_canonical_bytes_under_the_right_id_are_rejected() -> None:
         h.engine().resume(run_id)
     assert info.value.code == "artifact_not_canonical"
     assert h.events.read_range(run_id) == envs
+
+
+@pytest.mark.parametrize(
+    ("stored", "code"),
+    [
+        (b'{"answer":42}', None),
+        (b'{"b":1,"a":2}', "artifact_not_canonical"),
+        (b'{"a": 1}', "artifact_not_canonical"),
+        (b'{"a":1.5}', "artifact_float_not_allowed"),
+        (b'{"token":"Bearer abc"}', "secrets_detected"),
+        (b"not json", "artifact_json_decode_failed"),
+    ],
+)
+def test_verify_checks_json_fact_payloads(stored: bytes, code: str | None) -> None:
+    """`verify_run` reads every JSON fact payload the log references with the read's checks
+    (docs/canonical-json.md#verified-reads) and reports the read's code."""
+    from mfm_dist import ArtifactKind
+    from mfm_dist.verify import verify_run
+
+    h, run_id, envs = crashed_run()
+    payload_id = h.artifacts.put(ArtifactKind.FACT_PAYLOAD, stored)
+    fact = envs[0].model_copy(
+        update={
+            "seq": 4,
+            "event": DomainEvent(
+                name="fact_recorded", payload={"key": "k", "payload_id": payload_id, "meta": {}}
+            ),
+        }
+    )
+    h.events.rewrite(run_id, [*envs, fact])  # type: ignore[attr-defined]
+    report = verify_run(h.events, h.artifacts, h.registry, str(run_id))
+    about = [v for v in report.violations if payload_id in v.message]
+    assert [v.code for v in about] == ([code] if code else [])
+    if code:
+        assert about[0].seq == 4

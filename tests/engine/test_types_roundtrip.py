@@ -3,7 +3,9 @@ expected text."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from pydantic import ValidationError
 
 from mfm_dist import (
     BuildInfo,
@@ -257,3 +259,36 @@ def test_error_shapes() -> None:
             }
         }
     }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"seq": "1"}, {"seq": 1.0}, {"seq": True}, {"ts_millis": "5"}, {"attempt": False}],
+    ids=["seq-text", "seq-float", "seq-bool", "ts-text", "attempt-bool"],
+)
+def test_envelope_numbers_are_never_coerced(change: dict[str, object]) -> None:
+    """A persisted envelope whose numbers are text, floats or booleans is not an envelope
+    (it is refused, not silently read as another value)."""
+    valid = {
+        "run_id": "00000000-0000-4000-8000-000000000000",
+        "seq": 1,
+        "ts_millis": 5,
+        "event": {"Kernel": {"RunCompleted": {"status": "Completed", "final_snapshot_id": None}}},
+    }
+    EventEnvelope.model_validate(valid)
+    with pytest.raises(ValidationError):
+        EventEnvelope.model_validate({**valid, **change, "state_id": None})
+    with pytest.raises(ValidationError):
+        EventEnvelope.from_bytes(orjson.dumps({**valid, **change}))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"retry_policy": {"max_attempts": "3", "backoff": {"Fixed": {"secs": 0, "nanos": 0}}}},
+        {"execution_mode": {"FanOutJoin": {"max_concurrency": 2.0}}},
+    ],
+)
+def test_run_config_numbers_are_never_coerced(config: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        RunConfig.model_validate(config)

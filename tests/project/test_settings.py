@@ -7,6 +7,7 @@ cluster commands hand their settings to the cluster code instead of writing `os.
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -403,3 +404,31 @@ def test_cli_cluster_commands_pass_settings_and_leave_os_environ_alone(
     mfm("cancel", run_id, "--cluster", "--no-wait", "--json")
     assert h.dispatcher.advances == [run_id] * 3
     assert h.rt.events.read_range(run_id)[-1].event.__class__.__name__ == "DomainEvent"
+
+
+def test_build_info_is_computed_once_per_process_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker accepting many submissions asks `git` once, not once per manifest."""
+    import subprocess
+
+
+    calls: list[object] = []
+    real_run = subprocess.run
+
+    def counting_run(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return real_run(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "run", counting_run)
+    (tmp_path / "uv.lock").write_text("locked\n")
+    first = [current_build_info(tmp_path) for _ in range(5)]
+    assert len(calls) == 1 and all(b == first[0] for b in first)
+    assert first[0].cargo_lock_hash == hashlib.sha256(b"locked\n").hexdigest()
+    # Another directory, or a commit given by the settings, is its own entry.
+    other = tmp_path / "other"
+    other.mkdir()
+    assert current_build_info(other).cargo_lock_hash is None
+    given = current_build_info(tmp_path, Provenance("d" * 40, ("A", "B")))
+    assert given.git_commit == "d" * 40 and given.env_allowlist == ["A", "B"]
+    assert len(calls) == 2

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -109,22 +109,83 @@ def test_tampered_object_detected(s3_artifacts_url: str, s3_server: S3Server) ->
 def test_lost_race_with_different_bytes_is_corruption(
     s3_artifacts_url: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The create-only PUT loses to a writer whose bytes differ: never silently accepted."""
+    """The create-only PUT loses to a writer whose bytes differ: never silently accepted.
+    A small object is put at once (no HEAD first): the rival writes just before our PUT."""
     store = s3_store(s3_artifacts_url)
     data = b"ours"
+    aid = artifact_id_of_bytes(data)
+    bucket, key = _bucket_and_key(s3_artifacts_url, aid)
+    client = store.raw_client()
+    real_put = client._put_object
+    requests: list[str] = []
+
+    def race_then_put(*args: object, **kwargs: object) -> object:
+        requests.append("put")
+        other = b"theirs!"
+        s3_server.client().put_object(bucket, key, io.BytesIO(other), len(other))
+        return real_put(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client, "_put_object", race_then_put)
+    monkeypatch.setattr(store, "_stat", _counting(store._stat, requests))
+    with pytest.raises(Corruption) as err:
+        store.put(ArtifactKind.OUTPUT, data)
+    assert err.value.code == "artifact_content_address_mismatch"
+    assert requests == ["put", "head"]  # one conditional PUT, then the check of the winner
+
+
+def test_lost_race_on_the_head_first_path_is_corruption(
+    s3_artifacts_url: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large object is HEADed first; a rival that writes between the HEAD and our PUT
+    still makes it `Corruption`."""
+    store = S3ArtifactStore.from_url(
+        s3_artifacts_url + "&head_first_bytes=16", credentials=Settings.from_env().s3
+    )
+    data = b"ours, larger than sixteen bytes"
     aid = artifact_id_of_bytes(data)
     bucket, key = _bucket_and_key(s3_artifacts_url, aid)
     real_stat = store._stat
 
     def stat_then_race(artifact_id: str) -> object | None:
         info = real_stat(artifact_id)
-        other = b"theirs!"
+        other = b"theirs, larger than sixteen bytes!"
         s3_server.client().put_object(bucket, key, io.BytesIO(other), len(other))
         return info
 
     monkeypatch.setattr(store, "_stat", stat_then_race)
     with pytest.raises(Corruption):
         store.put(ArtifactKind.OUTPUT, data)
+
+
+def test_a_small_put_is_one_request_and_a_repeated_one_is_checked_not_uploaded(
+    s3_artifacts_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New small objects cost one PUT (no HEAD); putting them again finds them (412) and
+    checks them with a HEAD; a large existing object is never uploaded again."""
+    store = s3_store(s3_artifacts_url)
+    client = store.raw_client()
+    requests: list[str] = []
+    monkeypatch.setattr(client, "_put_object", _counting(client._put_object, requests, "put"))
+    monkeypatch.setattr(store, "_stat", _counting(store._stat, requests))
+    small = b"a small new object"
+    store.put(ArtifactKind.OUTPUT, small)
+    assert requests == ["put"]
+    store.put(ArtifactKind.OUTPUT, small)
+    assert requests == ["put", "put", "head"]
+    large = b"x" * (64 * 1024)
+    requests.clear()
+    store.put(ArtifactKind.OUTPUT, large)
+    store.put(ArtifactKind.OUTPUT, large)
+    assert requests == ["head", "put", "head"]
+    assert store.get(artifact_id_of_bytes(large)) == large
+
+
+def _counting(fn: Any, log: list[str], name: str = "head") -> Any:
+    def counted(*args: object, **kwargs: object) -> object:
+        log.append(name)
+        return fn(*args, **kwargs)
+
+    return counted
 
 
 def test_create_only_put_under_contention_has_one_winner(

@@ -119,6 +119,20 @@ class PoisonDemo(Operation):
         return graph
 
 
+class ClashDemo(Operation):
+    """`clash_demo` — two unordered states that both write `shared` (a merge conflict when
+    run with fan-out)."""
+
+    op_id = "clash_demo"
+    op_version = "1"
+
+    def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
+        graph = StateGraph()
+        for i, name in enumerate(["a", "b"]):
+            graph.add(f"{op_path}.{name}", _item("shared", i))
+        return graph
+
+
 COUNTED: list[JsonValue] = []
 AFTER_CALL: list[Callable[[], None]] = []
 
@@ -258,6 +272,7 @@ def register_operations(registry: OperationRegistry) -> None:
     registry.register(GatedDemo())
     registry.register(ShapeDemo())
     registry.register(PoisonDemo())
+    registry.register(ClashDemo())
     registry.register(CountedCalls())
     registry.register(HangDemo())
     registry.register(BackoffDemo())
