@@ -33,6 +33,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
 from bench_cluster import bench_cluster, print_rows, raw_round_trip  # noqa: E402
 
+from mfm_dist.stores.redis_keys import META, run_key  # noqa: E402
+
 TIMEOUT_S = 600.0
 SMALL = {"op": "fanout_demo", "input": {"items": 3}}
 FAN4 = {"execution_mode": {"FanOutJoin": {"max_concurrency": 4}}}
@@ -110,7 +112,7 @@ def wait_all(run_ids: list[str]) -> float:
         pipe = rt.redis.pipeline(transaction=False)
         ordered = sorted(left)
         for rid in ordered:
-            pipe.hget(f"mfm:{{{rid}}}:meta", "phase")
+            pipe.hget(run_key(rid, META), "phase")
         for rid, phase in zip(ordered, pipe.execute(), strict=True):
             if phase is not None and phase.decode() != "Running":
                 if phase.decode() != "Completed":

@@ -707,10 +707,12 @@ class Soak:
         """pid → state id of every lease of the run held on this host."""
         import socket
 
+        from mfm_dist.stores.redis_keys import lease_key
+
         out: dict[int, str] = {}
         client = self.rt.redis
         host = socket.gethostname()
-        prefix = f"mfm:{{{run_id}}}:lease:"
+        prefix = lease_key(run_id, "")
         for key in client.scan_iter(match=f"{prefix}*", count=200):
             value = client.get(key)
             if value is None:
@@ -863,7 +865,7 @@ class Soak:
         self.cluster.wait_ready(90)
 
     def _run_count(self) -> int:
-        from mfm_dist.stores.redis_events import RUN_INDEX_KEY
+        from mfm_dist.stores.redis_keys import RUN_INDEX_KEY
 
         for _ in range(50):
             with contextlib.suppress(Exception):

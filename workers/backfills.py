@@ -32,12 +32,12 @@ from mfm_dist.backfill.model import (
     partition_request,
 )
 from mfm_dist.errors import MfmError
-from workers.leases import _POP_DUE, Coordination
+from mfm_dist.stores.redis_keys import BACKFILL_TIMERS_KEY
+from workers.leases import Coordination
 from workers.runtime import Runtime
 
 log = logging.getLogger("mfm.backfill")
 
-BACKFILL_TIMERS_KEY = "mfm:backfill_timers"
 IDLE_S = 30.0
 """The watchdog period of a backfill with nothing in flight (paused): a safety net only;
 `resume`, `cancel` and `retry` make the timer due at once."""
@@ -74,9 +74,7 @@ def scheduled(client: Any, name: str) -> int | None:
 
 def pop_due(client: Any, now_ms: int, rearm_ms: int, limit: int = 100) -> list[str]:
     """Names of due backfills, each re-armed `rearm_ms` later in the same atomic step."""
-    script = client.register_script(_POP_DUE)
-    due = script(keys=[BACKFILL_TIMERS_KEY], args=[now_ms, rearm_ms, limit])
-    return [d.decode() if isinstance(d, bytes) else str(d) for d in due]
+    return Coordination(client).pop_due(now_ms, rearm_ms, limit, timers=BACKFILL_TIMERS_KEY)
 
 
 def unfinished(rt: Runtime) -> list[str]:

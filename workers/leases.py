@@ -54,8 +54,18 @@ import redis
 
 from mfm_dist import metrics
 from mfm_dist.errors import MfmError, StorageError
+from mfm_dist.stores.redis_keys import (
+    DIRTY,
+    LOCK,
+    LOOKED,
+    NOTIFIED,
+    PLAN,
+    RESERVED,
+    TIMERS_KEY,
+    lease_key,
+    run_key,
+)
 
-TIMERS_KEY = "mfm:timers"
 NOTIFIED_TTL_S = 7 * 24 * 3600
 """How long `mfm:{rid}:notified` remembers that a run's callback was sent."""
 
@@ -202,14 +212,6 @@ class Reservation(NamedTuple):
 DELAYED, SENT, CLAIMED = "d", "s", "c"
 
 
-def run_key(run_id: str, part: str) -> str:
-    return f"mfm:{{{run_id}}}:{part}"
-
-
-def lease_key(run_id: str, state_id: str) -> str:
-    return run_key(run_id, f"lease:{state_id}")
-
-
 def lease_holder(value: str) -> str:
     """The `host:pid` part of a lease value `attempt:token:host:pid`."""
     return value.split(":", 2)[2] if value.count(":") >= 2 else ""
@@ -235,15 +237,15 @@ class Coordination:
 
     # -- plan fingerprint -----------------------------------------------------------------------
     def record_plan(self, run_id: str, fingerprint: str) -> None:
-        self.client.set(run_key(run_id, "plan"), fingerprint)
+        self.client.set(run_key(run_id, PLAN), fingerprint)
 
     def recorded_plan(self, run_id: str) -> str | None:
-        value = self.client.get(run_key(run_id, "plan"))
+        value = self.client.get(run_key(run_id, PLAN))
         return None if value is None else value.decode()
 
     def record_plan_if_missing(self, run_id: str, fingerprint: str) -> str:
         """The recorded fingerprint; records `fingerprint` if none was (runs started elsewhere)."""
-        key = run_key(run_id, "plan")
+        key = run_key(run_id, PLAN)
         self.client.set(key, fingerprint, nx=True)
         value = self.client.get(key)
         return fingerprint if value is None else str(value.decode())
@@ -256,7 +258,7 @@ class Coordination:
         before it could let go: its redelivered task must not wait out the TTL). Marks the
         attempt's reservation claimed."""
         value = f"{attempt}:{uuid.uuid4().hex}:{holder_id()}"
-        keys = [lease_key(run_id, state_id), run_key(run_id, "reserved")]
+        keys = [lease_key(run_id, state_id), run_key(run_id, RESERVED)]
         args: list[Any] = [value, ttl_ms, "", state_id, attempt, _now_ms()]
         if self._acquire(keys=keys, args=args):
             return value
@@ -311,7 +313,7 @@ class Coordination:
     def try_lock(self, run_id: str, ttl_ms: int) -> str | None:
         """A token if the caller now holds the run's coordinator lock (taking over the lock
         of a dead process of this host), else None."""
-        key = run_key(run_id, "lock")
+        key = run_key(run_id, LOCK)
         token = f"{uuid.uuid4().hex}:{holder_id()}"
         if self._set_if(keys=[key], args=[token, ttl_ms, ""]):
             return token
@@ -329,27 +331,27 @@ class Coordination:
         """Release the lock (recording the log `head` its holder has seen). Returns 2 when a
         wake-up arrived meanwhile and `go_on`: the lock is kept, look again; 1 when one
         arrived but the lock was released: send one `advance`; 0 otherwise."""
-        keys = [run_key(run_id, "lock"), run_key(run_id, "dirty"), run_key(run_id, "looked")]
+        keys = [run_key(run_id, LOCK), run_key(run_id, DIRTY), run_key(run_id, LOOKED)]
         args = [token, "" if head is None else head, "1" if go_on else "0"]
         return int(self._unlock(keys=keys, args=args))
 
     def looked_head(self, run_id: str) -> int | None:
         """The log head the last coordinator look of the run had seen."""
-        value = self.client.get(run_key(run_id, "looked"))
+        value = self.client.get(run_key(run_id, LOOKED))
         return None if value is None else int(value)
 
     def renew_lock(self, run_id: str, token: str, ttl_ms: int) -> bool:
         """Extend the coordinator lock if `token` still holds it (False: it was lost)."""
-        return bool(self._pexpire(keys=[run_key(run_id, "lock")], args=[token, ttl_ms]))
+        return bool(self._pexpire(keys=[run_key(run_id, LOCK)], args=[token, ttl_ms]))
 
     def mark_dirty(self, run_id: str, ttl_ms: int) -> None:
         """An `advance` found the lock busy: ask the holder for one more round."""
-        self.client.set(run_key(run_id, "dirty"), b"1", px=ttl_ms)
+        self.client.set(run_key(run_id, DIRTY), b"1", px=ttl_ms)
 
     # -- reservations ---------------------------------------------------------------------------
     def reservations(self, run_id: str) -> dict[str, Reservation]:
         """Every reservation of the run (expired ones included: the caller decides)."""
-        raw = self.client.hgetall(run_key(run_id, "reserved"))
+        raw = self.client.hgetall(run_key(run_id, RESERVED))
         return {field.decode(): Reservation.decode(value) for field, value in raw.items()}
 
     def grouped_reservations(self, run_id: str) -> list[tuple[Reservation, list[str]]]:
@@ -357,7 +359,7 @@ class Coordination:
         content as `reservations`, without decoding a wide wave's entries one by one — a
         slice of a wave is reserved with one value, so 100,000 reservations share a few
         hundred values, each decoded once."""
-        raw = self.client.hgetall(run_key(run_id, "reserved"))
+        raw = self.client.hgetall(run_key(run_id, RESERVED))
         groups: dict[bytes, list[bytes]] = {}
         for state_id, value in raw.items():
             group = groups.get(value)
@@ -374,7 +376,7 @@ class Coordination:
         """Record reservations (before the dispatch is sent)."""
         if entries:
             mapping = {s: r.encode() for s, r in entries.items()}
-            self.client.hset(run_key(run_id, "reserved"), mapping=mapping)
+            self.client.hset(run_key(run_id, RESERVED), mapping=mapping)
 
     def replace_reservations(
         self, run_id: str, changes: dict[str, tuple[Reservation, Reservation]]
@@ -386,7 +388,7 @@ class Coordination:
         args: list[str] = []
         for state_id, (old, new) in changes.items():
             args += [state_id, old.encode(), new.encode()]
-        self._replace_reservations(keys=[run_key(run_id, "reserved")], args=args)
+        self._replace_reservations(keys=[run_key(run_id, RESERVED)], args=args)
 
     def release_reservation(self, run_id: str, state_id: str, attempt: int) -> int:
         """The attempt is in the log now: drop its reservation (only if it still names that
@@ -394,7 +396,7 @@ class Coordination:
         coordinator look has seen close yet."""
         return int(
             self._release_reservation(
-                keys=[run_key(run_id, "reserved")], args=[state_id, f"{attempt}:"]
+                keys=[run_key(run_id, RESERVED)], args=[state_id, f"{attempt}:"]
             )
         )
 
@@ -408,7 +410,7 @@ class Coordination:
     def clear_reservations(self, run_id: str, state_ids: Iterable[str]) -> None:
         ids = list(state_ids)
         if ids:
-            self.client.hdel(run_key(run_id, "reserved"), *ids)
+            self.client.hdel(run_key(run_id, RESERVED), *ids)
 
     # -- wake-up timers -------------------------------------------------------------------------
     def schedule(self, run_id: str, due_ms: int) -> None:
@@ -426,10 +428,13 @@ class Coordination:
     def unschedule(self, run_id: str) -> None:
         self.client.zrem(TIMERS_KEY, run_id)
 
-    def pop_due(self, now_ms: int, rearm_ms: int, limit: int = 500) -> list[str]:
+    def pop_due(
+        self, now_ms: int, rearm_ms: int, limit: int = 500, *, timers: str = TIMERS_KEY
+    ) -> list[str]:
         """Run ids whose timer is due; each is re-armed `rearm_ms` later in the same step,
-        so two pollers never both take it and a lost wake-up is repeated."""
-        due = self._pop_due(keys=[TIMERS_KEY], args=[now_ms, rearm_ms, limit])
+        so two pollers never both take it and a lost wake-up is repeated. `timers`: another
+        timer set of the same shape (the backfills')."""
+        due = self._pop_due(keys=[timers], args=[now_ms, rearm_ms, limit])
         return [d.decode() if isinstance(d, bytes) else str(d) for d in due]
 
     # -- completion callbacks -------------------------------------------------------------------
@@ -437,7 +442,7 @@ class Coordination:
         """True: the caller sends the run's callback now. False: someone else is sending it.
         None: it was sent. (A claim expires after `ttl_ms`, so a sender that died is
         replaced; the repeat carries the same task id.)"""
-        key = run_key(run_id, "notified")
+        key = run_key(run_id, NOTIFIED)
         if self.client.set(key, f"sending:{holder_id()}", nx=True, px=ttl_ms):
             return True
         value = self.client.get(key)
@@ -446,16 +451,16 @@ class Coordination:
         return None if value == b"sent" else False
 
     def mark_notified(self, run_id: str) -> None:
-        self.client.set(run_key(run_id, "notified"), b"sent", ex=NOTIFIED_TTL_S)
+        self.client.set(run_key(run_id, NOTIFIED), b"sent", ex=NOTIFIED_TTL_S)
 
     def forget_run(self, run_id: str) -> None:
         """Drop the coordination state of a finished run (the event log stays)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(
-            run_key(run_id, "reserved"),
-            run_key(run_id, "plan"),
-            run_key(run_id, "dirty"),
-            run_key(run_id, "looked"),
+            run_key(run_id, RESERVED),
+            run_key(run_id, PLAN),
+            run_key(run_id, DIRTY),
+            run_key(run_id, LOOKED),
         )
         pipe.zrem(TIMERS_KEY, run_id)
         pipe.execute()

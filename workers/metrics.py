@@ -30,10 +30,11 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from mfm_dist.stores.redis_keys import HOLDERS, run_key
+
 log = logging.getLogger("mfm.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-HOLDERS_PART = "workers"
 HOLDERS_TTL_S = 7 * 24 * 3600
 
 
@@ -196,9 +197,7 @@ def run_finished(history: Any, phase: str, *, cancelled_at_ms: int | None = None
 
 
 def holders_key(run_id: str) -> str:
-    from workers.leases import run_key
-
-    return run_key(run_id, HOLDERS_PART)
+    return run_key(run_id, HOLDERS)
 
 
 def record_holder(rt: Any, run_id: str, state_id: str, attempt: int, lease: str) -> None:

@@ -37,6 +37,7 @@ from mfm_dist.plan import ExecutionPlan, gc_paused
 from mfm_dist.settings import RedisCredentials
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.redis_events import is_auth_failure
+from mfm_dist.stores.redis_keys import artifact_cache_key
 from mfm_dist.stores.urls import open_artifact_store, open_event_store
 from workers.leases import Coordination, LeaseKeeper
 from workers.settings import ClusterSettings
@@ -188,7 +189,7 @@ class RedisCachedArtifacts(ArtifactStore):
 
     @staticmethod
     def _key(artifact_id: str) -> str:
-        return f"mfm:art:{artifact_id}"
+        return artifact_cache_key(artifact_id)
 
     def exists(self, artifact_id: str) -> bool:
         return self.inner.exists(artifact_id)

@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-COUNTS_KEY = "mfm:submissions:counts"
-REJECTED_KEY = "mfm:submissions:rejected"
+from mfm_dist.stores.redis_keys import SUBMISSION_COUNTS_KEY as COUNTS_KEY
+from mfm_dist.stores.redis_keys import SUBMISSION_REJECTED_KEY as REJECTED_KEY
+
 KEEP = 1000
 
 

@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from mfm_dist.results import RunPhase
-from mfm_dist.stores.redis_events import RUN_INDEX_KEY
-from workers.leases import TIMERS_KEY, Coordination, run_key
+from mfm_dist.stores.redis_events import running_run_ids
+from mfm_dist.stores.redis_keys import TIMERS_KEY
+from workers.leases import Coordination
 
 log = logging.getLogger("mfm.timers")
 
@@ -38,24 +38,7 @@ def _now_ms() -> int:
 
 def running_runs(client: Any, page: int = PAGE) -> Iterator[str]:
     """Ids of every RUNNING run in the index, in pages (each run at least once)."""
-    batch: list[str] = []
-    for member in client.zscan_iter(RUN_INDEX_KEY, count=page):
-        raw = member[0] if isinstance(member, tuple) else member
-        batch.append(raw.decode() if isinstance(raw, bytes) else str(raw))
-        if len(batch) >= page:
-            yield from _running(client, batch)
-            batch = []
-    if batch:
-        yield from _running(client, batch)
-
-
-def _running(client: Any, run_ids: list[str]) -> Iterator[str]:
-    pipe = client.pipeline(transaction=False)
-    for rid in run_ids:
-        pipe.hget(run_key(rid, "meta"), "phase")
-    for rid, phase in zip(run_ids, pipe.execute(), strict=True):
-        if phase is not None and phase.decode() == RunPhase.RUNNING.value:
-            yield rid
+    return running_run_ids(client, page)
 
 
 def arm_unscheduled(client: Any, due_ms: int | None = None) -> int:

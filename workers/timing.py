@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-TIMING_KEY = "mfm:timing"
+from mfm_dist.stores.redis_keys import TIMING_KEY
 
 
 class Timings:

@@ -1,6 +1,7 @@
 """Redis Streams event store (docs/storage.md).
 
-Layout (all keys of a run share the hash tag `{<run_id>}`):
+Layout (all keys of a run share the hash tag `{<run_id>}`; the names are built in one place,
+`mfm_dist.stores.redis_keys`):
 
 * `mfm:{rid}:events` — the run's stream; entry id `<seq>-1`, fields `seq` and
   `body` (the canonical envelope without `run_id`/`seq`). Never trimmed or expired.
@@ -64,7 +65,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 from typing import Any, TypeVar
@@ -116,14 +117,21 @@ from mfm_dist.stores.base import (
     submission_labels,
 )
 from mfm_dist.stores.guards import GuardViolation, fact_binding_of
+from mfm_dist.stores.redis_keys import (
+    INDEX_VERSION_KEY,
+    JOURNAL_INDEX_KEY,
+    RUN_IDS_KEY,
+    RUN_INDEX_KEY,
+    event_keys,
+    journal_keys,
+    label_index,
+    op_index,
+    phase_index,
+)
 from mfm_dist.submission import RUN_SUBMITTED_EVENT
 
 T = TypeVar("T")
 
-RUN_INDEX_KEY = b"mfm:runs"
-JOURNAL_INDEX_KEY = b"mfm:journals"
-RUN_IDS_KEY = b"mfm:runs:ids"
-INDEX_VERSION_KEY = b"mfm:runs:index_version"
 INDEX_VERSION = b"1"
 LISTING_PAGE = 500
 Derived = tuple[dict[str, str] | None, int | None]  # (labels, ended_ms) read from a stream
@@ -171,39 +179,14 @@ def _load_script(name: str = "append.lua") -> str:
     return resources.files("mfm_dist.stores").joinpath(name).read_text(encoding="utf-8")
 
 
-def _op_index(op_id: str) -> bytes:
-    return RUN_INDEX_KEY + b":op:" + op_id.encode()
-
-
-def _phase_index(phase: RunPhase) -> bytes:
-    return RUN_INDEX_KEY + b":phase:" + phase.value.encode()
-
-
-def _label_index(key: str, value: str) -> bytes:
-    return RUN_INDEX_KEY + b":label:" + f"{key}={value}".encode()
-
-
 def _labels_json(labels: dict[str, str]) -> bytes:
     return orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)
-
-
-def journal_keys(journal: str) -> list[bytes]:
-    """entries stream, meta hash, batches hash of a journal (one hash tag per journal)."""
-    tag = f"mfm:journal:{{{journal}}}:"
-    return [(tag + part).encode() for part in ("entries", "meta", "batches")]
-
-
-@lru_cache(maxsize=4096)
-def _run_keys(run_id: str) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-    """events, guard, facts, batches, meta of a run (`batches`: earlier versions only)."""
-    tag = f"mfm:{{{run_id}}}:".encode()
-    return (tag + b"events", tag + b"guard", tag + b"facts", tag + b"batches", tag + b"meta")
 
 
 @lru_cache(maxsize=4096)
 def _append_keys(run_id: str) -> tuple[bytes, bytes, bytes]:
     """The KEYS of append.lua: the run's stream and guard hash, and the global run index."""
-    keys = _run_keys(run_id)
+    keys = event_keys(run_id)
     return (keys[0], keys[1], RUN_INDEX_KEY)
 
 
@@ -460,12 +443,12 @@ class RedisEventStore(EventStore):
 
     def open_attempt_count(self, run_id: RunId) -> int:
         """How many attempts of the run are open now (the guard's own counter, O(1))."""
-        guard = _run_keys(str(run_id))[1]
+        guard = event_keys(str(run_id))[1]
         value = self._call("HGET", lambda: self._client.hget(guard, "open_count"))
         return int(value) if value is not None else 0
 
     def head_seq(self, run_id: RunId) -> int:
-        guard = _run_keys(str(run_id))[1]
+        guard = event_keys(str(run_id))[1]
         value = self._call("HGET", lambda: self._client.hget(guard, "head"))
         return int(value) if value is not None else 0
 
@@ -504,13 +487,13 @@ class RedisEventStore(EventStore):
         start = max(from_seq, 1)
         if to_seq is not None and to_seq < start:
             return []
-        stream = _run_keys(rid)[0]
+        stream = event_keys(rid)[0]
         end = "+" if to_seq is None else f"{to_seq}-1"
         entries = self._call("XRANGE", lambda: self._client.xrange(stream, f"{start}-1", end))
         return [_checked_envelope(rid, entry_id, fields) for entry_id, fields in entries]
 
     def fact_binding(self, run_id: RunId, key: str) -> ArtifactId | None:
-        facts = _run_keys(str(run_id))[2]
+        facts = event_keys(str(run_id))[2]
         value = self._call("HGET", lambda: self._client.hget(facts, key))
         return None if value is None else ArtifactId(value.decode())
 
@@ -571,10 +554,10 @@ class RedisEventStore(EventStore):
         """The smallest index the query names (None: one of them is empty: no run matches)."""
         keys: list[bytes] = []
         if q.op_id is not None:
-            keys.append(_op_index(q.op_id))
+            keys.append(op_index(q.op_id))
         if q.phase is not None:
-            keys.append(_phase_index(q.phase))
-        keys += [_label_index(k, v) for k, v in q.labels.items()]
+            keys.append(phase_index(q.phase.value))
+        keys += [label_index(k, v) for k, v in q.labels.items()]
         if not keys:
             return RUN_INDEX_KEY
         if len(keys) == 1:
@@ -602,7 +585,7 @@ class RedisEventStore(EventStore):
             # touches the meta hash anyway).
             pipe = self._client.pipeline(transaction=True)
             for rid in run_ids:
-                keys = _run_keys(rid)
+                keys = event_keys(rid)
                 pipe.hgetall(keys[4])
                 pipe.hget(keys[1], "head")
             return list(pipe.execute())
@@ -668,7 +651,7 @@ class RedisEventStore(EventStore):
                 def flags(ids: list[str] = run_ids) -> list[Any]:
                     pipe = self._client.pipeline(transaction=False)
                     for rid in ids:
-                        pipe.hget(_run_keys(rid)[4], "ix")
+                        pipe.hget(event_keys(rid)[4], "ix")
                     return list(pipe.execute())
 
                 marks = self._call("HGET", flags)
@@ -694,7 +677,7 @@ class RedisEventStore(EventStore):
         def read() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             for rid in run_ids:
-                stream = _run_keys(rid)[0]
+                stream = event_keys(rid)[0]
                 pipe.xrange(stream, "2-1", "2-1")
                 pipe.xrevrange(stream, "+", "-", count=1)
             return list(pipe.execute())
@@ -713,7 +696,7 @@ class RedisEventStore(EventStore):
             if env is not None and isinstance(env.event, RunCompleted):
                 ended = env.ts_millis
             derived[rid] = (labels, ended)
-            keys = [_run_keys(rid)[4], RUN_INDEX_KEY]
+            keys = [event_keys(rid)[4], RUN_INDEX_KEY]
             args = [
                 rid,
                 _labels_json(labels) if labels is not None else b"",
@@ -847,3 +830,28 @@ def _decode_entry(run_id: str, fields: dict[bytes, bytes]) -> EventEnvelope | No
         return _envelope(run_id, fields)
     except (ValueError, KeyError):
         return None
+
+
+def running_run_ids(client: Any, page: int = LISTING_PAGE) -> Iterator[str]:
+    """Ids of every RUNNING run in the run index, in pages (each run at least once), read
+    from the runs' meta hashes — for code that holds a bare client rather than a store (the
+    cluster's timer poller). The meta hash, not the phase index: runs an earlier version
+    recorded are in the run index before any listing has indexed them."""
+    batch: list[str] = []
+    for member in client.zscan_iter(RUN_INDEX_KEY, count=page):
+        raw = member[0] if isinstance(member, tuple) else member
+        batch.append(raw.decode() if isinstance(raw, bytes) else str(raw))
+        if len(batch) >= page:
+            yield from _running(client, batch)
+            batch = []
+    if batch:
+        yield from _running(client, batch)
+
+
+def _running(client: Any, run_ids: list[str]) -> Iterator[str]:
+    pipe = client.pipeline(transaction=False)
+    for rid in run_ids:
+        pipe.hget(event_keys(rid)[4], "phase")
+    for rid, phase in zip(run_ids, pipe.execute(), strict=True):
+        if phase is not None and phase.decode() == RunPhase.RUNNING.value:
+            yield rid

@@ -138,7 +138,8 @@ def test_cancel_on_the_cluster_ends_every_run(cluster: LocalCluster) -> None:
 
 
 def test_unfinished_backfills_get_their_timer_back(cluster: LocalCluster, tmp_path: Path) -> None:
-    from workers.backfills import BACKFILL_TIMERS_KEY, arm_unfinished, disarm, scheduled
+    from mfm_dist.stores.redis_keys import BACKFILL_TIMERS_KEY
+    from workers.backfills import arm_unfinished, disarm, scheduled
     from workers.runtime import get_runtime
 
     rt = get_runtime()

@@ -19,9 +19,10 @@ from mfm_dist.config import Duration, FixedBackoff, RetryPolicy, RunConfig
 from mfm_dist.engine.attempt import now_millis
 from mfm_dist.events import EventDraft, StateEntered, StateFailed
 from mfm_dist.ids import RunId, StateId
+from mfm_dist.stores.redis_keys import lease_key, run_key
 from support.worker_harness import Harness, completed_status
 from workers import leases
-from workers.leases import CLAIMED, DELAYED, lease_key, run_key
+from workers.leases import CLAIMED, DELAYED
 
 
 def dead_pid() -> int:

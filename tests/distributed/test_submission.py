@@ -16,11 +16,11 @@ import pytest
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import submission_of
 from mfm_dist.ids import RunId
+from mfm_dist.stores.redis_keys import run_key
 from mfm_dist.submission import completion_task_id, parse_request, submit_schema
 from support import REPO
 from support.worker_harness import Harness, completed_status
 from workers import submission_log
-from workers.leases import run_key
 from workers.submit import receive, receive_batch
 
 OK = {"op": "chain_demo", "input": {"states": 2}}

@@ -28,6 +28,7 @@ from mfm_dist.events import (
 from mfm_dist.ids import RunId
 from mfm_dist.stores.files import FileArtifactStore
 from mfm_dist.stores.guards import GuardViolation
+from mfm_dist.stores.redis_keys import lease_key, run_key
 from support import dist_ops
 from support.worker_harness import (
     WAIT_S,
@@ -38,7 +39,7 @@ from support.worker_harness import (
 )
 from workers.coordinator import AttemptTask, Coordinator
 from workers.faults import is_permanent_storage_fault, is_transient
-from workers.leases import Coordination, LeaseKeeper, lease_key, run_key
+from workers.leases import Coordination, LeaseKeeper
 from workers.runtime import FACT_CACHE_SIZE, Runtime
 from workers.settings import ClusterSettings, with_redis_credentials
 from workers.timers import arm_unscheduled, running_runs
