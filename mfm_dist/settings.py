@@ -30,6 +30,14 @@ from mfm_dist.errors import InvalidInput
 from mfm_dist.secrets import SECRET_MARKERS, redact_url
 
 DEFAULT_HOME = ".mfm"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def truthy(value: str) -> bool:
+    """Whether a flag's text says yes (`1`, `true`, `yes`, `on`, in any case): the one
+    reading of a yes/no word, for URL options (`?durable=1`) as for variables."""
+    return value.lower() in TRUE_WORDS
 
 
 class SettingsError(InvalidInput):
@@ -202,8 +210,8 @@ def redacted_repr(obj: Any) -> str:
 class Env:
     """Typed reads of one environment mapping; every refusal names its variable."""
 
-    TRUE = frozenset({"1", "true", "yes", "on"})
-    FALSE = frozenset({"0", "false", "no", "off"})
+    TRUE = TRUE_WORDS
+    FALSE = FALSE_WORDS
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
@@ -250,7 +258,7 @@ class Env:
         raw = self.text(name)
         if raw is None:
             return default
-        if raw.lower() in self.TRUE:
+        if truthy(raw):
             return True
         if raw.lower() in self.FALSE:
             return False

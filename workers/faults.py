@@ -16,19 +16,16 @@ from redis import exceptions as rx
 
 from mfm_dist.errors import ConcurrencyError, Corruption, MfmError, NotFound, StorageError
 from mfm_dist.stores.guards import GuardViolation
-from mfm_dist.stores.redis_events import is_auth_failure
+from mfm_dist.stores.redis_events import SERVER_BUSY_ERRORS, is_auth_failure, is_server_busy
 
 LEASE_LOST = "attempt_lease_lost"
 AUTH_FAILED = "storage_auth_failed"
 
-_TRANSIENT_REDIS = (
+_TRANSIENT_REDIS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
-    rx.BusyLoadingError,
-    rx.OutOfMemoryError,
     rx.ReadOnlyError,
-    rx.TryAgainError,
-    rx.MasterDownError,
+    *SERVER_BUSY_ERRORS,
 )
 
 
@@ -46,7 +43,7 @@ def _transient_one(exc: BaseException) -> bool:
     if isinstance(exc, (*_TRANSIENT_REDIS, ConnectionError, TimeoutError)):
         return True
     if isinstance(exc, redis.ResponseError):
-        return str(exc).startswith(("BUSY", "LOADING", "OOM", "TRYAGAIN", "MASTERDOWN"))
+        return is_server_busy(exc)
     return isinstance(exc, MfmError) and exc.info.retryable
 
 

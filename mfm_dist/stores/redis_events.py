@@ -63,7 +63,6 @@ always redacted.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
@@ -107,7 +106,7 @@ from mfm_dist.journal import (
 )
 from mfm_dist.results import RunPhase, RunQuery, RunSummary
 from mfm_dist.secrets import redact_url
-from mfm_dist.settings import RedisCredentials
+from mfm_dist.settings import RedisCredentials, truthy
 from mfm_dist.stores.base import (
     EventStore,
     labels_of_submission,
@@ -128,6 +127,7 @@ from mfm_dist.stores.redis_keys import (
     op_index,
     phase_index,
 )
+from mfm_dist.stores.retry import call_with_retries
 from mfm_dist.submission import RUN_SUBMITTED_EVENT
 
 T = TypeVar("T")
@@ -188,10 +188,6 @@ def _append_keys(run_id: str) -> tuple[bytes, bytes, bytes]:
     """The KEYS of append.lua: the run's stream and guard hash, and the global run index."""
     keys = event_keys(run_id)
     return (keys[0], keys[1], RUN_INDEX_KEY)
-
-
-def _truthy(value: str) -> bool:
-    return value.lower() in ("1", "true", "yes", "on")
 
 
 def _parse_version(text: str) -> tuple[int, ...]:
@@ -257,12 +253,30 @@ def _event_args(
     )
 
 
-def _server_busy(exc: redis.RedisError) -> bool:
-    """Errors that say "not now" rather than "never": OOM, loading, a busy script."""
-    if isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.BusyLoadingError)):
+SERVER_BUSY_ERRORS: tuple[type[redis.RedisError], ...] = (
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+)
+"""redis-py's classes for the "busy" replies below (it strips the code from their text)."""
+BUSY_REPLY_CODES = ("BUSY", "LOADING", "OOM", "TRYAGAIN", "MASTERDOWN")
+"""Error replies that say "not now" rather than "never": a busy script, loading, out of
+memory, a resharding or a primary being replaced."""
+
+
+def is_server_busy(exc: BaseException) -> bool:
+    """True for a Redis reply that says "not now" rather than "never" (the one list of
+    them: the event store maps it to `redis_server_busy`, the workers retry it)."""
+    if isinstance(exc, SERVER_BUSY_ERRORS):
         return True
-    text = str(exc)
-    return text.startswith(("BUSY", "LOADING", "OOM", "TRYAGAIN", "MASTERDOWN"))
+    return isinstance(exc, redis.RedisError) and str(exc).startswith(BUSY_REPLY_CODES)
+
+
+def _retryable(exc: Exception) -> bool:
+    """A connection fault worth another try; refused credentials never are (redis-py's
+    `AuthenticationError` is a `ConnectionError`)."""
+    return isinstance(exc, _TRANSIENT) and not is_auth_failure(exc)
 
 
 class RedisEventStore(EventStore):
@@ -335,7 +349,7 @@ class RedisEventStore(EventStore):
             raise InvalidInput(
                 "store_url_invalid", f"invalid redis URL {redact_url(url)}: {type(exc).__name__}"
             ) from None
-        is_durable = _truthy(own.get("durable", "0")) if durable is None else durable
+        is_durable = truthy(own.get("durable", "0")) if durable is None else durable
         try:
             timeout_ms = int(own.get("durable_timeout_ms", "1000"))
         except ValueError:
@@ -350,26 +364,26 @@ class RedisEventStore(EventStore):
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run `fn` with bounded retries on connection faults; `fn` must be idempotent."""
-        delay = self._backoff_s
-        for attempt in range(self._retries + 1):
-            try:
-                return fn()
-            except redis.RedisError as exc:
-                if is_auth_failure(exc):  # before _TRANSIENT: AuthenticationError is one
-                    raise auth_failed(self.url, what, exc) from None
-                if not isinstance(exc, _TRANSIENT):
-                    raise self._command_failed(what, exc) from None
-                if attempt == self._retries:
-                    raise StorageUnavailable(
-                        f"redis at {self.url} unavailable during {what} after "
-                        f"{attempt + 1} attempts ({type(exc).__name__})"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return call_with_retries(
+                fn,
+                retries=self._retries,
+                backoff_s=self._backoff_s,
+                max_backoff_s=1.0,
+                retry_on=_retryable,
+            )
+        except redis.RedisError as exc:
+            if is_auth_failure(exc):  # before _TRANSIENT: AuthenticationError is one
+                raise auth_failed(self.url, what, exc) from None
+            if not isinstance(exc, _TRANSIENT):
+                raise self._command_failed(what, exc) from None
+            raise StorageUnavailable(
+                f"redis at {self.url} unavailable during {what} after "
+                f"{self._retries + 1} attempts ({type(exc).__name__})"
+            ) from None
 
     def _command_failed(self, what: str, exc: redis.RedisError) -> StorageError:
-        if _server_busy(exc):  # out of memory, loading, busy script: it will pass
+        if is_server_busy(exc):  # out of memory, loading, busy script: it will pass
             return StorageUnavailable(
                 f"redis at {self.url} cannot serve {what} now ({type(exc).__name__})",
                 code="redis_server_busy",

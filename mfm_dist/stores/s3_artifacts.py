@@ -24,7 +24,6 @@ timeouts are short so a dead endpoint is detected in seconds.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
@@ -45,7 +44,8 @@ from mfm_dist.errors import (
 )
 from mfm_dist.ids import ArtifactId
 from mfm_dist.secrets import redact_url
-from mfm_dist.settings import S3Credentials
+from mfm_dist.settings import S3Credentials, truthy
+from mfm_dist.stores.retry import call_with_retries
 
 T = TypeVar("T")
 
@@ -67,15 +67,19 @@ def _reveal(secret: SecretStr | None) -> str | None:
     return secret.get_secret_value() if secret is not None else None
 
 
-def _truthy(value: str) -> bool:
-    return value.lower() in ("1", "true", "yes", "on")
-
-
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, S3Error):
         status = getattr(exc.response, "status", 0) or 0
         return exc.code in _TRANSIENT_CODES or int(status) >= 500
     return isinstance(exc, (ServerError, urllib3.exceptions.HTTPError, OSError))
+
+
+_CLIENT_FAULTS = (MinioException, urllib3.exceptions.HTTPError, OSError)
+"""What the client raises for a failed request (the rest propagates as it is)."""
+
+
+def _retryable(exc: Exception) -> bool:
+    return isinstance(exc, _CLIENT_FAULTS) and _is_transient(exc)
 
 
 def _simple_etag(etag: str | None) -> str | None:
@@ -182,7 +186,7 @@ class S3ArtifactStore(ArtifactStore):
             parts.hostname,
             parts.path,
             url=url,
-            create_bucket=_truthy(query.get("create_bucket", "0")),
+            create_bucket=truthy(query.get("create_bucket", "0")),
             retries=retries,
             head_first_bytes=head_first_bytes,
         )
@@ -207,22 +211,22 @@ class S3ArtifactStore(ArtifactStore):
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run an idempotent S3 request with bounded retries on transient faults."""
-        delay = self._backoff_s
-        for attempt in range(self._retries + 1):
-            try:
-                return fn()
-            except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-                if not _is_transient(exc):
-                    raise
-                if attempt == self._retries:
-                    raise StorageUnavailable(
-                        f"S3 endpoint of {self.url} unavailable during {what} after "
-                        f"{attempt + 1} attempts ({type(exc).__name__})",
-                        code="s3_unavailable",
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return call_with_retries(
+                fn,
+                retries=self._retries,
+                backoff_s=self._backoff_s,
+                max_backoff_s=2.0,
+                retry_on=_retryable,
+            )
+        except _CLIENT_FAULTS as exc:
+            if not _is_transient(exc):
+                raise
+            raise StorageUnavailable(
+                f"S3 endpoint of {self.url} unavailable during {what} after "
+                f"{self._retries + 1} attempts ({type(exc).__name__})",
+                code="s3_unavailable",
+            ) from None
 
     def _failed(self, what: str, exc: S3Error) -> StorageError:
         if exc.code == "NoSuchBucket":
