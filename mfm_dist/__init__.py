@@ -5,7 +5,14 @@ user needs to define operations and run them is importable from here.
 """
 
 from mfm_dist.api import cancel, resume, run
-from mfm_dist.artifacts import ArtifactKind, ArtifactStore, OtherArtifactKind, get_json, put_json
+from mfm_dist.artifacts import (
+    ArtifactKind,
+    ArtifactStore,
+    ArtifactStoreWrapper,
+    OtherArtifactKind,
+    get_json,
+    put_json,
+)
 from mfm_dist.canonical import (
     JsonValue,
     artifact_id_of_bytes,
@@ -80,6 +87,7 @@ __all__ = [
     "ArtifactId",
     "ArtifactKind",
     "ArtifactStore",
+    "ArtifactStoreWrapper",
     "AttemptScope",
     "BuildInfo",
     "ConcurrencyError",

@@ -63,10 +63,14 @@ def verify_content(artifact_id: str, data: bytes) -> None:
 
 
 class ArtifactStore(ABC):
-    """Create-only, content-addressed blob storage. Backends implement the `_raw` methods.
+    """Create-only, content-addressed blob storage.
 
-    `put` and `get` are concrete so every backend computes and verifies content
-    addresses the same way.
+    A backend implements the raw seam — `put_raw` and `get_raw`, bytes in and out under an
+    id, unverified — plus `exists` (and, when it can list, `ids_with_prefix`); everything
+    else is built on that seam here, so every backend computes and verifies content
+    addresses the same way. The raw methods are public (as httpx's `BaseTransport` is the
+    one public seam of a client): a wrapper (`ArtifactStoreWrapper`: timing, caching)
+    calls its inner store through them. Callers that want verified bytes use `put`/`get`.
     """
 
     url: str = ""
@@ -74,7 +78,7 @@ class ArtifactStore(ABC):
     def put(self, kind: KindLike, data: bytes) -> ArtifactId:
         """Store `data` (idempotent) and return its id; the kind never changes the id."""
         artifact_id = artifact_id_of_bytes(data)
-        stored = self._put_raw(artifact_id, kind, data)
+        stored = self.put_raw(artifact_id, kind, data)
         if stored != artifact_id:
             raise Corruption(
                 "artifact_put_id_mismatch",
@@ -85,7 +89,7 @@ class ArtifactStore(ABC):
     def get(self, artifact_id: str) -> bytes:
         """The verified bytes of `artifact_id`; `NotFound` when absent."""
         aid = ArtifactId(artifact_id)
-        data = self._get_raw(aid)
+        data = self.get_raw(aid)
         verify_content(aid, data)
         return data
 
@@ -94,12 +98,12 @@ class ArtifactStore(ABC):
         than from the record's own bytes (a snapshot link, docs/storage.md#snapshot-links).
         Create-only like `put`: a key that holds other bytes is refused with
         `artifact_content_address_mismatch` (the in-memory store keeps the first)."""
-        self._put_raw(ArtifactId(key), kind, data)
+        self.put_raw(ArtifactId(key), kind, data)
 
     def get_keyed(self, key: str) -> bytes:
         """The bytes `put_keyed` stored (`NotFound` when absent). Not hash-verified: the
         caller verifies what it builds from them."""
-        return self._get_raw(ArtifactId(key))
+        return self.get_raw(ArtifactId(key))
 
     def peek_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """What a fast tier in front of the durable store holds for `keys` (ids or keyed
@@ -119,24 +123,47 @@ class ArtifactStore(ABC):
 
         Backends answer from a listing of the one shard (directory, key prefix) the
         prefix names; a store that cannot list says so."""
-        inner = getattr(self, "inner", None)
-        if isinstance(inner, ArtifactStore):  # a wrapper (timing, caching): ask the store
-            return inner.ids_with_prefix(prefix, limit)
         raise StorageError(
             "id_prefix_unsupported",
             f"the artifact store {self.url or type(self).__name__} cannot look up id prefixes",
         )
 
     @abstractmethod
-    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
-        """Create the object unless it exists; return the id the backend holds it under."""
+    def put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+        """Create the object unless it exists; return the id the backend holds it under.
+        Raw: the caller (`put`, `put_keyed`) computed the id; nothing is verified here."""
 
     @abstractmethod
-    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
-        """Raw bytes, or raise `NotFound`."""
+    def get_raw(self, artifact_id: ArtifactId) -> bytes:
+        """The stored bytes, unverified, or raise `NotFound`."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class ArtifactStoreWrapper(ArtifactStore):
+    """A store in front of another (`inner`): by default every call goes to `inner`, so a
+    wrapper overrides only what it adds to (timing, a cache) and reaches `inner` through
+    its public raw seam."""
+
+    def __init__(self, inner: ArtifactStore) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def exists(self, artifact_id: str) -> bool:
+        return self.inner.exists(artifact_id)
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[ArtifactId]:
+        return self.inner.ids_with_prefix(prefix, limit)
+
+    def put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+        return self.inner.put_raw(artifact_id, kind, data)
+
+    def get_raw(self, artifact_id: ArtifactId) -> bytes:
+        return self.inner.get_raw(artifact_id)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def put_json(store: ArtifactStore, kind: KindLike, value: JsonValue, where: str) -> ArtifactId:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mfm_dist.artifacts import ArtifactStore, KindLike
+from mfm_dist.artifacts import ArtifactStore
 from mfm_dist.config import IoMode
 from mfm_dist.engine.attempt import Append, AttemptEnv, run_attempt
 from mfm_dist.engine.lifecycle import load_run
@@ -64,15 +64,12 @@ class OverlayArtifactStore(InMemoryArtifactStore):
     def exists(self, artifact_id: str) -> bool:
         return super().exists(artifact_id) or self._base.exists(artifact_id)
 
-    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+    def get_raw(self, artifact_id: ArtifactId) -> bytes:
         if super().exists(artifact_id):
-            return super()._get_raw(artifact_id)
+            return super().get_raw(artifact_id)
         # Raw, like every backend: `get` verifies content addresses, and a snapshot link's
         # reader verifies what it rebuilds (docs/storage.md#snapshot-links).
         return self._base.get_keyed(artifact_id)
-
-    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
-        return super()._put_raw(artifact_id, kind, data)
 
 
 def _discard(run_id: RunId) -> Append:

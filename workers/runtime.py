@@ -23,7 +23,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from mfm_dist.artifacts import ArtifactStore, KindLike, get_json
+from mfm_dist.artifacts import ArtifactStore, ArtifactStoreWrapper, KindLike, get_json
 from mfm_dist.canonical import JsonValue, artifact_id_of_bytes
 from mfm_dist.engine.deadlines import effective_timeout_ms
 from mfm_dist.engine.snapshot_links import is_link_key
@@ -102,27 +102,20 @@ def redis_client(url: str, credentials: RedisCredentials | None = None) -> redis
     )
 
 
-class TimedArtifacts(ArtifactStore):
+class TimedArtifacts(ArtifactStoreWrapper):
     """Delegates to a backend, timing raw reads and writes (`snapshot_get`/`artifact_put`)."""
 
     def __init__(self, inner: ArtifactStore, timings: Timings) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self._timings = timings
 
-    def exists(self, artifact_id: str) -> bool:
-        return self.inner.exists(artifact_id)
-
-    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+    def put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         with self._timings.phase("artifact_put"):
-            return self.inner._put_raw(artifact_id, kind, data)
+            return self.inner.put_raw(artifact_id, kind, data)
 
-    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+    def get_raw(self, artifact_id: ArtifactId) -> bytes:
         with self._timings.phase("artifact_get"):
-            return self.inner._get_raw(artifact_id)
-
-    def close(self) -> None:
-        self.inner.close()
+            return self.inner.get_raw(artifact_id)
 
 
 class TimedSnapshots(SnapshotStore):
@@ -145,7 +138,7 @@ class TimedSnapshots(SnapshotStore):
             return super().commit(prepared)
 
 
-class RedisCachedArtifacts(ArtifactStore):
+class RedisCachedArtifacts(ArtifactStoreWrapper):
     """Write-through cache of small artifacts in Redis, in front of the durable store.
 
     Every put goes to the durable store first; then the bytes are kept in Redis for
@@ -166,8 +159,7 @@ class RedisCachedArtifacts(ArtifactStore):
         ttl_s: int = 120,
         max_bytes: int = 256 * 1024,
     ) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self._client: Any = client
         self._ttl_s = ttl_s
         self._max_bytes = max_bytes
@@ -191,11 +183,8 @@ class RedisCachedArtifacts(ArtifactStore):
     def _key(artifact_id: str) -> str:
         return artifact_cache_key(artifact_id)
 
-    def exists(self, artifact_id: str) -> bool:
-        return self.inner.exists(artifact_id)
-
-    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
-        stored = self.inner._put_raw(artifact_id, kind, data)
+    def put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+        stored = self.inner.put_raw(artifact_id, kind, data)
         if len(data) <= self._max_bytes and self._has_room():
             with contextlib.suppress(redis.RedisError):
                 self._client.set(self._key(artifact_id), data, ex=self._ttl_s)
@@ -217,7 +206,7 @@ class RedisCachedArtifacts(ArtifactStore):
             found.update((k, v) for k, v in zip(chunk, values, strict=True) if v is not None)
         return found
 
-    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+    def get_raw(self, artifact_id: ArtifactId) -> bytes:
         data: bytes | None = None
         with contextlib.suppress(redis.RedisError):
             data = self._client.get(self._key(artifact_id))
@@ -227,10 +216,7 @@ class RedisCachedArtifacts(ArtifactStore):
             artifact_id_of_bytes(data) == artifact_id or is_link_key(artifact_id)
         ):
             return data
-        return self.inner._get_raw(artifact_id)
-
-    def close(self) -> None:
-        self.inner.close()
+        return self.inner.get_raw(artifact_id)
 
 
 @dataclass

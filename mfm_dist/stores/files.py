@@ -107,7 +107,7 @@ class FileArtifactStore(ArtifactStore):
             ) from None
         return [ArtifactId(n) for n in sorted(found)[:limit]]
 
-    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+    def put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         if self.read_only:
             raise StorageError(
                 "store_read_only",
@@ -194,7 +194,7 @@ class FileArtifactStore(ArtifactStore):
             details={"artifact_id": artifact_id},
         )
 
-    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+    def get_raw(self, artifact_id: ArtifactId) -> bytes:
         path = self.object_path(artifact_id)
         try:
             return path.read_bytes()

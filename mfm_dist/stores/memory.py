@@ -197,12 +197,12 @@ class InMemoryArtifactStore(ArtifactStore):
         with self._lock:
             return artifact_id in self._blobs
 
-    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+    def put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         with self._lock:
             self._blobs.setdefault(str(artifact_id), (str(kind), bytes(data)))
         return artifact_id
 
-    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+    def get_raw(self, artifact_id: ArtifactId) -> bytes:
         with self._lock:
             entry = self._blobs.get(str(artifact_id))
         if entry is None:

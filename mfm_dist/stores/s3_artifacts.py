@@ -319,7 +319,7 @@ class S3ArtifactStore(ArtifactStore):
             raise self._failed("list", exc) from None
         return [ArtifactId(n) for n in sorted(found)[:limit]]
 
-    def _put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
+    def put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         aid = str(artifact_id)
         if len(data) >= self._head_first_bytes:
             info = self._stat(aid)
@@ -352,7 +352,7 @@ class S3ArtifactStore(ArtifactStore):
         elif self._read(artifact_id) != data:
             raise self._mismatch(artifact_id)
 
-    def _get_raw(self, artifact_id: ArtifactId) -> bytes:
+    def get_raw(self, artifact_id: ArtifactId) -> bytes:
         return self._read(str(artifact_id))
 
     def close(self) -> None:

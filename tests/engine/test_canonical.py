@@ -174,7 +174,7 @@ def test_verified_artifact_reads() -> None:
 
 def test_put_id_mismatch_is_corruption() -> None:
     class LyingStore(InMemoryArtifactStore):
-        def _put_raw(self, artifact_id: ArtifactId, kind: object, data: bytes) -> str:
+        def put_raw(self, artifact_id: ArtifactId, kind: object, data: bytes) -> str:
             return "0" * 64
 
     with pytest.raises(Corruption) as info:

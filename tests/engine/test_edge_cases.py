@@ -249,10 +249,10 @@ def test_storage_errors_still_leave_the_attempt_open() -> None:
     from mfm_dist.stores import InMemoryArtifactStore
 
     class Broken(InMemoryArtifactStore):
-        def _put_raw(self, artifact_id, kind, data):  # type: ignore[no-untyped-def]
+        def put_raw(self, artifact_id, kind, data):  # type: ignore[no-untyped-def]
             if kind.value == "ContextSnapshot" and b'"k"' in data:
                 raise StorageError("disk_full", "no space")
-            return super()._put_raw(artifact_id, kind, data)
+            return super().put_raw(artifact_id, kind, data)
 
     h = Harness(registry_with(GraphOp("br", {"a": FnState(lambda c, i, r: c.set("k", 1))})),
                 artifacts=Broken())

@@ -619,6 +619,6 @@ class CountingStore(InMemoryArtifactStore):
         super().__init__()
         self.reads: dict[str, int] = {}
 
-    def _get_raw(self, artifact_id: Any) -> bytes:
+    def get_raw(self, artifact_id: Any) -> bytes:
         self.reads[str(artifact_id)] = self.reads.get(str(artifact_id), 0) + 1
-        return super()._get_raw(artifact_id)
+        return super().get_raw(artifact_id)

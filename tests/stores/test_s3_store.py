@@ -202,7 +202,7 @@ def test_create_only_put_under_contention_has_one_winner(
     def put(data: bytes) -> str:
         barrier.wait()
         try:
-            store._put_raw(aid, ArtifactKind.OUTPUT, data)
+            store.put_raw(aid, ArtifactKind.OUTPUT, data)
         except Corruption:
             return "lost"
         return "won"
