@@ -62,11 +62,16 @@ class RunReport(BaseModel):
 
 
 class LeaseView(Protocol):
-    """What a backend knows about a running attempt (the distributed lease)."""
+    """What a backend knows about a running attempt (the distributed lease; read-only)."""
 
-    attempt: int
-    worker: str
-    expires_ms: int
+    @property
+    def attempt(self) -> int: ...
+
+    @property
+    def worker(self) -> str: ...
+
+    @property
+    def expires_ms(self) -> int: ...
 
 
 def _clock(ms: int) -> str:

@@ -151,6 +151,12 @@ LEASE_GONE = "but its worker lease had expired"
 COORDINATOR_REQUESTER = "mfm coordinator (run deadline)"
 
 
+class _ThreadCarry(threading.local):
+    """Per thread: the carry offer of the inline step it is taking (None: none)."""
+
+    carry: Carry | None = None
+
+
 class LockLost(Exception):
     """The coordinator lock expired under a long advance; someone else may coordinate."""
 
@@ -186,7 +192,7 @@ class Coordinator:
         # Redis lock keeps one coordinator per run, this lock keeps the cache consistent.
         self._cache_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="mfm-prefetch")
-        self._local = threading.local()  # this thread's carry offer (workers.carry)
+        self._local = _ThreadCarry()  # this thread's carry offer (workers.carry)
 
     def close(self) -> None:
         """Stop the prefetch threads (a replaced coordinator must not leak them)."""
@@ -696,7 +702,7 @@ class Coordinator:
             now = now_millis()
             pending = {t.state_id: Reservation(t.attempt, now, PENDING, now) for t in batch}
             coord.reserve(rid, pending)
-            carry: Carry | None = getattr(self._local, "carry", None)
+            carry = self._local.carry
             if carry is None or not carry.take(tasks):  # carries a lone attempt only
                 with self.rt.timings.phase("coord_send"):
                     self.dispatcher.send_chord(rid, batch)

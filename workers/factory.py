@@ -14,6 +14,7 @@ so coordination is never starved by work or by a submission backlog.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from celery import Celery
@@ -28,8 +29,9 @@ SUBMIT_TASKS = ("mfm.submit", "mfm.submit_batch")
 ADVANCE_TASK = "mfm.advance"
 ATTEMPT_TASK = "mfm.execute_attempt"
 BACKFILL_TICK_TASK = "mfm.backfill_tick"
-SETTINGS_ATTRIBUTE = "mfm_settings"
-"""The attribute of an app built here that holds its settings (read by the worker boot)."""
+_SETTINGS: weakref.WeakKeyDictionary[Any, ClusterSettings] = weakref.WeakKeyDictionary()
+"""The settings each app built here was built from (read by the worker boot): kept beside
+the app rather than as an attribute set on a Celery object."""
 
 
 def declared_queues(s: ClusterSettings) -> tuple[Queue, ...]:
@@ -87,7 +89,7 @@ def create_app(settings: ClusterSettings) -> Celery:
         task_send_sent_event=s.task_events,
         imports=("workers.tasks",),
     )
-    setattr(celery_app, SETTINGS_ATTRIBUTE, s)
+    _SETTINGS[celery_app] = s
     return celery_app
 
 
@@ -102,8 +104,10 @@ def worker_app(settings: ClusterSettings) -> Celery:
 
 def settings_of(celery_app: Any) -> ClusterSettings | None:
     """The settings an app was built from (None: not built by `create_app`)."""
-    found = getattr(celery_app, SETTINGS_ATTRIBUTE, None)
-    return found if isinstance(found, ClusterSettings) else None
+    try:
+        return _SETTINGS.get(celery_app)
+    except TypeError:  # not an object a weak reference can point to (None, say)
+        return None
 
 
 def only_control_queue(queues: object, settings: ClusterSettings) -> bool:

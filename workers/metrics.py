@@ -28,9 +28,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mfm_dist.stores.redis_keys import HOLDERS, run_key
+
+if TYPE_CHECKING:
+    from mfm_dist.engine.history import RunHistory
 
 log = logging.getLogger("mfm.metrics")
 
@@ -181,14 +184,16 @@ def op_of(rt: Any, manifest_id: str) -> str | None:
         return None
 
 
-def run_finished(history: Any, phase: str, *, cancelled_at_ms: int | None = None) -> None:
+def run_finished(
+    history: RunHistory, phase: str, *, cancelled_at_ms: int | None = None
+) -> None:
     """The coordinator appended a run's `RunCompleted` (with `phase`); for a cancelled run,
     also the time from its cancel request to `cancelled_at_ms`."""
     from mfm_dist import metrics
 
     op = str(history.started.op_id)
     metrics.run_finished(op, phase)
-    seq = getattr(history, "cancel_seq", None)
+    seq = history.cancel_seq
     if cancelled_at_ms is None or seq is None:
         return
     requested = next((e.ts_millis for e in history.envelopes if e.seq == seq), None)

@@ -19,6 +19,7 @@ from celery.signals import worker_ready, worker_shutdown
 from mfm_dist import metrics
 from mfm_dist.errors import MfmError
 from mfm_dist.ids import RunId
+from mfm_dist.stores.redis_events import RedisEventStore
 from workers.attempts import execute_attempt as run_one_attempt
 from workers.carry import Carry
 from workers.coordinator import AttemptTask, Coordinator
@@ -162,8 +163,10 @@ def _wave_done(rt: Any, run_id: str, state_id: str, attempt: int) -> bool:
     try:
         if rt.coord.release_reservation(run_id, state_id, attempt) > 0:
             return False
-        count = getattr(rt.events, "open_attempt_count", None)
-        return count is None or int(count(RunId(run_id))) == 0
+        events = rt.events
+        if not isinstance(events, RedisEventStore):
+            return True  # no cheap count: look
+        return events.open_attempt_count(RunId(run_id)) == 0
     except Exception:
         return True  # cannot tell: looking costs less than waiting for the join
 

@@ -24,6 +24,7 @@ from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.urls import Stores, open_stores
 
 if TYPE_CHECKING:
+    from mfm_dist.cli.cluster import ClusterView
     from workers.settings import ClusterSettings
 
 MAX_ATTEMPTS_LIMIT = 2**32 - 1
@@ -55,6 +56,7 @@ class App:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     _stores: Stores | None = field(default=None, repr=False)
     _registry: OperationRegistry | None = field(default=None, repr=False)
+    _cluster: tuple[ClusterView | None] | None = field(default=None, repr=False)
 
     def config(self) -> Settings:
         """The settings in force: the environment's, with the command line's store options."""
@@ -82,6 +84,16 @@ class App:
             self._stores = open_stores(read_only=self.read_only, settings=self.config())
         return self._stores
 
+    def cluster(self) -> ClusterView | None:
+        """The distributed backend behind the stores in force — what the commands and the
+        dashboard read from it (leases, holders, submissions, queue depths) — or None for
+        the embedded stores."""
+        if self._cluster is None:
+            from mfm_dist.cli.cluster import ClusterView
+
+            self._cluster = (ClusterView.of(self.events, self.cluster_settings),)
+        return self._cluster[0]
+
     @property
     def events(self) -> EventStore:
         return self.stores().events
@@ -101,7 +113,7 @@ class App:
 
     def events_location(self) -> str:
         """The event store URL in force, safe to print."""
-        opened = getattr(self._stores.events, "url", "") if self._stores is not None else ""
+        opened = self._stores.events.url if self._stores is not None else ""
         if opened:
             return redact_url(str(opened))
         events, _ = self.config().store_urls()
@@ -123,6 +135,7 @@ class App:
         return args
 
     def close(self) -> None:
+        self._cluster = None
         if self._stores is not None:
             stores, self._stores = self._stores, None
             stores.close()

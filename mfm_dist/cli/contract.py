@@ -29,19 +29,15 @@ def schema(name: str) -> None:
 def submissions(app: App, rejected: bool, limit: int, as_json: bool) -> None:
     """Submissions the cluster accepted and refused (counts by outcome and code). Payloads
     are never kept: a rejection is its code, its time and its delivery id."""
-    client = getattr(app.events, "client", None)
-    try:
-        from workers import submission_log
-    except ImportError:
-        submission_log = None  # type: ignore[assignment]
-    if client is None or submission_log is None:
+    cluster = app.cluster()
+    if cluster is None:
         raise CliError(
             "distributed_unavailable",
             "submission statistics live in the cluster's Redis: point --events-url at it",
             ExitCode.INFRASTRUCTURE,
         )
-    counts = submission_log.counts(client)
-    rows = submission_log.recent_rejections(client, limit) if rejected else []
+    counts = cluster.submission_counts()
+    rows = cluster.recent_rejections(limit) if rejected else []
     if as_json:
         payload = {"counts": counts, "rejected": [r.model_dump(mode="json") for r in rows]}
         click.echo(json.dumps(payload, sort_keys=True))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,24 +32,20 @@ from mfm_dist.engine.lifecycle import load_run, prepare_run
 from mfm_dist.engine.snapshots import SnapshotStore, read_artifact
 from mfm_dist.errors import InvalidInput, MfmError, NotFound
 from mfm_dist.ids import RunId, StateId
-from mfm_dist.reports import RunReport, run_report
+from mfm_dist.reports import LeaseView, RunReport, run_report
 from mfm_dist.results import RunPhase, RunQuery, RunSummary
 from mfm_dist.secrets import contains_secret, is_secret_string
 
 # -- inspection -----------------------------------------------------------------------------------
 
 
-def _leases(app: App, history: RunHistory) -> dict[str, Any] | None:
+def _leases(app: App, history: RunHistory) -> Mapping[str, LeaseView] | None:
     """Live attempt leases of a run on the distributed backend (None elsewhere)."""
-    client = getattr(app.events, "client", None)
+    cluster = app.cluster()
+    if cluster is None:
+        return None
     open_ids = [state_id for state_id, _ in history.open_attempts()]
-    if client is None:
-        return None
-    try:
-        from workers.leases import Coordination
-    except ImportError:
-        return None
-    return dict(Coordination(client).lease_info(str(history.run_id), open_ids))
+    return cluster.leases(str(history.run_id), open_ids)
 
 
 def _report_for(app: App, rid: RunId) -> RunReport:
@@ -207,7 +204,7 @@ def runs(
         click.echo("[" + ",".join(rows) + "]")
     else:
         where = app.events_location()
-        if getattr(app.events, "missing", False):
+        if app.events.missing:
             where += " (no event store there yet)"
         render_runs(
             stdout_console(),

@@ -750,21 +750,16 @@ def _refuse_cluster_runs(app: App, history: RunHistory, *, force: bool) -> None:
     would run attempts without leases, which the cluster then takes for orphans. `--force`
     takes a run over whose workers are gone — never while a worker still holds a live
     lease on one of its attempts (that attempt would run twice, concurrently)."""
-    client = getattr(app.events, "client", None)
-    if client is None:
+    cluster = app.cluster()
+    if cluster is None:
         return
-    try:
-        from workers.leases import Coordination
-    except ImportError:
-        return
-    coordination = Coordination(client)
-    if not force and coordination.recorded_plan(str(history.run_id)) is not None:
+    if not force and cluster.recorded_plan(str(history.run_id)) is not None:
         raise CliError(
             "run_managed_by_cluster",
             f"run {history.run_id} was submitted to a cluster; use `mfm resume --cluster`, "
             "or --force if its workers are gone for good",
         )
-    live = coordination.lease_info(str(history.run_id), [s for s, _ in history.open_attempts()])
+    live = cluster.leases(str(history.run_id), [s for s, _ in history.open_attempts()])
     if live:
         state_id, lease = min(live.items())
         raise CliError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import click
 
@@ -12,27 +12,12 @@ from mfm_dist.cli.errors import CliError, ExitCode
 DEFAULT_PORT = 8765
 
 
-def _queue_depths(app: App) -> Any:
+def _queue_depths(app: App) -> Callable[[], dict[str, int]] | None:
     """Broker queue depths for `mfm_queue_depth`, when the stores are the cluster's and a
     broker is configured (None otherwise), asked through an app built from the settings
     the CLI read at its start."""
-    if getattr(app.events, "client", None) is None:
-        return None
-    try:
-        from workers.factory import create_app
-        from workers.metrics import broker_queue_depths
-    except ImportError:
-        return None
-    settings = app.cluster_settings()
-    if settings.broker is None:
-        return None
-    celery_app = create_app(settings)
-
-    def depths() -> dict[str, int]:
-        names = [q.name for q in celery_app.conf.task_queues or ()]
-        return broker_queue_depths(celery_app, names)
-
-    return depths
+    cluster = app.cluster()
+    return cluster.queue_depths() if cluster is not None else None
 
 
 @cli.command()

@@ -129,6 +129,11 @@ class EventStore(ABC):
 
     url: str = ""
 
+    @property
+    def missing(self) -> bool:
+        """True when a read-only open found no store at its URL yet (it reads as empty)."""
+        return False
+
     @abstractmethod
     def head_seq(self, run_id: RunId) -> int:
         """The last sequence number of the run (0 for an empty run)."""

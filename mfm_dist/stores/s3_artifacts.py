@@ -111,9 +111,14 @@ class S3ArtifactStore(ArtifactStore):
         retries: int = 4,
         backoff_s: float = 0.1,
         head_first_bytes: int = HEAD_FIRST_BYTES,
+        http: urllib3.PoolManager | None = None,
     ) -> None:
+        """`http`: the connection pool `client` was built with, when it is the store's to
+        clear at `close` (`from_url` builds both); a client given without it is the
+        caller's to close."""
         self._client = client
         self._head_first_bytes = head_first_bytes
+        self._http = http
         self._bucket = bucket
         self._prefix = prefix.strip("/")
         self.url = redact_url(url) if url else f"s3://{bucket}/{self._prefix}"
@@ -189,6 +194,7 @@ class S3ArtifactStore(ArtifactStore):
             create_bucket=truthy(query.get("create_bucket", "0")),
             retries=retries,
             head_first_bytes=head_first_bytes,
+            http=http,
         )
 
     @property
@@ -356,6 +362,5 @@ class S3ArtifactStore(ArtifactStore):
         return self._read(str(artifact_id))
 
     def close(self) -> None:
-        pool = getattr(self._client, "_http", None)
-        if isinstance(pool, urllib3.PoolManager):
-            pool.clear()
+        if self._http is not None:
+            self._http.clear()

@@ -26,6 +26,9 @@ from mfm_dist.secrets import redact_url
 from mfm_dist.settings import DEFAULT_HOME, RedisCredentials, S3Credentials, Settings
 from mfm_dist.stores.base import EventStore
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+"""The URL schemes of the Redis event store."""
+
 
 class UnsupportedStoreUrl(InvalidInput):
     def __init__(self, what: str, url: str) -> None:
@@ -53,7 +56,7 @@ def open_event_store(
         from mfm_dist.stores.sqlite import SqliteEventStore
 
         return SqliteEventStore(_local_path(url), read_only=read_only)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in REDIS_SCHEMES:
         from mfm_dist.stores.redis_events import RedisEventStore
 
         return RedisEventStore.from_url(url, credentials=redis)

@@ -286,9 +286,6 @@ class Dashboard:
         """A full run id, or a unique prefix (≥ 8 characters) of one."""
         return self.app.run_id(text)
 
-    def _redis(self) -> Any:
-        return getattr(self.app.events, "client", None)
-
     # -- runs ------------------------------------------------------------------------------------
     def runs(self, filters: RunFilters) -> RunsPage:
         """A page of `mfm runs` rows (newest first) and the cursor of the next page: keyset
@@ -375,16 +372,11 @@ class Dashboard:
 
     def leases(self, view: RunView) -> Mapping[str, LeaseView] | None:
         """Live attempt leases (distributed backend; None elsewhere)."""
-        client = self._redis()
-        if client is None:
-            return None
-        try:
-            from workers.leases import Coordination
-        except ImportError:
+        cluster = self.app.cluster()
+        if cluster is None:
             return None
         open_ids = [state_id for state_id, _ in view.history.open_attempts()]
-        leases: dict[str, Any] = dict(Coordination(client).lease_info(str(view.run_id), open_ids))
-        return leases
+        return cluster.leases(str(view.run_id), open_ids)
 
     def report(self, view: RunView) -> RunReport:
         """`run_report` of the run (what `mfm status` shows), reused while nothing changed."""
@@ -583,16 +575,10 @@ class Dashboard:
         """Who ran which attempt: the cluster's holder record, live leases, or the embedded
         run's live driver."""
         holders: dict[tuple[str, int], str] = {}
-        client = self._redis()
-        if client is not None:
-            try:
-                from workers.metrics import read_holders
-
-                holders.update(read_holders(client, str(view.run_id)))
-            except ImportError:
-                pass
-            except Exception:  # a hint only: the timeline works without it
-                pass
+        cluster = self.app.cluster()
+        if cluster is not None:
+            with contextlib.suppress(Exception):  # a hint only: the timeline works without it
+                holders.update(cluster.holders(str(view.run_id)))
             for state_id, lease in (self.leases(view) or {}).items():
                 holders.setdefault((state_id, lease.attempt), lease.worker)
         elif not view.finished:
