@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ from mfm_dist.backfill.model import (
     backfill_journal,
     partition_request,
 )
+from mfm_dist.engine.lru import Lru
 from mfm_dist.errors import MfmError
 from mfm_dist.stores.redis_keys import BACKFILL_TIMERS_KEY
 from workers.leases import Coordination
@@ -133,7 +133,7 @@ class ClusterCanceller:
         cancel_run(self.rt, run_id, reason or "backfill cancelled", self.requested_by)
 
 
-_drivers: OrderedDict[str, BackfillDriver] = OrderedDict()
+_drivers: Lru[BackfillDriver] = Lru(DRIVER_CACHE)
 _drivers_rt: Runtime | None = None
 
 
@@ -154,11 +154,7 @@ def _driver(rt: Runtime, name: str) -> BackfillDriver:
             # How soon a tick looks again while the backfill has runs in flight.
             poll_s=rt.settings.backfill_poll_s,
         )
-        _drivers[name] = driver
-        while len(_drivers) > DRIVER_CACHE:
-            _drivers.popitem(last=False)
-    else:
-        _drivers.move_to_end(name)
+        _drivers.put(name, driver)
     return driver
 
 

@@ -29,7 +29,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from mfm_dist.engine.lifecycle import (
     result_from_history,
     submission_of,
 )
+from mfm_dist.engine.lru import Lru
 from mfm_dist.engine.progress import RunProgress, orphan_error
 from mfm_dist.errors import ErrorInfo, MfmError, NotFound, RunError
 from mfm_dist.events import (
@@ -187,7 +187,8 @@ class Coordinator:
     def __init__(self, runtime: Runtime, dispatcher: Dispatcher) -> None:
         self.rt = runtime
         self.dispatcher = dispatcher
-        self._runs: OrderedDict[str, CachedRun] = OrderedDict()
+        # Runs weigh their plan's states (the run being coordinated is always kept).
+        self._runs: Lru[CachedRun] = Lru(RUN_CACHE_SIZE, RUN_CACHE_STATES)
         # Several threads may coordinate different runs at once (a submission batch); the
         # Redis lock keeps one coordinator per run, this lock keeps the cache consistent.
         self._cache_lock = threading.Lock()
@@ -300,8 +301,6 @@ class Coordinator:
         cached). `renew` is called between chunks of a long read (the coordinator lock)."""
         with self._cache_lock:
             cached = self._runs.get(rid)
-            if cached is not None:
-                self._runs.move_to_end(rid)
         if cached is not None:
             try:
                 if self._refresh(cached, renew):
@@ -313,13 +312,7 @@ class Coordinator:
         with gc_paused():
             run = self._build(rid, renew)
         with self._cache_lock:
-            self._runs[rid] = run
-            states = sum(len(r.progress.plan) for r in self._runs.values())
-            while len(self._runs) > 1 and (
-                len(self._runs) > RUN_CACHE_SIZE or states > RUN_CACHE_STATES
-            ):
-                _, dropped = self._runs.popitem(last=False)
-                states -= len(dropped.progress.plan)
+            self._runs.put(rid, run, len(run.progress.plan))
         return run
 
     def _build(self, rid: str, renew: Callable[[], None]) -> CachedRun:
@@ -820,7 +813,7 @@ class Coordinator:
 
     def _drop(self, rid: str) -> CachedRun | None:
         with self._cache_lock:
-            return self._runs.pop(rid, None)
+            return self._runs.pop(rid)
 
     def _forget(self, rid: str) -> None:
         self._drop(rid)

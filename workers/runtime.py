@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +25,7 @@ from redis.retry import Retry
 from mfm_dist.artifacts import ArtifactStore, ArtifactStoreWrapper, KindLike, get_json
 from mfm_dist.canonical import JsonValue, artifact_id_of_bytes
 from mfm_dist.engine.deadlines import effective_timeout_ms
+from mfm_dist.engine.lru import Lru
 from mfm_dist.engine.snapshot_links import is_link_key
 from mfm_dist.engine.snapshots import PreparedSnapshot, SnapshotStore
 from mfm_dist.errors import Corruption, InvalidInput
@@ -284,8 +284,9 @@ class Runtime:
         self._registry: OperationRegistry | None = None
         self._io_factory: IoFactory | None = None
         # LRU-bounded: a long-lived worker sees an unbounded number of runs.
-        self._contexts: OrderedDict[str, RunContext] = OrderedDict()
-        self._facts: OrderedDict[str, FactIndex] = OrderedDict()
+        # Contexts weigh their plan's states (the most recently used one is always kept).
+        self._contexts: Lru[RunContext] = Lru(CONTEXT_CACHE_SIZE, CONTEXT_CACHE_STATES)
+        self._facts: Lru[FactIndex] = Lru(FACT_CACHE_SIZE)
         self._lock = threading.Lock()
 
     @classmethod
@@ -329,8 +330,6 @@ class Runtime:
     def run_context(self, manifest_id: str) -> RunContext:
         with self._lock:
             hit = self._contexts.get(manifest_id)
-            if hit is not None:
-                self._contexts.move_to_end(manifest_id)
         if hit is not None:
             return hit
         manifest = RunManifest.model_validate(get_json(self.artifacts, manifest_id, "manifest"))
@@ -340,14 +339,7 @@ class Runtime:
             plan = self.registry.plan_from_input_params(manifest.input_params, manifest.run_config)
             ctx = RunContext(manifest, plan, plan.fingerprint())
         with self._lock:
-            self._contexts[manifest_id] = ctx
-            self._contexts.move_to_end(manifest_id)
-            states = sum(len(c.plan.compiled) for c in self._contexts.values())
-            while len(self._contexts) > 1 and (
-                len(self._contexts) > CONTEXT_CACHE_SIZE or states > CONTEXT_CACHE_STATES
-            ):
-                _, dropped = self._contexts.popitem(last=False)
-                states -= len(dropped.plan.compiled)
+            self._contexts.put(manifest_id, ctx, len(plan.compiled))
         return ctx
 
     def facts(self, run_id: str) -> FactIndex:
@@ -357,11 +349,7 @@ class Runtime:
             if index is None:
                 rid = RunId(run_id)
                 index = FactIndex(fallback=lambda key: self.events.fact_binding(rid, key))
-                self._facts[run_id] = index
-                while len(self._facts) > FACT_CACHE_SIZE:
-                    self._facts.popitem(last=False)
-            else:
-                self._facts.move_to_end(run_id)
+                self._facts.put(run_id, index)
             return index
 
     def flush_timings(self) -> None:

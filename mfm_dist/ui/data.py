@@ -15,7 +15,6 @@ import contextlib
 import gc
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,6 +28,7 @@ from mfm_dist.cli.drivers import DriverStatus, Liveness, driver_status
 from mfm_dist.cli.inspection import run_query
 from mfm_dist.config import RunConfig, backoff_delay
 from mfm_dist.engine.history import RunHistory
+from mfm_dist.engine.lru import Lru
 from mfm_dist.engine.merge import compute_delta
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import InvalidInput, MfmError, NotFound
@@ -270,8 +270,7 @@ class Dashboard:
 
     def __init__(self, app: App, *, cache_size: int = 8) -> None:
         self.app = app
-        self._views: OrderedDict[str, RunView] = OrderedDict()
-        self._cache_size = cache_size
+        self._views: Lru[RunView] = Lru(cache_size)
         self._lock = threading.Lock()
 
     # -- stores ----------------------------------------------------------------------------------
@@ -343,8 +342,6 @@ class Dashboard:
         key = str(rid)
         with self._lock:
             view = self._views.get(key)
-            if view is not None:
-                self._views.move_to_end(key)
         if view is not None:
             if not view.finished:
                 with view.lock, gc_paused():
@@ -353,9 +350,7 @@ class Dashboard:
         with gc_paused():
             view = self._load(rid)
         with self._lock:
-            self._views[key] = view
-            while len(self._views) > self._cache_size:
-                self._views.popitem(last=False)
+            self._views.put(key, view)
         return view
 
     @cached_property

@@ -44,7 +44,9 @@ def fan(n: int) -> RunConfig:
 
 def item_ids(h: Harness, rid: str) -> list[str]:
     """The run's item states in canonical order (every state but the join)."""
-    return [str(s) for s in h.coordinator._runs[rid].progress.plan.order[:-1]]
+    run = h.coordinator._runs.peek(rid)
+    assert run is not None
+    return [str(s) for s in run.progress.plan.order[:-1]]
 
 
 def final_snapshot(h: Harness, rid: str) -> str:
@@ -417,9 +419,9 @@ def test_run_contexts_are_bounded_by_their_plans_states(
         ]
         rt.run_context(ids[0])
         rt.run_context(ids[1])
-        assert list(rt._contexts) == [ids[1]]  # 35 states > 30: the older one went
+        assert rt._contexts.keys() == [ids[1]]  # 35 states > 30: the older one went
         rt.run_context(ids[0])
-        assert list(rt._contexts) == [ids[0]]
+        assert rt._contexts.keys() == [ids[0]]
     finally:
         rt.close()
 
@@ -428,12 +430,16 @@ def test_cached_runs_are_bounded_by_their_plans_states(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(coordinator_module, "RUN_CACHE_STATES", 30)
-    first = h.submit("fanout_demo", {"items": 19}, fan(4))
-    second = h.submit("fanout_demo", {"items": 10}, fan(4))
-    h.coordinator.advance(first)
-    assert list(h.coordinator._runs) == [first]
-    h.coordinator.advance(second)
-    assert list(h.coordinator._runs) == [second]  # 20 + 11 states > 30
+    coordinator = coordinator_module.Coordinator(h.rt, h.dispatcher)  # built with the bound
+    try:
+        first = h.submit("fanout_demo", {"items": 19}, fan(4))
+        second = h.submit("fanout_demo", {"items": 10}, fan(4))
+        coordinator.advance(first)
+        assert coordinator._runs.keys() == [first]
+        coordinator.advance(second)
+        assert coordinator._runs.keys() == [second]  # 20 + 11 states > 30
+    finally:
+        coordinator.close()
 
 
 def test_a_plan_fingerprint_is_the_same_when_states_share_their_meta() -> None:
