@@ -110,9 +110,6 @@ class ArtifactStore(ABC):
         records), in one round trip; keys it lacks are absent from the answer. It never reads
         the durable store, so a miss only means "ask `get`". Not verified: the caller checks
         what it uses. A store with no such tier holds nothing (a wrapper asks its store)."""
-        inner = getattr(self, "inner", None)
-        if isinstance(inner, ArtifactStore):
-            return inner.peek_many(keys)
         return {}
 
     @abstractmethod
@@ -155,6 +152,9 @@ class ArtifactStoreWrapper(ArtifactStore):
 
     def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[ArtifactId]:
         return self.inner.ids_with_prefix(prefix, limit)
+
+    def peek_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        return self.inner.peek_many(keys)
 
     def put_raw(self, artifact_id: ArtifactId, kind: KindLike, data: bytes) -> str:
         return self.inner.put_raw(artifact_id, kind, data)

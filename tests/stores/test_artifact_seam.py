@@ -4,6 +4,8 @@ inner store only through that seam — so a wrapped store passes the whole store
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 import mfm_dist
@@ -58,6 +60,9 @@ class Unlisted(ArtifactStore):
     def close(self) -> None:
         self.closed = True
 
+    def peek_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        return {k: self.blobs[k] for k in keys if k in self.blobs}  # a "fast tier"
+
 
 def test_the_seam_is_what_a_backend_must_implement() -> None:
     assert ArtifactStore.__abstractmethods__ == {"exists", "put_raw", "get_raw"}
@@ -98,6 +103,9 @@ def test_a_wrapper_delegates_what_it_does_not_override() -> None:
     wrapped = ArtifactStoreWrapper(inner)
     with pytest.raises(StorageError):
         wrapped.ids_with_prefix("ab")  # the inner store cannot list: neither can the wrapper
+    aid = wrapped.put(ArtifactKind.OUTPUT, b"x")
+    assert wrapped.peek_many([aid, "f" * 64]) == {aid: b"x"}  # its fast tier is asked
+    assert InMemoryArtifactStore().peek_many([aid]) == {}  # no fast tier: nothing
     wrapped.close()
     assert inner.closed
 
