@@ -10,13 +10,23 @@ Headers are sent but never persisted: they are not part of the response, and
 `LiveIo` does not persist requests. Callers must never put header values (or
 anything else secret) in a fact key. Errors never echo bodies, headers or the
 URL: they carry only method, host, status, limits and counts.
+
+Connections: one `httpx.Client` serves every call of a transport (its pool keeps
+connections alive between calls; httpx clients may be shared between threads), built on
+first use and released by `close()`. A caller may inject its own `client` (then it is
+the caller's to configure and close) or an httpx `transport` the built client sends
+through (`httpx.MockTransport` in tests) — httpx's own seam, so no socket is needed to
+test what this transport does with a response.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
@@ -25,6 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mfm_dist.canonical import JsonValue
 from mfm_dist.errors import ErrorCategory, InvalidInput, RateLimited, TransportError
 from mfm_dist.secrets import shown
+
+if TYPE_CHECKING:
+    import httpx
 
 MIB = 1 << 20
 DEFAULT_TIMEOUT_MS = 10_000
@@ -87,12 +100,66 @@ def parse_allow_hosts(spec: str) -> set[tuple[str, int | None]]:
 
 
 class HttpTransport:
-    """JSON over HTTP with an allow-list, a per-call timeout and a response size cap."""
+    """JSON over HTTP with an allow-list, a per-call timeout and a response size cap.
 
-    def __init__(self, allow_hosts: str | Sequence[str], *, max_response_bytes: int = MIB) -> None:
+    `client`: an `httpx.Client` to send through (the caller configures and closes it; the
+    transport still refuses redirects per request). `transport`: an httpx transport for
+    the client this transport builds itself (e.g. `httpx.MockTransport`). Without either,
+    the built client uses httpx's own transport, never trusting the environment."""
+
+    def __init__(
+        self,
+        allow_hosts: str | Sequence[str],
+        *,
+        max_response_bytes: int = MIB,
+        client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if client is not None and transport is not None:
+            raise TypeError("give HttpTransport a client or a transport, not both")
         spec = allow_hosts if isinstance(allow_hosts, str) else ",".join(allow_hosts)
         self.allow = parse_allow_hosts(spec)
         self.max_response_bytes = max_response_bytes
+        self._given = client
+        self._transport = transport
+        self._owned: httpx.Client | None = None
+        self._owner_pid = 0
+        self._lock = threading.Lock()
+
+    def _client(self) -> httpx.Client:
+        """The injected client, else the one this transport built (once per process: a
+        forked child must not share its parent's connections)."""
+        if self._given is not None:
+            return self._given
+        with self._lock:
+            if self._owned is None or self._owner_pid != os.getpid():
+                import httpx
+
+                self._owned = httpx.Client(
+                    follow_redirects=False, trust_env=False, transport=self._transport
+                )
+                self._owner_pid = os.getpid()
+            return self._owned
+
+    def close(self) -> None:
+        """Release the connections of the client this transport built (an injected client
+        is left to its owner). The transport still works after: the next call builds a
+        new client."""
+        with self._lock:
+            owned, self._owned = self._owned, None
+        if owned is not None and self._owner_pid == os.getpid():
+            owned.close()
+
+    def __enter__(self) -> HttpTransport:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> HttpTransport:
@@ -141,16 +208,16 @@ class HttpTransport:
         deadline = time.monotonic() + req.timeout_ms / 1000
         timeout = httpx.Timeout(req.timeout_ms / 1000)
         body = bytearray()
+        client = self._client()
         try:
-            with (
-                httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-                client.stream(
-                    req.method,
-                    req.url,
-                    json=req.json_body if req.method == "POST" else None,
-                    headers=req.headers,
-                ) as resp,
-            ):
+            with client.stream(
+                req.method,
+                req.url,
+                json=req.json_body if req.method == "POST" else None,
+                headers=req.headers,
+                timeout=timeout,
+                follow_redirects=False,
+            ) as resp:
                 status = resp.status_code
                 if not 200 <= status < 300:
                     raise _status_error(status, where)
