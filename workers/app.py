@@ -4,7 +4,7 @@
 This module is a program's entry point: it reads the environment once
 (`ClusterSettings.from_env()`, docs/configuration.md) and builds the module-level `app`
 Celery's `-A` option needs. When a worker starts, its process runtime is bound to the
-settings of the app it runs (`workers.factory`). Everything else — `mfm worker`, the
+settings of the app it runs (`workers.boot`). Everything else — `mfm worker`, the
 CLI's cluster commands, clients, tests — builds its own app from the settings it holds
 with `create_app(settings)`, never this one: an app built at import time keeps whatever
 the environment said then.
@@ -12,15 +12,13 @@ the environment said then.
 
 from __future__ import annotations
 
+from workers.boot import _control_workers_keep_their_child, only_control_queue, worker_app
 from workers.factory import (
     ATTEMPT_TASK,
     CONTROL_TASKS,
     SUBMIT_TASKS,
-    _control_workers_keep_their_child,
     create_app,
     declared_queues,
-    only_control_queue,
-    worker_app,
 )
 from workers.settings import ClusterSettings
 

@@ -33,8 +33,11 @@ from mfm_dist.backfill.model import (
 from mfm_dist.engine.lru import Lru
 from mfm_dist.errors import MfmError
 from mfm_dist.stores.redis_keys import BACKFILL_TIMERS_KEY
+from workers.cancel import cancel_run
+from workers.inline import coordinate_now
 from workers.leases import Coordination
 from workers.runtime import Runtime
+from workers.submit import accept
 
 log = logging.getLogger("mfm.backfill")
 
@@ -108,12 +111,8 @@ class ClusterStarter:
         self._build = rt.registry.build_info()  # once: it spawns `git` (see mfm_dist.manifest)
 
     def start(self, plan: BackfillPlan, index: int, generation: int) -> str:
-        from workers.submit import accept
-
         inline: Callable[[str], object] | None = None
         if self.rt.settings.inline_coordination:
-            from workers.tasks import coordinate_now
-
             inline = coordinate_now  # this control worker takes the run's first step
         request = partition_request(plan, index, generation)
         return accept(self.rt, request, coordinate=inline, build=self._build).run_id
@@ -128,8 +127,6 @@ class ClusterCanceller:
         self.requested_by = f"backfill {name}"
 
     def cancel(self, run_id: str, reason: str | None) -> None:
-        from workers.cancel import cancel_run
-
         cancel_run(self.rt, run_id, reason or "backfill cancelled", self.requested_by)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers.coordinator import AttemptTask
+from workers.messages import AttemptTask
 
 CARRY_BUDGET_S = 5.0
 """How long after a task started its worker may still begin carried attempts. The hard time

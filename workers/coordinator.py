@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import redis
 
@@ -75,6 +75,7 @@ from mfm_dist.submission import completion_message, completion_task_id
 from workers import metrics as worker_metrics
 from workers.faults import is_transient
 from workers.leases import CLAIMED, DELAYED, SENT, Coordination, Reservation
+from workers.messages import AttemptTask, Dispatcher
 from workers.runtime import RunContext, Runtime
 
 if TYPE_CHECKING:
@@ -112,37 +113,6 @@ PENDING = "p"
 """Reservation kind while its chord is being sent: valid only inside the advance that
 wrote it (flipped to `s` once sent), so a coordinator that died in between is noticed by
 the next one at once."""
-
-
-@dataclass(frozen=True)
-class AttemptTask:
-    """The ids an attempt task carries — never snapshots or payloads."""
-
-    run_id: str
-    manifest_id: str
-    state_id: str
-    attempt: int
-    base_snapshot_id: str
-    plan_fingerprint: str
-    sent_ms: int
-    time_limit_s: float | None = None
-    """Hard limit for the task (the state's timeout plus a grace), or None."""
-
-
-class Dispatcher(Protocol):
-    def send_chord(self, run_id: str, attempts: list[AttemptTask]) -> None:
-        """Header: the attempts on the attempt queue; body: `advance(run_id)`."""
-
-    def send_advance(self, run_id: str) -> None:
-        """One `advance(run_id)` on the control queue, now."""
-
-    def attempt_queue_depth(self) -> int | None:
-        """Messages waiting in the attempt queue (None: unknown)."""
-
-    def send_callback(
-        self, task: str, queue: str, message: dict[str, object], task_id: str
-    ) -> None:
-        """`task(message)` on `queue`, with the given task id (a run's `on_complete`)."""
 
 
 LEASE_GONE = "but its worker lease had expired"

@@ -17,7 +17,7 @@ from workers.factory import ADVANCE_TASK, ATTEMPT_TASK, BACKFILL_TICK_TASK
 from workers.settings import ClusterSettings
 
 if TYPE_CHECKING:
-    from workers.coordinator import AttemptTask
+    from workers.messages import AttemptTask
 
 log = logging.getLogger("mfm.tasks")
 

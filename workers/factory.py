@@ -1,8 +1,8 @@
 """Building the Celery app from explicit settings (docs/cluster.md#queues-and-tasks).
 
 `create_app(settings)` has no side effect and reads no environment: the worker boot
-(`workers.app`, for `celery -A workers.app worker`), `mfm worker`, the CLI's cluster
-commands, a Python client's runtime and the tests each build theirs from the settings
+(`workers.boot.worker_app`, for `celery -A workers.app worker` and `mfm worker`), the CLI's
+cluster commands, a Python client's runtime and the tests each build theirs from the settings
 they hold. The tasks (`workers.tasks`) are shared tasks, so every app built here runs
 them in a worker, and a client's app sends them by name.
 
@@ -18,10 +18,8 @@ import weakref
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_init, worker_process_init
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
-from workers import metrics as worker_metrics
 from workers.settings import ClusterSettings
 
 CONTROL_TASKS = ("mfm.advance", "mfm.backfill_tick")
@@ -93,68 +91,9 @@ def create_app(settings: ClusterSettings) -> Celery:
     return celery_app
 
 
-def worker_app(settings: ClusterSettings) -> Celery:
-    """The app of a worker process: metrics set up for multiprocess mode before any metric
-    exists, and the exporter of `MFM_METRICS_PORT` connected (`workers.metrics`)."""
-    worker_metrics.prepare_multiprocess(settings.metrics_port)  # [metrics hook]
-    celery_app = create_app(settings)
-    worker_metrics.connect(celery_app, settings.metrics_port, settings.metrics_addr)
-    return celery_app
-
-
 def settings_of(celery_app: Any) -> ClusterSettings | None:
     """The settings an app was built from (None: not built by `create_app`)."""
     try:
         return _SETTINGS.get(celery_app)
     except TypeError:  # not an object a weak reference can point to (None, say)
         return None
-
-
-def only_control_queue(queues: object, settings: ClusterSettings) -> bool:
-    """Does a worker started with these `-Q` queues consume the control queue only?"""
-    if isinstance(queues, str):
-        names = {q.strip() for q in queues.split(",") if q.strip()}
-    elif isinstance(queues, (list, tuple, set)):
-        names = {str(q).strip() for q in queues}
-    else:
-        return False
-    return names == {settings.control_queue}
-
-
-@celeryd_init.connect  # type: ignore[untyped-decorator]
-def _worker_boot(instance: Any = None, **_: Any) -> None:
-    """A worker is starting (before its pool forks): its process runtime is built from the
-    settings of the app it runs, whoever built that app (`workers.app`, `mfm worker`)."""
-    settings = settings_of(getattr(instance, "app", None))
-    if settings is not None:
-        from workers.runtime import configure
-
-        configure(settings, instance.app)
-
-
-@celeryd_init.connect  # type: ignore[untyped-decorator]
-def _control_workers_keep_their_child(
-    sender: Any = None, conf: Any = None, options: Any = None, instance: Any = None, **_: Any
-) -> None:
-    """A worker that only coordinates keeps its pool child: what it accumulates is bounded
-    (the cached runs by their plans' states, the snapshot cache by bytes), while a replaced
-    child would rebuild each run it coordinates from the log — for a run of 100,000 states
-    a step of minutes, re-reading every snapshot, in the middle of the run."""
-    if conf is None or not isinstance(options, dict):
-        return
-    settings = settings_of(getattr(instance, "app", None))
-    if settings is None:
-        from workers.runtime import process_settings
-
-        settings = process_settings()
-    if only_control_queue(options.get("queues"), settings):
-        conf.worker_max_tasks_per_child = None
-
-
-@worker_process_init.connect  # type: ignore[untyped-decorator]
-def _fresh_runtime(**_: Any) -> None:
-    """A forked pool child builds its own connections."""
-    from workers.runtime import mark_pool_child, reset_runtime
-
-    reset_runtime()
-    mark_pool_child()

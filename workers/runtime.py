@@ -44,7 +44,7 @@ from workers.settings import ClusterSettings
 from workers.timing import Timings
 
 if TYPE_CHECKING:
-    from workers.coordinator import Dispatcher
+    from workers.messages import Dispatcher
 
 log = logging.getLogger("mfm.worker")
 T = TypeVar("T")

@@ -21,14 +21,17 @@ from mfm_dist.errors import MfmError
 from mfm_dist.ids import RunId
 from mfm_dist.stores.redis_events import RedisEventStore
 from workers.attempts import execute_attempt as run_one_attempt
+from workers.backfills import poller_hooks, tick
 from workers.carry import Carry
-from workers.coordinator import AttemptTask, Coordinator
 from workers.dispatch import CeleryDispatcher
 from workers.factory import ATTEMPT_TASK
 from workers.faults import is_transient
+from workers.inline import coordinate_now, coordinator
 from workers.leases import Coordination
+from workers.messages import AttemptTask
 from workers.metrics import op_of
 from workers.runtime import get_runtime, redis_client
+from workers.submit import receive, receive_batch
 from workers.timers import TimerPoller
 
 log = logging.getLogger("mfm.tasks")
@@ -37,19 +40,6 @@ log = logging.getLogger("mfm.tasks")
 def send_advance(run_id: str) -> None:
     """Enqueue one `advance(run_id)` on the control queue, now (this process's runtime)."""
     get_runtime().dispatcher.send_advance(run_id)
-
-
-_coordinator: Coordinator | None = None
-
-
-def coordinator() -> Coordinator:
-    global _coordinator
-    rt = get_runtime()
-    if _coordinator is None or _coordinator.rt is not rt:
-        if _coordinator is not None:
-            _coordinator.close()
-        _coordinator = Coordinator(rt, rt.dispatcher)
-    return _coordinator
 
 
 @shared_task(name="mfm.advance", bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
@@ -171,30 +161,11 @@ def _wave_done(rt: Any, run_id: str, state_id: str, attempt: int) -> bool:
         return True  # cannot tell: looking costs less than waiting for the join
 
 
-def coordinate_now(run_id: str, carry: Carry | None = None) -> None:
-    """Take the run's next coordination step in this process, now (inline continuation):
-    the attempt that just ended, or the submission that just started a run, dispatches
-    what became ready without a broker hop. If another process is coordinating the run,
-    it is marked dirty and that process looks again; any failure is left to the run's
-    timer and to the chord's join."""
-    started = time.perf_counter()  # [metrics hook]
-    status = "error"
-    try:
-        status = coordinator().advance_inline(run_id, carry)
-    except Exception as exc:
-        code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
-        log.warning("run %s: inline coordination failed (%s); its timer retries", run_id, code)
-    finally:
-        metrics.coordinator_step("inline", status, time.perf_counter() - started)
-
-
 @shared_task(name="mfm.submit", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def submit(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Start a run (the submission contract, docs/submission.md): keyword arguments
     `op`, `version`, `input`, `config`, `idempotency_key`, `labels`, `on_complete`. Returns
     `{"run_id", "outcome"}` or `{"error": {...}}` — never raises."""
-    from workers.submit import receive
-
     rt = get_runtime()
     inline = coordinate_now if rt.settings.inline_coordination else None
     return receive(rt, args, kwargs, self.request.id, inline)
@@ -203,8 +174,6 @@ def submit(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 @shared_task(name="mfm.submit_batch", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def submit_batch(self: Any, requests: Any = None, **unknown: Any) -> dict[str, Any]:
     """Many submissions in one message: `requests=[{...}, ...]` → `{"replies": [...]}`."""
-    from workers.submit import receive_batch
-
     return receive_batch(get_runtime(), requests, self.request.id, sorted(unknown), coordinate_now)
 
 
@@ -218,8 +187,6 @@ def noop(*_: Any) -> None:
 def backfill_tick(name: str) -> str:
     """Drive one backfill for a moment (docs/backfills.md); its Redis timer brings the next
     tick. Never raises: a fault is logged and the timer looks again."""
-    from workers.backfills import tick
-
     try:
         return tick(get_runtime(), name)
     except MfmError as exc:
@@ -254,8 +221,6 @@ def _start_timer_poller(sender: Any = None, **_: Any) -> None:
     if rt.settings.control_queue not in queues:
         return
     settings = rt.settings
-    from workers.backfills import poller_hooks
-
     poll_backfills, arm_backfills = poller_hooks(
         get_runtime, send_backfill_tick, rearm_ms=int(settings.watchdog_s * 1000)
     )

@@ -555,7 +555,7 @@ def worker(app: App, queues: str, concurrency: int | None, loglevel: str) -> Non
     """Start a Celery worker configured for mfm-dist (settings from MFM_* variables and the
     global store options)."""
     try:
-        from workers.factory import worker_app
+        from workers.boot import worker_app
     except ImportError as exc:
         raise _distributed_unavailable(exc) from None
     settings = app.cluster_settings()

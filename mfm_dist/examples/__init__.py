@@ -22,6 +22,7 @@ from mfm_dist.canonical import JsonValue, canonical_bytes_unchecked
 from mfm_dist.config import RunConfig
 from mfm_dist.context import StagedContext
 from mfm_dist.errors import InvalidInput, StateError
+from mfm_dist.examples.config import check_config
 from mfm_dist.examples.io_demo import IoDemo
 from mfm_dist.ids import OpPath
 from mfm_dist.io.base import IoProvider
@@ -30,23 +31,6 @@ from mfm_dist.plan import StateGraph
 from mfm_dist.state import EventRecorder, FnState, StateMeta, StateOutcome
 
 MAX_DEMO_ITEMS = 100_000
-
-
-def check_config(op_id: str, config: JsonValue, allowed: set[str]) -> dict[str, JsonValue]:
-    """An example's input must be an object with known keys: a typo is an error, not a
-    silent default."""
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise InvalidInput("op_config_invalid", f"{op_id} takes a JSON object as input")
-    unknown = sorted(set(config) - allowed)
-    if unknown:
-        raise InvalidInput(
-            "op_config_invalid",
-            f"{op_id} does not know {', '.join(map(repr, unknown))}; it takes "
-            f"{', '.join(sorted(allowed)) or 'no keys'}",
-        )
-    return config
 
 
 def _int_config(config: JsonValue, key: str, default: int, low: int, high: int) -> int:

@@ -25,6 +25,7 @@ from mfm_dist.canonical import JsonValue
 from mfm_dist.config import RunConfig
 from mfm_dist.context import StagedContext
 from mfm_dist.errors import InvalidInput
+from mfm_dist.examples.config import check_config
 from mfm_dist.ids import OpPath
 from mfm_dist.io.base import IoCall, IoProvider
 from mfm_dist.operations import Operation
@@ -53,8 +54,6 @@ class IoDemo(Operation):
     description = "HTTP, exec, time and randomness as recorded facts; a once-only side effect"
 
     def expand(self, op_path: OpPath, op_config: JsonValue, run_config: RunConfig) -> StateGraph:
-        from mfm_dist.examples import check_config
-
         op_config = check_config(self.op_id, op_config, {"quote_url", "publish_url", "program"})
         quote_url = _string(op_config, "quote_url", None)
         if quote_url is None:

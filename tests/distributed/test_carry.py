@@ -12,17 +12,18 @@ import pytest
 
 from mfm_dist.config import FanOutJoin, RunConfig
 from support.worker_harness import Harness, completed_status
-from workers import carry, tasks
+from workers import carry, inline, tasks
 from workers.carry import CARRY_BUDGET_S, Carry, may_carry
-from workers.coordinator import CARRY_ALLOWANCE_S, AttemptTask
+from workers.coordinator import CARRY_ALLOWANCE_S
 from workers.leases import SENT
+from workers.messages import AttemptTask
 
 
 @pytest.fixture
 def in_process(h: Harness, monkeypatch: pytest.MonkeyPatch) -> Harness:
     """`tasks.execute_attempt` uses the harness's runtime and coordinator."""
     monkeypatch.setattr(tasks, "get_runtime", lambda: h.rt)
-    monkeypatch.setattr(tasks, "coordinator", lambda: h.coordinator)
+    monkeypatch.setattr(inline, "coordinator", lambda: h.coordinator)
     return h
 
 

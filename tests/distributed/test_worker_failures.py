@@ -37,9 +37,10 @@ from support.worker_harness import (
     completed_status,
     wait_until,
 )
-from workers.coordinator import AttemptTask, Coordinator
+from workers.coordinator import Coordinator
 from workers.faults import is_permanent_storage_fault, is_transient
 from workers.leases import Coordination, LeaseKeeper
+from workers.messages import AttemptTask
 from workers.runtime import FACT_CACHE_SIZE, Runtime
 from workers.settings import ClusterSettings, with_redis_credentials
 from workers.timers import arm_unscheduled, running_runs
@@ -435,18 +436,18 @@ def test_redis_credentials_apply_to_broker_and_result_backend(
 def test_runtime_caches_are_bounded_and_replaced_coordinators_stop_their_threads(
     h: Harness,
 ) -> None:
-    from workers import tasks
+    from workers import inline
     from workers.factory import create_app
 
     for n in range(FACT_CACHE_SIZE + 10):
         h.rt.facts(f"00000000-0000-4000-8000-{n:012d}")
     assert len(h.rt._facts) == FACT_CACHE_SIZE
-    old = tasks.coordinator()
-    tasks._coordinator = Coordinator(Runtime.from_env(), FakeDispatcher())  # another runtime's
-    tasks._coordinator.rt.close()
-    fresh = tasks.coordinator()
+    old = inline.coordinator()
+    inline._coordinator = Coordinator(Runtime.from_env(), FakeDispatcher())  # another runtime's
+    inline._coordinator.rt.close()
+    fresh = inline.coordinator()
     assert fresh is not old
-    assert tasks._coordinator is fresh
+    assert inline._coordinator is fresh
     assert create_app(h.rt.settings).conf.worker_max_tasks_per_child == 1000
 
 

@@ -32,7 +32,8 @@ from mfm_dist.settings import (
 from mfm_dist.stores.urls import open_stores
 from support import REPO
 from support.worker_harness import Harness
-from workers.factory import _worker_boot, create_app
+from workers.boot import _worker_boot
+from workers.factory import create_app
 from workers.runtime import configure, process_settings
 from workers.settings import DEFAULT_REDIS, ClusterSettings
 

@@ -20,7 +20,8 @@ from mfm_dist.events import EventEnvelope, RunCompleted
 from mfm_dist.ids import RunId
 from support import dist_ops
 from workers.attempts import execute_attempt
-from workers.coordinator import AttemptTask, Coordinator
+from workers.coordinator import Coordinator
+from workers.messages import AttemptTask
 from workers.runtime import Runtime
 from workers.settings import ClusterSettings
 
