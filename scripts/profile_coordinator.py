@@ -50,6 +50,7 @@ def profile(n: int, top: int, use_cprofile: bool, concurrency: int | None) -> No
     from mfm_dist.config import FanOutJoin, RunConfig
     from support.worker_harness import FakeDispatcher, Harness
     from workers.coordinator import Coordinator
+    from workers.outcomes import StepOutcome
     from workers.runtime import Runtime
 
     coord_rt = Runtime.from_env()
@@ -89,8 +90,8 @@ def profile(n: int, top: int, use_cprofile: bool, concurrency: int | None) -> No
         tasks = dispatcher.take()
         sent_total += len(tasks)
         if dt > longest[0]:
-            longest = (dt, status, len(tasks))
-        if status == "finished":
+            longest = (dt, status.wire(), len(tasks))
+        if status == StepOutcome.FINISHED:
             break
         if any(t.state_id.endswith(".join") for t in tasks):
             # Every item completed and the join is out: the coordinator's peak for this run.

@@ -4,7 +4,8 @@ Order matters for at-least-once delivery: the lease is taken *before* `StateEnte
 is appended, so a second delivery of the same task finds the lease held and returns
 without touching the log; the envelope guards reject any late `StateEntered` (the
 attempt is no longer the next one), which we report as a duplicate — never a second
-attempt. Results are short status strings; snapshots stay in the artifact store.
+attempt. Results are small typed outcomes (`workers.outcomes.AttemptOutcome`; a short string
+on the wire); snapshots stay in the artifact store.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mfm_dist.stores.guards import GuardViolation
 from workers.faults import LEASE_LOST, is_permanent_storage_fault
 from workers.leases import lease_lost_error
 from workers.metrics import record_holder
+from workers.outcomes import AttemptOutcome
 from workers.runtime import Runtime, retire_if_stuck
 
 log = logging.getLogger("mfm.worker")
@@ -65,9 +67,9 @@ def execute_attempt(
     base_snapshot_id: str,
     plan_fingerprint: str,
     sent_ms: int = 0,
-) -> str:
-    """Run one attempt; returns completed | failed:<code> | skipped | duplicate |
-    superseded | cancelled | plan_mismatch | error:<code>. Never raises for expected races."""
+) -> AttemptOutcome:
+    """Run one attempt; returns how it ended: completed, failed (code), skipped, duplicate,
+    superseded, cancelled, plan_mismatch or error (code). Never raises for expected races."""
     if sent_ms:
         rt.timings.add("broker", max(0, now_millis() - sent_ms) / 1000.0)
     rid, sid = RunId(run_id), StateId(state_id)
@@ -78,13 +80,13 @@ def execute_attempt(
         log.error("run %s: cannot load the run context (%s)", run_id, exc.info.code)
         if is_permanent_storage_fault(exc):
             return _refuse_with_lease(rt, rid, sid, attempt, base_snapshot_id, exc, ttl_ms)
-        return f"error:{exc.info.code}"
+        return AttemptOutcome.error(exc.info.code)
     if ctx.fingerprint != plan_fingerprint:
         return _refuse_plan_mismatch(rt, rid, sid, attempt, base_snapshot_id)
     with rt.timings.phase("lease"):
         lease = rt.coord.acquire_lease(run_id, state_id, attempt, ttl_ms)
     if lease is None:
-        return "duplicate"
+        return AttemptOutcome.DUPLICATE
     record_holder(rt, run_id, state_id, attempt, lease)  # [dashboard hook] who ran it
     # Losing the lease (e.g. the run was cancelled: the coordinator took it away) stops the
     # attempt at once, even while its handler is busy in code that never checks its IO.
@@ -115,11 +117,11 @@ def execute_attempt(
             # Someone else entered this attempt (we may have taken over a dead holder's
             # lease): let the coordinator look now rather than at its next timer.
             _quietly(lambda: rt.coord.schedule_by(run_id, now_millis()))
-            return "duplicate"
+            return AttemptOutcome.DUPLICATE
         log.warning(
             "run %s: %s attempt %d closed by someone else (%s)", run_id, sid, attempt, exc.rule
         )
-        return "superseded"
+        return AttemptOutcome.SUPERSEDED
     except Exception as exc:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         if code == LEASE_LOST:
@@ -128,7 +130,7 @@ def execute_attempt(
             log.warning("run %s: %s attempt %d lost its lease; stopped", run_id, sid, attempt)
             for thread in stop.abandoned:
                 retire_if_stuck(thread)
-            return "superseded"
+            return AttemptOutcome.SUPERSEDED
         if is_permanent_storage_fault(exc):
             if not append.entered:
                 # E.g. the base snapshot is missing or corrupt: record why, end the state.
@@ -136,14 +138,14 @@ def execute_attempt(
             # Inside the attempt: give the lease back at once, so the coordinator closes
             # the orphan now; the orphan cap (MAX_ORPHAN_RECOVERIES) then ends the run.
             log.error("run %s: %s attempt %d hit permanent %s", run_id, sid, attempt, code)
-            return f"error:{code}"
+            return AttemptOutcome.error(code)
         # Transient infrastructure fault. Keep the lease until it expires: the coordinator
         # then closes the attempt as an orphan (or re-dispatches it: its reservation is
         # valid only while the lease lives) after one lease TTL — a natural back-off while a
         # store is down.
         release = False
         log.warning("run %s: %s attempt %d hit %s", run_id, sid, attempt, code)
-        return f"error:{code}"
+        return AttemptOutcome.error(code)
     finally:
         intact = rt.keeper.drop(run_id, state_id, lease)
         if release and intact:
@@ -154,12 +156,12 @@ def execute_attempt(
         retire_if_stuck(outcome.abandoned.thread)
     if not outcome.entered:
         log.info("run %s: %s attempt %d dropped: the run was cancelled", run_id, sid, attempt)
-        return "cancelled"
+        return AttemptOutcome.CANCELLED
     if outcome.skipped:
-        return "skipped"
+        return AttemptOutcome.SKIPPED
     if outcome.completed:
-        return "completed"
-    return f"failed:{outcome.error.code if outcome.error else 'unknown'}"
+        return AttemptOutcome.COMPLETED
+    return AttemptOutcome.failed(outcome.error.code if outcome.error else "unknown")
 
 
 def permanent_fault_error(exc: BaseException) -> ErrorInfo:
@@ -175,18 +177,18 @@ def permanent_fault_error(exc: BaseException) -> ErrorInfo:
 
 def _record_failure(
     rt: Runtime, rid: RunId, sid: StateId, attempt: int, base_snapshot_id: str, exc: Exception
-) -> str:
+) -> AttemptOutcome:
     error = permanent_fault_error(exc)
     try:
         _append_refusal(rt, rid, sid, attempt, base_snapshot_id, error)
     except GuardViolation:
-        return "duplicate"
+        return AttemptOutcome.DUPLICATE
     except (MfmError, redis.RedisError) as err:
         code = err.info.code if isinstance(err, MfmError) else type(err).__name__
         log.error("run %s: could not record %s's failure (%s)", rid, sid, code)
-        return f"error:{code}"
+        return AttemptOutcome.error(code)
     log.error("run %s: %s attempt %d failed for good: %s", rid, sid, attempt, error.code)
-    return f"failed:{error.code}"
+    return AttemptOutcome.failed(error.code)
 
 
 def _refuse_with_lease(
@@ -197,12 +199,12 @@ def _refuse_with_lease(
     base_snapshot_id: str,
     exc: Exception,
     ttl_ms: int,
-) -> str:
+) -> AttemptOutcome:
     """A permanent fault before anything started (the manifest is unreadable): take the
     lease so a concurrent delivery stays out, record the failure, give the lease back."""
     lease = rt.coord.acquire_lease(str(rid), str(sid), attempt, ttl_ms)
     if lease is None:
-        return "duplicate"
+        return AttemptOutcome.DUPLICATE
     try:
         return _record_failure(rt, rid, sid, attempt, base_snapshot_id, exc)
     finally:
@@ -235,13 +237,13 @@ def _append_refusal(
 
 def _refuse_plan_mismatch(
     rt: Runtime, rid: RunId, sid: StateId, attempt: int, base_snapshot_id: str
-) -> str:
+) -> AttemptOutcome:
     try:
         _append_refusal(rt, rid, sid, attempt, base_snapshot_id, plan_mismatch_error())
     except GuardViolation:
-        return "duplicate"
+        return AttemptOutcome.DUPLICATE
     log.error("run %s: refused %s attempt %d: plan_mismatch", rid, sid, attempt)
-    return PLAN_MISMATCH
+    return AttemptOutcome.PLAN_MISMATCH
 
 
 def _quietly(fn: Callable[[], object]) -> None:

@@ -76,6 +76,7 @@ from workers import metrics as worker_metrics
 from workers.faults import is_transient
 from workers.leases import CLAIMED, DELAYED, SENT, Coordination, Reservation
 from workers.messages import AttemptTask, Dispatcher
+from workers.outcomes import StepKind, StepOutcome
 from workers.runtime import RunContext, Runtime
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ class CachedRun:
 class Step:
     """What one look at a run did, and when the next look is due (ms, None: finished)."""
 
-    status: str
+    status: StepOutcome
     wake_ms: int | None
     head: int | None = None
     """The log head this look had seen (recorded for joins to compare)."""
@@ -171,10 +172,12 @@ class Coordinator:
         self._runs.clear()
 
     # -- entry point ----------------------------------------------------------------------------
-    def advance(self, run_id: str, *, watchdog: object = None, join: bool = False) -> str:
-        """Returns a short status: busy, finished, aborted:<code>, dispatched:N, waiting,
-        idle, joined, cancelled, cancelling, lock_lost or finish_rejected:<rule>.
-        (`watchdog` is accepted and ignored: wake-up messages of older versions carried a
+    def advance(
+        self, run_id: str, *, watchdog: object = None, join: bool = False
+    ) -> StepOutcome:
+        """What the step did (`workers.outcomes`): busy, finished, aborted (code), dispatched
+        (count), waiting, idle, joined, cancelled, cancelling, lock_lost or finish_rejected
+        (rule). (`watchdog` is accepted and ignored: wake-up messages of older versions carried a
         token.)
 
         `join`: a chord's join — skipped (`joined`) when the run's log has not grown since
@@ -184,14 +187,14 @@ class Coordinator:
         if join:
             looked = coord.looked_head(rid)
             if looked is not None and looked == self.rt.events.head_seq(RunId(rid)):
-                return "joined"
+                return StepOutcome.JOINED
         ttl_ms = int(self.rt.settings.lock_ttl_s * 1000)
         token = coord.try_lock(rid, ttl_ms)
         if token is None:
             coord.mark_dirty(rid, ttl_ms)
-            return "busy"
+            return StepOutcome.BUSY
         lock = _Lock(coord, rid, token, ttl_ms)
-        step = Step("error", self._watchdog_due())
+        step = Step(StepOutcome.error(), self._watchdog_due())
         rounds = 0
         try:
             with self.rt.timings.phase("coord_advance"):
@@ -214,14 +217,14 @@ class Coordinator:
                         return step.status
         except LockLost:
             log.warning("run %s: coordinator lock lost during a long advance", rid)
-            step = Step("lock_lost", self._watchdog_due())
+            step = Step(StepOutcome.LOCK_LOST, self._watchdog_due())
             return step.status
         except MfmError as exc:
             if is_transient(exc):
-                step = Step("retry", now_millis() + TRANSIENT_RETRY_MS)
+                step = Step(StepOutcome.retry(), now_millis() + TRANSIENT_RETRY_MS)
                 raise
             if exc.info.code == "run_not_found":
-                step = Step("run_not_found", None)  # no run to keep alive: drop its timer
+                step = Step(StepOutcome.RUN_NOT_FOUND, None)  # no run to keep alive: drop its timer
                 with contextlib.suppress(redis.RedisError):
                     coord.unschedule(rid)
                 raise
@@ -231,7 +234,7 @@ class Coordinator:
             return step.status
         except Exception as exc:
             if is_transient(exc):  # Redis down, S3 unreachable: look again soon
-                step = Step("retry", now_millis() + TRANSIENT_RETRY_MS)
+                step = Step(StepOutcome.retry(), now_millis() + TRANSIENT_RETRY_MS)
             raise
         finally:
             if token:  # left by an exception: keep the run watched, let go of the lock
@@ -241,7 +244,7 @@ class Coordinator:
                     coord.unlock(rid, token)
             self.rt.flush_timings()
 
-    def advance_inline(self, run_id: str, carry: Carry | None = None) -> str:
+    def advance_inline(self, run_id: str, carry: Carry | None = None) -> StepOutcome:
         """An inline continuation (an attempt that ended, a submission that started a run):
         the step is taken here if this process has the run cached or its log is short;
         a long run this process has not loaded is handed to the control queue instead,
@@ -255,7 +258,7 @@ class Coordinator:
             cached = rid in self._runs
         if not cached and self.rt.events.head_seq(RunId(rid)) > INLINE_LOAD_MAX_EVENTS:
             self.dispatcher.send_advance(rid)
-            return "handed_over"
+            return StepOutcome.HANDED_OVER
         self._local.carry = carry
         try:
             return self.advance(rid)
@@ -370,9 +373,9 @@ class Coordinator:
         coord = self.rt.coord
         if run.history.completed is not None:
             if not self._notify(rid, run):
-                return Step("notifying", now_millis() + TRANSIENT_RETRY_MS)
+                return Step(StepOutcome.NOTIFYING, now_millis() + TRANSIENT_RETRY_MS)
             self._forget(rid)
-            return Step("finished", None)
+            return Step(StepOutcome.FINISHED, None)
         if not run.plan_checked:
             recorded = coord.record_plan_if_missing(rid, run.ctx.fingerprint)
             run.plan_checked = recorded == run.ctx.fingerprint
@@ -407,21 +410,23 @@ class Coordinator:
                 continue
             if decision.finish is not None:
                 status = self._finish(rid, run, decision.finish)
-                if status == "notifying":
+                if status == StepOutcome.NOTIFYING:
                     return Step(status, now_millis() + TRANSIENT_RETRY_MS)
-                if status.startswith("finish_rejected"):
+                if status.kind is StepKind.FINISH_REJECTED:
                     return Step(status, now_millis())  # e.g. a cancel landed: look again now
-                return Step(status, None if status == "finished" else wake, run.history.head)
+                finished = status == StepOutcome.FINISHED
+                return Step(status, None if finished else wake, run.history.head)
             if decision.dispatch:
                 sent, due, left = self._dispatch(rid, run, decision.dispatch, lock)
-                status = f"dispatched:{sent}" if sent else "waiting"
+                status = StepOutcome.dispatched(sent) if sent else StepOutcome.WAITING
                 if decision.more or left:
                     # A wave wider than one step: the next step sends the next slice.
                     soon = now_millis() + CONTINUE_SAFETY_MS
                     return Step(status, min(wake, due, soon), run.history.head, more=True)
                 return Step(status, min(wake, due), run.history.head)
-            return Step("waiting" if decision.in_flight else "idle", wake, run.history.head)
-        return Step("waiting", wake, run.history.head)
+            idle = StepOutcome.WAITING if decision.in_flight else StepOutcome.IDLE
+            return Step(idle, wake, run.history.head)
+        return Step(StepOutcome.WAITING, wake, run.history.head)
 
     # -- cancellation (docs/cancellation.md) -----------------------------------------------------
     def _cancel_request(
@@ -468,13 +473,13 @@ class Coordinator:
             )
             break
         else:
-            return Step("cancelling", now_millis(), run.history.head)
+            return Step(StepOutcome.CANCELLING, now_millis(), run.history.head)
         self.rt.coord.revoke_leases(rid, revoked)
         run = self._load(rid)
         if not self._notify(rid, run):
-            return Step("notifying", now_millis() + TRANSIENT_RETRY_MS)
+            return Step(StepOutcome.NOTIFYING, now_millis() + TRANSIENT_RETRY_MS)
         self._forget(rid)
-        return Step("cancelled", None)
+        return Step(StepOutcome.CANCELLED, None)
 
     def _decide(self, rid: str, run: CachedRun, lock: _Lock) -> tuple[Decision, int]:
         """Settle the reservations (drop the stale and the lost, send the due), then decide.
@@ -683,7 +688,7 @@ class Coordinator:
             )
         return len(tasks)
 
-    def _finish(self, rid: str, run: CachedRun, finish: Finish) -> str:
+    def _finish(self, rid: str, run: CachedRun, finish: Finish) -> StepOutcome:
         drafts: list[EventDraft] = []
         config = run.ctx.manifest.run_config
         if finish.conflict_payload is not None and config.keeps_domain_event(CONFLICT_EVENT):
@@ -711,13 +716,13 @@ class Coordinator:
                 # the run's cache honest and its timer armed; the next advance decides.
                 log.warning("run %s: RunCompleted rejected (%s); will look again", rid, exc.rule)
                 self._drop(rid)
-                return f"finish_rejected:{exc.rule}"
+                return StepOutcome.finish_rejected(exc.rule)
             log.info("run %s: already completed by another coordinator", rid)
         run = self._load(rid)
         if not self._notify(rid, run):
-            return "notifying"
+            return StepOutcome.NOTIFYING
         self._forget(rid)
-        return "finished"
+        return StepOutcome.FINISHED
 
     def _abort(self, rid: str, exc: MfmError) -> Step:
         """End a run that can never make progress, with the fault's code (docs: lifecycle).
@@ -738,7 +743,7 @@ class Coordinator:
                 raise
             log.error("run %s: history unreadable (%s); unscheduled", rid, unreadable.info.code)
             self._forget(rid)
-            return Step(f"unrecoverable:{unreadable.info.code}", None)
+            return Step(StepOutcome.unrecoverable(unreadable.info.code), None)
         if history.completed is None:
             log.error("run %s: ending the run, permanent fault %s", rid, error.code)
             final: str | None = None
@@ -751,7 +756,7 @@ class Coordinator:
             self.rt.events.append_next(RunId(rid), abort_drafts(history, error, final))
             worker_metrics.run_finished(history, "Failed")  # [metrics hook]
         self._forget(rid)
-        return Step(f"aborted:{error.code}", None)
+        return Step(StepOutcome.aborted(error.code), None)
 
     def _notify(self, rid: str, run: CachedRun) -> bool:
         """Send the run's `on_complete` callback once; True when there is nothing (more) to

@@ -14,6 +14,7 @@ from mfm_dist import metrics
 from mfm_dist.errors import MfmError
 from workers.carry import Carry
 from workers.coordinator import Coordinator
+from workers.outcomes import StepOutcome
 from workers.runtime import get_runtime
 
 log = logging.getLogger("mfm.tasks")
@@ -39,11 +40,11 @@ def coordinate_now(run_id: str, carry: Carry | None = None) -> None:
     it is marked dirty and that process looks again; any failure is left to the run's
     timer and to the chord's join."""
     started = time.perf_counter()  # [metrics hook]
-    status = "error"
+    outcome = StepOutcome.error()
     try:
-        status = coordinator().advance_inline(run_id, carry)
+        outcome = coordinator().advance_inline(run_id, carry)
     except Exception as exc:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         log.warning("run %s: inline coordination failed (%s); its timer retries", run_id, code)
     finally:
-        metrics.coordinator_step("inline", status, time.perf_counter() - started)
+        metrics.coordinator_step("inline", outcome.kind.value, time.perf_counter() - started)

@@ -30,6 +30,7 @@ from workers.inline import coordinate_now, coordinator
 from workers.leases import Coordination
 from workers.messages import AttemptTask
 from workers.metrics import op_of
+from workers.outcomes import AttemptOutcome, StepOutcome
 from workers.runtime import get_runtime, redis_client
 from workers.submit import receive, receive_batch
 from workers.timers import TimerPoller
@@ -44,28 +45,29 @@ def send_advance(run_id: str) -> None:
 
 @shared_task(name="mfm.advance", bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
 def advance(self: Any, run_id: str, watchdog: object = None, join: bool = False) -> str:
-    """Coordinate a run one step. A transient fault is logged and left to the run's timer
-    (it looks again within one watchdog period); a permanent one ends the run. `join`: a
-    chord's join, skipped when nothing was appended since the last look."""
+    """Coordinate a run one step; the step's outcome in its wire form (`workers.outcomes`).
+    A transient fault is logged and left to the run's timer (it looks again within one
+    watchdog period); a permanent one ends the run. `join`: a chord's join, skipped when
+    nothing was appended since the last look."""
     started = time.perf_counter()  # [metrics hook]
-    status = "error"
+    outcome = StepOutcome.error()
     try:
-        status = coordinator().advance(run_id, join=join)
-        return status
+        outcome = coordinator().advance(run_id, join=join)
+        return outcome.wire()
     except MfmError as exc:
         if exc.info.code == "run_not_found" or not is_transient(exc):
             log.warning("advance %s: %s", run_id, exc.info.code)
-            return f"error:{exc.info.code}"
+            return StepOutcome.error(exc.info.code).wire()
         log.warning("advance %s: %s; its timer retries", run_id, exc.info.code)
-        return f"retry:{exc.info.code}"
+        return StepOutcome.retry(exc.info.code).wire()
     except Exception as exc:
         if is_transient(exc):
             log.warning("advance %s: %s; its timer retries", run_id, type(exc).__name__)
-            return f"retry:{type(exc).__name__}"
+            return StepOutcome.retry(type(exc).__name__).wire()
         raise
     finally:
         metrics.coordinator_step(
-            "join" if join else "wake", status, time.perf_counter() - started
+            "join" if join else "wake", outcome.kind.value, time.perf_counter() - started
         )
 
 
@@ -81,28 +83,28 @@ def execute_attempt(
     sent_ms: int = 0,
 ) -> str:
     """One state attempt — and the attempts it carries (workers.carry); the first one's
-    short status string. Never raises: a failed header task would suppress the chord's join
-    (the coordinator's next look)."""
+    outcome in its wire form (`workers.outcomes`). Never raises: a failed header task would
+    suppress the chord's join (the coordinator's next look)."""
     began = time.monotonic()
     hard_limit = _hard_limit(self)
     task = AttemptTask(
         run_id, manifest_id, state_id, attempt, base_snapshot_id, plan_fingerprint, sent_ms
     )
-    first: str | None = None
+    first: AttemptOutcome | None = None
     while True:
-        status, rt = _attempt(task)
-        first = status if first is None else first
+        outcome, rt = _attempt(task)
+        first = outcome if first is None else first
         if not (
             rt is not None
             and rt.settings.inline_coordination
-            and (status in FINISHED_ATTEMPT or status.startswith("failed:"))
+            and outcome.closed
             and _wave_done(rt, task.run_id, task.state_id, task.attempt)
         ):
-            return first
+            return first.wire()
         carry = Carry(time.monotonic() - began, hard_limit)
         coordinate_now(task.run_id, carry)
         if carry.task is None:
-            return first
+            return first.wire()
         task = carry.task
         metrics.attempt_carried()  # [metrics hook]
 
@@ -114,13 +116,13 @@ def _hard_limit(task: Any) -> float | None:
     return float(hard) if hard else None
 
 
-def _attempt(task: AttemptTask) -> tuple[str, Any]:
-    """Run one attempt; its status and the runtime (None if there was none)."""
+def _attempt(task: AttemptTask) -> tuple[AttemptOutcome, Any]:
+    """Run one attempt; its outcome and the runtime (None if there was none)."""
     started = time.perf_counter()  # [metrics hook]
     rt = None
     try:
         rt = get_runtime()
-        status = run_one_attempt(
+        outcome = run_one_attempt(
             rt,
             run_id=task.run_id,
             manifest_id=task.manifest_id,
@@ -134,14 +136,15 @@ def _attempt(task: AttemptTask) -> tuple[str, Any]:
         code = exc.info.code if isinstance(exc, MfmError) else type(exc).__name__
         log.error("run %s: attempt task for %s failed: %s", task.run_id, task.state_id, code)
         metrics.attempt_task(None, task.attempt, "error", time.perf_counter() - started)
-        return f"error:{code}", None
+        return AttemptOutcome.error(code), None
     metrics.attempt_task(  # [metrics hook]
-        op_of(rt, task.manifest_id), task.attempt, status, time.perf_counter() - started
+        op_of(rt, task.manifest_id),
+        task.attempt,
+        outcome.kind.value,
+        time.perf_counter() - started,
     )
-    return status, rt
+    return outcome, rt
 
-
-FINISHED_ATTEMPT = frozenset({"completed", "skipped"})
 
 
 def _wave_done(rt: Any, run_id: str, state_id: str, attempt: int) -> bool:

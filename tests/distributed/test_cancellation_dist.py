@@ -18,6 +18,7 @@ from mfm_dist.verify import verify_run
 from support import dist_ops
 from support.worker_harness import Harness
 from workers.cancel import cancel_run
+from workers.outcomes import AttemptOutcome, StepOutcome
 
 BOUND_S = 3.0  # lease TTL in these tests is 0.4 s; the keeper renews every TTL/3
 
@@ -44,28 +45,28 @@ def _verify_ok(h: Harness, rid: str) -> None:
 
 def test_cancel_closes_running_queued_and_backoff_attempts(h: Harness) -> None:
     rid = h.submit("cancel_demo", {}, _config())
-    assert h.coordinator.advance(rid).startswith("dispatched:3")
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(3)
     tasks = {t.state_id.rsplit(".", 1)[1]: t for t in h.dispatcher.take()}
-    assert h.run(tasks["flaky"]) == "failed:upstream_unavailable"
-    box: dict[str, str] = {}
+    assert h.run(tasks["flaky"]) == AttemptOutcome.failed("upstream_unavailable")
+    box: dict[str, AttemptOutcome] = {}
     runner = threading.Thread(target=lambda: box.setdefault("stuck", h.run(tasks["stuck"])))
     runner.start()
     while not dist_ops.STUCK_ENTERED:
         time.sleep(0.01)
-    assert h.coordinator.advance(rid) == "waiting"  # flaky now waits out its 30 s backoff
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING  # flaky now waits out its 30 s backoff
 
     outcome = cancel_run(h.rt, rid, "bad deploy", "ops@example")
     assert outcome.status == "requested" and outcome.seq is not None
     assert h.dispatcher.advances[-1] == rid  # the coordinator was woken
     # A queued attempt that arrives now is dropped by the store: nothing of it is recorded.
     head = h.rt.events.head_seq(RunId(rid))
-    assert h.run(tasks["plain"]) == "cancelled"
+    assert h.run(tasks["plain"]) == AttemptOutcome.CANCELLED
     assert h.rt.events.head_seq(RunId(rid)) == head
 
     asked = time.monotonic()
-    assert h.coordinator.advance(rid) == "cancelled"
+    assert h.coordinator.advance(rid) == StepOutcome.CANCELLED
     runner.join(BOUND_S)
-    assert not runner.is_alive() and box["stuck"] == "superseded"
+    assert not runner.is_alive() and box["stuck"] == AttemptOutcome.SUPERSEDED
     assert time.monotonic() - asked < BOUND_S
 
     log = h.log(rid)
@@ -85,7 +86,7 @@ def test_cancel_closes_running_queued_and_backoff_attempts(h: Harness) -> None:
     _verify_ok(h, rid)
     # Idempotent afterwards: refused as finished, nothing appended; advance is a no-op.
     assert cancel_run(h.rt, rid, "again").status == "finished"
-    assert h.coordinator.advance(rid) == "finished"
+    assert h.coordinator.advance(rid) == StepOutcome.FINISHED
     assert len(h.log(rid)) == len(log)
 
 
@@ -112,7 +113,7 @@ def test_cancel_racing_the_last_completion_ends_cancelled(h: Harness) -> None:
             h.run(task)
     assert join_completed() and not isinstance(h.log(rid)[-1].event, RunCompleted)
     assert cancel_run(h.rt, rid, "late").status == "requested"
-    assert h.coordinator.advance(rid) == "cancelled"
+    assert h.coordinator.advance(rid) == StepOutcome.CANCELLED
     last = h.log(rid)[-1].event
     assert isinstance(last, RunCompleted) and last.status == RunStatus.CANCELLED
     _verify_ok(h, rid)
@@ -134,7 +135,7 @@ def test_run_deadline_cancels_on_the_cluster(h: Harness) -> None:
         time.sleep(0.01)
     while time.time() * 1000 < due:
         time.sleep(0.02)
-    assert h.coordinator.advance(rid) == "cancelled"
+    assert h.coordinator.advance(rid) == StepOutcome.CANCELLED
     runner.join(BOUND_S)
     assert not runner.is_alive()
     [request] = [r for r in map(request_of, h.log(rid)) if r is not None]

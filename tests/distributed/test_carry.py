@@ -17,6 +17,7 @@ from workers.carry import CARRY_BUDGET_S, Carry, may_carry
 from workers.coordinator import CARRY_ALLOWANCE_S
 from workers.leases import SENT
 from workers.messages import AttemptTask
+from workers.outcomes import AttemptOutcome, StepOutcome
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def attempts_entered(h: Harness, rid: str) -> list[str]:
 def test_a_chain_runs_to_its_end_in_one_task_without_a_chord(in_process: Harness) -> None:
     h = in_process
     rid = h.submit("chain_demo", {"states": 4})
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     (first,) = h.dispatcher.take()
     assert run_task(first) == "completed"
     assert h.dispatcher.chords == []  # states 2..4 were carried, never sent
@@ -53,7 +54,7 @@ def test_a_wave_is_sent_and_only_its_single_join_is_carried(in_process: Harness)
     h = in_process
     config = RunConfig(execution_mode=FanOutJoin(max_concurrency=4))
     rid = h.submit("fanout_demo", {"items": 3}, config)
-    assert h.coordinator.advance(rid) == "dispatched:3"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(3)
     wave = h.dispatcher.take()
     assert [run_task(t) for t in wave] == ["completed"] * 3
     assert h.dispatcher.chords == []  # the join followed the wave's last attempt
@@ -79,14 +80,14 @@ def test_a_carried_attempt_its_worker_never_ran_is_dispatched_again(h: Harness) 
     ordinary `sent` one, given up one lease TTL later while the attempt queue is empty."""
     rid = h.submit("chain_demo", {"states": 1})
     offer = Carry(elapsed_s=0.0, hard_limit_s=None)
-    assert h.coordinator.advance_inline(rid, offer) == "dispatched:1"
+    assert h.coordinator.advance_inline(rid, offer) == StepOutcome.dispatched(1)
     assert offer.task is not None and h.dispatcher.chords == []
     assert h.rt.coord.reservations(rid)[offer.task.state_id].kind == SENT
     time.sleep(h.rt.settings.lease_ttl_s + 0.1)
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     (again,) = h.dispatcher.take()
     assert (again.state_id, again.attempt) == (offer.task.state_id, 0)
-    assert h.run(again) == "completed"
+    assert h.run(again) == AttemptOutcome.COMPLETED
     h.drive(rid)
     assert completed_status(h, rid) == "Completed"
 

@@ -23,6 +23,7 @@ from mfm_dist.stores.redis_keys import lease_key, run_key
 from support.worker_harness import Harness, completed_status
 from workers import leases
 from workers.leases import CLAIMED, DELAYED
+from workers.outcomes import AttemptOutcome, StepOutcome
 
 
 def dead_pid() -> int:
@@ -48,22 +49,23 @@ def test_attempt_lost_after_taking_its_lease_is_redispatched_at_lease_expiry(
 ) -> None:
     """Bound: one lease TTL (was: the 60 s dispatch timeout)."""
     rid = h.submit("chain_demo", {"states": 2})
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     (task,) = h.dispatcher.take()
     # A worker on another host takes the lease, then its machine dies before StateEntered.
     take_lease_as(h, monkeypatch, "far-away-host:4242", rid, task.state_id, 0)
     died = time.monotonic()
     assert h.rt.coord.reservations(rid)[task.state_id].kind == CLAIMED
-    assert h.coordinator.advance(rid) == "waiting"  # its lease still runs: not re-sent yet
+    # Its lease still runs: not sent again yet.
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING
     assert h.dispatcher.take() == []
     while h.rt.redis.exists(lease_key(rid, task.state_id)):
         time.sleep(0.02)
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     recovered = time.monotonic() - died
     (again,) = h.dispatcher.take()
     assert (again.state_id, again.attempt) == (task.state_id, 0)
     assert recovered < h.rt.settings.lease_ttl_s + 1.0
-    assert h.run(again) == "completed"
+    assert h.run(again) == AttemptOutcome.COMPLETED
     h.drive(rid)
     assert completed_status(h, rid) == "Completed"
 
@@ -76,8 +78,8 @@ def test_redelivered_attempt_takes_over_a_dead_local_holders_lease_at_once(
     h.coordinator.advance(rid)
     (task,) = h.dispatcher.take()
     take_lease_as(h, monkeypatch, f"{socket.gethostname()}:{dead_pid()}", rid, task.state_id, 0)
-    assert h.run(task) == "completed"  # the pool child that held it was SIGKILLed
-    assert h.coordinator.advance(rid) == "finished"
+    assert h.run(task) == AttemptOutcome.COMPLETED  # the pool child that held it was SIGKILLed
+    assert h.coordinator.advance(rid) == StepOutcome.FINISHED
     assert completed_status(h, rid) == "Completed"
 
 
@@ -91,7 +93,7 @@ def test_a_live_holders_lease_is_never_taken_over(
     try:
         holder = f"{socket.gethostname()}:{sleeper.pid}"
         take_lease_as(h, monkeypatch, holder, rid, task.state_id, 0)
-        assert h.run(task) == "duplicate"
+        assert h.run(task) == AttemptOutcome.DUPLICATE
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -111,7 +113,7 @@ def test_open_attempt_of_a_dead_local_holder_is_closed_without_waiting_for_its_t
         RunId(rid), [EventDraft(event=entered, ts_millis=now_millis(), state_id=sid, attempt=0)]
     )
     assert h.rt.redis.pttl(lease_key(rid, task.state_id)) > 0  # the key itself still lives
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     (retry,) = h.dispatcher.take()
     assert retry.attempt == 1
     orphan = [e.event for e in h.log(rid) if isinstance(e.event, StateFailed)]
@@ -126,17 +128,17 @@ def test_unclaimed_dispatch_is_resent_after_one_lease_ttl_once_the_queue_is_empt
     rid = h.submit("chain_demo", {"states": 1})
     h.coordinator.advance(rid)
     (lost,) = h.dispatcher.take()
-    assert h.coordinator.advance(rid) == "waiting"
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING
     time.sleep(h.rt.settings.lease_ttl_s + 0.1)
     h.dispatcher.queue_depth = 3  # it may still be queued behind others: leave it
-    assert h.coordinator.advance(rid) == "waiting"
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING
     h.dispatcher.queue_depth = 0
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     (again,) = h.dispatcher.take()
     assert (again.state_id, again.attempt) == (lost.state_id, lost.attempt)
     # The lost original may still turn up: it finds the attempt done and changes nothing.
-    assert h.run(again) == "completed"
-    assert h.run(lost) == "duplicate"
+    assert h.run(again) == AttemptOutcome.COMPLETED
+    assert h.run(lost) == AttemptOutcome.DUPLICATE
     h.drive(rid)
     assert completed_status(h, rid) == "Completed"
 
@@ -154,14 +156,14 @@ def test_coordinator_dying_between_reserving_and_sending_is_noticed_by_the_next_
     with pytest.raises(SystemExit):
         h.coordinator.advance(rid)
     monkeypatch.undo()
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
 
 
 def test_dead_coordinators_lock_is_taken_over_at_once(h: Harness) -> None:
     """Bound: none on this host (was: the 30 s lock TTL)."""
     rid = h.submit("chain_demo", {"states": 1})
     h.rt.redis.set(run_key(rid, "lock"), f"tok:{socket.gethostname()}:{dead_pid()}", px=30_000)
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
 
 
 def test_busy_lock_marks_the_run_dirty_and_the_holder_looks_again(h: Harness) -> None:
@@ -169,7 +171,7 @@ def test_busy_lock_marks_the_run_dirty_and_the_holder_looks_again(h: Harness) ->
     rid = h.submit("chain_demo", {"states": 1})
     other = "tok:far-away-host:77"
     h.rt.redis.set(run_key(rid, "lock"), other, px=30_000)
-    assert h.coordinator.advance(rid) == "busy"
+    assert h.coordinator.advance(rid) == StepOutcome.BUSY
     assert h.dispatcher.advances == [] and h.dispatcher.chords == []
     assert h.rt.redis.exists(run_key(rid, "dirty"))
     # The holder lets go and learns that someone knocked: it sends one more advance.
@@ -177,7 +179,7 @@ def test_busy_lock_marks_the_run_dirty_and_the_holder_looks_again(h: Harness) ->
     assert not h.rt.redis.exists(run_key(rid, "dirty"))
     # A holder that sees the mark while it still holds the lock looks again itself.
     h.rt.coord.mark_dirty(rid, 30_000)
-    assert h.coordinator.advance(rid) == "waiting"  # the status of its second look
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING  # the status of its second look
     assert len(h.dispatcher.take()) == 1  # the first look dispatched, the second found it so
     assert not h.rt.redis.exists(run_key(rid, "dirty"))
 
@@ -193,9 +195,9 @@ def test_retry_backoff_waits_in_redis_not_in_a_countdown_message(h: Harness) -> 
     rid = h.submit("backoff_demo", {}, config)
     h.coordinator.advance(rid)
     (first,) = h.dispatcher.take()
-    assert h.run(first) == "failed:upstream_unavailable"
+    assert h.run(first) == AttemptOutcome.failed("upstream_unavailable")
     failed_at = now_millis()
-    assert h.coordinator.advance(rid) == "waiting"
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING
     assert h.dispatcher.chords == []
     reservation = h.rt.coord.reservations(rid)[first.state_id]
     assert reservation.kind == DELAYED and reservation.attempt == 1
@@ -203,11 +205,11 @@ def test_retry_backoff_waits_in_redis_not_in_a_countdown_message(h: Harness) -> 
     assert due is not None and failed_at <= due <= failed_at + 700
     while now_millis() < due:
         time.sleep(0.02)
-    assert h.coordinator.advance(rid) == "waiting"  # sent now, as its own chord
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING  # sent now, as its own chord
     (retry,) = h.dispatcher.take()
     assert retry.attempt == 1
-    assert h.run(retry) == "completed"
-    assert h.coordinator.advance(rid) == "finished"
+    assert h.run(retry) == AttemptOutcome.COMPLETED
+    assert h.coordinator.advance(rid) == StepOutcome.FINISHED
     assert completed_status(h, rid) == "Completed"
 
 
@@ -229,10 +231,10 @@ def test_a_claim_made_while_the_chord_is_sent_is_not_overwritten(
             take_lease_as(h, monkeypatch, dead, run_id, t.state_id, t.attempt)
 
     monkeypatch.setattr(h.dispatcher, "send_chord", send_and_claim)
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     (task,) = h.dispatcher.take()
     assert h.rt.coord.reservations(rid)[task.state_id].kind == CLAIMED
     monkeypatch.setattr(h.dispatcher, "send_chord", real_send)
-    assert h.coordinator.advance(rid) == "dispatched:1"  # at once, not after 60 s
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)  # at once, not after 60 s
     (again,) = h.dispatcher.take()
     assert (again.state_id, again.attempt) == (task.state_id, 0)

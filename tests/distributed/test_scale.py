@@ -35,6 +35,7 @@ from workers import coordinator as coordinator_module
 from workers import runtime as runtime_module
 from workers.coordinator import CONTINUE_SAFETY_MS, Coordinator
 from workers.leases import SENT, Reservation
+from workers.outcomes import AttemptOutcome, StepOutcome
 from workers.runtime import Runtime
 
 
@@ -64,7 +65,7 @@ def test_a_wide_wave_goes_out_in_bounded_steps_and_the_rest_follows(
     monkeypatch.setattr(coordinator_module, "DISPATCH_SLICE", 4)
     rid = h.submit("fanout_demo", {"items": 24}, fan(100))
 
-    assert h.coordinator.advance(rid) == "dispatched:10"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(10)
     assert [len(c) for c in h.dispatcher.chords] == [4, 4, 2]
     # The step let go of the lock and queued the next slice behind other runs' advances
     # (one `advance` message), with the run's timer as the backstop.
@@ -73,24 +74,24 @@ def test_a_wide_wave_goes_out_in_bounded_steps_and_the_rest_follows(
     assert due is not None and due <= now_millis() + CONTINUE_SAFETY_MS
     first = h.dispatcher.take()
 
-    assert h.coordinator.advance(rid) == "dispatched:10"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(10)
     assert h.dispatcher.advances == [rid, rid]
     second = h.dispatcher.take()
-    assert h.coordinator.advance(rid) == "dispatched:4"  # the last items; the join waits
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(4)  # the last items; the join waits
     assert h.dispatcher.advances == [rid, rid]  # nothing left: no continuation
     third = h.dispatcher.take()
-    assert h.coordinator.advance(rid) == "waiting"
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING
 
     sent = [t.state_id for t in first + second + third]
     assert sent == item_ids(h, rid)  # canonical order, each item once
     for task in first + second + third:
-        assert h.run(task) == "completed"
+        assert h.run(task) == AttemptOutcome.COMPLETED
     h.drive(rid)
 
     # The same run dispatched in one step ends with the same final snapshot.
     monkeypatch.setattr(coordinator_module, "STEP_DISPATCH_LIMIT", 1024)
     other = h.submit("fanout_demo", {"items": 24}, fan(100))
-    assert h.coordinator.advance(other) == "dispatched:24"
+    assert h.coordinator.advance(other) == StepOutcome.dispatched(24)
     h.dispatcher.advances.clear()
     for task in h.dispatcher.take():
         h.run(task)
@@ -106,13 +107,13 @@ def test_a_step_stops_sending_once_its_time_budget_is_spent(
     monkeypatch.setattr(coordinator_module, "DISPATCH_SLICE", 4)
     monkeypatch.setattr(coordinator_module, "STEP_BUDGET_S", -1.0)  # spent after one chord
     rid = h.submit("fanout_demo", {"items": 9}, fan(100))
-    assert h.coordinator.advance(rid) == "dispatched:4"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(4)
     assert [len(c) for c in h.dispatcher.chords] == [4]
     assert h.dispatcher.advances == [rid]
     # What was not sent was not reserved either: the next step decides it again.
     assert len(h.rt.coord.reservations(rid)) == 4
-    assert h.coordinator.advance(rid) == "dispatched:4"
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(4)
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     sent = [t.state_id for t in h.dispatcher.take()]
     assert sent == item_ids(h, rid)
 
@@ -122,11 +123,11 @@ def test_the_concurrency_bound_holds_across_slices(
 ) -> None:
     monkeypatch.setattr(coordinator_module, "STEP_DISPATCH_LIMIT", 10)
     rid = h.submit("fanout_demo", {"items": 30}, fan(12))
-    assert h.coordinator.advance(rid) == "dispatched:10"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(10)
     assert h.dispatcher.advances == [rid]
-    assert h.coordinator.advance(rid) == "dispatched:2"  # 12 in flight: the bound
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(2)  # 12 in flight: the bound
     assert h.dispatcher.advances == [rid]  # no free slot: nothing to continue with
-    assert h.coordinator.advance(rid) == "waiting"
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING
     assert len(h.dispatcher.take()) == 12
 
 
@@ -137,17 +138,17 @@ def test_a_dispatch_past_its_timeout_is_kept_while_the_attempt_queue_has_a_backl
     h: Harness,
 ) -> None:
     rid = h.submit("fanout_demo", {"items": 2}, fan(10))
-    assert h.coordinator.advance(rid) == "dispatched:2"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(2)
     tasks = h.dispatcher.take()
     long_ago = now_millis() - 600_000
     expired = Reservation(0, long_ago + 60_000, SENT, long_ago)
     h.rt.coord.reserve(rid, {t.state_id: expired for t in tasks})
 
     h.dispatcher.queue_depth = 500  # a wave wider than the workers drain in the timeout
-    assert h.coordinator.advance(rid) == "waiting"
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING
     assert h.dispatcher.take() == []
     h.dispatcher.queue_depth = 0  # the queue drained and they never ran: messages lost
-    assert h.coordinator.advance(rid) == "dispatched:2"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(2)
     assert sorted(t.state_id for t in h.dispatcher.take()) == sorted(t.state_id for t in tasks)
 
 
@@ -155,12 +156,12 @@ def test_an_attempt_that_finishes_during_a_look_is_not_dispatched_again(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rid = h.submit("fanout_demo", {"items": 2}, fan(10))
-    assert h.coordinator.advance(rid) == "dispatched:2"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(2)
     first, _ = h.dispatcher.take()
-    assert h.coordinator.advance(rid) == "waiting"  # the run is cached, its log read
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING  # the run is cached, its log read
 
     read = h.rt.coord.grouped_reservations
-    raced: list[str] = []
+    raced: list[AttemptOutcome] = []
 
     def racing(run_id: str) -> Any:
         # The attempt runs to its end (lease taken and released: its reservation is left
@@ -170,8 +171,8 @@ def test_an_attempt_that_finishes_during_a_look_is_not_dispatched_again(
         return read(run_id)
 
     monkeypatch.setattr(h.rt.coord, "grouped_reservations", racing)
-    assert h.coordinator.advance(rid) == "waiting"
-    assert raced == ["completed"]
+    assert h.coordinator.advance(rid) == StepOutcome.WAITING
+    assert raced == [AttemptOutcome.COMPLETED]
     assert h.dispatcher.take() == []
 
 
@@ -236,7 +237,7 @@ def test_a_coordinator_holds_a_5000_state_run_in_under_5_kb_per_state(h: Harness
         # Only run-level envelopes are kept (RunStarted, run_submitted), not 10,000.
         assert len(run.history.envelopes) <= 2 and run.history.head == 2 * (states - 1) + 1
         # The join's base is the merge of every item, and the run finishes as usual.
-        assert coordinator.advance(rid) == "dispatched:1"
+        assert coordinator.advance(rid) == StepOutcome.dispatched(1)
     finally:
         coordinator.close()
         rt.close()
@@ -379,7 +380,7 @@ def test_a_compact_history_read_in_chunks_is_the_full_history_without_its_envelo
 
 def test_open_attempts_keep_the_order_their_states_first_appeared(h: Harness) -> None:
     rid = h.submit("fanout_demo", {"items": 3}, fan(10))
-    assert h.coordinator.advance(rid) == "dispatched:3"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(3)
     a, b, c = h.dispatcher.take()
     run = RunId(rid)
     for task in (c, a, b):  # entered out of canonical order
@@ -466,22 +467,22 @@ def test_an_inline_continuation_hands_a_long_run_it_has_not_loaded_to_the_contro
 ) -> None:
     monkeypatch.setattr(coordinator_module, "INLINE_LOAD_MAX_EVENTS", 5)
     rid = h.submit("fanout_demo", {"items": 4}, fan(10))
-    assert h.coordinator.advance(rid) == "dispatched:4"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(4)
     for task in h.dispatcher.take():
         h.run(task)
     # An attempt worker's coordinator, which never loaded the run: 9 events > 5.
     worker_dispatcher = FakeDispatcher()
     worker = Coordinator(h.rt, worker_dispatcher)
     try:
-        assert worker.advance_inline(rid) == "handed_over"
+        assert worker.advance_inline(rid) == StepOutcome.HANDED_OVER
         assert worker_dispatcher.advances == [rid] and rid not in worker._runs
         assert worker_dispatcher.chords == []
         # The control worker's coordinator has it cached: it takes the step itself.
-        assert h.coordinator.advance_inline(rid) == "dispatched:1"
+        assert h.coordinator.advance_inline(rid) == StepOutcome.dispatched(1)
     finally:
         worker.close()
     short = h.submit("fanout_demo", {"items": 1}, fan(10))
-    assert h.coordinator.advance_inline(short) == "dispatched:1"  # a short log: loaded here
+    assert h.coordinator.advance_inline(short) == StepOutcome.dispatched(1)  # a short log
 
 
 def test_a_worker_that_only_coordinates_keeps_its_pool_child() -> None:

@@ -25,6 +25,7 @@ from mfm_dist.verify import verify_run
 from support.engine_helpers import Harness as EngineHarness
 from support.worker_harness import FakeDispatcher, Harness, completed_status
 from workers.coordinator import Coordinator
+from workers.outcomes import AttemptOutcome, StepOutcome
 from workers.runtime import RedisCachedArtifacts, Runtime, redis_client
 
 ITEMS = 60
@@ -67,7 +68,7 @@ def test_workers_rebuild_linked_bases_and_end_with_the_embedded_ids(cluster: Har
     cold_starts_from_links = 0
     try:
         for n in range(ITEMS + 5):
-            if h.coordinator.advance(rid) == "finished":
+            if h.coordinator.advance(rid) == StepOutcome.FINISHED:
                 break
             for task in h.dispatcher.take():
                 if n % 7 == 3:
@@ -80,12 +81,12 @@ def test_workers_rebuild_linked_bases_and_end_with_the_embedded_ids(cluster: Har
                         cold_starts_from_links += 1
                     worker = Harness(rt, FakeDispatcher(), h.coordinator)
                     try:
-                        assert worker.run(task) == "completed"
+                        assert worker.run(task) == AttemptOutcome.COMPLETED
                     finally:
                         rt.close()
                 else:
                     worker = h if n % 2 else Harness(warm, FakeDispatcher(), h.coordinator)
-                    assert worker.run(task) == "completed"
+                    assert worker.run(task) == AttemptOutcome.COMPLETED
         else:
             raise AssertionError("the run did not finish")
     finally:

@@ -21,6 +21,7 @@ from mfm_dist.submission import completion_task_id, parse_request, submit_schema
 from support import REPO
 from support.worker_harness import Harness, completed_status
 from workers import submission_log
+from workers.outcomes import StepOutcome
 from workers.submit import receive, receive_batch
 
 OK = {"op": "chain_demo", "input": {"states": 2}}
@@ -191,8 +192,8 @@ def test_on_complete_fires_once_per_run_even_if_the_coordinator_dies_around_it(
     assert h.rt.coord.scheduled(rid) is not None  # the run is still watched: not notified yet
     h.rt.redis.delete(run_key(rid, "notified"))  # the dead sender's claim expired
     monkeypatch.setattr(h.dispatcher, "send_callback", real_send)
-    assert h.coordinator.advance(rid) == "finished"
-    assert h.coordinator.advance(rid) == "finished"
+    assert h.coordinator.advance(rid) == StepOutcome.FINISHED
+    assert h.coordinator.advance(rid) == StepOutcome.FINISHED
     ((task, queue, message, task_id),) = h.dispatcher.callbacks
     assert (task, queue, task_id) == ("done", "q", completion_task_id(rid))
     assert message["run_id"] == rid and message["phase"] == "Completed"

@@ -41,6 +41,7 @@ from workers.coordinator import Coordinator
 from workers.faults import is_permanent_storage_fault, is_transient
 from workers.leases import Coordination, LeaseKeeper
 from workers.messages import AttemptTask
+from workers.outcomes import AttemptKind, AttemptOutcome, StepOutcome
 from workers.runtime import FACT_CACHE_SIZE, Runtime
 from workers.settings import ClusterSettings, with_redis_credentials
 from workers.timers import arm_unscheduled, running_runs
@@ -51,7 +52,8 @@ from workers.timers import arm_unscheduled, running_runs
 def test_permanent_fault_inside_attempt_ends_run_after_the_orphan_cap(h: Harness) -> None:
     rid = h.submit("poison_demo", {})
     statuses = h.drive(rid)
-    assert statuses == ["error:artifact_content_address_mismatch"] * (MAX_ORPHAN_RECOVERIES + 1)
+    mismatch = AttemptOutcome.error("artifact_content_address_mismatch")
+    assert statuses == [mismatch] * (MAX_ORPHAN_RECOVERIES + 1)
     failures = [e.event for e in h.log(rid) if isinstance(e.event, StateFailed)]
     assert [f.error.code for f in failures] == [ORPHAN_CODE] * (MAX_ORPHAN_RECOVERIES + 1)
     assert completed_status(h, rid) == "Failed"
@@ -59,7 +61,7 @@ def test_permanent_fault_inside_attempt_ends_run_after_the_orphan_cap(h: Harness
 
 def test_missing_base_snapshot_is_recorded_as_a_non_retryable_failure(h: Harness) -> None:
     rid = h.submit("chain_demo", {"states": 2})
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     (task,) = h.dispatcher.take()
     worker = Harness(Runtime.from_env(), FakeDispatcher(), h.coordinator)  # another process
     worker.rt.artifacts.object_path(task.base_snapshot_id).unlink()  # type: ignore[attr-defined]
@@ -67,13 +69,13 @@ def test_missing_base_snapshot_is_recorded_as_a_non_retryable_failure(h: Harness
         status = worker.run(task)
     finally:
         worker.rt.close()
-    assert status.startswith("failed:")
+    assert status.kind is AttemptKind.FAILED
     entered, failed = (e.event for e in h.log(rid)[-2:])
     assert isinstance(entered, StateEntered) and isinstance(failed, StateFailed)
-    assert failed.error.code == status.removeprefix("failed:")
+    assert failed.error.code == status.code
     assert failed.error.retryable is False and failed.failure_snapshot_id is None
     assert h.rt.coord.live_leases(rid, [task.state_id]) == {}
-    assert h.coordinator.advance(rid) == "finished"
+    assert h.coordinator.advance(rid) == StepOutcome.FINISHED
     assert completed_status(h, rid) == "Failed"
 
 
@@ -95,7 +97,7 @@ def test_fault_classification() -> None:
 
 def test_superseded_worker_makes_no_further_transport_call(h: Harness) -> None:
     rid = h.submit("counted_calls", {})
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     (task,) = h.dispatcher.take()
     key = lease_key(rid, task.state_id)
 
@@ -104,7 +106,7 @@ def test_superseded_worker_makes_no_further_transport_call(h: Harness) -> None:
         dist_ops.AFTER_CALL.clear()
 
     dist_ops.AFTER_CALL.append(steal)
-    assert h.run(task) == "superseded"
+    assert h.run(task) == AttemptOutcome.SUPERSEDED
     assert dist_ops.COUNTED == [{"n": 0}]  # the second call never reached the transport
     assert not any(isinstance(e.event, StateCompleted) for e in h.log(rid))
     h.rt.redis.delete(key)  # the other worker died too: the coordinator recovers
@@ -177,7 +179,7 @@ def test_cache_is_rebuilt_when_redis_loses_the_tail_of_the_log(h: Harness) -> No
     rid = h.submit("chain_demo", {"states": 3})
     h.coordinator.advance(rid)
     (first,) = h.dispatcher.take()
-    assert h.run(first) == "completed"
+    assert h.run(first) == AttemptOutcome.COMPLETED
     assert [t.state_id for t in (h.coordinator.advance(rid), h.dispatcher.take())[1]] == [
         first.state_id.replace("0000", "0001")
     ]
@@ -204,7 +206,7 @@ def test_cache_is_rebuilt_when_redis_loses_the_tail_of_the_log(h: Harness) -> No
     h.coordinator.advance(rid)
     (again,) = h.dispatcher.take()
     assert (again.state_id, again.attempt) == (first.state_id, 1)  # not step_0001
-    assert h.run(again) == "completed"
+    assert h.run(again) == AttemptOutcome.COMPLETED
     h.drive(rid)
     assert completed_status(h, rid) == "Completed"
 
@@ -250,7 +252,7 @@ def test_permanent_advance_failure_ends_the_run_with_its_code(h: Harness) -> Non
     from mfm_dist.engine.lifecycle import result_from_history
 
     rid = h.submit("chain_demo", {"states": 2})
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     (task,) = h.dispatcher.take()
     h.rt.events.append_next(  # an attempt is open when the coordinator gives up
         RunId(rid),
@@ -267,7 +269,7 @@ def test_permanent_advance_failure_ends_the_run_with_its_code(h: Harness) -> Non
     )
     h.rt.coord.record_plan(rid, "f" * 64)  # the run was submitted with other code …
     newly_deployed = Coordinator(h.rt, h.dispatcher)  # … than this coordinator's
-    assert newly_deployed.advance(rid) == "aborted:plan_mismatch"
+    assert newly_deployed.advance(rid) == StepOutcome.aborted("plan_mismatch")
     newly_deployed.close()
     history = RunHistory.load(h.rt.events, RunId(rid))
     result = result_from_history(history)
@@ -276,7 +278,7 @@ def test_permanent_advance_failure_ends_the_run_with_its_code(h: Harness) -> Non
     closed = history.envelopes[-3].event
     assert isinstance(closed, StateFailed) and closed.error.code == "plan_mismatch"
     assert h.rt.coord.scheduled(rid) is None  # nothing retries it forever
-    assert h.coordinator.advance(rid) == "finished"
+    assert h.coordinator.advance(rid) == StepOutcome.FINISHED
     from mfm_dist.verify import verify_run
 
     report = verify_run(h.rt.events, h.rt.artifacts, h.rt.registry, RunId(rid))
@@ -289,7 +291,7 @@ def test_missing_manifest_ends_the_run_failed(h: Harness) -> None:
     assert isinstance(started, RunStarted)
     assert isinstance(h.rt.artifacts, FileArtifactStore)
     h.rt.artifacts.object_path(started.manifest_id).unlink()
-    assert h.coordinator.advance(rid) == "aborted:artifact_not_found"
+    assert h.coordinator.advance(rid) == StepOutcome.aborted("artifact_not_found")
     assert completed_status(h, rid) == "Failed"
     assert h.rt.coord.scheduled(rid) is None
 
@@ -354,10 +356,10 @@ def test_lock_lost_during_a_slow_advance_dispatches_nothing(
         return real(manifest_id)
 
     monkeypatch.setattr(h.rt, "run_context", slow)
-    assert h.coordinator.advance(rid) == "lock_lost"
+    assert h.coordinator.advance(rid) == StepOutcome.LOCK_LOST
     assert h.dispatcher.chords == []
     monkeypatch.setattr(h.rt, "run_context", real)
-    assert h.coordinator.advance(rid) == "dispatched:1"
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(1)
     assert h.rt.redis.pttl(run_key(rid, "lock")) == -2  # released after the advance
 
 
@@ -369,7 +371,7 @@ def test_rejected_run_completed_keeps_the_run_watched(
 ) -> None:
     rid = h.submit("chain_demo", {"states": 1})
     h.coordinator.advance(rid)
-    assert [h.run(t) for t in h.dispatcher.take()] == ["completed"]
+    assert [h.run(t) for t in h.dispatcher.take()] == [AttemptOutcome.COMPLETED]
     h.rt.coord.unschedule(rid)
     real = h.rt.events.append_next
 
@@ -379,11 +381,11 @@ def test_rejected_run_completed_keeps_the_run_watched(
         return real(run_id, drafts)
 
     monkeypatch.setattr(h.rt.events, "append_next", reject)
-    assert h.coordinator.advance(rid) == "finish_rejected:open_attempt_exists"
+    assert h.coordinator.advance(rid) == StepOutcome.finish_rejected("open_attempt_exists")
     assert h.rt.coord.scheduled(rid) is not None
     assert h.rt.coord.recorded_plan(rid) is not None
     monkeypatch.setattr(h.rt.events, "append_next", real)
-    assert h.coordinator.advance(rid) == "finished"
+    assert h.coordinator.advance(rid) == StepOutcome.FINISHED
     # 13: a finished run leaves no coordination keys behind (the plan included).
     assert h.rt.coord.recorded_plan(rid) is None
     assert h.rt.coord.scheduled(rid) is None
@@ -509,5 +511,5 @@ def test_a_history_naming_a_state_the_plan_lacks_ends_the_run(h: Harness) -> Non
     h.rt.events.append_next(
         RunId(rid), [EventDraft(event=entered, ts_millis=1, state_id=stranger, attempt=0)]
     )
-    assert h.coordinator.advance(rid) == "aborted:recovery_state_not_in_plan"
+    assert h.coordinator.advance(rid) == StepOutcome.aborted("recovery_state_not_in_plan")
     assert completed_status(h, rid) == "Failed"

@@ -22,6 +22,7 @@ from support import dist_ops
 from workers.attempts import execute_attempt
 from workers.coordinator import Coordinator
 from workers.messages import AttemptTask
+from workers.outcomes import AttemptOutcome, StepOutcome
 from workers.runtime import Runtime
 from workers.settings import ClusterSettings
 
@@ -99,7 +100,7 @@ class Harness:
         rt.coord.record_plan(str(rid), prepared.plan.fingerprint())
         return str(rid)
 
-    def run(self, task: AttemptTask) -> str:
+    def run(self, task: AttemptTask) -> AttemptOutcome:
         return execute_attempt(
             self.rt,
             run_id=task.run_id,
@@ -113,11 +114,12 @@ class Harness:
     def log(self, rid: str) -> list[EventEnvelope]:
         return self.rt.events.read_range(RunId(rid))
 
-    def drive(self, rid: str, rounds: int = 30) -> list[str]:
-        """Advance and run every dispatched attempt until the run completes."""
-        statuses: list[str] = []
+    def drive(self, rid: str, rounds: int = 30) -> list[AttemptOutcome]:
+        """Advance and run every dispatched attempt until the run completes; how the
+        attempts ended."""
+        statuses: list[AttemptOutcome] = []
         for _ in range(rounds):
-            if self.coordinator.advance(rid) == "finished":
+            if self.coordinator.advance(rid) == StepOutcome.FINISHED:
                 return statuses
             statuses.extend(self.run(t) for t in self.dispatcher.take())
         raise AssertionError(f"run did not finish within {rounds} rounds: {statuses}")

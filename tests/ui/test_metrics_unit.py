@@ -14,6 +14,7 @@ from mfm_dist.engine.cancellation import request_cancel
 from mfm_dist.events import EventDraft, StateEntered
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from support.worker_harness import Harness
+from workers.outcomes import StepKind, StepOutcome
 
 
 def value(name: str, **labels: str) -> float:
@@ -45,7 +46,7 @@ def test_coordinator_counts_finishes_orphans_and_cancels(h: Harness) -> None:
         "mfm_orphan_recoveries_total", op="chain_demo"
     )
     rid = h.submit("chain_demo", {"states": 2})
-    assert h.coordinator.advance(rid).startswith("dispatched")
+    assert h.coordinator.advance(rid).kind is StepKind.DISPATCHED
     task = h.dispatcher.take()[0]
     # A worker entered the attempt and died: no lease. The coordinator closes the orphan.
     h.rt.events.append_next(RunId(rid), [EventDraft(
@@ -61,9 +62,9 @@ def test_coordinator_counts_finishes_orphans_and_cancels(h: Harness) -> None:
     cancelled0 = finished("chain_demo", "Cancelled")
     timed0 = value("mfm_cancel_to_terminal_seconds_count", op="chain_demo")
     other = h.submit("chain_demo", {"states": 3})
-    assert h.coordinator.advance(other).startswith("dispatched")
+    assert h.coordinator.advance(other).kind is StepKind.DISPATCHED
     request_cancel(h.rt.events, RunId(other), "unit test", "pytest")
-    assert h.coordinator.advance(other) == "cancelled"
+    assert h.coordinator.advance(other) == StepOutcome.CANCELLED
     assert finished("chain_demo", "Cancelled") == cancelled0 + 1
     assert value("mfm_cancel_to_terminal_seconds_count", op="chain_demo") == timed0 + 1
     # a second look at a finished run counts nothing again
@@ -76,7 +77,7 @@ def drive(h: Harness, rid: str) -> list[Any]:
 
     deadline = time.monotonic() + 20
     statuses: list[Any] = []
-    while h.coordinator.advance(rid) != "finished":
+    while h.coordinator.advance(rid) != StepOutcome.FINISHED:
         assert time.monotonic() < deadline, statuses
         statuses.extend(h.run(t) for t in h.dispatcher.take())
         time.sleep(0.05)

@@ -18,6 +18,7 @@ import pytest
 from mfm_dist.config import Duration, FixedBackoff, RetryPolicy, RunConfig
 from support.ui_helpers import dashboard_for, mfm, mfm_json, serve_dashboard, wait_for
 from support.worker_harness import Harness
+from workers.outcomes import AttemptOutcome, StepKind, StepOutcome
 from workers.runtime import reset_runtime
 from workers.submit import receive
 
@@ -39,7 +40,7 @@ def drive(h: Harness, rid: str) -> None:
     """Advance and run attempts until the run finishes (waiting out retry backoffs)."""
 
     def step() -> bool:
-        if h.coordinator.advance(rid) == "finished":
+        if h.coordinator.advance(rid) == StepOutcome.FINISHED:
             return True
         for task in h.dispatcher.take():
             h.run(task)
@@ -76,13 +77,13 @@ def test_api_on_the_cluster_stores(h: Harness, tmp_path: Path) -> None:
     )
     with serve_dashboard(dashboard) as url:
         # A run with an attempt in flight: the lease names its holder.
-        assert h.coordinator.advance(gated).startswith("dispatched")
+        assert h.coordinator.advance(gated).kind is StepKind.DISPATCHED
         tasks = h.dispatcher.take()
         slow = next((t for t in tasks if t.state_id.endswith(".slow")), None)
         assert slow is not None, [t.state_id for t in tasks]
         for t in tasks:
             if t is not slow:
-                assert h.run(t) == "completed"
+                assert h.run(t) == AttemptOutcome.COMPLETED
         worker = threading.Thread(target=h.run, args=(slow,))
         worker.start()
         try:
