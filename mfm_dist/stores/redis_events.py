@@ -127,7 +127,7 @@ from mfm_dist.stores.redis_keys import (
     op_index,
     phase_index,
 )
-from mfm_dist.stores.retry import call_with_retries
+from mfm_dist.stores.retry import BoundedRetries
 from mfm_dist.submission import RUN_SUBMITTED_EVENT
 
 T = TypeVar("T")
@@ -298,7 +298,7 @@ class RedisEventStore(EventStore):
         self._durable = durable
         self._durable_timeout_ms = durable_timeout_ms
         self._retries = max(retries, 0)
-        self._backoff_s = backoff_s
+        self._retry = BoundedRetries(self._retries, backoff_s, max_backoff_s=1.0)
         self._script = client.register_script(_load_script())
         self._journal_script = client.register_script(_load_script("journal.lua"))
         self._index_script = client.register_script(_load_script("index.lua"))
@@ -365,13 +365,7 @@ class RedisEventStore(EventStore):
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run `fn` with bounded retries on connection faults; `fn` must be idempotent."""
         try:
-            return call_with_retries(
-                fn,
-                retries=self._retries,
-                backoff_s=self._backoff_s,
-                max_backoff_s=1.0,
-                retry_on=_retryable,
-            )
+            return self._retry.call(fn, _retryable)
         except redis.RedisError as exc:
             if is_auth_failure(exc):  # before _TRANSIENT: AuthenticationError is one
                 raise auth_failed(self.url, what, exc) from None

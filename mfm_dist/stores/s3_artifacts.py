@@ -45,7 +45,7 @@ from mfm_dist.errors import (
 from mfm_dist.ids import ArtifactId
 from mfm_dist.secrets import redact_url
 from mfm_dist.settings import S3Credentials, truthy
-from mfm_dist.stores.retry import call_with_retries
+from mfm_dist.stores.retry import BoundedRetries
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ class S3ArtifactStore(ArtifactStore):
         self._prefix = prefix.strip("/")
         self.url = redact_url(url) if url else f"s3://{bucket}/{self._prefix}"
         self._retries = max(retries, 0)
-        self._backoff_s = backoff_s
+        self._retry = BoundedRetries(self._retries, backoff_s, max_backoff_s=2.0)
         if create_bucket:
             self._ensure_bucket()
 
@@ -218,13 +218,7 @@ class S3ArtifactStore(ArtifactStore):
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run an idempotent S3 request with bounded retries on transient faults."""
         try:
-            return call_with_retries(
-                fn,
-                retries=self._retries,
-                backoff_s=self._backoff_s,
-                max_backoff_s=2.0,
-                retry_on=_retryable,
-            )
+            return self._retry.call(fn, _retryable)
         except _CLIENT_FAULTS as exc:
             if not _is_transient(exc):
                 raise

@@ -68,7 +68,7 @@ def test_outcomes_are_values() -> None:
     assert StepOutcome(StepKind.WAITING) == StepOutcome.WAITING
     assert len({AttemptOutcome.failed("a"), AttemptOutcome.failed("a")}) == 1
     attempt_cancelled: object = AttemptOutcome.CANCELLED
-    assert StepOutcome.CANCELLED != attempt_cancelled  # the same word, different things
+    assert attempt_cancelled != StepOutcome.CANCELLED  # the same word, different things
     with pytest.raises(AttributeError):
         StepOutcome.WAITING.kind = StepKind.IDLE  # type: ignore[misc]
 

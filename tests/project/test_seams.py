@@ -140,16 +140,23 @@ def test_the_redis_key_layout_is_spelled_in_one_module() -> None:
     assert spelled == []
 
 
-def test_one_lru() -> None:
-    copies = [
-        f"{name}:{node.lineno}"
-        for name, _, tree in _sources()
-        if name != "mfm_dist.engine.lru"
+def _uses(names: set[str], *, outside: str = "") -> list[str]:
+    """Where a module other than `outside` names one of `names` (an attribute, a function
+    it defines, or a bare name)."""
+    return [
+        f"{module}:{node.lineno}"
+        for module, _, tree in _sources()
+        if module != outside
         for node in ast.walk(tree)
-        if (isinstance(node, ast.Attribute) and node.attr in ("move_to_end", "popitem"))
-        or (isinstance(node, ast.Name) and node.id == "OrderedDict")
+        if (isinstance(node, ast.Attribute) and node.attr in names)
+        or (isinstance(node, ast.FunctionDef) and node.name in names)
+        or (isinstance(node, ast.Name) and node.id in names)
     ]
-    assert copies == []
+
+
+def test_one_lru() -> None:
+    lru_parts = {"move_to_end", "popitem", "OrderedDict"}
+    assert _uses(lru_parts, outside="mfm_dist.engine.lru") == []
 
 
 def test_no_getattr_for_private_or_implicit_attributes() -> None:
@@ -176,12 +183,4 @@ def test_no_getattr_for_private_or_implicit_attributes() -> None:
 
 
 def test_the_raw_artifact_seam_is_public() -> None:
-    protected = [
-        f"{name}:{node.lineno}"
-        for name, _, tree in _sources()
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute | ast.FunctionDef)
-        and (node.attr if isinstance(node, ast.Attribute) else node.name)
-        in ("_put_raw", "_get_raw")
-    ]
-    assert protected == []
+    assert _uses({"_put_raw", "_get_raw"}) == []

@@ -10,7 +10,7 @@ from redis import exceptions as rx
 
 from mfm_dist.settings import Env, truthy
 from mfm_dist.stores.redis_events import is_server_busy
-from mfm_dist.stores.retry import call_with_retries
+from mfm_dist.stores.retry import BoundedRetries
 from workers.faults import is_transient
 
 
@@ -32,9 +32,7 @@ class Flaky:
 def test_retries_accepted_faults_with_doubling_capped_backoff() -> None:
     slept: list[float] = []
     fn = Flaky(*(OSError(str(i)) for i in range(4)))
-    result = call_with_retries(
-        fn, retries=5, backoff_s=0.1, max_backoff_s=0.3, retry_on=lambda e: True, sleep=slept.append
-    )
+    result = BoundedRetries(5, 0.1, 0.3).call(fn, lambda e: True, sleep=slept.append)
     assert result == "ok" and fn.calls == 5
     assert slept == [0.1, 0.2, 0.3, 0.3]
 
@@ -44,9 +42,7 @@ def test_the_last_fault_propagates_unchanged_once_the_tries_are_spent() -> None:
     last = OSError("last")
     fn = Flaky(OSError("a"), OSError("b"), last)
     with pytest.raises(OSError) as caught:
-        call_with_retries(
-            fn, retries=2, backoff_s=1, max_backoff_s=8, retry_on=lambda e: True, sleep=slept.append
-        )
+        BoundedRetries(2, 1, 8).call(fn, lambda e: True, sleep=slept.append)
     assert caught.value is last and fn.calls == 3 and slept == [1, 2]
 
 
@@ -54,14 +50,7 @@ def test_a_fault_not_worth_retrying_propagates_at_once() -> None:
     slept: list[float] = []
     fn = Flaky(ValueError("never"))
     with pytest.raises(ValueError):
-        call_with_retries(
-            fn,
-            retries=5,
-            backoff_s=1,
-            max_backoff_s=1,
-            retry_on=lambda e: isinstance(e, OSError),
-            sleep=slept.append,
-        )
+        BoundedRetries(5, 1, 1).call(fn, lambda e: isinstance(e, OSError), sleep=slept.append)
     assert fn.calls == 1 and slept == []
 
 
@@ -69,9 +58,7 @@ def test_no_retries_means_one_try() -> None:
     slept: list[float] = []
     fn = Flaky(OSError("x"))
     with pytest.raises(OSError):
-        call_with_retries(
-            fn, retries=0, backoff_s=1, max_backoff_s=1, retry_on=lambda e: True, sleep=slept.append
-        )
+        BoundedRetries(0, 1, 1).call(fn, lambda e: True, sleep=slept.append)
     assert fn.calls == 1 and slept == []
 
 
