@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from mfm_dist.canonical import JsonValue
+from mfm_dist.cluster_view import refuse_cluster_takeover
 from mfm_dist.config import FanOutJoin, RunConfig
 from mfm_dist.engine.cancellation import CancelOutcome, request_cancel
 from mfm_dist.engine.lifecycle import labelled_submission, prepare_run, store_manifest
@@ -79,11 +80,16 @@ def resume(
     home: Home | None = None,
     listener: EventListener | None = None,
     settings: Settings | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Continue a run after a crash (closing its orphaned attempts); a finished run's
-    result is returned and nothing is appended."""
+    result is returned and nothing is appended. A run submitted to a cluster is refused
+    (`run_managed_by_cluster`) unless `force` — its workers are gone for good — and always
+    while a worker holds a live lease on one of its attempts (`attempt_lease_live`), as
+    `mfm resume` does."""
     settings = _read_once(settings, registry, stores)
     with _stores(stores, home, settings) as opened:
+        refuse_cluster_takeover(opened.events, RunId(run_id), force=force)
         engine = LocalEngine(
             opened.events,
             opened.artifacts,

@@ -24,7 +24,7 @@ from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.urls import Stores, open_stores
 
 if TYPE_CHECKING:
-    from mfm_dist.cli.cluster import ClusterView
+    from mfm_dist.cluster_view import ClusterView
     from workers.settings import ClusterSettings
 
 MAX_ATTEMPTS_LIMIT = 2**32 - 1
@@ -89,7 +89,7 @@ class App:
         dashboard read from it (leases, holders, submissions, queue depths) — or None for
         the embedded stores."""
         if self._cluster is None:
-            from mfm_dist.cli.cluster import ClusterView
+            from mfm_dist.cluster_view import ClusterView
 
             self._cluster = (ClusterView.of(self.events, self.cluster_settings),)
         return self._cluster[0]

@@ -40,6 +40,7 @@ from mfm_dist.cli.output import (
     stderr_console,
 )
 from mfm_dist.cli.progress import LiveProgress, ProgressTracker
+from mfm_dist.cluster_view import refuse_cluster_takeover
 from mfm_dist.config import RunConfig
 from mfm_dist.engine.history import RunHistory
 from mfm_dist.engine.lifecycle import (
@@ -728,7 +729,7 @@ def resume(
             result = wait_for_run(str(rid), timeout_s, runtime=rt)
     else:
         if loaded.history.completed is None:
-            _refuse_cluster_runs(app, loaded.history, force=force)
+            refuse_cluster_takeover(app.events, rid, force=force, history=loaded.history)
         show = _wants_progress(as_json)
         tracker = ProgressTracker(total=len(loaded.plan.compiled))
         tracker.done = sum(1 for rec in loaded.history.states.values() if rec.completed)
@@ -743,31 +744,6 @@ def resume(
                     result = engine.resume(rid)
                 drive.finished = True
     _finish(app, result, as_json, loaded.plan, loaded.manifest.run_config)
-
-
-def _refuse_cluster_runs(app: App, history: RunHistory, *, force: bool) -> None:
-    """A run submitted to a cluster is driven by its coordinator: executing it here as well
-    would run attempts without leases, which the cluster then takes for orphans. `--force`
-    takes a run over whose workers are gone — never while a worker still holds a live
-    lease on one of its attempts (that attempt would run twice, concurrently)."""
-    cluster = app.cluster()
-    if cluster is None:
-        return
-    if not force and cluster.recorded_plan(str(history.run_id)) is not None:
-        raise CliError(
-            "run_managed_by_cluster",
-            f"run {history.run_id} was submitted to a cluster; use `mfm resume --cluster`, "
-            "or --force if its workers are gone for good",
-        )
-    live = cluster.leases(str(history.run_id), [s for s, _ in history.open_attempts()])
-    if live:
-        state_id, lease = min(live.items())
-        raise CliError(
-            "attempt_lease_live",
-            f"run {history.run_id}: {len(live)} attempt(s) are running on the cluster now "
-            f"({state_id} attempt {lease.attempt} on {lease.worker}); resume it with "
-            "`mfm resume --cluster`, or wait until no worker holds a lease",
-        )
 
 
 @contextlib.contextmanager

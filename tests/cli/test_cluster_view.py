@@ -1,5 +1,5 @@
 """`ClusterView`, the one facade the CLI and the dashboard read the distributed backend
-through (`mfm_dist/cli/cluster.py`): found from the event store in force, None for embedded
+through (`mfm_dist/cluster_view.py`): found from the event store in force, None for embedded
 stores; leases, the recorded plan, attempt holders, submission counts and queue depths come
 from the cluster's own code over the store's Redis client."""
 
@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from mfm_dist.cli.app import App
-from mfm_dist.cli.cluster import ClusterView
 from mfm_dist.cli.main import cli
+from mfm_dist.cluster_view import ClusterView
 from mfm_dist.settings import Settings
 from mfm_dist.stores.memory import InMemoryEventStore
 from mfm_dist.stores.redis_events import RedisEventStore

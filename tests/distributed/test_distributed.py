@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+import mfm_dist
 from mfm_dist.config import FanOutJoin, RetryPolicy, RunConfig
+from mfm_dist.errors import InvalidInput
 from mfm_dist.events import RunCompleted, StateCompleted, StateEntered, StateFailed
 from mfm_dist.ids import RunId
 from mfm_dist.results import RunPhase, RunResult
+from mfm_dist.stores.urls import Stores
 from mfm_dist.verify import verify_run
 from support import TESTS
 from support.cluster import LocalCluster
@@ -412,6 +415,12 @@ def test_forced_resume_is_refused_while_a_worker_holds_a_live_lease(
     )
     assert refused.exit_code == 2, refused.output
     assert "error[attempt_lease_live]" in refused.output and ".slow attempt 0 on " in refused.output
+    # The one-call Python API refuses alike (it used to close the live attempt as an orphan).
+    stores = Stores(events=rt.events, artifacts=rt.artifacts)
+    for force, code in [(False, "run_managed_by_cluster"), (True, "attempt_lease_live")]:
+        with pytest.raises(InvalidInput) as info:
+            mfm_dist.resume(str(run_id), stores=stores, registry=rt.registry, force=force)
+        assert info.value.code == code
     (gate / "open").write_text("")
     assert finished(cluster, run_id, rt).phase == RunPhase.COMPLETED
     history = assert_clean_history(events_of(rt, run_id))

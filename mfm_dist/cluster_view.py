@@ -1,5 +1,5 @@
-"""`ClusterView`: what the CLI and the dashboard read from the distributed backend, in one
-place (docs/dashboard.md, docs/distributed.md).
+"""`ClusterView`: what the CLI, the dashboard and a takeover read from the distributed
+backend, in one place (docs/dashboard.md, docs/distributed.md).
 
 The read commands, `mfm resume` and the dashboard need a few things only the cluster knows —
 live attempt leases, whether a run was submitted to a cluster, which worker ran which
@@ -16,6 +16,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from mfm_dist.engine.history import RunHistory
+from mfm_dist.errors import InvalidInput
+from mfm_dist.ids import RunId
 from mfm_dist.stores.base import EventStore
 from mfm_dist.stores.urls import REDIS_SCHEMES
 
@@ -26,11 +29,11 @@ if TYPE_CHECKING:
 
 
 class ClusterView:
-    """The distributed backend, as the CLI and the dashboard see it: read-only, over the
-    Redis the event store uses. `settings` builds the cluster's settings (read by the CLI
-    at its start) when something needs the broker."""
+    """The distributed backend, as the CLI, the dashboard and `mfm_dist.resume` see it:
+    read-only, over the Redis the event store uses. `settings` builds the cluster's settings
+    (read by the CLI at its start) when something needs the broker (None: nothing does)."""
 
-    def __init__(self, client: Any, settings: Callable[[], ClusterSettings]) -> None:
+    def __init__(self, client: Any, settings: Callable[[], ClusterSettings] | None = None) -> None:
         from workers.leases import Coordination
 
         self._client = client
@@ -39,7 +42,7 @@ class ClusterView:
 
     @classmethod
     def of(
-        cls, events: EventStore, settings: Callable[[], ClusterSettings]
+        cls, events: EventStore, settings: Callable[[], ClusterSettings] | None = None
     ) -> ClusterView | None:
         """The cluster behind `events`: None unless they are the Redis event store and the
         distributed backend is installed. An embedded store is told by its URL, before
@@ -93,8 +96,8 @@ class ClusterView:
             from workers.metrics import broker_queue_depths
         except ImportError:
             return None
-        settings = self._settings()
-        if settings.broker is None:
+        settings = self._settings() if self._settings is not None else None
+        if settings is None or settings.broker is None:
             return None
         celery_app = create_app(settings)
 
@@ -103,3 +106,36 @@ class ClusterView:
             return broker_queue_depths(celery_app, names)
 
         return depths
+
+
+def refuse_cluster_takeover(
+    events: EventStore, run_id: RunId, *, force: bool, history: RunHistory | None = None
+) -> None:
+    """Driving a cluster's run from here would run attempts without leases, which the
+    cluster then takes for orphans: refused with `run_managed_by_cluster` unless `force`
+    (its workers are gone for good), and always while a worker still holds a live lease on
+    one of its open attempts (`attempt_lease_live`: that attempt would run twice, at once).
+    Nothing to check on the embedded stores or for a finished run (docs/execution.md).
+    `history`: the run's, when the caller has read it already."""
+    cluster = ClusterView.of(events)
+    if cluster is None:
+        return
+    if history is None:
+        history = RunHistory.load(events, run_id)
+    if history.completed is not None:
+        return
+    if not force and cluster.recorded_plan(run_id) is not None:
+        raise InvalidInput(
+            "run_managed_by_cluster",
+            f"run {run_id} was submitted to a cluster; use `mfm resume --cluster`, "
+            "or --force if its workers are gone for good",
+        )
+    live = cluster.leases(run_id, [s for s, _ in history.open_attempts()])
+    if live:
+        state_id, lease = min(live.items())
+        raise InvalidInput(
+            "attempt_lease_live",
+            f"run {run_id}: {len(live)} attempt(s) are running on the cluster now "
+            f"({state_id} attempt {lease.attempt} on {lease.worker}); resume it with "
+            "`mfm resume --cluster`, or wait until no worker holds a lease",
+        )
