@@ -286,7 +286,19 @@ def load_run(
     (`history`: the run's history, already read and checked by the caller.)"""
     if history is None:
         history = RunHistory.load(events, run_id)
-    manifest_id = str(history.started.manifest_id)
+    manifest, plan = derive_plan(artifacts, registry, str(history.started.manifest_id))
+    if str(plan.op_id) != str(history.started.op_id):
+        raise RunError("plan_op_id_mismatch", "the re-derived plan is for another op")
+    check_states_in_plan(history.states, plan.compiled.position)
+    SnapshotStore(artifacts).load(str(history.started.initial_snapshot_id))
+    return LoadedRun(history, manifest, plan)
+
+
+def derive_plan(
+    artifacts: ArtifactStore, registry: OperationRegistry, manifest_id: str
+) -> tuple[RunManifest, ExecutionPlan]:
+    """The stored manifest (checked against its id) and the plan this code derives from it:
+    `manifest_invalid`, `manifest_id_mismatch`, `plan_op_id_mismatch` (docs/execution.md)."""
     try:
         manifest = RunManifest.model_validate(get_json(artifacts, manifest_id, "manifest"))
     except MfmError:
@@ -296,11 +308,9 @@ def load_run(
     if manifest.manifest_id() != manifest_id:
         raise Corruption("manifest_id_mismatch", "stored manifest does not hash to its id")
     plan = registry.plan_from_input_params(manifest.input_params, manifest.run_config)
-    if str(plan.op_id) != str(history.started.op_id) or str(manifest.op_id) != str(plan.op_id):
+    if str(manifest.op_id) != str(plan.op_id):
         raise RunError("plan_op_id_mismatch", "the re-derived plan is for another op")
-    check_states_in_plan(history.states, plan.compiled.position)
-    SnapshotStore(artifacts).load(str(history.started.initial_snapshot_id))
-    return LoadedRun(history, manifest, plan)
+    return manifest, plan
 
 
 def check_states_in_plan(state_ids: Iterable[str | None], position: Container[str]) -> None:

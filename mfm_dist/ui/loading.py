@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
-from mfm_dist.artifacts import ArtifactStore, get_json
+from mfm_dist.artifacts import ArtifactStore
 from mfm_dist.engine.history import RunHistory
-from mfm_dist.engine.lifecycle import check_states_in_plan
+from mfm_dist.engine.lifecycle import check_states_in_plan, derive_plan
 from mfm_dist.engine.lru import Lru
-from mfm_dist.errors import Corruption, MfmError, RunError
+from mfm_dist.errors import MfmError, RunError
 from mfm_dist.ids import RunId
 from mfm_dist.manifest import RunManifest
 from mfm_dist.operations import OperationRegistry
@@ -130,25 +130,6 @@ class PlanCache:
             with self._lock:
                 self._plans.put(manifest_id, shape, max(1, len(shape.order)))
             return shape, time.perf_counter() - started
-
-
-def derive_plan(
-    artifacts: ArtifactStore, registry: OperationRegistry, manifest_id: str
-) -> tuple[RunManifest, ExecutionPlan]:
-    """The stored manifest (checked against its id) and the plan this code derives from it,
-    with `load_run`'s error codes."""
-    try:
-        manifest = RunManifest.model_validate(get_json(artifacts, manifest_id, "manifest"))
-    except MfmError:
-        raise
-    except ValueError as exc:
-        raise Corruption("manifest_invalid", f"stored manifest does not decode: {exc}") from None
-    if manifest.manifest_id() != manifest_id:
-        raise Corruption("manifest_id_mismatch", "stored manifest does not hash to its id")
-    plan = registry.plan_from_input_params(manifest.input_params, manifest.run_config)
-    if str(manifest.op_id) != str(plan.op_id):
-        raise RunError("plan_op_id_mismatch", "the re-derived plan is for another op")
-    return manifest, plan
 
 
 def load_view(
