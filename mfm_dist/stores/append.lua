@@ -27,14 +27,16 @@
 --       Ids and numbers hold no space and numbers are canonical decimals (attempts are
 --       compared as text); a fact key or the labels JSON, the only free text, is the last
 --       field and is taken whole.
--- Guard hash fields: head, started, completed, cancel ('1' once a cancel was requested),
+-- Guard hash fields: head, started (the layout version, '1', once RunStarted is in),
+--   completed, cancel ('1' once a cancel was requested),
 --   open_count, open:<state> (its open attempt), next:<state> (its next attempt number),
 --   done:<state> ('1' once the state's last attempt completed), batch:<batch_id>
 --   ('<first_seq>:<count>' of every committed call: a retried call finds its batch).
 --   Once the run completes only head, started, completed, cancel and open_count are kept:
 --   no append is accepted any more, so nothing else is needed.
 -- Reply: {'ok', first_seq, n} | {'dup', first_seq, n} (batch already appended) |
---        {'stale', head} | {'position', head} | {'guard', rule, seq, message}
+--        {'stale', head} | {'position', head} | {'guard', rule, seq, message} |
+--        {'layout', version} (the guard hash was written by another layout: nothing done)
 --
 -- Cost (docs/storage.md#redis): one HMGET reads every guard field the batch needs, one XADD
 -- per event and one HSET (plus one HDEL when an attempt closes) write; the facts, the run meta
@@ -140,6 +142,12 @@ end
 
 -- g: the guard fields, false where absent.
 local g = call('HMGET', guard, unpack(fields, 1, nf))
+
+-- The guard hash's layout: 'started' holds its version ('1', this script's). A hash written
+-- by a later, incompatible layout is refused, never misread (a rolling upgrade's old worker).
+if g[3] and g[3] ~= '1' then
+  return {'layout', g[3]}
+end
 
 -- A retried call whose earlier attempt already committed gets the same answer.
 local prior = g[2]

@@ -445,6 +445,12 @@ class RedisEventStore(EventStore):
             )
         if status == "guard":
             raise GuardViolation(verdict[1], verdict[3], seq=int(verdict[2]))
+        if status == "layout":
+            raise StorageError(
+                "guard_layout_unsupported",
+                f"run {run_id}'s guard state has layout {verdict[1]!r}, which this version "
+                "does not know (written by a newer mfm-dist?); nothing was appended",
+            )
         raise StorageError("redis_script_reply_invalid", f"unexpected append reply {status!r}")
 
     # --- EventStore ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from mfm_dist.errors import (
     ErrorCategory,
     ErrorInfo,
     InvalidInput,
+    StorageError,
     StorageUnavailable,
 )
 from mfm_dist.events import (
@@ -296,6 +297,34 @@ def test_fact_single_assignment(redis_url: str) -> None:
     with pytest.raises(GuardViolation) as err:
         store.append_next(rid, [entered(a, 1)])
     assert err.value.rule == "state_already_completed"
+
+
+def test_a_guard_hash_of_another_layout_is_refused_and_nothing_is_written(
+    redis_url: str,
+) -> None:
+    """`started` is the guard hash's layout version: a hash a later, incompatible layout
+    wrote is never misread by this script (e.g. an old worker during a rolling upgrade)."""
+    store = RedisEventStore.from_url(redis_url)
+    client = store.client
+    rid = new_run()
+    a = STATES[0]
+    store.append_next(rid, [started(), entered(a, 0)])
+    tag = f"mfm:{{{rid}}}:"
+    assert client.hget(tag + "guard", "started") == b"1"
+    client.hset(tag + "guard", "started", "2")
+    before = client.xlen(tag + "events")
+    for append in (
+        lambda: store.append_next(rid, [terminal(a, 0, ok=True)]),
+        lambda: store.append(rid, 2, [terminal(a, 0, ok=True).at(rid, 3)]),
+    ):
+        with pytest.raises(StorageError) as err:
+            append()
+        assert err.value.code == "guard_layout_unsupported"
+        assert err.value.info.retryable is False
+    assert client.xlen(tag + "events") == before
+    client.hset(tag + "guard", "started", "1")  # this layout again: appends go on
+    store.append_next(rid, [terminal(a, 0, ok=True)])
+    assert store.head_seq(rid) == 3
 
 
 def test_guard_hash_keeps_batch_ids_until_the_run_completes(redis_url: str) -> None:
