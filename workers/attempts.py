@@ -24,7 +24,6 @@ from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.stores.guards import GuardViolation
 from workers.faults import LEASE_LOST, is_permanent_storage_fault
 from workers.leases import lease_lost_error
-from workers.metrics import record_holder
 from workers.outcomes import AttemptOutcome
 from workers.runtime import Runtime, retire_if_stuck
 
@@ -87,7 +86,6 @@ def execute_attempt(
         lease = rt.coord.acquire_lease(run_id, state_id, attempt, ttl_ms)
     if lease is None:
         return AttemptOutcome.DUPLICATE
-    record_holder(rt, run_id, state_id, attempt, lease)  # [dashboard hook] who ran it
     # Losing the lease (e.g. the run was cancelled: the coordinator took it away) stops the
     # attempt at once, even while its handler is busy in code that never checks its IO.
     stop = StopSignal()

@@ -56,6 +56,7 @@ from mfm_dist import metrics
 from mfm_dist.errors import MfmError, StorageError
 from mfm_dist.stores.redis_keys import (
     DIRTY,
+    HOLDERS,
     LOCK,
     LOOKED,
     NOTIFIED,
@@ -105,6 +106,10 @@ _ACQUIRE_LEASE = """
 local cur = redis.call('GET', KEYS[1])
 if not ((cur == false and ARGV[3] == '') or cur == ARGV[3]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[4] .. '|' .. ARGV[5], ARGV[8])
+  redis.call('EXPIRE', KEYS[3], ARGV[7])
+end
 local r = redis.call('HGET', KEYS[2], ARGV[4])
 if r then
   local a = string.match(r, '^(%d+):')
@@ -150,6 +155,14 @@ def holder_id() -> str:
 
 
 worker_id = holder_id
+
+HOLDERS_TTL_S = 7 * 24 * 3600
+"""How long a run's attempt holders are kept after the last attempt started."""
+
+
+def holders_key(run_id: str) -> str:
+    """The run's hash of `<state>|<attempt>` → `host:pid` of the process that took the lease."""
+    return run_key(run_id, HOLDERS)
 
 
 def holder_is_dead(holder: str) -> bool:
@@ -256,10 +269,12 @@ class Coordination:
 
         Takes over a lease whose holder is a dead process of this host (a pool child killed
         before it could let go: its redelivered task must not wait out the TTL). Marks the
-        attempt's reservation claimed."""
-        value = f"{attempt}:{uuid.uuid4().hex}:{holder_id()}"
-        keys = [lease_key(run_id, state_id), run_key(run_id, RESERVED)]
-        args: list[Any] = [value, ttl_ms, "", state_id, attempt, _now_ms()]
+        attempt's reservation claimed and records which process took it (`holders_key`, for
+        the dashboard's timeline), in the same script: no round trip of its own."""
+        holder = holder_id()
+        value = f"{attempt}:{uuid.uuid4().hex}:{holder}"
+        keys = [lease_key(run_id, state_id), run_key(run_id, RESERVED), holders_key(run_id)]
+        args: list[Any] = [value, ttl_ms, "", state_id, attempt, _now_ms(), HOLDERS_TTL_S, holder]
         if self._acquire(keys=keys, args=args):
             return value
         current = self.client.get(keys[0])

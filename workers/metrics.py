@@ -14,9 +14,10 @@ directory; a directory given by the deployment must be emptied before the worker
 counts stay in the sums (counters never go back). The queue depths (`mfm_queue_depth`) are
 asked from the broker at scrape time.
 
-**Attempt holders.** `record_holder` keeps, per run, which process (`host:pid`) took each
-attempt's lease (`mfm:{rid}:workers`, field `<state_id>|<attempt>`, kept a week): leases
-vanish when attempts end, and the dashboard's timeline shows who ran what afterwards.
+**Attempt holders.** The lease script (`workers.leases`) records, per run, which process
+(`host:pid`) took each attempt's lease (`mfm:{rid}:workers`, field `<state_id>|<attempt>`,
+kept a week): leases vanish when attempts end, and the dashboard's timeline shows who ran
+what afterwards. `read_holders` reads them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from mfm_dist.stores.redis_keys import HOLDERS, run_key
+from workers.leases import holders_key
 
 if TYPE_CHECKING:
     from mfm_dist.engine.history import RunHistory
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mfm.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-HOLDERS_TTL_S = 7 * 24 * 3600
 
 
 def prepare_multiprocess(port: int) -> str | None:
@@ -199,27 +199,6 @@ def run_finished(
     requested = next((e.ts_millis for e in history.envelopes if e.seq == seq), None)
     if requested is not None:
         metrics.cancel_to_terminal(op, (cancelled_at_ms - requested) / 1000.0)
-
-
-def holders_key(run_id: str) -> str:
-    return run_key(run_id, HOLDERS)
-
-
-def record_holder(rt: Any, run_id: str, state_id: str, attempt: int, lease: str) -> None:
-    """Remember which process took this attempt's lease (never fails the attempt)."""
-    from workers.leases import lease_holder
-
-    holder = lease_holder(lease)
-    if not holder:
-        return
-    try:
-        pipe = rt.redis.pipeline(transaction=False)
-        key = holders_key(run_id)
-        pipe.hset(key, f"{state_id}|{attempt}", holder)
-        pipe.expire(key, HOLDERS_TTL_S)
-        pipe.execute()
-    except Exception as exc:
-        log.debug("attempt holder not recorded: %s", type(exc).__name__)
 
 
 def read_holders(client: Any, run_id: str) -> dict[tuple[str, int], str]:

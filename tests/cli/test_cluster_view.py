@@ -23,7 +23,7 @@ from mfm_dist.stores.redis_events import RedisEventStore
 from mfm_dist.stores.redis_keys import HOLDERS, run_key
 from mfm_dist.stores.sqlite import SqliteEventStore
 from workers import submission_log
-from workers.leases import Coordination
+from workers.leases import HOLDERS_TTL_S, Coordination, holder_id
 from workers.settings import ClusterSettings
 
 
@@ -75,7 +75,12 @@ def test_the_redis_event_store_has_a_cluster(store: RedisEventStore) -> None:
     leases = view.leases("r1", ["m.main.a", "m.main.b"])
     assert list(leases) == ["m.main.a"]
     assert leases["m.main.a"].attempt == 2 and leases["m.main.a"].worker
+    # Taking the lease recorded who took it, in the same script (no round trip of its own).
+    assert view.holders("r1") == {("m.main.a", 2): holder_id()}
+    assert 0 < store.client.ttl(run_key("r1", HOLDERS)) <= HOLDERS_TTL_S
     store.client.hset(run_key("r1", HOLDERS), "m.main.a|2", "host:42")
+    assert view.holders("r1") == {("m.main.a", 2): "host:42"}
+    assert coord.acquire_lease("r1", "m.main.a", 2, 10_000) is None  # held: nothing recorded
     assert view.holders("r1") == {("m.main.a", 2): "host:42"}
 
 
