@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict
 
 from mfm_dist.config import RunConfig, backoff_delay
 from mfm_dist.engine.history import RunHistory
-from mfm_dist.engine.lifecycle import result_from_history
+from mfm_dist.engine.lifecycle import explained_from_history, result_from_history
+from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import ErrorInfo
 from mfm_dist.plan import ExecutionPlan
 from mfm_dist.results import RunPhase
@@ -83,12 +84,15 @@ def run_report(
     plan: ExecutionPlan | None = None,
     run_config: RunConfig | None = None,
     leases: Mapping[str, LeaseView] | None = None,
+    snapshots: SnapshotStore | None = None,
 ) -> RunReport:
     """Per-state status of a run, with the reason for each state's status.
 
     With the plan, states not yet entered show as pending with what they wait on;
     with the run config, failures are told apart from retries (and their backoff);
-    with `leases` (distributed runs), running attempts name their worker and expiry.
+    with `leases` (distributed runs), running attempts name their worker and expiry;
+    with `snapshots` (and the plan and run config), a failed run whose history names no
+    reason (a `Minimal`-profile merge conflict) is explained from its recorded deltas.
     """
     order = [str(s) for s in plan.canonical_order()] if plan is not None else list(history.states)
     skip_tags = set(run_config.skip_tags) if run_config is not None else set()
@@ -110,6 +114,8 @@ def run_report(
     for r in reports:
         counts[r.status.value] += 1
     result = result_from_history(history, plan.compiled.position if plan is not None else None)
+    if snapshots is not None and plan is not None and run_config is not None:
+        result = explained_from_history(result, history, plan, run_config, snapshots)
     return RunReport(
         run_id=str(history.run_id),
         op_id=str(history.started.op_id),

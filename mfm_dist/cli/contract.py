@@ -9,7 +9,11 @@ import click
 from mfm_dist.cli.app import App, cli, json_flag, pass_app
 from mfm_dist.cli.errors import CliError, ExitCode
 from mfm_dist.cli.output import result_lines
-from mfm_dist.results import RunPhase
+from mfm_dist.engine.lifecycle import explained_from_history, load_run
+from mfm_dist.engine.snapshots import SnapshotStore
+from mfm_dist.errors import MfmError
+from mfm_dist.ids import RunId
+from mfm_dist.results import RunPhase, RunResult
 from mfm_dist.submission import submit_schema
 from mfm_dist.waiting import wait_for_result
 
@@ -63,7 +67,10 @@ def submissions(app: App, rejected: bool, limit: int, as_json: bool) -> None:
 def wait(app: App, run_id: str, timeout_s: float, as_json: bool) -> None:
     """Wait until RUN has finished (any backend); print its result. Exit 0 completed,
     1 failed or cancelled, 3 on timeout."""
-    result = wait_for_result(app.events, app.run_id(run_id), timeout_s)
+    rid = app.run_id(run_id)
+    result = wait_for_result(app.events, rid, timeout_s)
+    if result.phase == RunPhase.FAILED and result.error is None:
+        result = _explained(app, rid, result)
     if as_json:
         click.echo(result.model_dump_json())
     else:
@@ -71,3 +78,19 @@ def wait(app: App, run_id: str, timeout_s: float, as_json: bool) -> None:
             click.echo(line)
     if result.phase != RunPhase.COMPLETED:
         raise click.exceptions.Exit(ExitCode.FAILED)
+
+
+def _explained(app: App, rid: RunId, result: RunResult) -> RunResult:
+    """A failure the history does not name (a `Minimal`-profile merge conflict), explained
+    from the recorded deltas; as it was when the run cannot be loaded here."""
+    try:
+        loaded = load_run(app.events, app.artifacts, app.registry(), rid)
+    except MfmError:
+        return result
+    return explained_from_history(
+        result,
+        loaded.history,
+        loaded.plan,
+        loaded.manifest.run_config,
+        SnapshotStore(app.artifacts),
+    )

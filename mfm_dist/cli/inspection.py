@@ -62,7 +62,13 @@ def _report_for(app: App, rid: RunId) -> RunReport:
         reason = exc.code
     if loaded is not None:
         leases = _leases(app, loaded.history)
-        return run_report(loaded.history, loaded.plan, loaded.manifest.run_config, leases)
+        return run_report(
+            loaded.history,
+            loaded.plan,
+            loaded.manifest.run_config,
+            leases,
+            snapshots=SnapshotStore(app.artifacts),
+        )
     history = RunHistory.load(app.events, rid)
     click.echo(
         f"warning: plan unavailable ({reason}); showing states from the history only", err=True

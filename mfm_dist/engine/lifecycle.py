@@ -345,6 +345,23 @@ def explained(result: RunResult, progress: RunProgress) -> RunResult:
     )
 
 
+def explained_from_history(
+    result: RunResult,
+    history: RunHistory,
+    plan: ExecutionPlan,
+    run_config: RunConfig,
+    snapshots: SnapshotStore,
+) -> RunResult:
+    """`explained`, for a reader that has only the history and the stores (`mfm status`,
+    `mfm wait`, the dashboard): the recorded deltas are read only for a failed run whose
+    history names no reason (a merge conflict under the `Minimal` profile)."""
+    if result.phase != RunPhase.FAILED or result.error is not None:
+        return result
+    return explained(
+        result, RunProgress.from_history(history, plan.compiled, run_config, snapshots)
+    )
+
+
 def result_from_history(
     history: RunHistory, position: Mapping[str, int] | None = None
 ) -> RunResult:

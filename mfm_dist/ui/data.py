@@ -383,7 +383,13 @@ class Dashboard:
                 return view.report
             leases = self.leases(view) if not view.finished else None
             with gc_paused():
-                report = run_report(view.history, view.plan, view.run_config, leases)
+                report = run_report(
+                    view.history,
+                    view.plan,
+                    view.run_config,
+                    leases,
+                    snapshots=SnapshotStore(self.app.artifacts) if view.finished else None,
+                )
             view.report, view.report_head, view.report_at = report, head, time.monotonic()
             return report
 

@@ -578,3 +578,29 @@ def test_context_state_by_unique_suffix(home: Path) -> None:
     missing = mfm(home, "context", str(done.run_id), "--state", "nope")
     assert missing.exit_code == 2
     assert error_line(missing).startswith("error[state_not_found]: ")
+
+
+def test_status_and_wait_name_a_minimal_profile_merge_conflict(tmp_path: Path) -> None:
+    """The `Minimal` profile keeps no `context_merge_conflict` event; `mfm status` and
+    `mfm wait` still name the conflict (recomputed from the recorded deltas), as the run did."""
+    home = tmp_path / "home"
+    ops = ["--ops", "support.dist_ops"]
+    ran = mfm(home, *ops, "run", "clash_demo", "--fan-out", "2", "--profile", "minimal", "--json")
+    assert ran.exit_code == 1, ran.output
+    result = RunResult.model_validate_json(ran.stdout)
+    assert result.error is not None and result.error.code == "context_merge_conflict"
+    status = mfm(home, *ops, "status", str(result.run_id), "--json")
+    assert status.exit_code in (0, 1), status.output
+    report = json.loads(status.stdout)
+    assert report["phase"] == "Failed" and report["error"]["code"] == "context_merge_conflict"
+    waited = mfm(home, *ops, "wait", str(result.run_id), "--json")
+    assert waited.exit_code == 1, waited.output
+    assert RunResult.model_validate_json(waited.stdout).error == result.error
+    # The dashboard's API answers what `mfm status --json` does.
+    from starlette.testclient import TestClient
+
+    from mfm_dist.ui.app import create_app
+    from support.ui_helpers import dashboard_for
+
+    api = TestClient(create_app(dashboard_for(home=str(home), ops_modules=("support.dist_ops",))))
+    assert api.get(f"/api/runs/{result.run_id}").json() == report
