@@ -23,8 +23,7 @@ from mfm_dist.config import RunConfig
 from mfm_dist.engine.lifecycle import (
     prepare_run,
     record_run_start,
-    store_manifest,
-    validate_start,
+    stored_and_validated,
 )
 from mfm_dist.events import EventDraft, EventEnvelope, StateEntered
 from mfm_dist.ids import ArtifactId, RunId, StateId
@@ -235,15 +234,7 @@ def test_resume_recovers_an_orphaned_attempt(home: Path) -> None:
     prepared = prepare_run(registry, "etl_demo", {}, config)
     stores = open_stores(None, None, home)
     try:
-        manifest_id = store_manifest(stores.artifacts, prepared.manifest)
-        initial = validate_start(
-            stores.artifacts,
-            plan=prepared.plan,
-            run_config=config,
-            manifest=prepared.manifest,
-            manifest_id=manifest_id,
-            initial_context=prepared.initial_context,
-        )
+        manifest_id, initial = stored_and_validated(stores.artifacts, prepared)
         run_id, initial_id = record_run_start(
             stores.events,
             stores.artifacts,

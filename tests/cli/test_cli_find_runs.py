@@ -25,8 +25,8 @@ from mfm_dist.engine.lifecycle import (
     prepare_run,
     record_run_start,
     store_manifest,
+    stored_and_validated,
     submission_of,
-    validate_start,
 )
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.events import DomainEvent, EventEnvelope
@@ -220,15 +220,7 @@ def test_an_interrupted_labelled_run_resumes_and_keeps_its_labels(home: Path) ->
     prepared = prepare_run(registry, "etl_demo", {}, RunConfig())
     stores = open_stores(None, None, home)
     try:
-        manifest_id = store_manifest(stores.artifacts, prepared.manifest)
-        initial = validate_start(
-            stores.artifacts,
-            plan=prepared.plan,
-            run_config=prepared.run_config,
-            manifest=prepared.manifest,
-            manifest_id=manifest_id,
-            initial_context=prepared.initial_context,
-        )
+        manifest_id, initial = stored_and_validated(stores.artifacts, prepared)
         record = SubmissionRecord(fingerprint="0" * 64, labels={"team": "x"}, submitted_ms=1)
         rid, _ = record_run_start(
             stores.events,

@@ -15,7 +15,11 @@ from click.testing import CliRunner
 
 from mfm_dist.cli.main import cli
 from mfm_dist.config import FanOutJoin, RunConfig
-from mfm_dist.engine.lifecycle import prepare_run, record_run_start, store_manifest, validate_start
+from mfm_dist.engine.lifecycle import (
+    prepare_run,
+    record_run_start,
+    stored_and_validated,
+)
 from mfm_dist.engine.local import LocalEngine
 from mfm_dist.events import StateEntered
 from mfm_dist.ids import RunId
@@ -158,15 +162,7 @@ def test_losing_a_race_without_the_lock_is_run_driven_elsewhere(
     prepared = prepare_run(registry, "slow_fanout", {"items": 1, "sleep_ms": 3000}, config)
     stores = open_stores(None, None, home)
     try:
-        manifest_id = store_manifest(stores.artifacts, prepared.manifest)
-        initial = validate_start(
-            stores.artifacts,
-            plan=prepared.plan,
-            run_config=config,
-            manifest=prepared.manifest,
-            manifest_id=manifest_id,
-            initial_context=prepared.initial_context,
-        )
+        manifest_id, initial = stored_and_validated(stores.artifacts, prepared)
         rid, _ = record_run_start(
             stores.events,
             stores.artifacts,

@@ -9,7 +9,11 @@ import time
 
 from mfm_dist.canonical import JsonValue
 from mfm_dist.config import FanOutJoin, RunConfig
-from mfm_dist.engine.lifecycle import prepare_run, record_run_start, store_manifest, validate_start
+from mfm_dist.engine.lifecycle import (
+    prepare_run,
+    record_run_start,
+    stored_and_validated,
+)
 from mfm_dist.events import EventDraft, RunCompleted, RunStatus, StateCompleted, StateEntered
 from mfm_dist.ids import ArtifactId, RunId, StateId
 from mfm_dist.operations import OperationRegistry
@@ -28,15 +32,7 @@ def start_run(
     """A run that has only started (`RunStarted`, nothing else): its id, its initial
     snapshot and its states in canonical order."""
     prepared = prepare_run(registry, op, run_input, config or RunConfig())
-    manifest_id = store_manifest(stores.artifacts, prepared.manifest)
-    initial = validate_start(
-        stores.artifacts,
-        plan=prepared.plan,
-        run_config=prepared.run_config,
-        manifest=prepared.manifest,
-        manifest_id=manifest_id,
-        initial_context=prepared.initial_context,
-    )
+    manifest_id, initial = stored_and_validated(stores.artifacts, prepared)
     rid, base = record_run_start(
         stores.events, stores.artifacts, plan=prepared.plan, manifest_id=manifest_id,
         initial_snapshot=initial,

@@ -15,7 +15,11 @@ from typing import Any
 import pytest
 
 from mfm_dist.config import RunConfig
-from mfm_dist.engine.lifecycle import prepare_run, record_run_start, store_manifest, validate_start
+from mfm_dist.engine.lifecycle import (
+    prepare_run,
+    record_run_start,
+    stored_and_validated,
+)
 from mfm_dist.events import EventEnvelope, RunCompleted
 from mfm_dist.ids import RunId
 from support import dist_ops
@@ -81,15 +85,7 @@ class Harness:
     def submit(self, target: str, run_input: Any, config: RunConfig | None = None) -> str:
         rt = self.rt
         prepared = prepare_run(rt.registry, target, run_input, config or RunConfig())
-        manifest_id = store_manifest(rt.artifacts, prepared.manifest)
-        initial = validate_start(
-            rt.artifacts,
-            plan=prepared.plan,
-            run_config=prepared.run_config,
-            manifest=prepared.manifest,
-            manifest_id=manifest_id,
-            initial_context=prepared.initial_context,
-        )
+        manifest_id, initial = stored_and_validated(rt.artifacts, prepared)
         rid, _ = record_run_start(
             rt.events,
             rt.artifacts,

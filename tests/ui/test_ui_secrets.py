@@ -15,7 +15,11 @@ import pytest
 
 from mfm_dist.artifacts import ArtifactKind
 from mfm_dist.config import RunConfig
-from mfm_dist.engine.lifecycle import prepare_run, record_run_start, store_manifest, validate_start
+from mfm_dist.engine.lifecycle import (
+    prepare_run,
+    record_run_start,
+    stored_and_validated,
+)
 from mfm_dist.errors import ErrorCategory, ErrorInfo
 from mfm_dist.events import (
     DomainEvent,
@@ -46,15 +50,7 @@ def secret_history(home: Path) -> tuple[str, str]:
     stores = open_stores(home=str(home))
     events, artifacts = stores.events, stores.artifacts
     prepared = prepare_run(OperationRegistry.default(), "fanout_demo", {"items": 2}, RunConfig())
-    manifest_id = store_manifest(artifacts, prepared.manifest)
-    initial = validate_start(
-        artifacts,
-        plan=prepared.plan,
-        run_config=prepared.run_config,
-        manifest=prepared.manifest,
-        manifest_id=manifest_id,
-        initial_context=prepared.initial_context,
-    )
+    manifest_id, initial = stored_and_validated(artifacts, prepared)
     rid, initial_id = record_run_start(
         events, artifacts, plan=prepared.plan, manifest_id=manifest_id, initial_snapshot=initial
     )
