@@ -23,6 +23,7 @@ of a run starts from), member encodings, link records and storage facts by entri
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -154,6 +155,8 @@ class SnapshotStore:
         self._spent: Lru[bool] = Lru(FACTS, FACTS)
         self._lock = threading.Lock()
         self.stats = SnapshotStats()
+        self._found_full = 0
+        self._found_linked = 0
 
     # -- reading ------------------------------------------------------------------------------
     def load(self, snapshot_id: str) -> dict[str, JsonValue]:
@@ -188,11 +191,8 @@ class SnapshotStore:
         todo = [s for s in wanted if self._take_peeked(s, found) is None]
 
         def fetch(snapshot_id: str) -> None:
-            try:
-                if self._link_of(snapshot_id) is None:
-                    self._read_full(snapshot_id)
-            except MfmError:
-                pass
+            with contextlib.suppress(MfmError):
+                self._read_stored(snapshot_id)
 
         if todo:
             run_all(fetch, todo)
@@ -374,6 +374,7 @@ class SnapshotStore:
         link = decode_link(data, snapshot_id)
         with self._lock:
             self._links.put(snapshot_id, (link, len(data)), len(data))
+        self._found_linked += 1
         return link
 
     def _read_full(self, snapshot_id: str) -> tuple[dict[str, JsonValue], bytes]:
@@ -386,6 +387,7 @@ class SnapshotStore:
                 details={"snapshot_id": snapshot_id},
             )
         self._remember(snapshot_id, value, len(data), FULL)
+        self._found_full += 1  # a hint (`_full_first`): a lost update does not matter
         return value, data
 
     def _take_peeked(
@@ -428,6 +430,8 @@ class SnapshotStore:
             )
             if isinstance(peeked, tuple):
                 return peeked
+        if self._full_first():
+            return self._resolve_full_first(snapshot_id)
         try:
             link = self._link_of(snapshot_id)
             if link is None:
@@ -443,6 +447,58 @@ class SnapshotStore:
             return self._read_full(snapshot_id)
         except NotFound:
             raise failed from None
+
+    def _resolve_full_first(self, snapshot_id: str) -> tuple[dict[str, JsonValue], bytes | None]:
+        """`_resolve` asking for the full copy first, with the same outcome in every case:
+        a readable full copy or link wins; if neither, the link's fault when the full copy is
+        missing, else the full copy's."""
+        try:
+            return self._read_full(snapshot_id)
+        except NotFound as exc:
+            if exc.info.code != "artifact_not_found":
+                raise
+            failed: MfmError = exc
+            full_missing = True
+        except Corruption as exc:
+            failed, full_missing = exc, False
+        try:
+            link = self._link_of(snapshot_id)
+            if link is not None:
+                return self._rebuild(snapshot_id, link)
+        except NotFound as exc:
+            if exc.info.code != "artifact_not_found" or full_missing:
+                raise
+        except Corruption:
+            if full_missing:
+                raise
+        raise failed
+
+    def _full_first(self) -> bool:
+        """Whether to ask for a snapshot's full copy before its link record: a snapshot is
+        stored one way, and asking the other way first costs a request that finds nothing
+        (the durable store's latency dominates a read). The way most reads found so far
+        goes first; links first until then (a fresh store's derived snapshots)."""
+        return self._found_full > self._found_linked
+
+    def _read_stored(self, snapshot_id: str) -> None:
+        """Read what loading the snapshot needs (its link record or its full copy) into
+        the caches, asking for the more common form first (`_full_first`)."""
+        if self._full_first():
+            try:
+                self._read_full(snapshot_id)
+                return
+            except NotFound as exc:
+                if exc.info.code != "artifact_not_found":
+                    raise
+            if self._link_of(snapshot_id) is None:
+                raise NotFound(
+                    f"snapshot {snapshot_id} not found",
+                    code="artifact_not_found",
+                    details={"artifact_id": snapshot_id},
+                )
+            return
+        if self._link_of(snapshot_id) is None:
+            self._read_full(snapshot_id)
 
     def _rebuild(
         self, snapshot_id: str, top: SnapshotLink

@@ -622,3 +622,93 @@ class CountingStore(InMemoryArtifactStore):
     def get_raw(self, artifact_id: Any) -> bytes:
         self.reads[str(artifact_id)] = self.reads.get(str(artifact_id), 0) + 1
         return super().get_raw(artifact_id)
+
+
+# -- the form asked for first: one request per snapshot ---------------------------------------------
+
+
+class MissCountingStore(InMemoryArtifactStore):
+    """Counts every request, found or not (a miss is a round trip on a durable store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = 0
+
+    def get_raw(self, artifact_id: Any) -> bytes:
+        self.requests += 1
+        return super().get_raw(artifact_id)
+
+
+def test_a_store_of_full_snapshots_is_read_with_one_request_each() -> None:
+    """A snapshot is stored in full or as a link; asking for the wrong form first costs a
+    request that finds nothing. Once most reads found full copies, those are asked for
+    first (verify of a fan-out run read 2 objects per snapshot, one of them a 404)."""
+    counting = MissCountingStore()
+    h, rid, _ = run_grow(counting, links=False, states=40)
+    ids = [sid for _, sid in snapshot_ids(h, rid)]
+    counting.requests = 0
+    store = SnapshotStore(counting)
+    store.prefetch(ids, lambda fetch, todo: list(map(fetch, todo)))
+    assert counting.requests <= len(ids) + 1  # the first asks for a link, finds none
+    for sid in ids:
+        store.load(sid)
+    assert counting.requests <= len(ids) + 1
+    counting.requests = 0
+    cold = SnapshotStore(counting)
+    for sid in ids:
+        cold.load(sid)  # one at a time, the same way
+    assert counting.requests <= len(ids) + 1
+
+
+def test_a_store_of_links_keeps_asking_for_links_first() -> None:
+    counting = MissCountingStore()
+    h, rid, _ = run_grow(counting, states=40)
+    links = linked(h, rid)
+    assert len(links) > 10
+    counting.requests = 0
+    store = SnapshotStore(counting)
+    for sid in links:
+        store.load(sid)
+    # A link record each and the chains' full starts (34 for 24 links here); asking for
+    # full copies first would add a miss per link (58).
+    assert counting.requests < 1.5 * len(links)
+
+
+def _outcome(store: SnapshotStore, sid: str) -> tuple[str, str]:
+    try:
+        return ("ok", store.load_bytes(sid).decode())
+    except MfmError as exc:
+        return (exc.code, exc.info.message)
+
+
+@pytest.mark.parametrize("link", ["ok", "corrupt", "absent"])
+@pytest.mark.parametrize("full", ["ok", "corrupt", "missing"])
+def test_asking_for_the_full_copy_first_gives_the_same_outcome(link: str, full: str) -> None:
+    """Every combination of a snapshot's link record and full copy (each good, broken or
+    absent): a store that asks for the full copy first returns what a store asking for
+    the link first returns — the content, or the same error."""
+    backend = _memory(None, Path())  # type: ignore[arg-type]
+    _h, _rid, links = _chain(backend)
+    victim = links[-1]
+    good = SnapshotStore(backend.store).load_bytes(victim)
+    record = orjson.loads(backend.store.get_keyed(link_key(victim)))
+    start = record
+    while not backend.store.exists(start["base"]):
+        start = orjson.loads(backend.store.get_keyed(link_key(start["base"])))
+    if full != "missing":
+        backend.store.put(ArtifactKind.CONTEXT_SNAPSHOT, good)
+    if full == "corrupt":
+        backend.tamper(victim, good + b" ")
+    if link == "corrupt":
+        backend.tamper(link_key(victim), b"garbage")
+    elif link == "absent":
+        backend.delete(link_key(victim))
+
+    links_first = SnapshotStore(backend.store)
+    full_first = SnapshotStore(backend.store)
+    full_first.load(start["base"])  # a full copy found: from now on full copies go first
+    assert full_first._full_first() and not links_first._full_first()
+    expected = _outcome(links_first, victim)
+    assert _outcome(full_first, victim) == expected
+    if full == "ok" or link == "ok":
+        assert expected == ("ok", good.decode())
