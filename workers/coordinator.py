@@ -6,8 +6,9 @@ so no wake-up is lost and nobody spins. The coordinator keeps each run's history
 progress in process memory, compactly (per state: its attempts and its packed delta, not
 the decoded envelopes), and applies only what was appended since its last look.
 
-Work per step is bounded: one step dispatches at most `STEP_DISPATCH_LIMIT` attempts (and
-stops sending after `STEP_BUDGET_S` of sending); the rest of a wide wave goes out in the next steps,
+Work per step is bounded: one step dispatches at most `STEP_DISPATCH_LIMIT` attempts, in
+chords sized to the measured sending rate, and sends no chord that would end past
+`STEP_BUDGET_S` of sending; the rest of a wide wave goes out in the next steps,
 each one `advance` sent to the back of the control queue, so other runs are coordinated in
 between and no step holds a run's lock for long.
 `decide()` (pure, in the core) says what to do: close orphans, dispatch attempts as one
@@ -95,14 +96,20 @@ RUN_CACHE_STATES = 500_000
 always kept): a few runs of 100,000 states fit, 256 of them would not."""
 PREFETCH_THREADS = 8
 DISPATCH_SLICE = 256
-"""Attempts per chord: a wide wave goes out in slices, renewing the lock in between."""
+"""Attempts per chord at most: a wide wave goes out in slices, renewing the lock in between."""
+MIN_SLICE = 16
+SLICE_TARGET_S = 0.2
+"""A slice should take about this long to send. Its size follows the sending time per
+attempt this process measured (`MIN_SLICE`..`DISPATCH_SLICE`): on a loaded machine chords get
+smaller rather than steps longer."""
 STEP_DISPATCH_LIMIT = 1024
 """Attempts one step dispatches at most; the rest follows in the next step."""
 STEP_BUDGET_S = 0.75
-"""A step sends no further chord once it has been sending this long (the rest follows in
-the next step). Counted from its first chord, not from the look before it: a look at a
-wave of 100,000 in flight takes a few tenths of a second, and a budget it had used up
-would leave each step one chord — and four times as many looks."""
+"""A step sends no chord that would, at the measured rate, end past this much sending (the
+rest follows in the next step; the first chord always goes). Counted from its first chord,
+not from the look before it: a look at a wave of 100,000 in flight takes a few tenths of a
+second, and a budget it had used up would leave each step one chord — and four times as
+many looks."""
 CONTINUE_SAFETY_MS = 1000
 """When a step leaves work for the next one, it sends that `advance` at once; the run's
 timer is set this far ahead in case the message is lost."""
@@ -154,6 +161,11 @@ class Step:
     """Work was left for the next step (a wave wider than one step's slice)."""
 
 
+def clock() -> float:
+    """Monotonic seconds (a seam: tests give sending a cost without sleeping)."""
+    return time.monotonic()
+
+
 class Coordinator:
     def __init__(self, runtime: Runtime, dispatcher: Dispatcher) -> None:
         self.rt = runtime
@@ -165,6 +177,7 @@ class Coordinator:
         self._cache_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="mfm-prefetch")
         self._local = _ThreadCarry()  # this thread's carry offer (workers.carry)
+        self._send_s: float | None = None  # seconds per attempt sent (a moving average)
 
     def close(self) -> None:
         """Stop the prefetch threads (a replaced coordinator must not leak them)."""
@@ -661,17 +674,22 @@ class Coordinator:
         were sent."""
         coord = self.rt.coord
         timeout_ms = int(self.rt.settings.dispatch_timeout_s * 1000)
-        started = time.monotonic()
-        for k in range(0, len(tasks), DISPATCH_SLICE):
-            if budgeted and k and time.monotonic() - started > STEP_BUDGET_S:
+        started = clock()
+        k = 0
+        while k < len(tasks):
+            size, per_attempt = self._slice()
+            if budgeted and k and clock() - started + size * per_attempt > STEP_BUDGET_S:
                 return k
-            batch = tasks[k : k + DISPATCH_SLICE]
+            batch = tasks[k : k + size]
+            k += len(batch)
+            sending = clock()
             lock.renew()
             now = now_millis()
             pending = {t.state_id: Reservation(t.attempt, now, PENDING, now) for t in batch}
             coord.reserve(rid, pending)
             carry = self._local.carry
-            if carry is None or not carry.take(tasks):  # carries a lone attempt only
+            carried = carry is not None and carry.take(tasks)  # carries a lone attempt only
+            if not carried:
                 with self.rt.timings.phase("coord_send"):
                     self.dispatcher.send_chord(rid, batch)
             now = now_millis()
@@ -686,7 +704,22 @@ class Coordinator:
                     for t in batch
                 },
             )
+            if not carried:
+                self._sent(len(batch), clock() - sending)
         return len(tasks)
+
+    def _slice(self) -> tuple[int, float]:
+        """The next slice's size and the expected seconds per attempt (0 until measured)."""
+        per_attempt = self._send_s
+        if per_attempt is None or per_attempt <= 0:
+            return DISPATCH_SLICE, 0.0
+        size = int(SLICE_TARGET_S / per_attempt)
+        return min(DISPATCH_SLICE, max(MIN_SLICE, size)), per_attempt
+
+    def _sent(self, attempts: int, seconds: float) -> None:
+        """Fold a slice's sending time (reservations and chord) into the moving average."""
+        sample = seconds / attempts
+        self._send_s = sample if self._send_s is None else (self._send_s + sample) / 2
 
     def _finish(self, rid: str, run: CachedRun, finish: Finish) -> StepOutcome:
         drafts: list[EventDraft] = []

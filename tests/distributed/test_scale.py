@@ -118,6 +118,42 @@ def test_a_step_stops_sending_once_its_time_budget_is_spent(
     assert sent == item_ids(h, rid)
 
 
+def test_chords_shrink_to_the_measured_sending_rate_so_a_step_keeps_its_budget(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine sending slows down (2.4 ms per attempt measured in a busy control
+    worker). The first chord of a process is full-sized; later ones are sized so that one
+    takes about `SLICE_TARGET_S`, and no chord starts that would end past the budget."""
+    now = [0.0]
+    per_attempt = 2.0**-8  # 3.9 ms; dyadic, so the clock's sums are exact
+    monkeypatch.setattr(coordinator_module, "clock", lambda: now[0])
+    send = h.dispatcher.send_chord
+
+    def slow_send(run_id: str, attempts: list[Any]) -> None:
+        now[0] += per_attempt * len(attempts)
+        send(run_id, attempts)
+
+    monkeypatch.setattr(h.dispatcher, "send_chord", slow_send)
+    rid = h.submit("fanout_demo", {"items": 599}, fan(1000))
+
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(256)  # rate unknown yet
+    assert [len(c) for c in h.dispatcher.chords] == [256]
+    h.dispatcher.chords.clear()
+    size = int(coordinator_module.SLICE_TARGET_S / per_attempt)  # 51
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(3 * size)
+    assert [len(c) for c in h.dispatcher.chords] == [size] * 3
+    assert 3 * size * per_attempt <= coordinator_module.STEP_BUDGET_S  # a 4th would pass it
+    h.dispatcher.chords.clear()
+
+    per_attempt = 2.0**-14  # the machine is quiet again: chords grow back to the cap
+    steps = [h.coordinator.advance(rid) for _ in range(3)]
+    assert [len(c) for c in h.dispatcher.chords][-1] == 256 or steps[-1] == StepOutcome.WAITING
+    while h.coordinator.advance(rid) != StepOutcome.WAITING:
+        pass
+    sent = [t.state_id for t in h.dispatcher.take()]
+    assert len(sent) == 599 - 256 - 3 * size and len(set(sent)) == len(sent)
+
+
 def test_the_concurrency_bound_holds_across_slices(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
