@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 import redis
@@ -59,6 +59,7 @@ from mfm_dist.engine.lifecycle import (
     submission_of,
 )
 from mfm_dist.engine.lru import Lru
+from mfm_dist.engine.merge import PackedDelta
 from mfm_dist.engine.progress import RunProgress, orphan_error
 from mfm_dist.errors import ErrorInfo, MfmError, NotFound, RunError
 from mfm_dist.events import (
@@ -74,6 +75,7 @@ from mfm_dist.plan import gc_paused
 from mfm_dist.stores.guards import GuardViolation
 from mfm_dist.submission import completion_message, completion_task_id
 from workers import metrics as worker_metrics
+from workers.delta_journal import SEGMENT_MIN, Completion, DeltaJournal
 from workers.faults import is_transient
 from workers.leases import CLAIMED, DELAYED, SENT, Coordination, Reservation
 from workers.messages import AttemptTask, Dispatcher
@@ -147,6 +149,8 @@ class CachedRun:
     progress: RunProgress
     plan_checked: bool = False
     """The recorded plan fingerprint matched ours (checked once per cached run)."""
+    unjournaled: list[Completion] = field(default_factory=list)
+    """Completions applied here that the delta journal may not hold yet."""
 
 
 @dataclass
@@ -178,6 +182,7 @@ class Coordinator:
         self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="mfm-prefetch")
         self._local = _ThreadCarry()  # this thread's carry offer (workers.carry)
         self._send_s: float | None = None  # seconds per attempt sent (a moving average)
+        self.journal = DeltaJournal(runtime.redis)
 
     def close(self) -> None:
         """Stop the prefetch threads (a replaced coordinator must not leak them)."""
@@ -318,6 +323,7 @@ class Coordinator:
                     self.rt.snapshots,
                     str(history.started.initial_snapshot_id),
                 )
+                progress.expect(self._journaled(rid, ctx.plan.compiled.position))
                 run = CachedRun(ctx, history, progress)
             else:
                 run.history.extend(chunk)
@@ -325,14 +331,70 @@ class Coordinator:
             renew()
         if run is None:
             raise NotFound(f"run {rid} not found", code="run_not_found")
+        run.progress.forget_expected()
         return run
+
+    def _journaled(
+        self, rid: str, position: dict[str, int]
+    ) -> dict[int, tuple[str, str, PackedDelta]]:
+        """The delta journal's entries by plan position (none if Redis cannot say)."""
+        try:
+            known = self.journal.read(rid)
+        except redis.RedisError as exc:
+            log.info("run %s: delta journal unavailable (%s)", rid, type(exc).__name__)
+            return {}
+        return {
+            position[sid]: (k.snapshot_id, k.base_snapshot_id, k.delta)
+            for sid, k in known.items()
+            if sid in position
+        }
+
+    def _journal(self, rid: str, run: CachedRun) -> None:
+        """Journal the deltas of the completions applied here once there are enough
+        (workers/delta_journal.py): what a cold coordinator would otherwise recompute by
+        reading two snapshots per completed state."""
+        pending = run.unjournaled
+        if len(pending) < SEGMENT_MIN:
+            return
+        head = run.history.head
+        try:
+            covered = self.journal.upto(rid)
+            fresh = [c for c in pending if c.seq > covered] if covered <= head else pending
+            if len(fresh) < SEGMENT_MIN:
+                run.unjournaled = fresh
+                return
+            deltas = run.progress.tracker.deltas
+            position = run.progress.plan.position
+            entries = [
+                (c, deltas[position[c.state_id]])
+                for c in fresh
+                if position[c.state_id] in deltas
+            ]
+            if self.journal.append(rid, covered, head, entries):
+                run.unjournaled = []
+        except redis.RedisError as exc:
+            log.info("run %s: delta journal not written (%s)", rid, type(exc).__name__)
 
     def _apply(self, run: CachedRun, envelopes: list[EventEnvelope]) -> None:
         """Bring the progress up to date with envelopes just applied to the history."""
         position = run.ctx.plan.compiled.position
         check_states_in_plan((env.state_id for env in envelopes), position)
-        self._prefetch(run.history, envelopes)
+        self._prefetch(run, envelopes)
         run.progress.observe(run.history, envelopes)
+        states = run.history.states
+        for env in envelopes:
+            ev = env.event
+            if isinstance(ev, StateCompleted):
+                record = states.get(str(ev.state_id))
+                if record is not None and record.last is not None:
+                    run.unjournaled.append(
+                        Completion(
+                            env.seq,
+                            str(ev.state_id),
+                            str(ev.context_snapshot_id),
+                            record.last.base_snapshot_id,
+                        )
+                    )
 
     def _refresh(self, run: CachedRun, renew: Callable[[], None] = lambda: None) -> bool:
         """Apply what was appended since the cached head (in chunks); False if the log does
@@ -356,12 +418,17 @@ class Coordinator:
             new = self.rt.events.read_range(history.run_id, start, start + LOAD_CHUNK - 1)
         return True
 
-    def _prefetch(self, history: RunHistory, envelopes: list[EventEnvelope]) -> None:
-        """Load the snapshots `observe` will diff, in parallel (they are immutable)."""
+    def _prefetch(self, run: CachedRun, envelopes: list[EventEnvelope]) -> None:
+        """Load the snapshots `observe` will diff (not those whose delta is journaled), in
+        parallel (they are immutable)."""
+        history, progress = run.history, run.progress
+        position = progress.plan.position
         wanted: set[str] = set()
         for env in envelopes:
             ev = env.event
             if isinstance(ev, StateCompleted):
+                if progress.knows(position[str(ev.state_id)], str(ev.context_snapshot_id)):
+                    continue
                 wanted.add(str(ev.context_snapshot_id))
                 record = history.states.get(str(ev.state_id))
                 if record is not None and record.last is not None:
@@ -383,6 +450,7 @@ class Coordinator:
     def _advance_locked(self, rid: str, lock: _Lock) -> Step:
         run = self._load(rid, lock.renew)
         lock.renew()
+        self._journal(rid, run)
         coord = self.rt.coord
         if run.history.completed is not None:
             if not self._notify(rid, run):

@@ -55,6 +55,8 @@ import redis
 from mfm_dist import metrics
 from mfm_dist.errors import MfmError, StorageError
 from mfm_dist.stores.redis_keys import (
+    DELTAS,
+    DELTAS_UPTO,
     DIRTY,
     HOLDERS,
     LOCK,
@@ -476,6 +478,8 @@ class Coordination:
             run_key(run_id, PLAN),
             run_key(run_id, DIRTY),
             run_key(run_id, LOOKED),
+            run_key(run_id, DELTAS),
+            run_key(run_id, DELTAS_UPTO),
         )
         pipe.zrem(TIMERS_KEY, run_id)
         pipe.execute()

@@ -14,7 +14,14 @@ from collections.abc import Iterable
 from mfm_dist.canonical import JsonValue
 from mfm_dist.config import RunConfig, backoff_delay
 from mfm_dist.engine.history import RunHistory, StateRecord
-from mfm_dist.engine.merge import Delta, MergeConflict, MergeTracker, apply_deltas, compute_delta
+from mfm_dist.engine.merge import (
+    Delta,
+    MergeConflict,
+    MergeTracker,
+    PackedDelta,
+    apply_deltas,
+    compute_delta,
+)
 from mfm_dist.engine.snapshots import SnapshotStore
 from mfm_dist.errors import ErrorCategory, ErrorInfo
 from mfm_dist.events import EventEnvelope
@@ -68,6 +75,7 @@ class RunProgress:
         """States not completed whose predecessors all completed (kept as states complete,
         so what may run is found without scanning the whole plan)."""
         self._frontier_heap = sorted(self.frontier)  # min-heap over `frontier`, lazily pruned
+        self._known: dict[int, tuple[str, str, PackedDelta]] = {}
 
     # -- facts about the run ------------------------------------------------------------------
     @property
@@ -129,7 +137,24 @@ class RunProgress:
         return self.is_done() and self.failure() == (None, None)
 
     # -- recording ----------------------------------------------------------------------------
-    def record_completed(self, i: int, snapshot_id: str, delta: Delta) -> MergeConflict | None:
+    def expect(self, known: dict[int, tuple[str, str, PackedDelta]]) -> None:
+        """Deltas computed earlier (the cluster's delta journal), by state: while catching
+        up with a history, a completed state whose snapshot and base are the ones given
+        takes its delta from here instead of loading and diffing two snapshots. Anything
+        else is computed as usual, so a wrong or stale hint costs reads, not correctness."""
+        self._known = known
+
+    def knows(self, i: int, snapshot_id: str) -> bool:
+        """Whether catching up with state `i` completed as `snapshot_id` needs no read."""
+        hint = self._known.get(i)
+        return hint is not None and hint[0] == snapshot_id
+
+    def forget_expected(self) -> None:
+        self._known = {}
+
+    def record_completed(
+        self, i: int, snapshot_id: str, delta: Delta | PackedDelta
+    ) -> MergeConflict | None:
         if i not in self.tracker.deltas:
             self.frontier.discard(i)
             for j in self.plan.succs[i]:
@@ -259,9 +284,13 @@ class RunProgress:
         self.next_attempt[i] = last.attempt + 1
         if last.outcome == "completed" and last.snapshot_id is not None:
             if i not in self.tracker.deltas:
-                base = self.snapshots.load(last.base_snapshot_id)
-                new = self.snapshots.load(last.snapshot_id)
-                self.record_completed(i, last.snapshot_id, compute_delta(base, new))
+                hint = self._known.pop(i, None)
+                if hint is not None and hint[:2] == (last.snapshot_id, last.base_snapshot_id):
+                    self.record_completed(i, last.snapshot_id, hint[2])
+                else:
+                    base = self.snapshots.load(last.base_snapshot_id)
+                    new = self.snapshots.load(last.snapshot_id)
+                    self.record_completed(i, last.snapshot_id, compute_delta(base, new))
             self.last_base.pop(i, None)
             self.last_error.pop(i, None)
         else:

@@ -49,6 +49,10 @@ RESERVED: Final = "reserved"
 NOTIFIED: Final = "notified"
 HOLDERS: Final = "workers"
 LEASE: Final = "lease:"
+DELTAS: Final = "deltas"
+"""List: the run's delta journal segments (workers/delta_journal.py)."""
+DELTAS_UPTO: Final = "deltas_upto"
+"""The log seq the delta journal covers."""
 
 
 def run_tag(run_id: str) -> str:

@@ -624,7 +624,7 @@ class CountingStore(InMemoryArtifactStore):
         return super().get_raw(artifact_id)
 
 
-# -- the form asked for first: one request per snapshot ---------------------------------------------
+# -- the form asked for first: one request per snapshot -------------------------------------------
 
 
 class MissCountingStore(InMemoryArtifactStore):
