@@ -374,7 +374,6 @@ class SnapshotStore:
         link = decode_link(data, snapshot_id)
         with self._lock:
             self._links.put(snapshot_id, (link, len(data)), len(data))
-        self._found_linked += 1
         return link
 
     def _read_full(self, snapshot_id: str) -> tuple[dict[str, JsonValue], bytes]:
@@ -387,7 +386,6 @@ class SnapshotStore:
                 details={"snapshot_id": snapshot_id},
             )
         self._remember(snapshot_id, value, len(data), FULL)
-        self._found_full += 1  # a hint (`_full_first`): a lost update does not matter
         return value, data
 
     def _take_peeked(
@@ -405,6 +403,7 @@ class SnapshotStore:
             if link is not None:
                 with self._lock:
                     self._links.put(snapshot_id, (link, len(record)), len(record))
+                self._found(full=False)
                 return link
         data = found.get(snapshot_id)
         if data is None or artifact_id_of_bytes(data) != snapshot_id:
@@ -416,6 +415,7 @@ class SnapshotStore:
         if not isinstance(value, dict):
             return None
         self._remember(snapshot_id, value, len(data), FULL)
+        self._found(full=True)
         return value, data
 
     def _resolve(self, snapshot_id: str) -> tuple[dict[str, JsonValue], bytes | None]:
@@ -430,12 +430,15 @@ class SnapshotStore:
             )
             if isinstance(peeked, tuple):
                 return peeked
-        if self._full_first():
-            return self._resolve_full_first(snapshot_id)
+            if peeked is None and self._full_first():
+                return self._resolve_full_first(snapshot_id)
         try:
             link = self._link_of(snapshot_id)
             if link is None:
-                return self._read_full(snapshot_id)
+                found = self._read_full(snapshot_id)
+                self._found(full=True)
+                return found
+            self._found(full=False)
             return self._rebuild(snapshot_id, link)
         except NotFound as exc:
             if exc.info.code != "artifact_not_found":
@@ -453,7 +456,9 @@ class SnapshotStore:
         a readable full copy or link wins; if neither, the link's fault when the full copy is
         missing, else the full copy's."""
         try:
-            return self._read_full(snapshot_id)
+            found = self._read_full(snapshot_id)
+            self._found(full=True)
+            return found
         except NotFound as exc:
             if exc.info.code != "artifact_not_found":
                 raise
@@ -464,6 +469,7 @@ class SnapshotStore:
         try:
             link = self._link_of(snapshot_id)
             if link is not None:
+                self._found(full=False)
                 return self._rebuild(snapshot_id, link)
         except NotFound as exc:
             if exc.info.code != "artifact_not_found" or full_missing:
@@ -480,12 +486,21 @@ class SnapshotStore:
         goes first; links first until then (a fresh store's derived snapshots)."""
         return self._found_full > self._found_linked
 
+    def _found(self, *, full: bool) -> None:
+        """Count the form a requested snapshot was found in (not the bases and links a
+        rebuild walks through). A hint only: a lost update does not matter."""
+        if full:
+            self._found_full += 1
+        else:
+            self._found_linked += 1
+
     def _read_stored(self, snapshot_id: str) -> None:
         """Read what loading the snapshot needs (its link record or its full copy) into
         the caches, asking for the more common form first (`_full_first`)."""
         if self._full_first():
             try:
                 self._read_full(snapshot_id)
+                self._found(full=True)
                 return
             except NotFound as exc:
                 if exc.info.code != "artifact_not_found":
@@ -496,9 +511,13 @@ class SnapshotStore:
                     code="artifact_not_found",
                     details={"artifact_id": snapshot_id},
                 )
+            self._found(full=False)
             return
         if self._link_of(snapshot_id) is None:
             self._read_full(snapshot_id)
+            self._found(full=True)
+        else:
+            self._found(full=False)
 
     def _rebuild(
         self, snapshot_id: str, top: SnapshotLink
