@@ -11,7 +11,11 @@ duplicate it), and the workers load `tests/support/soak_ops.py` (the `soak_demo`
 `tests/support/dist_ops.py` (its `DIST_OPS_FAULTS` lease-then-death hook) through `MFM_OPERATIONS`.
 
 Every trial is planned from `(seed, trial)` alone (`plan_trial`), so a trial is reproduced
-with `--seed S --first-trial K --trials 1`; only the timing varies between runs:
+with `--seed S --first-trial K --trials 1` (and the same `--workload-kinds`); only the timing
+varies between runs. A trial is a *run trial* or a *backfill trial* (below): with both kinds
+selected (the default, `--workload-kinds run,backfill`) about 15 % are backfill trials, the
+kind drawn from a stream of its own, so a run trial's plan does not depend on the selection;
+`--workload-kinds backfill` makes every trial a backfill trial. A run trial has
 
 * a workload: `soak_demo` (chains, diamonds, wide fan-outs, random DAGs, with slow states,
   flaky retryable states with a fixed or exponential backoff, and states that fail on
@@ -31,7 +35,27 @@ with `--seed S --first-trial K --trials 1`; only the timing varies between runs:
   supervisor, redis by `restart_redis`; a fault counts as *healed* once everything is back
   (every worker alive and logged ready, S3 resumed).
 
-Checks per trial: the designed phase (and, for failing workloads, the designed failed state
+A backfill trial has
+
+* a small cluster backfill (docs/backfills.md, "Cluster"): 3–8 partitions of `soak_demo`
+  (small chains, diamonds, wide fan-outs and DAGs with slow and flaky states, all meant to
+  complete), one per line of a JSON Lines file, the partition value being the line's `seed`,
+  created by the CLI in a subprocess exactly as a user does — `mfm backfill create soak_demo
+  --file F.jsonl --field seed --max-active 2–4 --max-attempts 2–3 --backoff-ms B
+  [--fan-out 2|4] --backend celery` — after which the control worker drives it alone;
+* 1–3 faults, each fired once the partition runs together have a chosen number of events
+  (0: the moment `create` returned, before or during the first tick; `pause` and `retry`
+  aim at the first half): `bf_kill_control` (SIGKILL of the control worker, which runs
+  `mfm.backfill_tick`), `bf_redis_kill`, `bf_kill_attempt_worker` (preferably one holding a
+  lease of a partition run) — each healed as above —, `bf_dup_tick` (1–3 more
+  `mfm.backfill_tick` deliveries through Celery and, half the time, one more tick at the same
+  moment in this process, as a second control worker would), `bf_pause` (`mfm backfill
+  pause`, 0–2.5 s, `mfm backfill resume`; healed once `resumed` is recorded) and `bf_retry`
+  (`mfm backfill retry NAME --failed` racing the driver: a new issue of the plan, which
+  attaches the running partitions and skips the completed ones — or, landing after the end,
+  issues the finished backfill again; healed once `issued` is recorded).
+
+Checks per run trial: the designed phase (and, for failing workloads, the designed failed state
 and error code); `mfm verify RUN` (the CLI, in a subprocess) exits 0; the final snapshot id
 equals the embedded run of the same input and config (always) and the embedded Sequential
 run (when the workload is meant to complete: its plans are conflict-free, see README
@@ -43,18 +67,36 @@ bound. A trial whose cancel request landed before the run ended must end `Cancel
 after the request and `RunCompleted` within the bound of the request; one refused because the
 run had finished keeps every usual check.
 
+Checks per backfill trial: its journal says finished, outcome `completed`, within
+`--trial-timeout`, and within the bound of its last fault's heal (`finished_within_bound`);
+the stored plan has the trial's partitions and run config; the run index (`mfm runs
+--backfill NAME --json`, the CLI) lists exactly one run per partition, each with the run id
+its idempotency key gives (`partition_run_id`); every partition's run ended `Completed`,
+passes `mfm verify` (the CLI, exit 0), has exactly one `RunCompleted`, last, no state
+completed twice and gapless attempt numbers, and its final snapshot id and completed states
+equal the embedded run of the same input and config (and of the Sequential config); the
+counts of `mfm backfill status NAME --json` equal the runs' phases (every partition
+completed, none pending, running, failed, rejected or not started) and so do the counts its
+`finished` record holds.
+
 Recovery time of a fault: from its heal to the later of (a) the next `StateCompleted` or
 `RunCompleted` and (b) the final event of every state that had an open attempt at the heal.
 The trial's recovery is that of its last fault healed before `RunCompleted`; the bound is
 `lease TTL + watchdog + coordinator step + designed work + slack`, where *designed work* is
 what the workload itself may still have to do (every state's sleeps and backoffs, plus
 `--per-state` seconds per state) and the slack allows for the 2 shared cores. Both are
-printed with the summary.
+printed with the summary. In a backfill trial the progress is that of any partition run or
+of the driver (the journal's `claimed`, `settled` and `finished` records), the open attempts
+those of every partition run, the end the journal's last `finished`, and the designed work
+that of every partition (run one after the other) plus `--per-partition` seconds each.
 
 Output: one JSON line per trial (`--out`, and a one-line digest per trial on stderr) and a
-summary line at the end (trials, failures, recovery p50/p90/max per fault kind). A failing
-trial also leaves `failures/trial-NNNN.txt` (events, `mfm status`, the run's worker log
-lines) in the cluster directory, which is then kept.
+summary line at the end (trials, failures, trial kinds, recovery p50/p90/max per fault kind,
+the `bf_` kinds included). A backfill trial's line also names the backfill, its partition
+runs, their final snapshot ids and the backfill's counts. A failing trial also leaves
+`failures/trial-NNNN.txt` (events, `mfm status`, the run's worker log lines; for a backfill:
+its journal, `mfm backfill status`, every partition run's events, the worker log lines
+naming them) in the cluster directory, which is then kept.
 """
 
 from __future__ import annotations
@@ -125,6 +167,19 @@ FAULT_KINDS: dict[str, float] = {
     "lease_death": 1.0,
     "cancel": 0.6,
 }
+BACKFILL_FAULT_KINDS: dict[str, float] = {
+    "bf_kill_control": 1.0,
+    "bf_redis_kill": 1.0,
+    "bf_kill_attempt_worker": 1.0,
+    "bf_dup_tick": 1.0,
+    "bf_pause": 0.6,
+    "bf_retry": 0.5,
+}
+WORKLOAD_KINDS = ("run", "backfill")
+BACKFILL_SHARE = 0.15
+"""Of the trials, when both workload kinds are selected: how many are backfill trials."""
+BACKFILL_OP = "soak_demo"
+BACKFILL_FIELD = "seed"
 EXAMPLES = ("fanout_demo", "chain_demo", "etl_demo")
 ETL_STATES = 4
 LEASE_DEATH_WAIT_S = 20.0
@@ -208,11 +263,94 @@ class FaultPlan:
 
 
 @dataclass(frozen=True)
+class BackfillWorkload:
+    """A small cluster backfill of `soak_demo`: one partition per line of a JSON Lines
+    file, its value the partition's `seed` (every partition is meant to complete)."""
+
+    backfill: str
+    """The backfill's name."""
+    partitions: tuple[Workload, ...]
+    max_active: int
+    max_concurrency: int | None
+    """The runs' `--fan-out` (None: Sequential)."""
+    max_attempts: int
+    backoff_ms: int
+    expect_phase: str = RunPhase.COMPLETED.value
+
+    name = f"backfill/{BACKFILL_OP}"
+    target = BACKFILL_OP
+
+    @property
+    def mode(self) -> str:
+        return (
+            "Sequential" if self.max_concurrency is None else f"FanOutJoin({self.max_concurrency})"
+        )
+
+    @property
+    def n_states(self) -> int:
+        return sum(p.n_states for p in self.partitions)
+
+    @property
+    def est_events(self) -> int:
+        return sum(p.est_events for p in self.partitions)
+
+    @property
+    def work_total_s(self) -> float:
+        return sum(p.work_total_s for p in self.partitions)
+
+    def values(self) -> list[str]:
+        """The partition values, in plan order."""
+        out = []
+        for p in self.partitions:
+            assert isinstance(p.run_input, dict)
+            out.append(str(p.run_input[BACKFILL_FIELD]))
+        return out
+
+    def jsonl(self) -> str:
+        return "".join(json.dumps(p.run_input, sort_keys=True) + "\n" for p in self.partitions)
+
+    def cli_args(self) -> list[str]:
+        """The run options of `mfm backfill create` (the runs' config)."""
+        args = ["--max-active", str(self.max_active), "--max-attempts", str(self.max_attempts),
+                "--backoff-ms", str(self.backoff_ms)]  # fmt: skip
+        if self.max_concurrency is not None:
+            args += ["--fan-out", str(self.max_concurrency)]
+        return args
+
+    def config(self, *, sequential: bool = False) -> RunConfig:
+        """The runs' config, as `mfm backfill create` builds it from `cli_args`."""
+        from mfm_dist.cli.options import build_run_config
+
+        fan_out = None if sequential else self.max_concurrency
+        return build_run_config(
+            fan_out=fan_out, max_attempts=self.max_attempts, backoff_ms=self.backoff_ms
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "backfill": self.backfill,
+            "mode": self.mode,
+            "max_active": self.max_active,
+            "max_attempts": self.max_attempts,
+            "backoff": f"fixed:{self.backoff_ms}",
+            "states": self.n_states,
+            "partitions": [p.run_input for p in self.partitions],
+            "expect": {"phase": self.expect_phase, "backfill": "completed", "runs_each": 1},
+        }
+
+
+@dataclass(frozen=True)
 class TrialPlan:
     seed: int
     trial: int
-    workload: Workload
+    workload: Workload | BackfillWorkload
     faults: tuple[FaultPlan, ...]
+
+    @property
+    def kind(self) -> str:
+        return "backfill" if isinstance(self.workload, BackfillWorkload) else "run"
 
 
 def _backoff_ms(backoff: str) -> int:
@@ -322,8 +460,27 @@ def _fault(rng: random.Random, kind: str, workload: Workload) -> FaultPlan:
     return FaultPlan(kind, trigger, rng.randint(0, 300), params)
 
 
-def plan_trial(seed: int, trial: int, kinds: dict[str, float] | None = None) -> TrialPlan:
-    """Everything a trial will do, from `(seed, trial)` alone."""
+def workload_kind(seed: int, trial: int, workload_kinds: tuple[str, ...] = WORKLOAD_KINDS) -> str:
+    """`run` or `backfill`: drawn from its own stream, so a run trial's plan is the same
+    whether backfill trials are selected or not."""
+    if len(workload_kinds) == 1:
+        return workload_kinds[0]
+    rng = random.Random(f"mfm-soak-kind:{seed}:{trial}")
+    return "backfill" if rng.random() < BACKFILL_SHARE else "run"
+
+
+def plan_trial(
+    seed: int,
+    trial: int,
+    kinds: dict[str, float] | None = None,
+    *,
+    backfill_kinds: dict[str, float] | None = None,
+    workload_kinds: tuple[str, ...] = WORKLOAD_KINDS,
+) -> TrialPlan:
+    """Everything a trial will do, from `(seed, trial)` (and the selected workload kinds)
+    alone."""
+    if workload_kind(seed, trial, workload_kinds) == "backfill":
+        return plan_backfill_trial(seed, trial, backfill_kinds)
     rng = random.Random(f"mfm-soak:{seed}:{trial}")
     kinds = kinds or FAULT_KINDS
     max_concurrency = rng.choice([None, None, 2, 4, 8])
@@ -340,6 +497,88 @@ def plan_trial(seed: int, trial: int, kinds: dict[str, float] | None = None) -> 
             continue
         chosen.append(kind)
     faults = sorted((_fault(rng, k, workload) for k in chosen), key=lambda f: f.trigger_seq)
+    return TrialPlan(seed, trial, workload, tuple(faults))
+
+
+def _partition_workload(
+    rng: random.Random, seed: int, max_attempts: int, backoff_ms: int
+) -> Workload:
+    """One backfill partition: a small `soak_demo` meant to complete (`seed` is its value)."""
+    shape = rng.choice(soak_ops.SHAPES)
+    size = {"chain": rng.randint(2, 4), "diamond": rng.randint(2, 3),
+            "wide": rng.randint(2, 4), "dag": rng.randint(3, 5)}[shape]  # fmt: skip
+    run_input: dict[str, JsonValue] = {
+        "shape": shape,
+        "size": size,
+        "seed": seed,
+        "slow": rng.choice([0, 1, 1, 2]),
+        "sleep_ms": rng.choice([100, 200, 400]),
+        "blocking": rng.random() < 0.3,
+        "flaky": rng.choice([0, 0, 1]),
+        "flaky_failures": 1,
+        "fail": "none",
+    }
+    plan = soak_ops.design(run_input)
+    work_max, work_total = _designed_work(plan, max_attempts, backoff_ms)
+    events = 2 + sum(2 * (1 + s.flaky_failures) for s in plan.states) + len(plan.states) // 3
+    return Workload(
+        name=f"{BACKFILL_OP}/{shape}",
+        target=BACKFILL_OP,
+        run_input=run_input,
+        max_concurrency=None,
+        max_attempts=max_attempts,
+        backoff=f"fixed:{backoff_ms}",
+        n_states=len(plan.states),
+        est_events=events,
+        work_max_s=work_max,
+        work_total_s=work_total,
+    )
+
+
+def _backfill_fault(rng: random.Random, kind: str, workload: BackfillWorkload) -> FaultPlan:
+    """`trigger_seq` counts the events of every partition run together (0: at once, the
+    moment `create` returned — before or during the first tick). A `pause` or `retry` is
+    a CLI command that takes a second to start: aimed at the first half, so that it
+    mostly lands while the backfill is going."""
+    quarters = 2 if kind in ("bf_pause", "bf_retry") else 3
+    top = max(2, workload.est_events * quarters // 4)
+    trigger = 0 if rng.random() < 0.2 else rng.randint(1, top)
+    params: dict[str, Any] = {}
+    if kind == "bf_kill_attempt_worker":
+        params = {"pick": round(rng.random(), 3)}
+    elif kind == "bf_dup_tick":
+        params = {"copies": rng.randint(1, 3), "local": rng.random() < 0.5}
+    elif kind == "bf_pause":
+        params = {"hold_s": rng.choice([0.0, 0.3, 1.0, 2.5])}
+    return FaultPlan(kind, trigger, rng.randint(0, 300), params)
+
+
+def plan_backfill_trial(seed: int, trial: int, kinds: dict[str, float] | None = None) -> TrialPlan:
+    """A backfill trial: 3–8 partitions, 1–3 faults (a function of seed and trial)."""
+    rng = random.Random(f"mfm-soak-backfill:{seed}:{trial}")
+    kinds = kinds or BACKFILL_FAULT_KINDS
+    n = rng.randint(3, 8)
+    max_attempts = rng.choice([2, 2, 3])
+    backoff_ms = rng.choice([50, 100, 200])
+    seeds = rng.sample(range(1000, 2**31), n)
+    workload = BackfillWorkload(
+        backfill=f"soak-{seed}-{trial}",
+        partitions=tuple(_partition_workload(rng, s, max_attempts, backoff_ms) for s in seeds),
+        max_active=rng.randint(2, 4),
+        max_concurrency=rng.choice([None, None, 2, 4]),
+        max_attempts=max_attempts,
+        backoff_ms=backoff_ms,
+    )
+    names, weights = list(kinds), list(kinds.values())
+    chosen: list[str] = []
+    for _ in range(rng.choice([1, 2, 2, 3])):
+        kind = rng.choices(names, weights=weights)[0]
+        if kind in ("bf_pause", "bf_retry") and kind in chosen:
+            continue
+        chosen.append(kind)
+    faults = sorted(
+        (_backfill_fault(rng, k, workload) for k in chosen), key=lambda f: f.trigger_seq
+    )
     return TrialPlan(seed, trial, workload, tuple(faults))
 
 
@@ -389,6 +628,48 @@ def embedded_run(reg: OperationRegistry, workload: Workload, config: RunConfig) 
     )
 
 
+def recovery_records(
+    records: list[dict[str, Any]],
+    progress_ms: list[int],
+    histories: list[list[EventEnvelope]],
+    end_ms: int | None,
+) -> list[dict[str, Any]]:
+    """Each fault's recovery time (module docstring), written into its record: from its
+    heal to the later of the next progress (`progress_ms`) and the final event of every
+    state that had an open attempt at the heal (in any of `histories`: one per run)."""
+    progress = sorted(progress_ms)
+    ordered = sorted(records, key=lambda r: r["_healed"])
+    for k, rec in enumerate(ordered):
+        heal_ms = int(rec["_healed"] * 1000)
+        rec["recovery_s"] = None
+        if end_ms is None or heal_ms >= end_ms:
+            rec["after_end"] = end_ms is not None
+            # Injected while the run was going, which finished before the fault healed.
+            rec["ridden_through"] = end_ms is not None and rec["_at"] * 1000 < end_ms
+            continue
+        rec["after_end"] = False
+        settle = next((t for t in progress if t > heal_ms), end_ms)
+        for envelopes in histories:
+            open_at: set[str] = set()
+            last_event: dict[str, int] = {}
+            for e in envelopes:
+                sid = str(e.state_id) if e.state_id is not None else None
+                if sid is None:
+                    continue
+                if isinstance(e.event, StateEntered) and e.ts_millis <= heal_ms:
+                    open_at.add(sid)
+                elif isinstance(e.event, StateCompleted | StateFailed) and e.ts_millis <= heal_ms:
+                    open_at.discard(sid)
+                if isinstance(e.event, StateCompleted | StateFailed):
+                    last_event[sid] = e.ts_millis
+            for sid in open_at:
+                settle = max(settle, last_event.get(sid, end_ms))
+        rec["recovery_s"] = round(max(0, settle - heal_ms) / 1000.0, 3)
+        later = ordered[k + 1 :]
+        rec["overlapped"] = any(float(r["_at"]) * 1000 < settle for r in later)
+    return ordered
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile."""
     if not values:
@@ -400,6 +681,12 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def _now() -> float:
     return time.time()
+
+
+def _cli_error(proc: subprocess.CompletedProcess[bytes]) -> str:
+    """`exit N: <the last line the CLI said>`."""
+    said = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
+    return f"exit {proc.returncode}: {said[-1][-300:] if said else ''}"
 
 
 # --- the harness -----------------------------------------------------------------------------
@@ -423,6 +710,9 @@ class Options:
     cluster_dir: Path | None
     keep: bool
     kinds: dict[str, float]
+    backfill_kinds: dict[str, float] = field(default_factory=lambda: dict(BACKFILL_FAULT_KINDS))
+    workload_kinds: tuple[str, ...] = WORKLOAD_KINDS
+    per_partition_s: float = 0.5
 
 
 @dataclass
@@ -439,6 +729,10 @@ class TrialState:
     resumes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     waiters: list[threading.Thread] = field(default_factory=list)
     waiter_results: list[str] = field(default_factory=list)
+    backfill: str | None = None
+    """A backfill trial: the backfill's name (`run_id` is then empty)."""
+    run_ids: list[str] = field(default_factory=list)
+    """A backfill trial: the run of every partition (computed from its key)."""
 
 
 class Soak:
@@ -480,9 +774,11 @@ class Soak:
         if not self.failed_trials and not self.opts.keep and self.opts.cluster_dir is None:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def bound_s(self, workload: Workload) -> float:
+    def bound_s(self, workload: Workload | BackfillWorkload) -> float:
         o = self.opts
         work = workload.work_total_s + o.per_state_s * workload.n_states
+        if isinstance(workload, BackfillWorkload):
+            work += o.per_partition_s * len(workload.partitions)
         return round(o.lease_ttl_s + o.watchdog_s + o.step_s + work + o.slack_s, 3)
 
     def cli_env(self) -> dict[str, str]:
@@ -499,6 +795,8 @@ class Soak:
         from workers.submit import wait_for_run
 
         w = plan.workload
+        if isinstance(w, BackfillWorkload):
+            return self.run_backfill_trial(plan, w)
         config = w.config()
         references: dict[str, Reference | str] = {}
 
@@ -553,6 +851,7 @@ class Soak:
         from workers.submit import submit_run
 
         w = plan.workload
+        assert isinstance(w, Workload)
         if dup is None:
             return str(submit_run(w.target, w.run_input, config, runtime=self.rt)), None
         submission = f"soak-{plan.seed}-{plan.trial}"
@@ -591,6 +890,326 @@ class Soak:
             raise RuntimeError(f"duplicated submission started nothing: {errors}")
         return ids[0], record
 
+    # -- a backfill trial -------------------------------------------------------------------
+    def _mfm(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[bytes]:
+        """The CLI, in a subprocess, on the cluster's stores."""
+        return subprocess.run(
+            [self.mfm, *args], env=self.cli_env(), capture_output=True, timeout=timeout_s
+        )
+
+    def run_backfill_trial(self, plan: TrialPlan, bw: BackfillWorkload) -> dict[str, Any]:
+        """Create the backfill as `mfm backfill create … --backend celery` does (the CLI),
+        inject the faults, wait until its journal says finished, then check it."""
+        from mfm_dist.backfill.model import partition_run_id
+
+        config = bw.config()
+        references: dict[int, tuple[Reference, Reference]] = {}
+        ref_errors: list[str] = []
+
+        def compute_references() -> None:
+            try:
+                for i, part in enumerate(bw.partitions):
+                    same = embedded_run(self.reg, part, config)
+                    seq = (
+                        embedded_run(self.reg, part, bw.config(sequential=True))
+                        if bw.max_concurrency is not None
+                        else same
+                    )
+                    references[i] = (same, seq)
+            except Exception as exc:
+                ref_errors.append(f"{type(exc).__name__}: {exc}")
+
+        ref_thread = threading.Thread(target=compute_references, daemon=True)
+        ref_thread.start()
+        source = self.root / "backfills" / f"{bw.backfill}.jsonl"
+        source.parent.mkdir(exist_ok=True)
+        source.write_text(bw.jsonl())
+        run_ids = [partition_run_id(bw.backfill, BACKFILL_OP, v, 0) for v in bw.values()]
+        self._disarm()
+        t0 = _now()
+        made = self._mfm(
+            "backfill", "create", BACKFILL_OP, "--name", bw.backfill, "--file", str(source),
+            "--field", BACKFILL_FIELD, *bw.cli_args(), "--backend", "celery", "--json",
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise RuntimeError(
+                f"mfm backfill create exited {made.returncode}: "
+                + (made.stdout + made.stderr).decode(errors="replace")[-800:]
+            )
+        st = TrialState(plan, "", t0, "", backfill=bw.backfill, run_ids=run_ids)
+        injector = threading.Thread(
+            target=self._inject_all, args=(st, list(plan.faults)), daemon=True
+        )
+        injector.start()
+        timeout_error = self._wait_backfill(st, injector)
+        st.done.set()
+        injector.join(timeout=180)
+        self._settle()
+        ref_thread.join(timeout=120)
+        line = self._check_backfill(st, bw, config, timeout_error, references, ref_errors)
+        if not line["ok"]:
+            self.failed_trials.append(plan.trial)
+            self._diagnose(st, line)
+        return line
+
+    def _wait_backfill(self, st: TrialState, injector: threading.Thread) -> str | None:
+        """Until the backfill's journal says finished and every fault was injected (a
+        `retry` after the end issues it again: then until that issue finished too)."""
+        from mfm_dist.backfill.planner import load_state
+
+        assert st.backfill is not None
+        deadline = st.t0 + self.opts.trial_timeout_s
+        state = None
+        while _now() < deadline:
+            with contextlib.suppress(Exception):
+                state = load_state(self.rt.events, st.backfill)
+                if state.finished is not None:
+                    st.done.set()  # faults still waiting for their trigger fire now
+                    if not injector.is_alive():
+                        return None
+            time.sleep(0.1)
+        said = "unknown" if state is None else f"{state.phase.value} {state.counts()}"
+        return f"backfill not finished after {self.opts.trial_timeout_s:g} s ({said})"
+
+    def _dup_tick(self, st: TrialState, f: FaultPlan, rec: dict[str, Any]) -> float:
+        """`copies` more `mfm.backfill_tick` deliveries through Celery and, with `local`, one
+        more tick at the same time in this process (as a second control worker would)."""
+        from workers.backfills import tick
+        from workers.factory import BACKFILL_TICK_TASK
+
+        name = st.backfill
+        assert name is not None
+        local: list[str] = []
+
+        def tick_here() -> None:
+            try:
+                local.append(tick(self.rt, name))
+            except Exception as exc:
+                local.append(f"error:{type(exc).__name__}")
+
+        here = threading.Thread(target=tick_here, daemon=True) if f.params["local"] else None
+        if here is not None:
+            here.start()
+        queue = self.rt.settings.control_queue
+        for _ in range(int(f.params["copies"])):
+            sent = self.rt.app.send_task(BACKFILL_TICK_TASK, args=(name,), queue=queue)
+            st.async_results.append(("tick", sent))
+        if here is not None:
+            here.join(timeout=60)
+            rec["local_tick"] = local[0] if local else "no_result"
+        return _now()
+
+    def _pause_resume(self, st: TrialState, hold_s: float, rec: dict[str, Any]) -> float:
+        """`mfm backfill pause`, `hold_s`, `mfm backfill resume` (refused once finished)."""
+        assert st.backfill is not None
+        paused = self._mfm("backfill", "pause", st.backfill, "--json")
+        rec["pause_rc"] = paused.returncode
+        if paused.returncode != 0:
+            rec["status"] = _cli_error(paused)
+            return _now()
+        rec["status"] = "paused"
+        time.sleep(hold_s)
+        resumed = self._mfm("backfill", "resume", st.backfill, "--json")
+        rec["resume_rc"] = resumed.returncode
+        if resumed.returncode != 0:
+            raise RuntimeError(f"mfm backfill resume: {_cli_error(resumed)}")
+        return self._recorded(st.backfill, "resumed")
+
+    def _recorded(self, name: str, kind: str) -> float:
+        """When the journal's last `kind` record was appended (epoch seconds): a CLI
+        command's fault heals once its record is in (it prints a status after that)."""
+        entries = self.rt.events.journal_read(f"backfill/{name}")
+        return max((j.ts_millis for j in entries if j.kind == kind), default=0) / 1000.0 or _now()
+
+    def _retry_failed(self, st: TrialState, rec: dict[str, Any]) -> float:
+        """`mfm backfill retry NAME --failed` racing the driver: a new issue of the plan
+        (running partitions attached, completed ones skipped)."""
+        assert st.backfill is not None
+        done = self._mfm("backfill", "retry", st.backfill, "--failed", "--json")
+        rec["rc"] = done.returncode
+        if done.returncode != 0:
+            raise RuntimeError(f"mfm backfill retry: {_cli_error(done)}")
+        with contextlib.suppress(ValueError, IndexError):
+            said = json.loads(done.stderr.decode().strip().splitlines()[-1])
+            rec.update(outcome=said.get("outcome"), issue=said.get("issue"),
+                       totals=said.get("totals"))  # fmt: skip
+        return self._recorded(st.backfill, "issued")
+
+    def _check_backfill(
+        self,
+        st: TrialState,
+        bw: BackfillWorkload,
+        config: RunConfig,
+        timeout_error: str | None,
+        references: dict[int, tuple[Reference, Reference]],
+        ref_errors: list[str],
+    ) -> dict[str, Any]:
+        from mfm_dist.backfill.model import BackfillPlan, partition_run_id
+        from mfm_dist.backfill.planner import load_state
+        from mfm_dist.backfill.state import Phase
+        from mfm_dist.engine.history import RunHistory
+        from mfm_dist.engine.lifecycle import result_from_history
+
+        assert st.backfill is not None
+        name, values = st.backfill, bw.values()
+        checks: dict[str, Any] = {}
+        state = None
+        for _ in range(50):
+            try:
+                state = load_state(self.rt.events, name)
+                break
+            except Exception:
+                time.sleep(0.2)
+        assert state is not None and state.issue is not None, "the backfill has no journal"
+        journal = self.rt.events.journal_read(f"backfill/{name}")
+        checks["phase"] = state.phase is Phase.COMPLETED
+        stored = BackfillPlan.load(self.rt.artifacts, state.issue.plan_id)
+        checks["plan_as_created"] = [
+            p.value for p in stored.partitions
+        ] == values and stored.config == config
+        # Exactly one run per partition, in the run index (the CLI), with the run id the
+        # partition's idempotency key gives.
+        listed = self._mfm("runs", "--backfill", name, "--limit", "0", "--json")
+        rows: list[dict[str, Any]] = json.loads(listed.stdout) if listed.returncode == 0 else []
+        per_partition = Counter(str(row["labels"].get("partition")) for row in rows)
+        checks["one_run_per_partition"] = (
+            per_partition == Counter(values)
+            or f"runs per partition: {dict(per_partition)} ({len(rows)} runs)"
+        )
+        expected = {
+            partition_run_id(name, BACKFILL_OP, v, state.parts[i].generation): i
+            for i, v in enumerate(values)
+        }
+        checks["run_ids_from_keys"] = {str(row["run_id"]) for row in rows} == set(expected)
+        # Every partition's run: its history, and the same run embedded.
+        histories: list[list[EventEnvelope]] = []
+        bad: dict[str, list[str]] = {}
+        finals: dict[str, str | None] = {}
+        for rid, i in sorted(expected.items(), key=lambda kv: kv[1]):
+            envelopes = self._read_events(rid)
+            histories.append(envelopes)
+            try:
+                result = result_from_history(RunHistory.load(self.rt.events, RunId(rid)))
+            except Exception as exc:
+                bad.setdefault("result", []).append(f"{values[i]}: {type(exc).__name__}")
+                continue
+            final = str(result.final_snapshot_id) if result.final_snapshot_id else None
+            finals[values[i]] = final
+            completions = Counter(
+                str(e.event.state_id) for e in envelopes if isinstance(e.event, StateCompleted)
+            )
+            attempts: dict[str, list[int]] = {}
+            for e in envelopes:
+                if isinstance(e.event, StateEntered):
+                    attempts.setdefault(str(e.event.state_id), []).append(e.event.attempt)
+            n_completed = sum(isinstance(e.event, RunCompleted) for e in envelopes)
+            verdicts = {
+                "runs_completed": result.phase is RunPhase.COMPLETED,
+                "no_double_completion": all(n == 1 for n in completions.values()),
+                "gapless_attempts": all(a == list(range(len(a))) for a in attempts.values()),
+                "one_run_completed": n_completed == 1
+                and isinstance(envelopes[-1].event, RunCompleted),
+            }
+            refs = references.get(i)
+            if refs is not None:
+                same, seq = refs
+                verdicts["final_eq_embedded_same_mode"] = final == same.final
+                verdicts["final_eq_embedded_sequential"] = final == seq.final
+                verdicts["completed_states_eq_embedded"] = sorted(completions) == same.completed
+            for check, ok in verdicts.items():
+                if not ok:
+                    bad.setdefault(check, []).append(values[i])
+        for check in ("runs_completed", "no_double_completion", "gapless_attempts",
+                      "one_run_completed", "final_eq_embedded_same_mode",
+                      "final_eq_embedded_sequential", "completed_states_eq_embedded"):  # fmt: skip
+            checks[check] = True if check not in bad else f"partitions {bad.pop(check)}"
+        if bad:
+            checks["run_results"] = bad
+        if ref_errors or len(references) != len(values):
+            checks["embedded_reference"] = ref_errors or "not computed"
+        checks["verify_cli"] = self._verify_all(list(expected))
+        # The backfill's counts (`mfm backfill status --json`) against the runs' phases.
+        status = self._mfm("backfill", "status", name, "--once", "--json")
+        report: dict[str, Any] = json.loads(status.stdout) if status.returncode == 0 else {}
+        phases = Counter(str(row["phase"]) for row in rows)
+        want = {
+            "pending": 0,
+            "running": phases["Running"],
+            "completed": phases["Completed"],
+            "failed": phases["Failed"],
+            "cancelled": phases["Cancelled"],
+            "rejected": 0,
+            "not_started": 0,
+        }
+        counts = report.get("counts")
+        checks["counts_match_runs"] = (
+            counts == want and report.get("phase") == "completed"
+        ) or f"status {report.get('phase')} {counts}, runs {dict(phases)}"
+        checks["finished_counts"] = state.finished is not None and state.finished.counts == counts
+        # Recovery: a partition run's progress, or the driver's (claims, settlements, end).
+        end_ms = state.finished_ms if state.finished is not None else None
+        progress = [
+            e.ts_millis
+            for envelopes in histories
+            for e in envelopes
+            if isinstance(e.event, StateCompleted | RunCompleted)
+        ] + [j.ts_millis for j in journal if j.kind in ("claimed", "settled", "finished")]
+        recoveries = recovery_records(st.records, progress, histories, end_ms)
+        bound = self.bound_s(bw)
+        trial_recovery = None
+        healed_before_end = [r for r in recoveries if r["recovery_s"] is not None]
+        if healed_before_end:
+            trial_recovery = max(healed_before_end, key=lambda r: r["_healed"])["recovery_s"]
+            checks["recovery_within_bound"] = trial_recovery <= bound
+        tail_s: float | None = None
+        if end_ms is not None:
+            heals = [float(r["_healed"]) for r in st.records if r["_healed"] * 1000 < end_ms]
+            tail_s = round(end_ms / 1000.0 - max([st.t0, *heals]), 3)
+            checks["finished_within_bound"] = tail_s <= bound
+        if timeout_error:
+            checks["finished"] = timeout_error
+        duplicates = self._collect_async(st)
+        return {
+            "seed": st.plan.seed,
+            "trial": st.plan.trial,
+            "run_id": None,
+            "backfill": name,
+            "run_ids": list(expected),
+            "workload": bw.as_json(),
+            "faults": [{k: v for k, v in r.items() if not k.startswith("_")} for r in recoveries],
+            "phase": state.phase.value.capitalize(),
+            "issues": state.issue.issue,
+            "counts": counts,
+            "final_snapshot_id": None,
+            "final_snapshot_ids": finals,
+            "events": sum(len(h) for h in histories),
+            "duration_s": round((end_ms / 1000.0 if end_ms else _now()) - st.t0, 3),
+            "finish_after_last_heal_s": tail_s,
+            "recovery_s": trial_recovery,
+            "bound_s": bound,
+            "duplicates": duplicates,
+            "resumes": [],
+            "checks": checks,
+            "ok": all(v is True for v in checks.values()),
+        }
+
+    def _read_events(self, run_id: str) -> list[EventEnvelope]:
+        for _ in range(50):
+            try:
+                return self.rt.events.read_range(RunId(run_id))
+            except Exception:
+                time.sleep(0.2)
+        return []
+
+    def _verify_all(self, run_ids: list[str]) -> bool | dict[str, str]:
+        """`mfm verify` of every run (two at a time: two cores)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            verdicts = dict(zip(run_ids, pool.map(self._verify_cli, run_ids), strict=True))
+        failed = {rid: str(v) for rid, v in verdicts.items() if v is not True}
+        return failed or True
+
     # -- faults -----------------------------------------------------------------------------------
     def _inject_all(self, st: TrialState, faults: list[FaultPlan]) -> None:
         for f in faults:
@@ -613,13 +1232,28 @@ class Soak:
         deadline = time.monotonic() + self.opts.trial_timeout_s
         while not st.done.is_set() and time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                if self.rt.events.head_seq(RunId(st.run_id)) >= seq:
+                if self._progress(st) >= seq:
                     return
             time.sleep(0.02)
+
+    def _progress(self, st: TrialState) -> int:
+        """Events of the run — of a backfill trial: of every partition run together."""
+        if st.backfill is None:
+            return self.rt.events.head_seq(RunId(st.run_id))
+        found = self.rt.events.run_summaries([RunId(r) for r in st.run_ids])
+        return sum(summary.head_seq for summary in found.values())
 
     def _inject(self, st: TrialState, f: FaultPlan, rec: dict[str, Any]) -> float:
         """Inject one fault; returns when it healed (epoch seconds)."""
         kind = f.kind
+        if kind in ("bf_kill_control", "bf_redis_kill", "bf_kill_attempt_worker"):
+            kind = kind.removeprefix("bf_")  # the same fault, aimed at a backfill trial
+        elif kind == "bf_dup_tick":
+            return self._dup_tick(st, f, rec)
+        elif kind == "bf_pause":
+            return self._pause_resume(st, float(f.params["hold_s"]), rec)
+        elif kind == "bf_retry":
+            return self._retry_failed(st, rec)
         if kind == "dup_advance":
             from workers.factory import ADVANCE_TASK
 
@@ -641,7 +1275,7 @@ class Soak:
             name = (
                 "control"
                 if kind == "kill_control"
-                else self._pick_worker(st.run_id, float(f.params["pick"]))
+                else self._pick_worker(self._running(st), float(f.params["pick"]))
             )
             worker = self.cluster.workers[name]
             rec.update(worker=name, pid=worker.proc.pid)
@@ -739,11 +1373,21 @@ class Soak:
         pid = candidates[min(len(candidates) - 1, int(pick * len(candidates)))]
         return pid, pid in holders
 
-    def _pick_worker(self, run_id: str, pick: float) -> str:
+    def _running(self, st: TrialState) -> list[str]:
+        """The trial's runs that may hold leases: its run, or a backfill's running runs."""
+        if st.backfill is None:
+            return [st.run_id]
+        with contextlib.suppress(Exception):
+            found = self.rt.events.run_summaries([RunId(r) for r in st.run_ids])
+            return [str(r) for r, s in found.items() if s.phase is RunPhase.RUNNING]
+        return []
+
+    def _pick_worker(self, run_ids: list[str], pick: float) -> str:
         names = sorted(self.cluster.attempt_worker_names())
         holders: dict[int, str] = {}
         with contextlib.suppress(Exception):
-            holders = self._lease_holders(run_id)
+            for run_id in run_ids:
+                holders.update(self._lease_holders(run_id))
         busy = [n for n in names if set(self.cluster.workers[n].children()) & set(holders)]
         candidates = busy or names
         return str(candidates[min(len(candidates) - 1, int(pick * len(candidates)))])
@@ -883,6 +1527,7 @@ class Soak:
         runs_before: int,
     ) -> dict[str, Any]:
         plan, w = st.plan, st.plan.workload
+        assert isinstance(w, Workload)
         checks: dict[str, Any] = {}
         rid = RunId(st.run_id)
         envelopes: list[EventEnvelope] = []
@@ -1068,38 +1713,10 @@ class Soak:
         self, st: TrialState, envelopes: list[EventEnvelope], end_ms: int | None
     ) -> list[dict[str, Any]]:
         """Each fault's recovery time (module docstring), written into its record."""
-        progress = sorted(
+        progress = [
             e.ts_millis for e in envelopes if isinstance(e.event, StateCompleted | RunCompleted)
-        )
-        records = sorted(st.records, key=lambda r: r["_healed"])
-        for k, rec in enumerate(records):
-            heal_ms = int(rec["_healed"] * 1000)
-            rec["recovery_s"] = None
-            if end_ms is None or heal_ms >= end_ms:
-                rec["after_end"] = end_ms is not None
-                # Injected while the run was going, which finished before the fault healed.
-                rec["ridden_through"] = end_ms is not None and rec["_at"] * 1000 < end_ms
-                continue
-            rec["after_end"] = False
-            open_at: set[str] = set()
-            last_event: dict[str, int] = {}
-            for e in envelopes:
-                sid = str(e.state_id) if e.state_id is not None else None
-                if sid is None:
-                    continue
-                if isinstance(e.event, StateEntered) and e.ts_millis <= heal_ms:
-                    open_at.add(sid)
-                elif isinstance(e.event, StateCompleted | StateFailed) and e.ts_millis <= heal_ms:
-                    open_at.discard(sid)
-                if isinstance(e.event, StateCompleted | StateFailed):
-                    last_event[sid] = e.ts_millis
-            settle = next((t for t in progress if t > heal_ms), end_ms)
-            for sid in open_at:
-                settle = max(settle, last_event.get(sid, end_ms))
-            rec["recovery_s"] = round(max(0, settle - heal_ms) / 1000.0, 3)
-            later = records[k + 1 :]
-            rec["overlapped"] = any(float(r["_at"]) * 1000 < settle for r in later)
-        return records
+        ]
+        return recovery_records(st.records, progress, [envelopes], end_ms)
 
     # -- diagnostics ----------------------------------------------------------------------------
     def harness_failure(self, plan: TrialPlan, exc: Exception) -> dict[str, Any]:
@@ -1116,6 +1733,7 @@ class Soak:
             "seed": plan.seed,
             "trial": plan.trial,
             "run_id": None,
+            "backfill": w.backfill if isinstance(w := plan.workload, BackfillWorkload) else None,
             "workload": plan.workload.as_json(),
             "faults": [f.as_json() for f in plan.faults],
             "phase": "Unknown",
@@ -1133,9 +1751,14 @@ class Soak:
         o = self.opts
         parts = [
             f"reproduce: scripts/soak.py --seed {o.seed} --first-trial {st.plan.trial} --trials 1"
-            f" --lease-ttl {o.lease_ttl_s} --attempt-workers {o.attempt_workers}",
+            f" --lease-ttl {o.lease_ttl_s} --attempt-workers {o.attempt_workers}"
+            f" --workload-kinds {','.join(o.workload_kinds)}",
             json.dumps(line, indent=1, default=str),
         ]
+        if st.backfill is not None:
+            parts += self._diagnose_backfill(st)
+            (out_dir / f"trial-{st.plan.trial:04d}.txt").write_text("\n\n".join(parts))
+            return
         with contextlib.suppress(Exception):
             status = subprocess.run(
                 [self.mfm, "status", st.run_id], env=self.cli_env(), capture_output=True,
@@ -1160,6 +1783,44 @@ class Soak:
                 mine = [ln for ln in lines if st.run_id in ln]
                 parts.append(f"== {path.name}: lines naming the run\n" + "\n".join(mine[-200:]))
         (out_dir / f"trial-{st.plan.trial:04d}.txt").write_text("\n\n".join(parts))
+
+    def _diagnose_backfill(self, st: TrialState) -> list[str]:
+        """The journal, `mfm backfill status`, every partition run's events, and the worker
+        log lines naming the backfill or one of its runs."""
+        assert st.backfill is not None
+        parts: list[str] = []
+        with contextlib.suppress(Exception):
+            rows = [
+                f"{j.seq:4d} {j.ts_millis / 1000.0 - st.t0:8.3f}s {j.kind:16s} "
+                + json.dumps(j.body, default=str)[:300]
+                for j in self.rt.events.journal_read(f"backfill/{st.backfill}")
+            ]
+            parts.append("== journal (time since create)\n" + "\n".join(rows))
+        with contextlib.suppress(Exception):
+            status = self._mfm("backfill", "status", st.backfill, "--once", timeout_s=60)
+            said = (status.stdout + status.stderr).decode(errors="replace")
+            parts.append("== mfm backfill status\n" + said)
+        for run_id in st.run_ids:
+            with contextlib.suppress(Exception):
+                rows = []
+                for e in self.rt.events.read_range(RunId(run_id)):
+                    ev = e.event
+                    code = getattr(getattr(ev, "error", None), "code", "")
+                    rows.append(
+                        f"{e.seq:4d} {e.ts_millis / 1000.0 - st.t0:8.3f}s "
+                        f"{type(ev).__name__:16s} {e.state_id or '':32s} "
+                        f"{'' if e.attempt is None else e.attempt} {code}"
+                    )
+                parts.append(f"== events of {run_id} (time since create)\n" + "\n".join(rows))
+        names = [st.backfill, *st.run_ids]
+        for path in sorted((self.root / "cluster").glob("worker-*.log")):
+            with contextlib.suppress(OSError):
+                lines = path.read_text(errors="replace").splitlines()
+                mine = [ln for ln in lines if any(n in ln for n in names)]
+                parts.append(
+                    f"== {path.name}: lines naming the backfill\n" + "\n".join(mine[-300:])
+                )
+        return parts
 
 
 # --- summary ---------------------------------------------------------------------------------
@@ -1196,6 +1857,7 @@ def summarize(lines: list[dict[str, Any]], soak: Soak, wall_s: float) -> dict[st
             "failed_trials": [x["trial"] for x in lines if not x["ok"]],
             "wall_s": round(wall_s, 1),
             "phases": dict(Counter(x["phase"] for x in lines)),
+            "trial_kinds": dict(Counter("backfill" if x.get("backfill") else "run" for x in lines)),
             "workloads": dict(Counter(x["workload"]["name"] for x in lines)),
             "modes": dict(Counter(x["workload"]["mode"] for x in lines)),
             "bound": {
@@ -1203,7 +1865,8 @@ def summarize(lines: list[dict[str, Any]], soak: Soak, wall_s: float) -> dict[st
                 "lease_ttl_s": o.lease_ttl_s,
                 "watchdog_s": o.watchdog_s,
                 "coordinator_step_s": o.step_s,
-                "designed_work": f"the workload's sleeps and backoffs + {o.per_state_s} s/state",
+                "designed_work": f"the workload's sleeps and backoffs + {o.per_state_s} s/state"
+                f" (backfills: of every partition, + {o.per_partition_s} s/partition)",
                 "slack_s": o.slack_s,
                 "min_s": min((x["bound_s"] for x in lines), default=None),
                 "max_s": max((x["bound_s"] for x in lines), default=None),
@@ -1262,15 +1925,42 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--max-minutes", type=float, default=None, help="stop starting trials after")
     p.add_argument("--cluster-dir", type=Path, default=None, help="kept; default: a temp dir")
     p.add_argument("--keep", action="store_true", help="keep the temp cluster dir")
-    p.add_argument("--faults", default=None, help="comma-separated fault kinds to draw from")
+    p.add_argument(
+        "--faults",
+        default=None,
+        help="comma-separated fault kinds to draw from (run and/or backfill trials' kinds)",
+    )
+    p.add_argument(
+        "--workload-kinds",
+        default=",".join(WORKLOAD_KINDS),
+        help="comma-separated trial kinds: run, backfill (both: about "
+        f"{BACKFILL_SHARE:.0%} of the trials are backfill trials)",
+    )
+    p.add_argument(
+        "--per-partition", type=float, default=0.5, help="bound: seconds per backfill partition"
+    )
     a = p.parse_args(argv)
-    kinds = dict(FAULT_KINDS)
+    workload_kinds = tuple(
+        k for k in WORKLOAD_KINDS if k in {w.strip() for w in a.workload_kinds.split(",")}
+    )
+    unknown_kinds = sorted({w.strip() for w in a.workload_kinds.split(",")} - set(WORKLOAD_KINDS))
+    if unknown_kinds or not workload_kinds:
+        p.error(f"unknown workload kinds {unknown_kinds}; known: {list(WORKLOAD_KINDS)}")
+    kinds, backfill_kinds = dict(FAULT_KINDS), dict(BACKFILL_FAULT_KINDS)
     if a.faults:
         wanted = [k.strip() for k in a.faults.split(",") if k.strip()]
-        unknown = sorted(set(wanted) - set(FAULT_KINDS))
+        unknown = sorted(set(wanted) - set(FAULT_KINDS) - set(BACKFILL_FAULT_KINDS))
         if unknown:
-            p.error(f"unknown fault kinds {unknown}; known: {sorted(FAULT_KINDS)}")
-        kinds = {k: FAULT_KINDS[k] for k in wanted}
+            known = sorted(FAULT_KINDS) + sorted(BACKFILL_FAULT_KINDS)
+            p.error(f"unknown fault kinds {unknown}; known: {known}")
+        kinds = {k: FAULT_KINDS[k] for k in wanted if k in FAULT_KINDS}
+        backfill_kinds = {k: BACKFILL_FAULT_KINDS[k] for k in wanted if k in BACKFILL_FAULT_KINDS}
+        # A trial kind none of whose faults were selected is not drawn.
+        workload_kinds = tuple(
+            k for k in workload_kinds if (kinds if k == "run" else backfill_kinds)
+        )
+        if not workload_kinds:
+            p.error("none of the selected fault kinds applies to the selected workload kinds")
     return Options(
         trials=a.trials,
         seed=a.seed,
@@ -1288,6 +1978,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         cluster_dir=a.cluster_dir,
         keep=a.keep,
         kinds=kinds,
+        backfill_kinds=backfill_kinds,
+        workload_kinds=workload_kinds,
+        per_partition_s=a.per_partition,
     )
 
 
@@ -1307,7 +2000,13 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] | None = Non
                 ):
                     say(f"soak: time budget of {opts.max_minutes} min used; stopping")
                     break
-                plan = plan_trial(opts.seed, trial, opts.kinds)
+                plan = plan_trial(
+                    opts.seed,
+                    trial,
+                    opts.kinds,
+                    backfill_kinds=opts.backfill_kinds,
+                    workload_kinds=opts.workload_kinds,
+                )
                 try:
                     line = soak.run_trial(plan)
                 except Exception as exc:  # the harness itself failed: report it, go on

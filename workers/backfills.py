@@ -12,6 +12,14 @@ active runs of a cancelled backfill — and sets the timer for its next look. Th
 lives in Redis (AOF), so the backfill survives the CLI going away, every worker
 restarting and lost messages; a control worker that starts (or sees Redis restart) arms
 a timer for every unfinished backfill that lacks one.
+
+A tick sets the timer from what it saw, which may be stale by then: `create`, `resume`,
+`cancel` and `retry` record their change and then make the timer due (`arm`) — possibly
+while a tick that read the journal before their record is still running. So a tick sets
+its timer only if nobody touched it since the tick began (`settle_timer`, one atomic
+step); otherwise it keeps the earlier of the two times and never removes it (a backfill
+re-issued while the tick ended the previous issue keeps its wake-up). A tick that lost
+its lock leaves the timer to the new holder.
 """
 
 from __future__ import annotations
@@ -73,6 +81,40 @@ def disarm(client: Any, name: str) -> None:
 def scheduled(client: Any, name: str) -> int | None:
     score = client.zscore(BACKFILL_TIMERS_KEY, name)
     return None if score is None else int(score)
+
+
+_SETTLE_TIMER = """
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local untouched
+if ARGV[2] == '' then
+  untouched = not cur
+else
+  untouched = cur and tonumber(cur) == tonumber(ARGV[2])
+end
+if untouched then
+  if ARGV[3] == '' then
+    redis.call('ZREM', KEYS[1], ARGV[1])
+  else
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  end
+  return 1
+end
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[1], 'LT', ARGV[3], ARGV[1])
+end
+return 0
+"""
+
+
+def settle_timer(client: Any, name: str, seen_ms: int | None, next_ms: int | None) -> bool:
+    """What a tick leaves behind: the timer at `next_ms` (None: removed, the backfill
+    finished) — if it is still `seen_ms`, what the tick found when it began. Else someone
+    armed it meanwhile (`arm` after recording a change the tick may not have seen): the
+    earlier of the two times is kept and the timer is never removed. Atomic; True when
+    the tick's own time was applied."""
+    script = client.register_script(_SETTLE_TIMER)
+    args = ["" if seen_ms is None else seen_ms, "" if next_ms is None else next_ms]
+    return bool(script(keys=[BACKFILL_TIMERS_KEY], args=[name, *args]))
 
 
 def pop_due(client: Any, now_ms: int, rearm_ms: int, limit: int = 100) -> list[str]:
@@ -156,15 +198,18 @@ def _driver(rt: Runtime, name: str) -> BackfillDriver:
 
 
 def tick(rt: Runtime, name: str, *, budget_s: float = TICK_BUDGET_S) -> str:
-    """Drive the backfill `name` for at most `budget_s`, then set its timer. Returns a
-    short status: busy, finished, running, paused, cancelling, missing."""
+    """Drive the backfill `name` for at most `budget_s`, then set its timer (unless it was
+    armed meanwhile: `settle_timer`). Returns a short status: busy, finished, running,
+    paused, cancelling, missing, lock_lost."""
     backfill_journal(name)  # a valid name, or `backfill_name_invalid`
     coord = Coordination(rt.redis)
     ttl_ms = int(rt.settings.lock_ttl_s * 1000)
     token = coord.try_lock(lock_name(name), ttl_ms)
     if token is None:
         return "busy"  # the holder sets the timer when it is done
+    seen_ms = scheduled(rt.redis, name)  # after the lock: a later change is the holder's
     next_ms: int | None = _now_ms() + int(IDLE_S * 1000)
+    owns_timer = True
     status = "error"
     try:
         driver = _driver(rt, name)
@@ -188,15 +233,14 @@ def tick(rt: Runtime, name: str, *, budget_s: float = TICK_BUDGET_S) -> str:
                 next_ms = _now_ms() + int(outcome.wake_s * 1000)
                 return status
             if not coord.renew_lock(lock_name(name), token, ttl_ms):
+                owns_timer = False  # another tick holds the backfill now: its timer
                 return "lock_lost"
     except Exception:
         next_ms = _now_ms() + 1000  # a store blip: look again soon
         raise
     finally:
-        if next_ms is None:
-            disarm(rt.redis, name)
-        else:
-            rt.redis.zadd(BACKFILL_TIMERS_KEY, {name: next_ms})
+        if owns_timer:
+            settle_timer(rt.redis, name, seen_ms, next_ms)
         coord.unlock(lock_name(name), token)
 
 
