@@ -10,10 +10,13 @@ run is verified (`mfm verify`, in this process).
 Reported: wall time and states/s of the run, the longest coordinator step seen in the
 control worker's log, the peak RSS of every process (each worker's parent and pool children
 — children replaced by `max_tasks_per_child` included —, redis-server, weed), the control
-worker's growth per state, and verify's time and states/s.
+worker's growth per state, and verify's time and states/s. With `--cold-look-at F`, also
+how long a coordinator that has never seen the run takes to load it once a fraction F of
+its states completed, with the delta journal and without it.
 
     .venv/bin/python scripts/bench_scale.py --states 100000
     .venv/bin/python scripts/bench_scale.py --states 1500 2000 --fan-out 1500
+    .venv/bin/python scripts/bench_scale.py --states 20000 --cold-look-at 0.5
 
 Bounded: every wait has a timeout; the cluster is torn down at the end.
 """
@@ -131,7 +134,37 @@ def longest_steps(log: Path, since: int) -> list[tuple[float, str]]:
     return sorted(steps, reverse=True)[:5]
 
 
-def run_one(c: object, n: int, fan_out: int, timeout_s: float) -> list[tuple[str, str]]:
+def cold_looks(run_id: str) -> list[tuple[str, str]]:
+    """What a coordinator that has never seen the run (a restarted control worker) spends
+    loading it, with the delta journal and without (every completed state's snapshots read,
+    as before the journal), in this process, while the run goes on."""
+    from support.worker_harness import FakeDispatcher
+    from workers.coordinator import Coordinator
+    from workers.runtime import get_runtime
+
+    rt = get_runtime()
+    rows: list[tuple[str, str]] = []
+    for journal in (True, False):
+        rt.snapshots.clear_cache()
+        coordinator = Coordinator(rt, FakeDispatcher())
+        if not journal:
+            coordinator._journaled = lambda rid, position: {}  # type: ignore[method-assign]
+        try:
+            t0 = time.perf_counter()
+            run = coordinator._load(run_id)
+            seconds = time.perf_counter() - t0
+        finally:
+            coordinator.close()
+        done = len(run.progress.completed)
+        label = "with the delta journal" if journal else "without it"
+        rows.append((f"cold look {label}", f"{seconds:.1f} s / {done} done"))
+        print(f"  cold look {label}: {seconds:.2f} s, {done} states completed", flush=True)
+    return rows
+
+
+def run_one(
+    c: object, n: int, fan_out: int, timeout_s: float, cold_at: float | None = None
+) -> list[tuple[str, str]]:
     from mfm_dist.config import FanOutJoin, RunConfig
     from mfm_dist.events import RunCompleted, RunStatus
     from mfm_dist.ids import RunId
@@ -154,8 +187,11 @@ def run_one(c: object, n: int, fan_out: int, timeout_s: float) -> list[tuple[str
     deadline = time.monotonic() + timeout_s
     rid = RunId(str(run_id))
     said = time.monotonic()
+    cold_rows: list[tuple[str, str]] = []
     while time.monotonic() < deadline:  # only the log's last event: O(1) per poll
         head = rt.events.head_seq(rid)
+        if cold_at is not None and not cold_rows and head >= 2 * n * cold_at:
+            cold_rows = cold_looks(str(run_id))
         last = rt.events.read_range(rid, head, head) if head else []
         if last and isinstance(last[0].event, RunCompleted):
             phase = last[0].event.status
@@ -193,6 +229,7 @@ def run_one(c: object, n: int, fan_out: int, timeout_s: float) -> list[tuple[str
         ("verify states/s", f"{n / verify_s:.0f}"),
         ("verify peak RSS above the process's", f"{max(verify_mb, 0):.0f} MB"),
     ]
+    rows += cold_rows
     for k, (secs, status) in enumerate(steps[:3]):
         rows.append((f"longest advance #{k + 1} ({status})", f"{secs:.2f} s"))
     for label in sorted(peaks.kb):
@@ -221,6 +258,14 @@ def main() -> None:
         action="store_true",
         help="MFM_TIMING=1 workers: print where the time went, per phase (costs a little)",
     )
+    parser.add_argument(
+        "--cold-look-at",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="once this fraction of the states completed, time a cold coordinator's load "
+        "of the run with the delta journal and without it",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mfm-scale-"))
     env = {
@@ -241,7 +286,7 @@ def main() -> None:
 
         for n in args.states:
             reset_timings(get_runtime().redis)
-            rows = run_one(c, n, args.fan_out or n, args.timeout)
+            rows = run_one(c, n, args.fan_out or n, args.timeout, args.cold_look_at)
             print_rows(
                 f"fanout_demo, {n} states, fan-out {args.fan_out or n} "
                 f"(1 control + 2 attempt workers, artifacts {args.artifacts})",
