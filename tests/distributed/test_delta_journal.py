@@ -9,6 +9,7 @@ dispatcher that records chords (tests/support/worker_harness.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -61,10 +62,25 @@ def run_items(h: Harness, rid: str) -> list[Any]:
     return h.dispatcher.take()
 
 
-def cold_load(rid: str) -> tuple[CachedRun, Coordinator, Runtime]:
-    rt = Runtime.from_env()  # a process that has never seen the run
+@contextmanager
+def cold(rid: str | None = None) -> Iterator[tuple[CachedRun | None, Coordinator]]:
+    """A coordinator in a process that has never seen the run, and its load of `rid`."""
+    rt = Runtime.from_env()
     coordinator = Coordinator(rt, FakeDispatcher())
-    return coordinator._load(rid), coordinator, rt
+    try:
+        yield (coordinator._load(rid) if rid else None), coordinator
+    finally:
+        coordinator.close()
+        rt.close()
+
+
+def assert_recomputed(rid: str, warm: CachedRun, reads: list[str]) -> None:
+    """A cold load that read every item's snapshot and still got the warm deltas."""
+    reads.clear()
+    with cold(rid) as (run, _):
+        assert run is not None
+        assert len(set(reads)) >= ITEMS
+        assert deltas_of(run) == deltas_of(warm)
 
 
 def deltas_of(run: CachedRun) -> dict[int, tuple[dict[str, Any], frozenset[str]]]:
@@ -82,27 +98,17 @@ def test_a_cold_coordinator_takes_the_journaled_deltas_instead_of_reading_snapsh
     assert warm is not None
 
     reads.clear()
-    cold, coordinator, rt = cold_load(rid)
-    try:
+    with cold(rid) as (run, _):
+        assert run is not None
         snapshots = {str(d.snapshot_id) for d in h.coordinator.journal.read(rid).values()}
         assert not snapshots & set(reads), "a journaled state's snapshot was read"
         assert len(reads) <= 3  # the manifest and the initial snapshot
-        assert deltas_of(cold) == deltas_of(warm)
-        assert cold.progress.completed == warm.progress.completed
-    finally:
-        coordinator.close()
-        rt.close()
+        assert deltas_of(run) == deltas_of(warm)
+        assert run.progress.completed == warm.progress.completed
 
     # Without the journal the same cold load reads every item's snapshot.
     h.rt.redis.delete(run_key(rid, DELTAS), run_key(rid, DELTAS_UPTO))
-    reads.clear()
-    plain, coordinator, rt = cold_load(rid)
-    try:
-        assert len(set(reads)) >= ITEMS
-        assert deltas_of(plain) == deltas_of(warm)
-    finally:
-        coordinator.close()
-        rt.close()
+    assert_recomputed(rid, warm, reads)
 
 
 def test_a_run_finishes_with_the_same_final_snapshot_from_a_journaled_cold_start(
@@ -112,12 +118,8 @@ def test_a_run_finishes_with_the_same_final_snapshot_from_a_journaled_cold_start
     (join,) = run_items(h, journaled)
     h.run(join)
     # The warm coordinator is gone; a cold one finishes the run from the journal.
-    _, coordinator, rt = cold_load(journaled)
-    try:
+    with cold() as (_, coordinator):
         assert coordinator.advance(journaled) == StepOutcome.FINISHED
-    finally:
-        coordinator.close()
-        rt.close()
 
     other = h.submit("fanout_demo", {"items": ITEMS}, fan(100))
     with pytest.MonkeyPatch.context() as mp:
@@ -144,14 +146,7 @@ def test_a_damaged_segment_or_an_entry_the_log_contradicts_is_not_used(
     # 1. Every segment damaged (its bytes no longer hash to its prefix): all recomputed.
     h.rt.redis.delete(key)
     h.rt.redis.rpush(key, *[b"0" * 64 + s[64:] for s in segments])
-    reads.clear()
-    cold, coordinator, rt = cold_load(rid)
-    try:
-        assert len(set(reads)) >= ITEMS
-        assert deltas_of(cold) == deltas_of(warm)
-    finally:
-        coordinator.close()
-        rt.close()
+    assert_recomputed(rid, warm, reads)
 
     # 2. Entries naming other snapshots than the log does: not used.
     journal = h.coordinator.journal
@@ -164,14 +159,7 @@ def test_a_damaged_segment_or_an_entry_the_log_contradicts_is_not_used(
         for seq, (k, d) in enumerate(warm.progress.tracker.deltas.items(), start=1)
     ]
     assert journal.append(rid, 0, 10**6, wrong)
-    reads.clear()
-    cold, coordinator, rt = cold_load(rid)
-    try:
-        assert len(set(reads)) >= ITEMS
-        assert deltas_of(cold) == deltas_of(warm)
-    finally:
-        coordinator.close()
-        rt.close()
+    assert_recomputed(rid, warm, reads)
 
 
 def test_coordinators_taking_turns_journal_each_completion_once(h: Harness) -> None:
