@@ -21,6 +21,7 @@ from mfm_dist.deltas import json_equal as json_equal
 from mfm_dist.errors import ContextError, ErrorInfo
 from mfm_dist.ids import StateId
 from mfm_dist.plan import CompiledPlan
+from mfm_dist.reach import bits, mask_of
 
 
 class PackedDelta:
@@ -225,7 +226,7 @@ class MergeTracker:
                     best, best_cover = i, cover
         if best is None:
             return None, done
-        return best, [i for i in done if i != best and not reach.is_ancestor(i, best)]
+        return best, bits(mask_of(done) & ~reach.cover_mask(best))
 
 
 def apply_deltas(
