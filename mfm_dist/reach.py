@@ -61,20 +61,31 @@ class Reachability:
             # Several: OR the covers above the largest of their prefixes, then extend the
             # prefix over the run of positions the union covers (the join of a fan-out
             # covers every item: its whole ancestry becomes a prefix).
-            low = max(p + 1 if limit[p] == p else limit[p] for p in ps)
-            mask = 0
-            singles: list[int] = []
+            low = 0
             for p in ps:
-                if p >= low:
-                    singles.append(p - low)
-                r = residual[p]
-                if r:
-                    shift = limit[p] - low
-                    mask |= r << shift if shift >= 0 else r >> -shift
-            mask |= mask_of(singles)
-            run = (~mask & (mask + 1)).bit_length() - 1  # trailing ones
-            limit[y] = low + run
-            residual[y] = mask >> run
+                cover_limit = p + 1 if limit[p] == p else limit[p]
+                if cover_limit > low:
+                    low = cover_limit
+            mask = 0
+            if len(ps) < 64:
+                for p in ps:
+                    r = residual[p]
+                    if r:
+                        mask |= r >> (low - limit[p])  # (limit[p] <= low)
+                    if p >= low:
+                        mask |= 1 << (p - low)
+            else:
+                for p in ps:
+                    r = residual[p]
+                    if r:
+                        mask |= r >> (low - limit[p])
+                mask |= mask_of([p - low for p in ps if p >= low])
+            if mask & 1:
+                run = (~mask & (mask + 1)).bit_length() - 1  # trailing ones
+                low += run
+                mask >>= run
+            limit[y] = low
+            residual[y] = mask
 
     # -- queries ------------------------------------------------------------------------------
     def is_ancestor(self, a: int, b: int) -> bool:

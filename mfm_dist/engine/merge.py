@@ -153,11 +153,8 @@ class MergeTracker:
                 latest = mask.bit_length() - 1
                 if latest >= index or key in tangled or not plan.is_ancestor(latest, index):
                     prefix = plan.reach.prefix(index)
-                    candidates = mask >> prefix << prefix  # writers below are ancestors
-                    while candidates:
-                        low = candidates & -candidates
-                        other = low.bit_length() - 1
-                        candidates ^= low
+                    # Writers below the prefix are ancestors.
+                    for other in bits(mask >> prefix, prefix):
                         if not plan.ordered(other, index):
                             clashing.setdefault(other, []).append(key)
                             tangled.add(key)
