@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mfm_dist.errors import InvalidId, InvalidPlan
 from mfm_dist.ids import OpId, StateId
+from mfm_dist.reach import Reachability
 from mfm_dist.secrets import is_secret_string, shown
 from mfm_dist.state import State
 
@@ -109,9 +110,9 @@ class ExecutionPlan:
 class CompiledPlan:
     """Index-based view of a valid plan, in canonical order.
 
-    `ancestors[i]` is a bitmask over canonical positions, so "is X an ancestor of
-    Y" and "which completed states are unordered with Y" are integer operations
-    even for plans with thousands of states.
+    `reach` answers "is X an ancestor of Y" with a comparison or one lookup, in memory
+    close to linear in the plan (a bitmask per state was quadratic for long chains:
+    mfm_dist/reach.py).
     """
 
     order: list[StateId]
@@ -119,7 +120,7 @@ class CompiledPlan:
     states: list[State]
     preds: list[list[int]]
     succs: list[list[int]]
-    ancestors: list[int]
+    reach: Reachability
 
     @classmethod
     def build(cls, plan: ExecutionPlan) -> CompiledPlan:
@@ -195,26 +196,20 @@ class CompiledPlan:
                 pa, pb = pos_of_decl[a], pos_of_decl[b]
                 succs[pa].append(pb)
                 preds[pb].append(pa)
-        ancestors = [0] * n
-        for p in range(n):
-            mask = 0
-            for q in preds[p]:
-                mask |= ancestors[q] | (1 << q)
-            ancestors[p] = mask
         return cls(
             order=order,
             position={str(sid): p for p, sid in enumerate(order)},
             states=[nodes[d].state for d in order_decl],
             preds=preds,
             succs=succs,
-            ancestors=ancestors,
+            reach=Reachability(preds),
         )
 
     def __len__(self) -> int:
         return len(self.order)
 
     def is_ancestor(self, a: int, b: int) -> bool:
-        return bool(self.ancestors[b] >> a & 1)
+        return self.reach.is_ancestor(a, b)
 
     def ordered(self, a: int, b: int) -> bool:
         return self.is_ancestor(a, b) or self.is_ancestor(b, a)

@@ -21,6 +21,7 @@ from mfm_dist.deltas import json_equal as json_equal
 from mfm_dist.errors import ContextError, ErrorInfo
 from mfm_dist.ids import StateId
 from mfm_dist.plan import CompiledPlan
+from mfm_dist.reach import bits, mask_of
 
 
 class PackedDelta:
@@ -121,6 +122,8 @@ class MergeTracker:
         self.snapshot_ids: dict[int, str] = {}
         self._sole_writer: dict[str, int] = {}  # key -> the one completed state that wrote it
         self._writers: dict[str, int] = {}  # key -> bitmask of the completed states that wrote it
+        self._tangled: set[str] = set()
+        """Keys of `_writers` two of whose writers are unordered (they conflicted)."""
         self.pairs: set[tuple[int, int]] = set()
         """Every pair of completed, unordered states whose deltas share a key (a < b)."""
 
@@ -129,14 +132,16 @@ class MergeTracker:
     ) -> MergeConflict | None:
         """Add a completed state; return the first conflict it creates, if any.
 
-        Writers of a key are a bitmask, so the check is a few integer operations per key
-        whatever the plan's size: a clash is a writer that is neither an ancestor nor a
-        descendant of `index`.
+        A clash is a writer of one of its keys that is neither an ancestor nor a descendant
+        of `index`. Without conflicts the writers of a key are totally ordered, so they are
+        all ancestors of the latest one: when that one is an ancestor of `index` (a chain
+        rewriting a counter) the check is one lookup. Otherwise only the writers past the
+        ancestor prefix of `index` are examined, in canonical order.
         """
         clashing: dict[int, list[str]] = {}
         if self.detect_conflicts:
-            ancestors = self.plan.ancestors[index]
-            sole, many = self._sole_writer, self._writers
+            plan = self.plan
+            sole, many, tangled = self._sole_writer, self._writers, self._tangled
             for key in sorted(delta.keys):
                 mask = many.get(key)
                 if mask is None:
@@ -145,13 +150,14 @@ class MergeTracker:
                         sole[key] = index  # the common case: nobody else wrote this key
                         continue
                     mask = 1 << writer
-                candidates = mask & ~ancestors
-                while candidates:
-                    low = candidates & -candidates
-                    other = low.bit_length() - 1
-                    candidates ^= low
-                    if not self.plan.is_ancestor(index, other):
-                        clashing.setdefault(other, []).append(key)
+                latest = mask.bit_length() - 1
+                if latest >= index or key in tangled or not plan.is_ancestor(latest, index):
+                    prefix = plan.reach.prefix(index)
+                    # Writers below the prefix are ancestors.
+                    for other in bits(mask >> prefix, prefix):
+                        if not plan.ordered(other, index):
+                            clashing.setdefault(other, []).append(key)
+                            tangled.add(key)
                 many[key] = mask | (1 << index)
                 sole.pop(key, None)
         for other in clashing:
@@ -177,45 +183,47 @@ class MergeTracker:
 
     def blocks(self, index: int) -> bool:
         """True when two of `index`'s ancestors conflict: its base is undefined."""
-        ancestors = self.plan.ancestors[index]
-        return any(ancestors >> a & 1 and ancestors >> b & 1 for a, b in self.pairs)
+        is_ancestor = self.plan.is_ancestor
+        return any(is_ancestor(a, index) and is_ancestor(b, index) for a, b in self.pairs)
 
     def base_plan(self, index: int) -> tuple[int | None, list[int]]:
         """How to build the base of `index`: (start from this completed state's snapshot
-        — None for the initial snapshot — , then apply these deltas in canonical order)."""
-        needed = self.plan.ancestors[index]
-        if needed == 0:
+        — None for the initial snapshot — , then apply these deltas in canonical order).
+
+        The start is the predecessor with the most ancestors (the first such in `preds`
+        order), so a chain state starts from its predecessor's snapshot with nothing to
+        apply."""
+        reach = self.plan.reach
+        if reach.count(index) == 0:
             return None, []
         best: int | None = None
         best_cover = 0
         for p in self.plan.preds[index]:
-            cover = self.plan.ancestors[p] | (1 << p)
-            if cover.bit_count() > best_cover.bit_count():
+            cover = reach.count(p) + 1
+            if cover > best_cover:
                 best, best_cover = p, cover
-        rest = needed & ~best_cover
-        return best, _bits(rest)
+        return best, reach.ancestors_outside(index, best)
 
     def final_plan(self) -> tuple[int | None, list[int]]:
-        """How to build the merge of every completed state (same shape as `base_plan`)."""
-        done = 0
-        for i in self.deltas:
-            done |= 1 << i
+        """How to build the merge of every completed state (same shape as `base_plan`): start
+        from the completed state with the most ancestors (the first such in completion order)
+        among those whose ancestors all completed."""
+        plan, reach = self.plan, self.plan.reach
+        done = sorted(self.deltas)
+        closed: set[int] = set()  # completed states whose ancestors all completed
+        for i in done:  # canonical order: a state's predecessors come first
+            if all(p in closed for p in plan.preds[i]):
+                closed.add(i)
         best: int | None = None
         best_cover = 0
         for i in self.deltas:
-            cover = self.plan.ancestors[i] | (1 << i)
-            if cover & ~done == 0 and cover.bit_count() > best_cover.bit_count():
-                best, best_cover = i, cover
-        return best, _bits(done & ~best_cover)
-
-
-def _bits(mask: int) -> list[int]:
-    out = []
-    while mask:
-        low = mask & -mask
-        out.append(low.bit_length() - 1)
-        mask ^= low
-    return out
+            if i in closed:
+                cover = reach.count(i) + 1
+                if cover > best_cover:
+                    best, best_cover = i, cover
+        if best is None:
+            return None, done
+        return best, bits(mask_of(done) & ~reach.cover_mask(best))
 
 
 def apply_deltas(
