@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 
 from mfm_dist.artifacts import ArtifactStore
 from mfm_dist.backfill.model import BackfillPlan, partition_request
+from mfm_dist.engine import interruptible
 from mfm_dist.engine.attempt import now_millis
 from mfm_dist.engine.lifecycle import (
     prepare_run,
@@ -168,17 +169,19 @@ class LocalPool:
         """Wait for the runs in flight; True when none is left."""
         with self._guard:
             futures = [f for f in self._active.values() if not f.done()]
-        for future in futures:
-            try:
-                future.result(timeout=timeout_s)
-            except TimeoutError:
-                return False
-            except Exception:  # recorded in `errors` already
-                pass
+        # In slices, so the main thread still hears a second Ctrl-C (engine.interruptible);
+        # a run's own failure is recorded in `errors` already.
+        if not interruptible.wait_all(futures, timeout_s):
+            return False
         return self.running() == 0
 
     def shutdown(self, *, wait: bool = True) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        if not wait:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            return
+        with self._guard:
+            futures = list(self._active.values())
+        interruptible.shutdown(self._pool, futures, cancel_futures=True)
 
 
 class LocalCanceller:

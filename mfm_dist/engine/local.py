@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from mfm_dist.artifacts import ArtifactStore
 from mfm_dist.canonical import JsonValue
 from mfm_dist.config import RunConfig
+from mfm_dist.engine import interruptible
 from mfm_dist.engine.attempt import AttemptEnv, AttemptOutcome, now_millis, run_attempt
 from mfm_dist.engine.base import ExecutionEngine
 from mfm_dist.engine.cancellation import (
@@ -501,7 +502,7 @@ class LocalEngine(ExecutionEngine):
                     if progress.retry_allowed(i) and control.request is None:
                         schedule(i)
         finally:
-            pool.shutdown(wait=True)
+            interruptible.shutdown(pool, list(running))  # still hears a second Ctrl-C
         if infra is not None:
             raise infra
 
