@@ -428,15 +428,14 @@ def test_bad_files_and_unknown_backfills(tmp_path: Path) -> None:
         assert missing.exit_code == 2 and error_code(missing) == "backfill_not_found", command
 
 
-def test_planning_2000_partitions_takes_under_two_seconds(home: Home) -> None:
+def test_planning_2000_partitions_plans_every_one(home: Home) -> None:
+    """How fast is measured by scripts/bench_backfill.py (target <= 2 s), not here."""
     days = range_values("2021-01-01", "2026-06-23", "1d")
     assert len(days) == 2000
-    start = time.perf_counter()
     request = home.request("big", [Partition(value=d, input={"day": d}) for d in days])
     result = create(home.events, home.artifacts, home.registry, request)
-    elapsed = time.perf_counter() - start
     assert result.outcome == "created" and result.totals()["run"] == 2000
-    assert elapsed < 2.0, result.timings
+    assert {"validate_s", "classify_s"} <= set(result.timings)  # what the benchmark reports
 
 
 # -- a killed CLI ------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ the secret is never echoed. Against a real redis-server started with `requirepas
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,17 +80,14 @@ def test_wrong_password_fails_at_once_and_is_not_echoed(
     locked_redis: RedisServer, tmp_path: Path
 ) -> None:
     url = f"redis://:{WRONG_SECRET}@127.0.0.1:{locked_redis.port}/0"
-    started = time.monotonic()
     result = mfm(tmp_path, url, "runs")
-    elapsed = time.monotonic() - started
     assert result.exit_code == 3, result.output
     line = one_error_line(result)
     assert line.startswith("error[storage_auth_failed]: ")
     assert "refused the credentials" in line and "not retried" in line
     assert f"127.0.0.1:{locked_redis.port}" in line  # names the (redacted) store
     assert WRONG_SECRET not in result.output + result.stderr
-    assert failed_auths(locked_redis) == 1  # one AUTH, not six
-    assert elapsed < 2.0
+    assert failed_auths(locked_redis) == 1  # one AUTH, not six (no retry with backoff)
 
 
 def test_missing_password_and_wrong_env_password(
