@@ -43,8 +43,8 @@ class Decision:
     in_flight: int = 0
     waiting_on_leases: bool = False
     """Open attempts whose workers still hold leases: re-check after the lease TTL."""
-    more: int = 0
-    """Attempts that could start now beyond `limit`: the caller continues in another step."""
+    more: bool = False
+    """More attempts could start now beyond `limit`: the caller continues in another step."""
 
     @property
     def idle(self) -> bool:
@@ -70,7 +70,7 @@ def decide(
     must be closed (`StateFailed{orphan_attempt_recovered}`) before acting on the
     rest; the caller then records them in `progress` and calls `decide` again.
 
-    `limit` caps the dispatches of one decision (their bases are computed here); how many
+    `limit` caps the dispatches of one decision (their bases are computed here); whether
     more could start now is `more` — the same states, in the same order, come first in the
     next decision, so slicing a wide wave changes nothing but how many steps send it.
     """
@@ -96,9 +96,10 @@ def decide(
     decision.in_flight = len(busy)
     decision.waiting_on_leases = bool(open_alive)
 
+    slots = max(progress.run_config.max_concurrency - len(busy), 0)
+    take = slots if limit is None else min(slots, limit)
     if progress.fan_out:
-        # Only the frontier (not completed, every predecessor completed) can be runnable.
-        candidates = [i for i in progress.frontier - busy if progress.runnable(i)]
+        candidates = _fan_out_candidates(progress, busy, take, now_ms)
     else:  # sequential runs advance strictly in canonical order and stop at a failure
         first = progress.first_pending()
         blocked = progress.failure() != (None, None)
@@ -111,13 +112,7 @@ def decide(
         if not busy:
             decision.finish = _finish(progress)
         return decision
-    # Ready states take the free slots first; a retry still waiting out its backoff only
-    # gets a slot nothing else can use now (it holds the slot while its countdown runs, so
-    # the bound is never exceeded when it starts).
-    candidates.sort(key=lambda i: (progress.retry_at_ms.get(i, 0) > now_ms, i))
-    slots = max(progress.run_config.max_concurrency - len(busy), 0)
-    take = slots if limit is None else min(slots, limit)
-    decision.more = min(slots, len(candidates)) - min(take, len(candidates))
+    decision.more = slots > take and len(candidates) > take
     for i in candidates[:take]:
         countdown = max(0.0, (progress.retry_at_ms.get(i, 0) - now_ms) / 1000.0)
         base_id, _ = progress.base_for(i)
@@ -125,6 +120,32 @@ def decide(
             Dispatch(str(plan.order[i]), progress.next_attempt[i], base_id, countdown)
         )
     return decision
+
+
+def _fan_out_candidates(
+    progress: RunProgress, busy: set[int], take: int, now_ms: int
+) -> list[int]:
+    """The states to start, in order: the first `take` of them, and at least one more if
+    there is one (so the caller knows to continue).
+
+    Only the frontier (not completed, every predecessor completed) can be runnable. Ready
+    states take the free slots first, in canonical order; a retry still waiting out its
+    backoff only gets a slot nothing else can use now (it holds the slot while its
+    countdown runs, so the bound is never exceeded when it starts). `runnable` is asked
+    lazily, in that order, only until the slots are filled: a 100,000-wide wave is sent a
+    slice per step, and asking all of its unsent states at every step cost seconds."""
+    ready: list[int] = []
+    waiting: list[int] = []
+    for i in sorted(progress.frontier - busy):
+        if not progress.runnable(i):
+            continue
+        if progress.retry_at_ms.get(i, 0) > now_ms:
+            waiting.append(i)
+        else:
+            ready.append(i)
+            if len(ready) > take:
+                break  # the slots are filled by ready states, and one more is waiting
+    return ready + waiting
 
 
 def _finish(progress: RunProgress) -> Finish:
