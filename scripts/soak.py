@@ -1934,7 +1934,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--workload-kinds",
         default=",".join(WORKLOAD_KINDS),
         help="comma-separated trial kinds: run, backfill (both: about "
-        f"{BACKFILL_SHARE:.0%} of the trials are backfill trials)",
+        f"{BACKFILL_SHARE:.0%}% of the trials are backfill trials)",
     )
     p.add_argument(
         "--per-partition", type=float, default=0.5, help="bound: seconds per backfill partition"
