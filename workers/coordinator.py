@@ -448,7 +448,8 @@ class Coordinator:
 
     # -- one advance ----------------------------------------------------------------------------
     def _advance_locked(self, rid: str, lock: _Lock) -> Step:
-        run = self._load(rid, lock.renew)
+        with self.rt.timings.phase("coord_load"):
+            run = self._load(rid, lock.renew)
         lock.renew()
         self._journal(rid, run)
         coord = self.rt.coord
@@ -572,11 +573,13 @@ class Coordinator:
         progress = run.progress
         position = progress.plan.position
         # Grouped by value: a wide wave's reservations share a few values (one per slice).
-        groups = coord.grouped_reservations(rid)
+        with self.rt.timings.phase("coord_reservations"):
+            groups = coord.grouped_reservations(rid)
         open_ids = {s for s, _ in run.history.open_attempts()}
         claims = {s: r.attempt for r, states in groups if r.kind == CLAIMED for s in states}
         asked = open_ids | claims.keys()
-        leases = coord.live_leases(rid, sorted(asked))
+        with self.rt.timings.phase("coord_leases"):
+            leases = coord.live_leases(rid, sorted(asked))
         if any(leases.get(s) != attempt for s, attempt in claims.items()):
             # A claim without its lease: the attempt died — or finished after this look read
             # the log. Read the log again (after the leases) so a finished attempt is not
@@ -585,6 +588,7 @@ class Coordinator:
             opened = {s for s, _ in run.history.open_attempts()} - asked
             if opened:
                 leases.update(coord.live_leases(rid, sorted(opened)))
+        settle_started = time.perf_counter()
         drop: list[str] = []
         due: list[tuple[str, int]] = []
         keep: dict[str, int] = {}
@@ -635,6 +639,7 @@ class Coordinator:
             else:
                 keep.update(dict.fromkeys(live, r.attempt))
                 wake = min(wake, r.since_ms + lease_ms + 1)
+        self.rt.timings.add("coord_settle", time.perf_counter() - settle_started)
         coord.clear_reservations(rid, drop)
         if due:
             tasks = [self._task(run, s, a, now) for s, a in due]

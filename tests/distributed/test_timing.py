@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
+from mfm_dist.config import FanOutJoin, RunConfig
 from mfm_dist.stores.redis_keys import TIMING_KEY
+from support.worker_harness import Harness
+from workers.outcomes import StepOutcome
 from workers.runtime import redis_client
 from workers.timing import Timings, read_timings, reset_timings
 
@@ -40,3 +45,20 @@ def test_phases_are_flushed_as_totals_and_counts(redis_url: str) -> None:
         assert not client.exists(TIMING_KEY)
     finally:
         client.close()
+
+
+def test_a_timed_look_names_its_parts(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a long coordinator step goes: loading the log, reading the reservations and the
+    leases, settling them, deciding, sending (benchmarks read these with `--timing`)."""
+    timings = Timings(True)
+    gc.callbacks.remove(timings._on_collection)
+    monkeypatch.setattr(h.rt, "timings", timings)
+    reset_timings(h.rt.redis)
+    rid = h.submit(
+        "fanout_demo", {"items": 4}, RunConfig(execution_mode=FanOutJoin(max_concurrency=8))
+    )
+    assert h.coordinator.advance(rid) == StepOutcome.dispatched(4)
+    h.rt.flush_timings()
+    totals = read_timings(h.rt.redis)
+    parts = ["coord_load", "coord_reservations", "coord_leases", "coord_settle", "coord_decide"]
+    assert all(totals[p][1] >= 1 for p in parts), totals
