@@ -39,5 +39,5 @@ def shutdown(
     `futures` must hold every future submitted to `pool` that may still be running; once
     they are done the workers are idle and the final join returns at once."""
     pool.shutdown(wait=False, cancel_futures=cancel_futures)
-    wait_all([f for f in futures if not f.cancelled()])
+    wait_all(futures)  # a cancelled future is done: not waited for
     pool.shutdown(wait=True)
